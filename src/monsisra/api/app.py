@@ -1,0 +1,69 @@
+"""The ASGI application: API, web pages and the background parts of ``monsisra serve``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi import FastAPI
+
+from monsisra import __version__
+from monsisra.api import problems
+from monsisra.api.routes import router
+from monsisra.config import Settings
+from monsisra.services.core import Core
+
+log = logging.getLogger("monsisra")
+
+# Components (web pages, SMTP gateway, workers…) register here to join the app's lifespan.
+Plugin = Callable[[FastAPI, Core], Awaitable[Callable[[], Awaitable[None]] | None]]
+PLUGINS: list[Callable[[], Plugin | None]] = []
+
+
+def create_app(settings: Settings | None = None, *, core: Core | None = None) -> FastAPI:
+    settings = settings or Settings()
+    state: dict = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        the_core = core or Core(settings)
+        app.state.core = the_core
+        await the_core.start()
+        stops = []
+        for hook in app.state.startup_hooks:
+            stop = await hook(app, the_core)
+            if stop is not None:
+                stops.append(stop)
+        try:
+            yield
+        finally:
+            for stop in reversed(stops):
+                with contextlib.suppress(Exception):
+                    await stop()
+            if core is None:
+                await the_core.close()
+
+    app = FastAPI(title="MonSisra API", version=__version__, lifespan=lifespan,
+                  description="Messagerie sécurisée de santé MSSanté et télémédecine.")
+    app.state.settings = settings
+    app.state.startup_hooks = []
+    app.state.extra = state
+    problems.install(app)
+    app.include_router(router)
+    _install_optional(app, settings)
+    return app
+
+
+def _install_optional(app: FastAPI, settings: Settings) -> None:
+    """Mount the parts that live in other packages (web pages, gateway, directory)."""
+    import importlib
+
+    for module_name in ("monsisra.web.install", "monsisra.gateway.install", "monsisra.directory_api"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        module.install(app, settings)

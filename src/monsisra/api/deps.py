@@ -1,0 +1,38 @@
+"""Request dependencies: the core, and the acting account from a bearer token."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.security import OAuth2PasswordBearer
+
+from monsisra.services import accounts
+from monsisra.services.core import Actor, Core
+from monsisra.services.errors import AuthFailed
+
+oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
+
+
+def get_core(request: Request) -> Core:
+    return request.app.state.core
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "-"
+
+
+async def resolve_actor(request: Request, token: str | None) -> Actor:
+    core: Core = request.app.state.core
+    if token:
+        return await accounts.actor_for_token(core, token, client_address(request))
+    session_resolver = getattr(request.app.state, "session_actor", None)
+    if session_resolver is not None:
+        actor = await session_resolver(request)
+        if actor is not None:
+            return actor
+    raise AuthFailed("authentification requise : jeton « Authorization: Bearer » absent")
+
+
+async def current_actor(request: Request) -> Actor:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return await resolve_actor(request, token.strip() if scheme.lower() == "bearer" else None)

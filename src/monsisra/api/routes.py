@@ -1,0 +1,229 @@
+"""Routes of /api/v1 (DESIGN §4). Each route parses, calls one service function, returns."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from monsisra.api.deps import client_address, current_actor, get_core, resolve_actor
+from monsisra.domain.ins import OID_NIR
+from monsisra.services import accounts, attachments, mailboxes, messages
+from monsisra.services.core import Actor, Core
+from monsisra.services.errors import AuthFailed, ServiceError, TooLarge
+
+router = APIRouter(prefix="/api/v1")
+ActorDep = Annotated[Actor, Depends(current_actor)]
+CoreDep = Annotated[Core, Depends(get_core)]
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+@router.post("/auth/token", response_model=TokenOut, tags=["auth"])
+async def token(request: Request, core: CoreDep, username: Annotated[str, Form()],
+                password: Annotated[str, Form()], otp: Annotated[str | None, Form()] = None) -> TokenOut:
+    """OAuth2 password grant: username, password and (when enrolled) a one-time code."""
+    login = getattr(request.app.state, "login", None)
+    if login is not None:
+        account = await login(core, username, password, otp, client_address(request))
+    else:
+        account = await accounts.authenticate(core, username, password, client_address(request))
+    value = await accounts.issue_token(core, account, client=client_address(request))
+    return TokenOut(access_token=value, expires_in=core.settings.token_ttl_seconds)
+
+
+@router.post("/auth/revoke", status_code=204, tags=["auth"])
+async def revoke(request: Request, core: CoreDep, actor: ActorDep) -> Response:
+    """Revoke the bearer token of this request (log out)."""
+    _, _, value = request.headers.get("authorization", "").partition(" ")
+    await accounts.revoke_token(core, value.strip())
+    return Response(status_code=204)
+
+
+@router.get("/me", tags=["accounts"])
+async def me(core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+    account = await accounts.get_account(core, actor)
+    data = accounts.account_dict(account)
+    data["mailboxes"] = [m.as_dict() for m in await mailboxes.list_for(core, actor)]
+    return data
+
+
+class Preferences(BaseModel):
+    appear_absent: bool | None = None
+    inbox_categories: list[str] | None = None
+
+
+@router.patch("/me", tags=["accounts"])
+async def update_me(body: Preferences, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+    account = await accounts.update_preferences(core, actor, appear_absent=body.appear_absent,
+                                                inbox_categories=body.inbox_categories)
+    return accounts.account_dict(account)
+
+
+@router.get("/mailboxes", tags=["mailboxes"])
+async def list_mailboxes(core: CoreDep, actor: ActorDep) -> list[dict[str, Any]]:
+    return [m.as_dict() for m in await mailboxes.list_for(core, actor)]
+
+
+ViewName = Literal["inbox", "unread", "all", "sent", "drafts", "favorites", "todo", "archived"]
+CategoryName = Literal["letter", "conversation", "mssante", "patient", "teleexpertise", "support", "result",
+                       "event", "dgs_urgent"]
+
+
+@router.get("/mailboxes/{mailbox_id}/messages", tags=["messages"])
+async def list_messages(mailbox_id: int, core: CoreDep, actor: ActorDep, view: ViewName = "inbox",
+                        category: CategoryName | None = None, q: Annotated[str | None, Query(max_length=200)] = None,
+                        cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
+    return await messages.list_messages(core, actor, mailbox_id, view=view, category=category, q=q,
+                                        cursor=cursor, limit=limit)
+
+
+@router.get("/mailboxes/{mailbox_id}/counts", tags=["messages"])
+async def counts(mailbox_id: int, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+    return await messages.counts(core, actor, mailbox_id)
+
+
+@router.get("/mailboxes/{mailbox_id}/messages/{message_id}", tags=["messages"])
+async def get_message(mailbox_id: int, message_id: int, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+    return await messages.get(core, actor, mailbox_id, message_id)
+
+
+@router.get("/mailboxes/{mailbox_id}/threads/{thread_id}", tags=["messages"])
+async def get_thread(mailbox_id: int, thread_id: int, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+    return {"items": await messages.thread(core, actor, mailbox_id, thread_id)}
+
+
+class StatePatch(BaseModel):
+    read: bool | None = None
+    favorite: bool | None = None
+    todo: bool | None = None
+    archived: bool | None = None
+    deleted: bool | None = None
+
+
+@router.patch("/mailboxes/{mailbox_id}/messages/{message_id}", tags=["messages"])
+async def patch_message(mailbox_id: int, message_id: int, body: StatePatch, core: CoreDep,
+                        actor: ActorDep) -> dict[str, Any]:
+    return await messages.update_state(core, actor, mailbox_id, message_id, body.model_dump())
+
+
+@router.post("/attachments", status_code=201, tags=["attachments"])
+async def upload(request: Request, file: UploadFile, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+    """Upload a file (multipart field ``file``); its type is sniffed from its content."""
+    limit = core.settings.max_message_bytes
+    if file.size is not None and file.size > limit:
+        raise TooLarge(f"fichier trop volumineux : la limite est de {limit // (1024 * 1024)} Mo par message")
+
+    async def chunks():
+        while chunk := await file.read(1 << 16):
+            yield chunk
+
+    result = await attachments.upload(core, actor, file.filename, chunks())
+    return result.as_dict()
+
+
+@router.get("/attachments/{attachment_id}", tags=["attachments"])
+async def download(attachment_id: str, core: CoreDep, actor: ActorDep,
+                   disposition: Literal["inline", "attachment"] = "attachment") -> Response:
+    meta = await attachments.open_for(core, actor, attachment_id)
+    inline = disposition == "inline" and meta.content_type in attachments.INLINE_TYPES
+    ascii_name = meta.filename.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
+    headers = {
+        "Content-Disposition": f"{'inline' if inline else 'attachment'}; filename=\"{ascii_name}\"; "
+                               f"filename*=UTF-8''{quote(meta.filename)}",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+        "Cache-Control": "private, max-age=3600",
+        "Content-Length": str(meta.size),
+    }
+    return StreamingResponse(core.blobs.iter_file(meta.sha256), media_type=meta.content_type, headers=headers)
+
+
+class PatientIn(BaseModel):
+    ins: str
+    oid: str = OID_NIR
+    family_name: str = ""
+    given_names: str = ""
+    birth_date: str | None = None
+    sex: str | None = None
+    birthplace: str | None = None
+
+
+class MessageIn(BaseModel):
+    from_mailbox: int
+    to: list[str] = Field(default_factory=list)
+    cc: list[str] = Field(default_factory=list)
+    subject: str = ""
+    body: str = ""
+    html: str | None = None
+    category: CategoryName = "letter"
+    attachments: list[str] = Field(default_factory=list)
+    patient: PatientIn | None = None
+    draft: bool = False
+    draft_id: int | None = None
+    in_reply_to: int | None = None
+    receipt_requested: bool = False
+    no_reply: bool = False
+
+
+@router.post("/messages", status_code=201, tags=["messages"])
+async def send(body: MessageIn, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+    data = body.model_dump()
+    patient = data.pop("patient")
+    compose = messages.Compose(**data, patient=messages.PatientRef(**patient) if patient else None)
+    return await messages.send(core, actor, compose)
+
+
+@router.get("/messages/{message_id}/receipts", tags=["messages"])
+async def receipts(message_id: int, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+    return {"items": await messages.receipts(core, actor, message_id)}
+
+
+@router.websocket("/events")
+async def events(websocket: WebSocket) -> None:
+    """Live events of the account: message.new, message.read, message.flags, counts…
+
+    Authenticate with ``Authorization: Bearer``, ``?access_token=`` or the web session cookie.
+    """
+    header = websocket.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    value = value.strip() if scheme.lower() == "bearer" else websocket.query_params.get("access_token")
+    try:
+        actor = await resolve_actor(websocket, value)  # type: ignore[arg-type]
+    except (AuthFailed, ServiceError):
+        await websocket.close(code=4401, reason="authentification requise")
+        return
+    core: Core = websocket.app.state.core
+    subscription = core.bus.subscribe(actor.account_id)
+    await websocket.accept()
+    await websocket.send_json({"type": "hello", "account_id": actor.account_id})
+
+    async def pump_out() -> None:
+        while True:
+            await websocket.send_json(await subscription.get())
+
+    async def pump_in() -> None:
+        while True:
+            await websocket.receive_text()  # pings from the client; nothing else expected yet
+
+    tasks = [asyncio.create_task(pump_out()), asyncio.create_task(pump_in())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        subscription.close()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
+                await t

@@ -1,0 +1,69 @@
+"""Runtime configuration: the ``MONSISRA_*`` environment variables of DESIGN §4."""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All settings have working defaults so that ``monsisra serve`` runs with none set."""
+
+    model_config = SettingsConfigDict(env_prefix="MONSISRA_", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./var/monsisra.db"
+    data_dir: Path = Path("./var")
+    domain: str = "monsisra.localhost"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+    redis_url: str | None = None
+    secret_key: str | None = None
+    smtp_relay: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_trust: Path | None = None
+
+    # Limits and policies (not in the DESIGN contract, but configurable).
+    max_message_bytes: int = 25 * 1024 * 1024
+    token_ttl_seconds: int = 12 * 3600
+    login_max_failures: int = 5
+    login_window_seconds: int = 15 * 60
+    login_lockout_seconds: int = 15 * 60
+    ip_max_failures: int = 30
+    run_workers: bool = True
+    smtp_enabled: bool = True
+    outbound_retry_seconds: int = 4 * 24 * 3600
+    nil: str = "MonSisra/0.1"
+
+    @cached_property
+    def effective_secret_key(self) -> str:
+        """The configured key, or one generated once into the data dir and reused after."""
+        if self.secret_key:
+            return self.secret_key
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        key = secrets.token_urlsafe(48)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(key)
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        return key
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def get_settings() -> Settings:
+    return Settings()

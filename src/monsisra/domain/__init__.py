@@ -1,0 +1,1 @@
+"""Plain types and pure rules: no I/O here."""

@@ -1,0 +1,1 @@
+"""Capabilities, one module each: the only place where the rules live."""

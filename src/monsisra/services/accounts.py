@@ -1,0 +1,259 @@
+"""Accounts: creation (with the PER mailbox), password login with throttling, bearer tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from monsisra.domain.clock import as_utc, utcnow
+from monsisra.domain.model import Category
+from monsisra.services import audit, mailboxes
+from monsisra.services.core import Actor, Core
+from monsisra.services.errors import AuthFailed, Conflict, Invalid, NotFound, Throttled
+from monsisra.store.models import Account, LoginThrottle, Mailbox, Token
+
+_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
+# Verified against when the username is unknown, so that timing does not reveal accounts.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    username: str
+    password: str | None
+    first_name: str = ""
+    last_name: str = ""
+    civility: str = ""
+    profession: str = ""
+    profession_code: str | None = None
+    specialty: str = ""
+    national_id: str | None = None
+    email: str | None = None
+    is_admin: bool = False
+    personal_mailbox: bool = True
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def _validate_new(new: NewAccount) -> None:
+    if not new.username or len(new.username) > 120 or not all(c.isalnum() or c in "._-" for c in new.username):
+        raise Invalid("identifiant invalide : lettres, chiffres, « . », « _ » ou « - »")
+    if new.password is not None and len(new.password) < 4:
+        raise Invalid("mot de passe trop court")
+    if new.national_id and not (new.national_id.isdigit() and len(new.national_id) in (10, 12)):
+        raise Invalid("identifiant national invalide (RPPS : 8 + 11 chiffres)")
+    if new.personal_mailbox and not (new.first_name or new.last_name):
+        raise Invalid("nom et prénom nécessaires pour créer la boîte personnelle")
+
+
+async def create_account(core: Core, new: NewAccount, actor: Actor | None = None) -> tuple[Account, Mailbox | None]:
+    """Create an account and, for a professional, the PER mailbox ``prenom.nom@domain``."""
+    _validate_new(new)
+    async with core.write() as tx:
+        s = tx.session
+        if await s.scalar(sa.select(Account.id).where(Account.username == new.username)):
+            raise Conflict(f"l'identifiant {new.username} est déjà pris")
+        account = Account(
+            username=new.username,
+            password_hash=hash_password(new.password) if new.password else None,
+            first_name=new.first_name.strip(),
+            last_name=new.last_name.strip(),
+            civility=new.civility,
+            profession=new.profession,
+            profession_code=new.profession_code,
+            specialty=new.specialty,
+            national_id=new.national_id,
+            email=new.email,
+            is_admin=new.is_admin,
+        )
+        s.add(account)
+        await s.flush()
+        mailbox = await mailboxes.create_personal(s, account, core.settings.domain) if new.personal_mailbox else None
+        audit.record(s, actor.account_id if actor else None, "account.create", object_type="account",
+                     object_id=account.id)
+    return account, mailbox
+
+
+async def set_password(core: Core, username: str, password: str) -> None:
+    if len(password) < 4:
+        raise Invalid("mot de passe trop court")
+    async with core.write() as tx:
+        account = await tx.session.scalar(sa.select(Account).where(Account.username == username))
+        if account is None:
+            raise NotFound(f"compte {username} introuvable")
+        account.password_hash = hash_password(password)
+        await tx.session.execute(
+            sa.update(Token).where(Token.account_id == account.id, Token.revoked_at.is_(None)).values(revoked_at=utcnow())
+        )
+        audit.record(tx.session, account.id, "account.password")
+
+
+# --- throttling ---------------------------------------------------------------------------
+
+
+async def _check_throttle(core: Core, keys: list[str]) -> None:
+    now = utcnow()
+    async with core.read() as session:
+        rows = await session.scalars(sa.select(LoginThrottle).where(LoginThrottle.key.in_(keys)))
+        for row in rows:
+            if row.locked_until and as_utc(row.locked_until) > now:
+                wait = int((as_utc(row.locked_until) - now).total_seconds() // 60) + 1
+                raise Throttled(
+                    f"trop de tentatives de connexion ; réessayez dans {wait} minute{'s' if wait > 1 else ''}",
+                    retry_after=int((as_utc(row.locked_until) - now).total_seconds()) + 1,
+                )
+
+
+async def _note_failure(core: Core, keys_limits: list[tuple[str, int]]) -> None:
+    st = core.settings
+    now = utcnow()
+    async with core.write() as tx:
+        for key, limit in keys_limits:
+            row = await tx.session.get(LoginThrottle, key)
+            if row is None or (now - as_utc(row.window_start)).total_seconds() > st.login_window_seconds:
+                if row is None:
+                    row = LoginThrottle(key=key, failures=0, window_start=now)
+                    tx.session.add(row)
+                row.failures, row.window_start, row.locked_until = 0, now, None
+            row.failures += 1
+            if row.failures >= limit:
+                row.locked_until = now + timedelta(seconds=st.login_lockout_seconds)
+
+
+async def _clear_failures(core: Core, key: str) -> None:
+    async with core.write() as tx:
+        await tx.session.execute(sa.delete(LoginThrottle).where(LoginThrottle.key == key))
+
+
+async def authenticate(core: Core, username: str, password: str, client: str | None = None) -> Account:
+    """Check a password; failures are counted per account and per client address."""
+    st = core.settings
+    account_key, ip_key = f"account:{username.lower()}", f"ip:{client or '-'}"
+    await _check_throttle(core, [account_key, ip_key])
+    async with core.read() as session:
+        account = await session.scalar(sa.select(Account).where(Account.username == username))
+    ok = False
+    try:
+        ok = _hasher.verify(account.password_hash if account and account.password_hash else _DUMMY_HASH, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        ok = False
+    if not ok or account is None or not account.active or not account.password_hash:
+        await _note_failure(core, [(account_key, st.login_max_failures), (ip_key, st.ip_max_failures)])
+        async with core.write() as tx:
+            audit.record(tx.session, account.id if account else None, "login.failure", client=client,
+                         detail={"username": username[:120]})
+        raise AuthFailed("identifiant ou mot de passe incorrect")
+    await _clear_failures(core, account_key)
+    return account
+
+
+# --- tokens -------------------------------------------------------------------------------
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def issue_token(core: Core, account: Account, *, kind: str = "api", client: str | None = None,
+                      ttl_seconds: int | None = None) -> str:
+    """A new bearer token; only its sha256 is stored."""
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    async with core.write() as tx:
+        tx.session.add(Token(
+            account_id=account.id,
+            token_hash=_digest(token),
+            kind=kind,
+            expires_at=now + timedelta(seconds=ttl_seconds or core.settings.token_ttl_seconds),
+            client=(client or "")[:120] or None,
+        ))
+        await tx.session.execute(sa.update(Account).where(Account.id == account.id).values(last_login_at=now))
+        audit.record(tx.session, account.id, "login.success", client=client, detail={"kind": kind})
+    return token
+
+
+async def actor_for_token(core: Core, token: str, client: str | None = None) -> Actor:
+    """The actor a bearer token stands for, or :class:`AuthFailed`."""
+    now = utcnow()
+    async with core.read() as session:
+        row = (await session.execute(
+            sa.select(Token.expires_at, Token.revoked_at, Account.id, Account.username, Account.is_admin,
+                      Account.active)
+            .join(Account, Account.id == Token.account_id)
+            .where(Token.token_hash == _digest(token))
+        )).first()
+    if row is None or row.revoked_at is not None or as_utc(row.expires_at) <= now or not row.active:
+        raise AuthFailed("jeton absent, expiré ou révoqué ; reconnectez-vous")
+    return Actor(row.id, row.username, row.is_admin, client)
+
+
+async def revoke_token(core: Core, token: str) -> None:
+    async with core.write() as tx:
+        await tx.session.execute(
+            sa.update(Token).where(Token.token_hash == _digest(token), Token.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+
+
+# --- profile ------------------------------------------------------------------------------
+
+
+async def get_account(core: Core, actor: Actor) -> Account:
+    async with core.read() as session:
+        account = await session.get(Account, actor.account_id)
+    if account is None:
+        raise NotFound("compte introuvable")
+    return account
+
+
+def account_dict(account: Account) -> dict:
+    return {
+        "id": account.id,
+        "username": account.username,
+        "civility": account.civility,
+        "first_name": account.first_name,
+        "last_name": account.last_name,
+        "display_name": display_name(account),
+        "profession": account.profession,
+        "specialty": account.specialty,
+        "national_id": account.national_id,
+        "is_admin": account.is_admin,
+        "appear_absent": account.appear_absent,
+        "inbox_categories": account.inbox_categories or [c.value for c in Category],
+    }
+
+
+def display_name(account: Account) -> str:
+    return " ".join(p for p in (account.civility, account.first_name, account.last_name.upper()) if p) or account.username
+
+
+def initials(first_name: str, last_name: str, fallback: str = "") -> str:
+    letters = "".join(p[:1] for p in (first_name, last_name) if p).upper()
+    return letters or fallback[:2].upper()
+
+
+async def update_preferences(core: Core, actor: Actor, *, appear_absent: bool | None = None,
+                             inbox_categories: list[str] | None = None) -> Account:
+    if inbox_categories is not None:
+        unknown = [c for c in inbox_categories if c not in {c.value for c in Category}]
+        if unknown:
+            raise Invalid(f"catégories inconnues : {', '.join(unknown)}")
+    async with core.write() as tx:
+        account = await tx.session.get(Account, actor.account_id)
+        if account is None:
+            raise NotFound("compte introuvable")
+        if appear_absent is not None:
+            account.appear_absent = appear_absent
+        if inbox_categories is not None:
+            account.inbox_categories = sorted(set(inbox_categories))
+        mailbox_ids = await mailboxes.usable_mailbox_ids(tx.session, actor.account_id)
+        tx.emit("counts", [actor.account_id], mailbox_ids=mailbox_ids)
+    return account

@@ -1,0 +1,125 @@
+"""Attachments: streamed upload into the blob store, type sniffed from content, guarded reads."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import unicodedata
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import filetype
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from monsisra.services.core import Actor, Core
+from monsisra.services.errors import NotFound, TooLarge
+from monsisra.store import blobs
+from monsisra.store.models import Attachment, Delivery, MailboxAccess, MessageAttachment
+
+# Types a browser may render inline; anything else is served as a download.
+INLINE_TYPES = {"application/pdf", "image/png", "image/jpeg", "image/gif", "image/webp", "text/plain"}
+
+
+@dataclass(frozen=True)
+class AttachmentView:
+    id: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "filename": self.filename, "content_type": self.content_type,
+                "size": self.size, "sha256": self.sha256}
+
+
+def view(a: Attachment) -> AttachmentView:
+    return AttachmentView(a.id, a.filename, a.content_type, a.size, a.sha256)
+
+
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
+
+
+def safe_filename(name: str | None, default: str = "piece-jointe") -> str:
+    """A display filename: no directories, no control or shell characters, at most 200 chars."""
+    name = unicodedata.normalize("NFC", name or "")
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = _UNSAFE.sub("_", name).strip(" .")
+    if not name:
+        return default
+    if len(name) > 200:
+        stem, dot, ext = name.rpartition(".")
+        name = (stem[: 200 - len(ext) - 1] + "." + ext) if dot and len(ext) <= 10 else name[:200]
+    return name
+
+
+def sniff(head: bytes, filename: str) -> str:
+    """The MIME type from the content's magic bytes; never the client's claim."""
+    kind = filetype.guess(head)
+    if kind is not None:
+        return kind.mime
+    if head.lstrip().startswith(b"<?xml") or head.lstrip().startswith(b"<ClinicalDocument"):
+        return "application/xml"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        # A multi-byte character cut at the end of the head is still text.
+        try:
+            head[:-4].decode("utf-8")
+        except UnicodeDecodeError:
+            return "application/octet-stream"
+    return "text/plain" if head else "application/octet-stream"
+
+
+async def upload(core: Core, actor: Actor, filename: str | None, chunks: AsyncIterator[bytes]) -> AttachmentView:
+    """Store an upload; 413 past the message size limit, with nothing kept."""
+    limit = core.settings.max_message_bytes
+    try:
+        digest, size, head = await core.blobs.put_stream(chunks, limit)
+    except blobs.TooLarge:
+        raise TooLarge(f"fichier trop volumineux : la limite est de {limit // (1024 * 1024)} Mo par message") from None
+    return await register(core, actor.account_id, digest, size, sniff(head, filename or ""), filename)
+
+
+async def register(core: Core, account_id: int | None, digest: str, size: int, content_type: str,
+                   filename: str | None, session: AsyncSession | None = None) -> AttachmentView:
+    """Record metadata for bytes already in the blob store."""
+    att = Attachment(id=secrets.token_hex(16), sha256=digest, size=size, content_type=content_type,
+                     filename=safe_filename(filename), uploaded_by=account_id)
+    if session is not None:
+        session.add(att)
+        return view(att)
+    async with core.write() as tx:
+        tx.session.add(att)
+    return view(att)
+
+
+async def readable(session: AsyncSession, actor: Actor, attachment_ids: list[str]) -> dict[str, Attachment]:
+    """The attachments among ``attachment_ids`` the actor may use: own uploads, or carried by
+    a message in a mailbox the actor may use."""
+    if not attachment_ids:
+        return {}
+    rows = await session.scalars(sa.select(Attachment).where(Attachment.id.in_(attachment_ids)))
+    found = {a.id: a for a in rows}
+    allowed = {i for i, a in found.items() if a.uploaded_by == actor.account_id}
+    others = [i for i in found if i not in allowed]
+    if others:
+        via_message = await session.scalars(
+            sa.select(MessageAttachment.attachment_id)
+            .join(Delivery, Delivery.message_id == MessageAttachment.message_id)
+            .join(MailboxAccess, MailboxAccess.mailbox_id == Delivery.mailbox_id)
+            .where(MessageAttachment.attachment_id.in_(others), MailboxAccess.account_id == actor.account_id,
+                   Delivery.deleted.is_(False))
+        )
+        allowed.update(via_message)
+    return {i: found[i] for i in allowed}
+
+
+async def open_for(core: Core, actor: Actor, attachment_id: str) -> AttachmentView:
+    """Metadata of an attachment the actor may read, or 404."""
+    async with core.read() as session:
+        found = await readable(session, actor, [attachment_id])
+    if attachment_id not in found:
+        raise NotFound("pièce jointe introuvable")
+    return view(found[attachment_id])

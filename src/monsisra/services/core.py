@@ -1,0 +1,70 @@
+"""The shared context every service function receives: database, blobs, event bus, settings.
+
+Services open transactions with :meth:`Core.write`; events they queue on the transaction
+are published only once it has committed (DESIGN: events after commit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from monsisra.config import Settings
+from monsisra.events import Event, EventBus, make_bus
+from monsisra.store.blobs import BlobStore
+from monsisra.store.db import Database
+
+
+@dataclass
+class Tx:
+    """A write transaction and the events to publish after it commits."""
+
+    session: AsyncSession
+    events: list[Event] = field(default_factory=list)
+
+    def emit(self, type_: str, account_ids, **data) -> None:
+        ids = sorted(set(account_ids))
+        if ids:
+            self.events.append(Event(type_, ids, data))
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting: an account, and where from (for throttling and audit)."""
+
+    account_id: int
+    username: str
+    is_admin: bool = False
+    client: str | None = None
+
+
+class Core:
+    def __init__(self, settings: Settings, bus: EventBus | None = None) -> None:
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        self.blobs = BlobStore(settings.blob_dir)
+        self.bus = bus or make_bus(settings.redis_url)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Tx]:
+        async with self.db.write() as session:
+            tx = Tx(session)
+            yield tx
+        # Reached only when the transaction committed.
+        if tx.events:
+            await self.bus.publish(tx.events)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        async with self.db.read() as session:
+            yield session
+
+    async def start(self) -> None:
+        await self.bus.start()
+
+    async def close(self) -> None:
+        await self.bus.stop()
+        await self.db.dispose()

@@ -1,0 +1,673 @@
+"""Messages: send (local and external recipients), drafts, replies, lists, reading, flags,
+counts, search and receipts.
+
+Each public function validates first, writes in one transaction, and emits its events
+only after commit. Per-mailbox state lives in ``deliveries`` (one row per mailbox × message).
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import nh3
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from monsisra.domain.addresses import PATIENT_DOMAIN, domain_of, normalize_address
+from monsisra.domain.clock import as_utc, utcnow
+from monsisra.domain.ins import KNOWN_OIDS, OID_NIR, InvalidINS, is_valid_ins, validate_ins
+from monsisra.domain.model import Access, Category, Role, View
+from monsisra.domain.text import fold, preview, search_terms
+from monsisra.services import attachments as att_service
+from monsisra.services import audit, mailboxes
+from monsisra.services.core import Actor, Core, Tx
+from monsisra.services.errors import Invalid, NotFound, TooLarge
+from monsisra.store.models import (
+    VIEW_SQL,
+    Account,
+    Attachment,
+    Delivery,
+    Mailbox,
+    MailboxAccess,
+    Message,
+    MessageAttachment,
+    Patient,
+    Recipient,
+)
+
+MAX_RECIPIENTS = 200
+MAX_SUBJECT = 998
+MAX_BODY = 2_000_000
+PAGE_MAX = 200
+
+_ALLOWED_TAGS = {
+    "a", "abbr", "b", "blockquote", "br", "caption", "code", "div", "em", "h1", "h2", "h3", "h4", "h5", "h6",
+    "hr", "i", "li", "ol", "p", "pre", "s", "small", "span", "strong", "sub", "sup", "table", "tbody", "td",
+    "tfoot", "th", "thead", "tr", "u", "ul",
+}
+_ALLOWED_ATTRS = {"a": {"href", "title"}, "td": {"colspan", "rowspan"}, "th": {"colspan", "rowspan"},
+                  "*": {"title", "lang", "dir"}}
+
+
+def sanitize_html(html: str) -> str:
+    """Only text formatting survives: no script, style, event handler, image or remote content."""
+    return nh3.clean(
+        html,
+        tags=_ALLOWED_TAGS,
+        attributes=_ALLOWED_ATTRS,
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer nofollow",
+        strip_comments=True,
+    )
+
+
+# --- compose & send -----------------------------------------------------------------------
+
+
+@dataclass
+class PatientRef:
+    ins: str
+    oid: str = OID_NIR
+    family_name: str = ""
+    given_names: str = ""
+    birth_date: str | None = None
+    sex: str | None = None
+    birthplace: str | None = None
+
+
+@dataclass
+class Compose:
+    from_mailbox: int
+    to: list[str] = field(default_factory=list)
+    cc: list[str] = field(default_factory=list)
+    subject: str = ""
+    body: str = ""
+    html: str | None = None
+    category: str = Category.LETTER
+    attachments: list[str] = field(default_factory=list)
+    patient: PatientRef | None = None
+    draft: bool = False
+    draft_id: int | None = None
+    in_reply_to: int | None = None
+    receipt_requested: bool = False
+    no_reply: bool = False
+    context_type: str | None = None
+    context_id: int | None = None
+
+
+def new_message_id(domain: str) -> str:
+    return f"<{uuid.uuid4().hex}@{domain}>"
+
+
+def _check_address(raw: str, local_domain: str) -> tuple[str | None, str | None]:
+    """(normalised address, None) or (None, reason)."""
+    address = normalize_address(raw or "")
+    if address is None:
+        return None, "adresse mal formée"
+    if domain_of(address) == PATIENT_DOMAIN and not is_valid_ins(address.split("@")[0]):
+        return None, "adresse patient : l'INS est invalide"
+    return address, None
+
+
+async def _resolve_recipients(session: AsyncSession, core: Core, req: Compose
+                              ) -> tuple[list[tuple[str, str, Mailbox | None]], list[dict[str, str]]]:
+    """[(kind, address, local mailbox or None)] and the list of bad addresses with reasons."""
+    local_domain = core.settings.domain.lower()
+    wanted: list[tuple[str, str]] = []
+    bad: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for kind, raws in (("to", req.to), ("cc", req.cc)):
+        for raw in raws:
+            address, reason = _check_address(raw, local_domain)
+            if address is None:
+                bad.append({"address": str(raw), "reason": reason or "adresse invalide"})
+            elif address not in seen:
+                seen.add(address)
+                wanted.append((kind, address))
+    locals_ = await mailboxes.by_address(session, [a for _, a in wanted if domain_of(a) == local_domain])
+    resolved = []
+    for kind, address in wanted:
+        if domain_of(address) == local_domain and address not in locals_:
+            bad.append({"address": address, "reason": "boîte inconnue sur cette plateforme"})
+        else:
+            resolved.append((kind, address, locals_.get(address)))
+    return resolved, bad
+
+
+async def _patient_for(session: AsyncSession, ref: PatientRef) -> Patient:
+    try:
+        ins = validate_ins(ref.ins)
+    except InvalidINS as exc:
+        raise Invalid(f"patient : {exc}") from None
+    if ref.oid not in KNOWN_OIDS:
+        raise Invalid("patient : OID d'INS inconnu")
+    patient = await session.scalar(sa.select(Patient).where(Patient.ins == ins))
+    if patient is None:
+        patient = Patient(ins=ins, ins_oid=ref.oid, family_name=ref.family_name.upper(),
+                          given_names=ref.given_names, birth_date=ref.birth_date, sex=ref.sex,
+                          birthplace=ref.birthplace)
+        session.add(patient)
+        await session.flush()
+    return patient
+
+
+async def allocate_uids(session: AsyncSession, mailbox_ids: list[int]) -> dict[int, tuple[int, int]]:
+    """Reserve the next uid and modseq of each mailbox (rows locked in id order: no deadlock)."""
+    result = {}
+    for mailbox_id in sorted(set(mailbox_ids)):
+        row = (await session.execute(
+            sa.update(Mailbox).where(Mailbox.id == mailbox_id)
+            .values(next_uid=Mailbox.next_uid + 1, modseq=Mailbox.modseq + 1)
+            .returning(Mailbox.next_uid, Mailbox.modseq)
+        )).one()
+        result[mailbox_id] = (row[0] - 1, row[1])
+    return result
+
+
+async def bump_modseq(session: AsyncSession, mailbox_id: int) -> int:
+    return (await session.execute(
+        sa.update(Mailbox).where(Mailbox.id == mailbox_id).values(modseq=Mailbox.modseq + 1)
+        .returning(Mailbox.modseq)
+    )).scalar_one()
+
+
+def build_search_text(subject: str, body: str, sender_name: str, sender_address: str,
+                      filenames: list[str], extra: str = "") -> str:
+    return fold(" ".join([subject, sender_name, sender_address, *filenames, extra, body]))[:200_000]
+
+
+async def deliver(tx: Tx, message: Message, placements: list[tuple[int, str]]) -> dict[int, int]:
+    """Place a stored message in mailboxes, as (mailbox id, role); returns mailbox → delivery id.
+
+    Shared by local sends and the SMTP gateway. Emits the new-message events.
+    """
+    session = tx.session
+    uids = await allocate_uids(session, [m for m, _ in placements])
+    now = message.created_at
+    rows = []
+    for mailbox_id, role in placements:
+        uid, modseq = uids[mailbox_id]
+        if len([p for p in placements if p[0] == mailbox_id]) > 1:
+            # The same mailbox is both sender and recipient: give each row its own uid.
+            uid, modseq = (await allocate_uids(session, [mailbox_id]))[mailbox_id]
+        rows.append(Delivery(mailbox_id=mailbox_id, message_id=message.id, uid=uid, role=role,
+                             category=message.category, created_at=now, modseq=modseq,
+                             read=role != Role.IN))
+    session.add_all(rows)
+    await session.flush()
+    owners = await mailboxes.accounts_of(session, [m for m, _ in placements])
+    for d in rows:
+        tx.emit("message.new" if d.role == Role.IN else "message.stored", owners.get(d.mailbox_id, []),
+                mailbox_id=d.mailbox_id, message_id=message.id, role=d.role, category=message.category,
+                subject=message.subject, sender=message.sender_name or message.sender_address)
+        tx.emit("counts", owners.get(d.mailbox_id, []), mailbox_ids=[d.mailbox_id])
+    return {d.mailbox_id: d.id for d in rows}
+
+
+async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
+    """Send (or save as draft) a message; returns it as the sending mailbox sees it."""
+    if req.category not in {c.value for c in Category}:
+        raise Invalid(f"catégorie inconnue : {req.category}")
+    if len(req.subject) > MAX_SUBJECT or "\n" in req.subject or "\r" in req.subject:
+        raise Invalid("objet trop long ou sur plusieurs lignes")
+    if len(req.body) > MAX_BODY:
+        raise Invalid("message trop long")
+    if len(req.to) + len(req.cc) > MAX_RECIPIENTS:
+        raise Invalid(f"trop de destinataires (au plus {MAX_RECIPIENTS})")
+    html = sanitize_html(req.html) if req.html else None
+    async with core.write() as tx:
+        s = tx.session
+        await mailboxes.access_of(s, actor, req.from_mailbox)
+        sender = await s.get(Mailbox, req.from_mailbox)
+        assert sender is not None
+        recipients, bad = await _resolve_recipients(s, core, req)
+        if bad:
+            raise Invalid("destinataires invalides : " + ", ".join(b["address"] for b in bad),
+                          invalid_addresses=bad)
+        if not recipients and not req.draft:
+            raise Invalid("au moins un destinataire est nécessaire")
+        found = await att_service.readable(s, actor, list(dict.fromkeys(req.attachments)))
+        missing = [a for a in req.attachments if a not in found]
+        if missing:
+            raise NotFound("pièce jointe introuvable : " + ", ".join(missing))
+        total = sum(a.size for a in found.values())
+        if total > core.settings.max_message_bytes:
+            raise TooLarge(f"pièces jointes trop volumineuses : {total // 1024} Ko au total, "
+                           f"limite {core.settings.max_message_bytes // (1024 * 1024)} Mo")
+        parent = None
+        if req.in_reply_to is not None:
+            parent = await _readable_message(s, actor, req.in_reply_to)
+        patient = await _patient_for(s, req.patient) if req.patient else None
+        if req.draft_id is not None:
+            await _discard_draft(tx, actor, req.from_mailbox, req.draft_id)
+
+        author = await s.get(Account, actor.account_id)
+        on_behalf = author is not None and sender.owner_account_id not in (None, actor.account_id)
+        now = utcnow()
+        ordered = [found[a] for a in dict.fromkeys(req.attachments)]
+        message = Message(
+            message_id=new_message_id(core.settings.domain),
+            in_reply_to_id=parent.id if parent else None,
+            thread_id=(parent.thread_id or parent.id) if parent else None,
+            from_mailbox_id=sender.id,
+            author_account_id=actor.account_id,
+            sender_address=sender.address,
+            sender_name=sender.display_name,
+            subject=req.subject.strip(),
+            body=req.body,
+            html=html,
+            preview=preview(req.body),
+            category=req.category,
+            created_at=now,
+            sent_at=None if req.draft else now,
+            is_draft=req.draft,
+            patient_id=patient.id if patient else None,
+            has_attachments=bool(ordered),
+            receipt_requested=req.receipt_requested,
+            no_reply=req.no_reply,
+            context_type=req.context_type,
+            context_id=req.context_id,
+            headers={"on_behalf_of": author.username} if on_behalf and author else None,
+            search_text=build_search_text(req.subject, req.body, sender.display_name, sender.address,
+                                          [a.filename for a in ordered]),
+        )
+        s.add(message)
+        await s.flush()
+        if message.thread_id is None:
+            message.thread_id = message.id
+        for pos, a in enumerate(ordered):
+            s.add(MessageAttachment(message_id=message.id, attachment_id=a.id, position=pos))
+        for kind, address, mailbox in recipients:
+            external = mailbox is None
+            s.add(Recipient(message_id=message.id, kind=kind, address=address,
+                            display_name=mailbox.display_name if mailbox else "",
+                            mailbox_id=mailbox.id if mailbox else None,
+                            status=("draft" if req.draft else "queued" if external else "delivered"),
+                            status_at=now, next_attempt_at=now if external and not req.draft else None))
+        if req.draft:
+            placements = [(sender.id, Role.DRAFT)]
+        else:
+            placements = [(sender.id, Role.SENT)]
+            placements += [(m.id, Role.IN) for _, _, m in recipients if m is not None]
+        delivery_ids = await deliver(tx, message, placements)
+        if patient is not None:
+            audit.record(s, actor.account_id, "patient.message", object_type="message", object_id=message.id,
+                         patient_id=patient.id, client=actor.client)
+        if any(m is None for _, _, m in recipients) and not req.draft:
+            tx.emit("outbox", [actor.account_id], message_id=message.id)
+        sender_delivery = delivery_ids[sender.id]
+    return await get(core, actor, req.from_mailbox, message.id, mark_read=False, _delivery_id=sender_delivery)
+
+
+async def _discard_draft(tx: Tx, actor: Actor, mailbox_id: int, message_id: int) -> None:
+    s = tx.session
+    delivery = await s.scalar(sa.select(Delivery).where(
+        Delivery.mailbox_id == mailbox_id, Delivery.message_id == message_id, Delivery.role == Role.DRAFT,
+        Delivery.deleted.is_(False)))
+    if delivery is None:
+        raise NotFound("brouillon introuvable")
+    # A draft was never delivered anywhere: it can really go.
+    await s.execute(sa.delete(Delivery).where(Delivery.message_id == message_id))
+    await s.execute(sa.delete(Recipient).where(Recipient.message_id == message_id))
+    await s.execute(sa.delete(MessageAttachment).where(MessageAttachment.message_id == message_id))
+    await s.execute(sa.delete(Message).where(Message.id == message_id, Message.is_draft.is_(True)))
+    await bump_modseq(s, mailbox_id)
+
+
+async def _readable_message(session: AsyncSession, actor: Actor, message_id: int) -> Message:
+    """A message present in some mailbox the actor may use, or 404."""
+    found = await session.scalar(
+        sa.select(Message).join(Delivery, Delivery.message_id == Message.id)
+        .join(MailboxAccess, MailboxAccess.mailbox_id == Delivery.mailbox_id)
+        .where(Message.id == message_id, MailboxAccess.account_id == actor.account_id,
+               Delivery.deleted.is_(False)).limit(1)
+    )
+    if found is None:
+        raise NotFound("message introuvable")
+    return found
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return as_utc(value).isoformat() if value else None
+
+
+def _encode_cursor(delivery_id: int) -> str:
+    return base64.urlsafe_b64encode(f"d{delivery_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("d"):
+            raise ValueError
+        return int(raw[1:])
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid("curseur de pagination invalide") from None
+
+
+_LIST_COLUMNS = (
+    Delivery.id.label("delivery_id"), Delivery.read, Delivery.favorite, Delivery.todo, Delivery.archived,
+    Delivery.role, Message.id, Message.subject, Message.preview, Message.sender_address, Message.sender_name,
+    Message.category, Message.created_at, Message.has_attachments, Message.thread_id, Message.in_reply_to_id,
+    Message.patient_id, Message.is_draft, Message.context_type, Message.context_id, Message.no_reply,
+)
+
+
+def _match_clause(dialect: str, terms: list[str]):
+    if dialect == "sqlite":
+        query = " AND ".join(f'"{t}"*' for t in terms)
+        return Delivery.message_id.in_(
+            sa.text("SELECT rowid FROM message_fts WHERE message_fts MATCH :fts").bindparams(fts=query)
+            .columns(sa.column("rowid"))
+        )
+    query = " & ".join(f"{t}:*" for t in terms)
+    return Delivery.message_id.in_(
+        sa.select(Message.id).where(sa.text("messages.search_vector @@ to_tsquery('simple', :tsq)")
+                                    .bindparams(tsq=query))
+    )
+
+
+async def list_messages(core: Core, actor: Actor, mailbox_id: int, *, view: str = View.INBOX,
+                        category: str | None = None, q: str | None = None, cursor: str | None = None,
+                        limit: int = 50) -> dict[str, Any]:
+    """One page of a mailbox view, newest first, with ``next_cursor`` for the following page."""
+    if view not in VIEW_SQL:
+        raise Invalid(f"vue inconnue : {view}")
+    if category and category not in {c.value for c in Category}:
+        raise Invalid(f"catégorie inconnue : {category}")
+    limit = max(1, min(limit, PAGE_MAX))
+    async with core.read() as s:
+        await mailboxes.access_of(s, actor, mailbox_id)
+        stmt = (sa.select(*_LIST_COLUMNS).select_from(Delivery).join(Message, Message.id == Delivery.message_id)
+                .where(Delivery.mailbox_id == mailbox_id, sa.text(_qualified(VIEW_SQL[view]))))
+        if category:
+            stmt = stmt.where(Delivery.category == category)
+        elif view == View.INBOX:
+            prefs = await s.scalar(sa.select(Account.inbox_categories).where(Account.id == actor.account_id))
+            if prefs is not None and set(prefs) != {c.value for c in Category}:
+                stmt = stmt.where(Delivery.category.in_(prefs))
+        if cursor:
+            stmt = stmt.where(Delivery.id < _decode_cursor(cursor))
+        if q:
+            terms = search_terms(q)
+            if not terms:
+                return {"items": [], "next_cursor": None}
+            stmt = stmt.where(_match_clause(s.bind.dialect.name, terms))
+        rows = (await s.execute(stmt.order_by(Delivery.id.desc()).limit(limit + 1))).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = await _summaries(s, rows)
+    return {"items": items, "next_cursor": _encode_cursor(rows[-1].delivery_id) if more else None}
+
+
+def _qualified(cond: str) -> str:
+    # The view conditions name bare columns; qualify them since the query joins messages.
+    out = cond
+    for col in ("role", "archived", "deleted", "read", "favorite", "todo"):
+        out = out.replace(f"{col} =", f"deliveries.{col} =")
+    return out
+
+
+async def _summaries(s: AsyncSession, rows) -> list[dict[str, Any]]:
+    ids = [r.id for r in rows]
+    recips = await _recipients_of(s, ids)
+    atts = await _attachments_of(s, ids)
+    patients = await _patients_of(s, [r.patient_id for r in rows if r.patient_id])
+    return [_summary(r, recips.get(r.id, []), atts.get(r.id, []), patients.get(r.patient_id)) for r in rows]
+
+
+def _summary(r, recips, atts, patient) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "subject": r.subject,
+        "preview": r.preview,
+        "sender": {"address": r.sender_address, "name": r.sender_name},
+        "to": [x for x in recips if x["kind"] == "to"],
+        "cc": [x for x in recips if x["kind"] == "cc"],
+        "category": r.category,
+        "created_at": _iso(r.created_at),
+        "has_attachments": r.has_attachments,
+        "attachments": atts,
+        "patient": patient,
+        "thread": {"id": r.thread_id, "in_reply_to": r.in_reply_to_id},
+        "context": {"type": r.context_type, "id": r.context_id} if r.context_type else None,
+        "draft": r.is_draft,
+        "no_reply": r.no_reply,
+        "state": {"read": r.read, "favorite": r.favorite, "todo": r.todo, "archived": r.archived, "role": r.role},
+    }
+
+
+async def _recipients_of(s: AsyncSession, message_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = {}
+    if not message_ids:
+        return out
+    rows = await s.execute(sa.select(Recipient.message_id, Recipient.kind, Recipient.address,
+                                     Recipient.display_name, Recipient.status)
+                           .where(Recipient.message_id.in_(message_ids)).order_by(Recipient.id))
+    for mid, kind, address, name, status in rows:
+        out.setdefault(mid, []).append({"kind": kind, "address": address, "name": name, "status": status})
+    return out
+
+
+async def _attachments_of(s: AsyncSession, message_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = {}
+    if not message_ids:
+        return out
+    rows = await s.execute(
+        sa.select(MessageAttachment.message_id, Attachment)
+        .join(Attachment, Attachment.id == MessageAttachment.attachment_id)
+        .where(MessageAttachment.message_id.in_(message_ids)).order_by(MessageAttachment.position)
+    )
+    for mid, a in rows:
+        out.setdefault(mid, []).append({"id": a.id, "filename": a.filename, "content_type": a.content_type,
+                                        "size": a.size})
+    return out
+
+
+async def _patients_of(s: AsyncSession, patient_ids: list[int]) -> dict[int, dict[str, Any]]:
+    if not patient_ids:
+        return {}
+    rows = await s.scalars(sa.select(Patient).where(Patient.id.in_(set(patient_ids))))
+    return {p.id: {"id": p.id, "ins": p.ins, "oid": p.ins_oid, "family_name": p.family_name,
+                   "given_names": p.given_names, "birth_date": p.birth_date, "sex": p.sex} for p in rows}
+
+
+async def get(core: Core, actor: Actor, mailbox_id: int, message_id: int, *, mark_read: bool = True,
+              _delivery_id: int | None = None) -> dict[str, Any]:
+    """The whole message as this mailbox sees it; reading marks it read and records the receipt."""
+    async with core.read() as s:
+        await mailboxes.access_of(s, actor, mailbox_id)
+        stmt = (sa.select(*_LIST_COLUMNS, Message.body, Message.html, Message.message_id.label("rfc_id"),
+                          Message.headers, Message.receipt_requested)
+                .select_from(Delivery).join(Message, Message.id == Delivery.message_id)
+                .where(Delivery.mailbox_id == mailbox_id, Delivery.message_id == message_id,
+                       Delivery.deleted.is_(False)))
+        if _delivery_id is not None:
+            stmt = stmt.where(Delivery.id == _delivery_id)
+        row = (await s.execute(stmt.order_by(Delivery.id.desc()).limit(1))).first()
+        if row is None:
+            raise NotFound("message introuvable")
+        item = (await _summaries(s, [row]))[0]
+    item.update(body=row.body, html=row.html, message_id=row.rfc_id, receipt_requested=row.receipt_requested,
+                on_behalf_of=(row.headers or {}).get("on_behalf_of"))
+    if mark_read and row.role == Role.IN and not row.read:
+        await _mark_read(core, actor, row.delivery_id)
+        item["state"]["read"] = True
+    if row.patient_id and mark_read:
+        async with core.write() as tx:
+            audit.record(tx.session, actor.account_id, "patient.read", object_type="message",
+                         object_id=message_id, patient_id=row.patient_id, client=actor.client)
+    return item
+
+
+async def _mark_read(core: Core, actor: Actor, delivery_id: int) -> None:
+    await _set_flags(core, actor, delivery_id, {"read": True})
+
+
+async def _set_flags(core: Core, actor: Actor, delivery_id: int, flags: dict[str, bool]) -> None:
+    now = utcnow()
+    async with core.write() as tx:
+        s = tx.session
+        d = await s.get(Delivery, delivery_id)
+        if d is None:
+            raise NotFound("message introuvable")
+        changed = {k: v for k, v in flags.items() if getattr(d, k) != v}
+        if not changed:
+            return
+        for k, v in changed.items():
+            setattr(d, k, v)
+        d.modseq = await bump_modseq(s, d.mailbox_id)
+        first_read = changed.get("read") is True and d.first_read_at is None and d.role == Role.IN
+        if first_read:
+            d.first_read_at, d.first_read_by = now, actor.account_id
+        owners = await mailboxes.accounts_of(s, [d.mailbox_id])
+        tx.emit("message.flags", owners.get(d.mailbox_id, []), mailbox_id=d.mailbox_id,
+                message_id=d.message_id, flags=changed)
+        tx.emit("counts", owners.get(d.mailbox_id, []), mailbox_ids=[d.mailbox_id])
+        if first_read:
+            sender = await s.scalar(sa.select(Message.from_mailbox_id).where(Message.id == d.message_id))
+            if sender is not None:
+                reader = await s.get(Account, actor.account_id)
+                mailbox = await s.get(Mailbox, d.mailbox_id)
+                senders = await mailboxes.accounts_of(s, [sender])
+                tx.emit("message.read", senders.get(sender, []), message_id=d.message_id,
+                        mailbox_id=sender, reader_mailbox=mailbox.address if mailbox else None,
+                        read_at=now.isoformat(),
+                        reader_name=f"{reader.first_name} {reader.last_name}".strip() if reader else "")
+
+
+async def update_state(core: Core, actor: Actor, mailbox_id: int, message_id: int,
+                       changes: dict[str, bool | None]) -> dict[str, Any]:
+    """Set read/favorite/todo/archived/deleted of a message in one mailbox."""
+    flags = {k: bool(v) for k, v in changes.items() if v is not None}
+    unknown = set(flags) - {"read", "favorite", "todo", "archived", "deleted"}
+    if unknown:
+        raise Invalid(f"états inconnus : {', '.join(sorted(unknown))}")
+    async with core.read() as s:
+        await mailboxes.access_of(s, actor, mailbox_id)
+        delivery_id = await s.scalar(
+            sa.select(Delivery.id).where(Delivery.mailbox_id == mailbox_id, Delivery.message_id == message_id,
+                                         Delivery.deleted.is_(False)).order_by(Delivery.id.desc()).limit(1))
+    if delivery_id is None:
+        raise NotFound("message introuvable")
+    await _set_flags(core, actor, delivery_id, flags)
+    async with core.read() as s:
+        d = await s.get(Delivery, delivery_id)
+        assert d is not None
+        return {"read": d.read, "favorite": d.favorite, "todo": d.todo, "archived": d.archived,
+                "deleted": d.deleted}
+
+
+async def counts(core: Core, actor: Actor, mailbox_id: int) -> dict[str, Any]:
+    """Unread/total per view and per category, in one pass over the mailbox's index."""
+    async with core.read() as s:
+        await mailboxes.access_of(s, actor, mailbox_id)
+        prefs = await s.scalar(sa.select(Account.inbox_categories).where(Account.id == actor.account_id))
+        rows = await s.execute(
+            sa.select(Delivery.role, Delivery.category, Delivery.read, Delivery.archived, Delivery.favorite,
+                      Delivery.todo, sa.func.count())
+            .where(Delivery.mailbox_id == mailbox_id, Delivery.deleted.is_(False))
+            .group_by(Delivery.role, Delivery.category, Delivery.read, Delivery.archived, Delivery.favorite,
+                      Delivery.todo)
+        )
+        return tally(rows.all(), prefs)
+
+
+def tally(rows, prefs: list[str] | None) -> dict[str, Any]:
+    views = {v.value: {"unread": 0, "total": 0} for v in View}
+    cats = {c.value: {"unread": 0, "total": 0} for c in Category}
+    inbox_cats = set(prefs) if prefs is not None else {c.value for c in Category}
+
+    def add(bucket: dict[str, int], n: int, unread: bool) -> None:
+        bucket["total"] += n
+        if unread:
+            bucket["unread"] += n
+
+    for role, category, read, archived, favorite, todo, n in rows:
+        unread = role == Role.IN and not read
+        if role == Role.IN:
+            add(views["all"], n, unread)
+            add(cats[category], n, unread)
+            if not read:
+                add(views["unread"], n, True)
+            if not archived and category in inbox_cats:
+                add(views["inbox"], n, unread)
+        elif role == Role.SENT:
+            add(views["sent"], n, False)
+        elif role == Role.DRAFT:
+            add(views["drafts"], n, False)
+        if favorite:
+            add(views["favorites"], n, unread)
+        if todo:
+            add(views["todo"], n, unread)
+        if archived:
+            add(views["archived"], n, unread)
+    return {"views": views, "categories": cats}
+
+
+async def receipts(core: Core, actor: Actor, message_id: int) -> list[dict[str, Any]]:
+    """Who read a message, per recipient mailbox: only the sending mailbox's users may ask."""
+    async with core.read() as s:
+        sender_mailbox = await s.scalar(sa.select(Message.from_mailbox_id).where(Message.id == message_id))
+        if sender_mailbox is None:
+            raise NotFound("message introuvable")
+        await mailboxes.access_of(s, actor, sender_mailbox)
+        rows = await s.execute(
+            sa.select(Recipient.address, Recipient.display_name, Recipient.kind, Recipient.status,
+                      Recipient.read_at, Delivery.first_read_at, Account.first_name, Account.last_name,
+                      Account.username, Mailbox.kind.label("mailbox_kind"))
+            .outerjoin(Delivery, sa.and_(Delivery.message_id == Recipient.message_id,
+                                         Delivery.mailbox_id == Recipient.mailbox_id, Delivery.role == Role.IN))
+            .outerjoin(Account, Account.id == Delivery.first_read_by)
+            .outerjoin(Mailbox, Mailbox.id == Recipient.mailbox_id)
+            .where(Recipient.message_id == message_id).order_by(Recipient.id)
+        )
+        out = []
+        for r in rows:
+            read_at = r.first_read_at or r.read_at
+            reader = f"{r.first_name} {r.last_name.upper()}".strip() if r.username else None
+            name = r.display_name or r.address
+            ini_src = (r.first_name, r.last_name) if r.username else _name_parts(name)
+            out.append({
+                "address": r.address,
+                "name": name,
+                "initials": "".join(p[:1] for p in ini_src if p).upper() or r.address[:2].upper(),
+                "kind": r.kind,
+                "status": r.status,
+                "read_at": _iso(read_at),
+                "read_by": reader if r.mailbox_kind and r.mailbox_kind != "PER" else (reader if reader else None),
+            })
+        return out
+
+
+def _name_parts(display_name: str) -> tuple[str, ...]:
+    words = [w for w in display_name.replace("Dr ", "").split() if w[:1].isalpha()]
+    return (words[0], words[-1]) if len(words) >= 2 else tuple(words)
+
+
+async def thread(core: Core, actor: Actor, mailbox_id: int, thread_id: int) -> list[dict[str, Any]]:
+    """All messages of a thread present in this mailbox, oldest first."""
+    async with core.read() as s:
+        await mailboxes.access_of(s, actor, mailbox_id)
+        rows = (await s.execute(
+            sa.select(*_LIST_COLUMNS).select_from(Delivery).join(Message, Message.id == Delivery.message_id)
+            .where(Delivery.mailbox_id == mailbox_id, Message.thread_id == thread_id, Delivery.deleted.is_(False))
+            .order_by(Delivery.id)
+        )).all()
+        return await _summaries(s, rows)
+
+
+async def access_kind(core: Core, actor: Actor, mailbox_id: int) -> str:
+    async with core.read() as s:
+        return await mailboxes.access_of(s, actor, mailbox_id)
+
+
+__all__ = ["Access", "Compose", "PatientRef", "counts", "get", "list_messages", "receipts", "send",
+           "update_state"]

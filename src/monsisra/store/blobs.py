@@ -1,0 +1,108 @@
+"""Content-addressed file store: bytes named by their sha256, written atomically and fsynced."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+_CHUNK = 1 << 16
+
+
+class TooLarge(Exception):
+    pass
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+
+    def path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError("bad blob name")
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).exists()
+
+    def _begin(self) -> tuple[int, str]:
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(dir=self.tmp, prefix="up-")
+
+    def _commit(self, fd: int, tmp_name: str, digest: str) -> None:
+        os.fsync(fd)
+        os.close(fd)
+        final = self.path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            os.unlink(tmp_name)
+        else:
+            os.replace(tmp_name, final)
+            dir_fd = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def put_bytes(self, data: bytes) -> tuple[str, int]:
+        """Store ``data``; returns (sha256, size). Durable when this returns."""
+        digest = hashlib.sha256(data).hexdigest()
+        if self.exists(digest):
+            return digest, len(data)
+        fd, tmp_name = self._begin()
+        try:
+            os.write(fd, data)
+            self._commit(fd, tmp_name, digest)
+        except BaseException:
+            _discard(fd, tmp_name)
+            raise
+        return digest, len(data)
+
+    async def put_stream(self, chunks: AsyncIterator[bytes], limit: int) -> tuple[str, int, bytes]:
+        """Store a stream; raises :class:`TooLarge` past ``limit`` bytes (nothing is kept).
+
+        Returns (sha256, size, first bytes) — the head serves content sniffing.
+        """
+        fd, tmp_name = self._begin()
+        hasher = hashlib.sha256()
+        size = 0
+        head = b""
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(size)
+                if len(head) < 8192:
+                    head += chunk[: 8192 - len(head)]
+                hasher.update(chunk)
+                os.write(fd, chunk)
+            self._commit(fd, tmp_name, hasher.hexdigest())
+        except BaseException:
+            _discard(fd, tmp_name)
+            raise
+        return hasher.hexdigest(), size, head
+
+    def open(self, sha256: str):
+        return self.path(sha256).open("rb")
+
+    def read(self, sha256: str) -> bytes:
+        return self.path(sha256).read_bytes()
+
+    def iter_file(self, sha256: str) -> Iterator[bytes]:
+        with self.open(sha256) as f:
+            while chunk := f.read(_CHUNK):
+                yield chunk
+
+
+def _discard(fd: int, tmp_name: str) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    try:
+        os.unlink(tmp_name)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,48 @@
+"""Fixtures: every server-level test runs once on SQLite and once on PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from monsisra.services import accounts
+from monsisra.services import demo as demo_service
+from tests.support import POSTGRES_URL, fresh_database, make_settings, start_server, unique
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request) -> str:
+    if request.param == "postgres" and not POSTGRES_URL:
+        pytest.skip("PostgreSQL run skipped: MONSISRA_TEST_POSTGRES_URL is not set (CI sets it)")
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def database_url(backend, tmp_path_factory):
+    with fresh_database(backend, tmp_path_factory.mktemp(f"db-{backend}")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def server(database_url, tmp_path_factory, backend):
+    """A real MonSisra server on a free port with the demo data loaded."""
+    settings = make_settings(database_url, tmp_path_factory.mktemp(f"data-{backend}"), smtp_enabled=False,
+                             run_workers=False)
+    running = start_server(settings)
+    running.call(demo_service.load, running.core)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def make_user(server):
+    """Create a fresh professional account; returns (username, mailbox address)."""
+
+    def _make(first: str = "Test", last: str | None = None, **kw):
+        username = unique("user")
+        account, mailbox = server.call(accounts.create_account, server.core, accounts.NewAccount(
+            username=username, password="secret-pass", first_name=first, last_name=last or username, **kw))
+        return username, mailbox.address, mailbox.id
+
+    return _make
