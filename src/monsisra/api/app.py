@@ -16,9 +16,10 @@ from monsisra.services.core import Core
 
 log = logging.getLogger("monsisra")
 
-# Components (web pages, SMTP gateway, workers…) register here to join the app's lifespan.
-Plugin = Callable[[FastAPI, Core], Awaitable[Callable[[], Awaitable[None]] | None]]
-PLUGINS: list[Callable[[], Plugin | None]] = []
+# Each of these modules has ``install(app, settings)``: it adds routers and may append
+# ``async (app, core) -> stop | None`` hooks to ``app.state.startup_hooks`` (run in the lifespan).
+EXTENSIONS = ("monsisra.api.directory", "monsisra.web.install", "monsisra.gateway.install")
+StartupHook = Callable[[FastAPI, Core], Awaitable[Callable[[], Awaitable[None]] | None]]
 
 
 def create_app(settings: Settings | None = None, *, core: Core | None = None) -> FastAPI:
@@ -59,7 +60,7 @@ def _install_optional(app: FastAPI, settings: Settings) -> None:
     """Mount the parts that live in other packages (web pages, gateway, directory)."""
     import importlib
 
-    for module_name in ("monsisra.web.install", "monsisra.gateway.install", "monsisra.directory_api"):
+    for module_name in EXTENSIONS:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:

@@ -7,6 +7,7 @@ import asyncio
 from alembic import context
 
 from monsisra.store.db import make_engine
+import monsisra.store.schema  # noqa: F401  (registers every table)
 from monsisra.store.models import Base
 
 target_metadata = Base.metadata
