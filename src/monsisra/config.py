@@ -39,6 +39,15 @@ class Settings(BaseSettings):
     smtp_enabled: bool = True
     outbound_retry_seconds: int = 4 * 24 * 3600
     nil: str = "MonSisra/0.1"
+    # MSSanté gateway (issue 5).
+    smtp_require_tls: bool = True  # inbound: no MAIL before STARTTLS
+    smtp_verify_client: bool = False  # inbound: demand a client certificate chained to tls_trust
+    smtp_max_connections_per_client: int = 20
+    smtp_max_messages_per_minute: int = 1200  # per client address
+    smtp_max_recipients: int = 100
+    outbound_retry_base_seconds: int = 60  # first back-off; doubles up to an hour
+    outbound_poll_seconds: float = 5.0
+    outbound_timeout_seconds: float = 60.0
 
     @cached_property
     def effective_secret_key(self) -> str:

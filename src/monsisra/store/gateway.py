@@ -1,0 +1,84 @@
+"""Tables of the MSSanté gateway: trusted domains, inbound audit and idempotence, outbound
+attempts, read-receipt (MDN) jobs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from monsisra.store.models import UTC, Base, _now
+
+
+class TrustedDomain(Base):
+    """A domain of the MSSanté trust space: mail from or to any other domain is refused.
+
+    ``*.example.fr`` entries trust every sub-domain of ``example.fr``.
+    """
+
+    __tablename__ = "gw_trusted_domains"
+
+    domain: Mapped[str] = mapped_column(sa.String(253), primary_key=True)
+    note: Mapped[str] = mapped_column(sa.String(200), default="")
+    added_at: Mapped[datetime] = mapped_column(UTC, default=_now)
+
+
+class InboundMessage(Base):
+    """One accepted SMTP message for one local mailbox: the raw form kept for audit, and the
+    key of idempotence — the same Message-ID delivered twice to a mailbox is stored once."""
+
+    __tablename__ = "gw_inbound"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(sa.ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    rfc_message_id: Mapped[str] = mapped_column(sa.String(255))
+    message_id: Mapped[int | None] = mapped_column(sa.ForeignKey("messages.id", ondelete="SET NULL"), index=True)
+    raw_sha256: Mapped[str] = mapped_column(sa.String(64))
+    raw_size: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    mail_from: Mapped[str] = mapped_column(sa.String(254), default="")
+    peer: Mapped[str] = mapped_column(sa.String(80), default="")
+    kind: Mapped[str] = mapped_column(sa.String(8), default="message")  # message | mdn
+    received_at: Mapped[datetime] = mapped_column(UTC, default=_now)
+
+    __table_args__ = (sa.UniqueConstraint("mailbox_id", "rfc_message_id"),)
+
+
+class OutboundAttempt(Base):
+    """One SMTP delivery attempt of one external recipient (the outbox's history)."""
+
+    __tablename__ = "gw_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recipient_id: Mapped[int | None] = mapped_column(sa.ForeignKey("recipients.id", ondelete="CASCADE"),
+                                                     index=True)
+    mdn_id: Mapped[int | None] = mapped_column(sa.ForeignKey("gw_mdn.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(UTC, default=_now)
+    host: Mapped[str] = mapped_column(sa.String(260), default="")
+    code: Mapped[int | None] = mapped_column()
+    outcome: Mapped[str] = mapped_column(sa.String(12))  # sent | retry | failed
+    detail: Mapped[str] = mapped_column(sa.Text, default="")
+
+
+class MdnJob(Base):
+    """A read receipt we owe a remote sender (status ``ask`` waits for the user's consent)."""
+
+    __tablename__ = "gw_mdn"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(sa.ForeignKey("messages.id", ondelete="CASCADE"))
+    mailbox_id: Mapped[int] = mapped_column(sa.ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    account_id: Mapped[int | None] = mapped_column(sa.ForeignKey("accounts.id"))
+    notify_to: Mapped[str] = mapped_column(sa.String(254))
+    status: Mapped[str] = mapped_column(sa.String(10))  # ask | queued | retrying | sent | failed | declined
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTC)
+    detail: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(UTC, default=_now)
+
+    __table_args__ = (
+        sa.UniqueConstraint("message_id", "mailbox_id"),
+        sa.Index("ix_gw_mdn_due", "next_attempt_at",
+                 sqlite_where=sa.text("status IN ('queued', 'retrying')"),
+                 postgresql_where=sa.text("status IN ('queued', 'retrying')")),
+    )
