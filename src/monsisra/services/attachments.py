@@ -61,15 +61,15 @@ def sniff(head: bytes, filename: str) -> str:
         return kind.mime
     if head.lstrip().startswith(b"<?xml") or head.lstrip().startswith(b"<ClinicalDocument"):
         return "application/xml"
+    if not head or b"\x00" in head:
+        return "application/octet-stream"
+    # A multi-byte character cut at the end of a full head is still text.
+    sample = head[:-4] if len(head) >= 8192 else head
     try:
-        head.decode("utf-8")
+        sample.decode("utf-8")
     except UnicodeDecodeError:
-        # A multi-byte character cut at the end of the head is still text.
-        try:
-            head[:-4].decode("utf-8")
-        except UnicodeDecodeError:
-            return "application/octet-stream"
-    return "text/plain" if head else "application/octet-stream"
+        return "application/octet-stream"
+    return "text/plain"
 
 
 async def upload(core: Core, actor: Actor, filename: str | None, chunks: AsyncIterator[bytes]) -> AttachmentView:

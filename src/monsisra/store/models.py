@@ -147,6 +147,8 @@ class Patient(Base):
 
 class Message(Base):
     __tablename__ = "messages"
+    # Ids are never reused (drafts are deleted when sent): clients and cursors may keep them.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     message_id: Mapped[str] = mapped_column(sa.String(255), index=True)  # RFC 5322 Message-ID
@@ -259,6 +261,7 @@ class Delivery(Base):
             "favorite",
             "todo",
         ),
+        {"sqlite_autoincrement": True},
     )
 
 

@@ -179,7 +179,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['from_mailbox_id'], ['mailboxes.id'], name=op.f('fk_messages_from_mailbox_id_mailboxes')),
     sa.ForeignKeyConstraint(['in_reply_to_id'], ['messages.id'], name=op.f('fk_messages_in_reply_to_id_messages')),
     sa.ForeignKeyConstraint(['patient_id'], ['patients.id'], name=op.f('fk_messages_patient_id_patients')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_messages'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_messages')),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('messages', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_messages_message_id'), ['message_id'], unique=False)
@@ -207,7 +208,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['message_id'], ['messages.id'], name=op.f('fk_deliveries_message_id_messages'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_deliveries')),
     sa.UniqueConstraint('mailbox_id', 'message_id', 'role', name=op.f('uq_deliveries_mailbox_id_message_id_role')),
-    sa.UniqueConstraint('mailbox_id', 'uid', name=op.f('uq_deliveries_mailbox_id_uid'))
+    sa.UniqueConstraint('mailbox_id', 'uid', name=op.f('uq_deliveries_mailbox_id_uid')),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.create_index('ix_deliveries_category', ['mailbox_id', 'category', 'id'], unique=False, sqlite_where=sa.text("role = 'in' AND deleted = false"), postgresql_where=sa.text("role = 'in' AND deleted = false"))

@@ -1,0 +1,84 @@
+"""Pure rules: INS keys, address generation, text folding, HTML sanitising, file names."""
+
+from __future__ import annotations
+
+import pytest
+
+from monsisra.domain.addresses import base_local_part, candidate_addresses, normalize_address
+from monsisra.domain.ins import InvalidINS, ins_key, is_valid_ins, validate_ins
+from monsisra.domain.text import fold, search_terms
+from monsisra.services.attachments import safe_filename, sniff
+from monsisra.services.messages import sanitize_html
+from monsisra.services.demo import minimal_pdf
+from tests.support import FIXTURES
+
+
+def test_ins_samples_from_fixtures_are_valid():
+    lines = (FIXTURES / "INS.txt").read_text().splitlines()
+    values = [line.split(":")[-1].strip() for line in lines if ":" in line]
+    assert values and all(is_valid_ins(v) for v in values)
+
+
+def test_ins_key_and_corsica():
+    assert ins_key("1800175108011") == 82
+    assert validate_ins("1 80 01 75 108 011 82") == "180017510801182"
+    # Corsica: 2A counts as 19, 2B as 18 for the key.
+    assert validate_ins("275082A00412359") == "275082A00412359"
+    assert ins_key("275082B004123") == 97 - int("2750818004123") % 97
+    with pytest.raises(InvalidINS, match="clé"):
+        validate_ins("180017510801183")
+    with pytest.raises(InvalidINS, match="15 caractères"):
+        validate_ins("18001751080")
+
+
+@pytest.mark.parametrize(("first", "last", "expected"), [
+    ("Alice", "Martin", "alice.martin"),
+    ("Élodie", "Lefèvre", "elodie.lefevre"),
+    ("Jean-Pierre", "N'Diaye", "jean-pierre.n-diaye"),
+    ("Anne Marie", "De la Tour", "anne-marie.de-la-tour"),
+    ("Zoë", "Œuvray", "zoe.oeuvray"),
+])
+def test_address_from_names(first, last, expected):
+    assert base_local_part(first, last) == expected
+
+
+def test_address_collisions_get_numbers():
+    gen = candidate_addresses("alice.martin", "x.fr")
+    assert [next(gen) for _ in range(3)] == ["alice.martin@x.fr", "alice.martin2@x.fr", "alice.martin3@x.fr"]
+
+
+@pytest.mark.parametrize("bad", ["", "a", "a@", "@b.fr", "a b@c.fr", "a@b..fr", "a@-b.fr", "a\n@b.fr",
+                                 "a@b.fr\r\nBcc: x@y.fr", "x" * 65 + "@b.fr"])
+def test_malformed_addresses_refused(bad):
+    assert normalize_address(bad) is None
+
+
+def test_fold_and_terms():
+    assert fold("  Évènement CŒUR  Ça ") == "evenement coeur ca"
+    assert search_terms("Échographie, cœur!") == ["echographie", "coeur"]
+
+
+def test_sanitize_removes_scripts_handlers_and_remote_images():
+    dirty = ('<p onclick="x()">Bonjour<script>alert(1)</script><img src="https://evil/x.png">'
+             '<a href="javascript:alert(1)">lien</a><a href="https://ok.fr">ok</a>'
+             '<iframe src="https://evil"></iframe><style>body{}</style></p>')
+    clean = sanitize_html(dirty)
+    for forbidden in ("script", "onclick", "<img", "javascript:", "iframe", "<style"):
+        assert forbidden not in clean.lower()
+    assert "Bonjour" in clean and 'href="https://ok.fr"' in clean and "noopener" in clean
+
+
+def test_safe_filename():
+    assert safe_filename("../../etc/passwd") == "passwd"
+    assert safe_filename("C:\\Users\\x\\compte rendu.pdf") == "compte rendu.pdf"
+    assert safe_filename("a\x00b\nc.pdf") == "a_b_c.pdf"
+    assert safe_filename("...") == "piece-jointe"
+    long = safe_filename("x" * 300 + ".pdf")
+    assert len(long) == 200 and long.endswith(".pdf")
+
+
+def test_sniff_ignores_claimed_type():
+    assert sniff(minimal_pdf(["x"])[:8192], "photo.jpg") == "application/pdf"
+    assert sniff(b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "doc.pdf") == "image/png"
+    assert sniff("Résultat normal".encode(), "x.exe") == "text/plain"
+    assert sniff(b"\x00\x01\x02\xff\xfe", "x.txt") == "application/octet-stream"
