@@ -64,7 +64,7 @@ def _install_optional(app: FastAPI, settings: Settings) -> None:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
+            if exc.name and module_name.startswith(exc.name):
+                continue  # that component is not part of this build
             raise
         module.install(app, settings)
