@@ -1,0 +1,1 @@
+"""MSSanté gateway: SMTP in and out, MIME, IHE_XDM archives, MDN read receipts, TLS."""
