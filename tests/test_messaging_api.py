@@ -444,3 +444,28 @@ def test_uploaded_filenames_never_reach_disk(server, name):
 
     path = server.call(path_of, server.core)
     assert path.name == att["sha256"] and path.is_relative_to(server.settings.blob_dir)
+
+
+def test_purge_removes_old_orphan_uploads_only(server):
+    from datetime import timedelta
+
+    from monsisra.domain.clock import utcnow
+    from monsisra.services.maintenance import purge
+
+    alice = server.login("alice.martin")
+    orphan = upload(alice, "oublie.pdf", minimal_pdf(["orphelin unique"]))
+    used = upload(alice, "utilise.pdf", minimal_pdf(["utilisé unique"]))
+    assert send(alice, to=[f"bruno.petit@{DOMAIN}"], subject="pj", attachments=[used["id"]]).status_code == 201
+
+    async def age(core):
+        async with core.write() as tx:
+            await tx.session.execute(sa.update(Attachment).where(Attachment.id.in_([orphan["id"], used["id"]]))
+                                     .values(created_at=utcnow() - timedelta(days=2)))
+            return core.blobs.path(orphan["sha256"]), core.blobs.path(used["sha256"])
+
+    orphan_path, used_path = server.call(age, server.core)
+    report = server.call(purge, server.core)
+    assert report.uploads >= 1
+    assert not orphan_path.exists() and used_path.exists()
+    problem_ok(alice.get(f"/api/v1/attachments/{orphan['id']}"), 404)
+    assert alice.get(f"/api/v1/attachments/{used['id']}").status_code == 200

@@ -48,12 +48,30 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     app = FastAPI(title="MonSisra API", version=__version__, lifespan=lifespan,
                   description="Messagerie sécurisée de santé MSSanté et télémédecine.")
     app.state.settings = settings
-    app.state.startup_hooks = []
+    app.state.startup_hooks = [_maintenance]
     app.state.extra = state
     problems.install(app)
     app.include_router(router)
     _install_optional(app, settings)
     return app
+
+
+async def _maintenance(app: FastAPI, core: Core):
+    """Housekeeping loop (expired tokens, orphan uploads) when this process runs workers."""
+    if not core.settings.run_workers:
+        return None
+    import asyncio
+
+    from monsisra.services.maintenance import run_periodically
+
+    task = asyncio.create_task(run_periodically(core))
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return stop
 
 
 def _install_optional(app: FastAPI, settings: Settings) -> None:

@@ -1,0 +1,78 @@
+"""Housekeeping: expired tokens, stale throttling rows, uploads never attached to a message."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from monsisra.domain.clock import utcnow
+from monsisra.services.core import Core
+from monsisra.store.models import Attachment, LoginThrottle, MessageAttachment, Token
+
+log = logging.getLogger(__name__)
+ORPHAN_AFTER = timedelta(hours=24)
+
+
+@dataclass
+class PurgeReport:
+    tokens: int = 0
+    throttles: int = 0
+    uploads: int = 0
+    blobs: int = 0
+
+
+async def purge(core: Core) -> PurgeReport:
+    """Delete what nobody can use any more; a blob goes only when no attachment row names it."""
+    now = utcnow()
+    report = PurgeReport()
+    async with core.write() as tx:
+        s = tx.session
+        report.tokens = (await s.execute(sa.delete(Token).where(Token.expires_at < now - timedelta(days=7)))).rowcount
+        report.throttles = (await s.execute(sa.delete(LoginThrottle).where(
+            LoginThrottle.window_start < now - timedelta(seconds=core.settings.login_window_seconds * 2),
+            sa.or_(LoginThrottle.locked_until.is_(None), LoginThrottle.locked_until < now)))).rowcount
+        orphans = (await s.execute(
+            sa.select(Attachment.id, Attachment.sha256)
+            .where(Attachment.created_at < now - ORPHAN_AFTER,
+                   ~sa.exists().where(MessageAttachment.attachment_id == Attachment.id))
+            .limit(10_000))).all()
+        if orphans:
+            await s.execute(sa.delete(Attachment).where(Attachment.id.in_([o.id for o in orphans])))
+        digests = {o.sha256 for o in orphans}
+        still_used = set(await s.scalars(sa.select(Attachment.sha256).where(Attachment.sha256.in_(digests)))) \
+            if digests else set()
+        report.uploads = len(orphans)
+    # Files go after the commit: a crash in between leaves an unreferenced file, never a dangling row.
+    for digest in digests - still_used:
+        if await _unreferenced_elsewhere(core, digest):
+            with contextlib.suppress(FileNotFoundError):
+                core.blobs.path(digest).unlink()
+                report.blobs += 1
+    return report
+
+
+async def _unreferenced_elsewhere(core: Core, digest: str) -> bool:
+    """Other tables (raw inbound mail…) may name blobs too; they register a checker here."""
+    for checker in BLOB_REFERENCES:
+        if await checker(core, digest):
+            return False
+    return True
+
+
+BLOB_REFERENCES: list = []
+
+
+async def run_periodically(core: Core, every_seconds: float = 3600) -> None:
+    while True:
+        try:
+            report = await purge(core)
+            if report.tokens or report.uploads:
+                log.info("purge: %s", report)
+        except Exception:
+            log.exception("purge failed")
+        await asyncio.sleep(every_seconds)
