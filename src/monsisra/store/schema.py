@@ -2,3 +2,4 @@
 
 from monsisra.store import models  # noqa: F401
 from monsisra.store import gateway  # noqa: F401
+from monsisra.store import directory  # noqa: F401
