@@ -469,3 +469,22 @@ def test_purge_removes_old_orphan_uploads_only(server):
     assert not orphan_path.exists() and used_path.exists()
     problem_ok(alice.get(f"/api/v1/attachments/{orphan['id']}"), 404)
     assert alice.get(f"/api/v1/attachments/{used['id']}").status_code == 200
+
+
+def test_huge_body_refused_before_it_is_read(server):
+    """A body far over the limit gets 413 from the declared length, chunked ones while streaming."""
+    alice = server.login("alice.martin")
+    limit = server.settings.max_message_bytes
+
+    def chunks():
+        block = b"\0" * (1 << 20)
+        for _ in range(limit // len(block) + 4):
+            yield block
+
+    r = alice.post("/api/v1/attachments", content=chunks(),
+                   headers={"content-type": "multipart/form-data; boundary=xyz"})
+    problem_ok(r, 413)
+    r = alice.post("/api/v1/attachments", content=b"",
+                   headers={"content-type": "multipart/form-data; boundary=xyz",
+                            "content-length": str(limit * 4)})
+    assert r.status_code == 413

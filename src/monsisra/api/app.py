@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from monsisra import __version__
 from monsisra.api import problems
+from monsisra.api.limits import BodyLimitMiddleware
 from monsisra.api.routes import router
 from monsisra.config import Settings
 from monsisra.services.core import Core
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     app.state.startup_hooks = [_maintenance]
     app.state.extra = state
     problems.install(app)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_message_bytes)
     app.include_router(router)
     _install_optional(app, settings)
     return app
