@@ -477,6 +477,8 @@ def test_huge_body_refused_before_it_is_read(server):
     limit = server.settings.max_message_bytes
 
     def chunks():
+        yield (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n'
+               b"Content-Type: application/octet-stream\r\n\r\n")
         block = b"\0" * (1 << 20)
         for _ in range(limit // len(block) + 4):
             yield block
