@@ -486,7 +486,14 @@ def test_huge_body_refused_before_it_is_read(server):
     r = alice.post("/api/v1/attachments", content=chunks(),
                    headers={"content-type": "multipart/form-data; boundary=xyz"})
     problem_ok(r, 413)
-    r = alice.post("/api/v1/attachments", content=b"",
-                   headers={"content-type": "multipart/form-data; boundary=xyz",
-                            "content-length": str(limit * 4)})
-    assert r.status_code == 413
+    # Declared length over the limit: refused from the headers alone, before any body byte.
+    import socket
+
+    port = int(server.base_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /api/v1/attachments HTTP/1.1\r\nHost: x\r\n"
+                     + f"Authorization: {alice.headers['Authorization']}\r\n".encode()
+                     + f"Content-Length: {limit * 4}\r\n".encode()
+                     + b"Content-Type: multipart/form-data; boundary=xyz\r\n\r\n")
+        reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 413")
