@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from monsisra.config import Settings
+from monsisra.gateway.cli import trust_app
 from monsisra.services.errors import ServiceError
 
 app = typer.Typer(help="MonSisra — messagerie sécurisée de santé et télémédecine.", no_args_is_help=True,
@@ -20,6 +21,7 @@ db_app = typer.Typer(help="Base de données : schéma et migrations.", no_args_i
 account_app = typer.Typer(help="Comptes des utilisateurs.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(account_app, name="account")
+app.add_typer(trust_app, name="trust")
 console = Console(stderr=True)
 T = TypeVar("T")
 

@@ -527,6 +527,9 @@ async def _set_flags(core: Core, actor: Actor, delivery_id: int, flags: dict[str
         first_read = changed.get("read") is True and d.first_read_at is None and d.role == Role.IN
         if first_read:
             d.first_read_at, d.first_read_by = now, actor.account_id
+            from monsisra.services import mdn  # the gateway's read receipts (RFC 8098)
+
+            await mdn.on_first_read(tx, d, actor)
         owners = await mailboxes.accounts_of(s, [d.mailbox_id])
         tx.emit("message.flags", owners.get(d.mailbox_id, []), mailbox_id=d.mailbox_id,
                 message_id=d.message_id, flags=changed)

@@ -1,0 +1,50 @@
+"""Mount the gateway into the app: admin/MDN API routes, the SMTP server and the outbound worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fastapi import FastAPI
+
+from monsisra.config import Settings
+from monsisra.services.core import Core
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    from monsisra.gateway.api import router
+
+    app.include_router(router)
+    if settings.smtp_enabled:
+        app.state.startup_hooks.append(_smtp_hook)
+    if settings.run_workers:
+        app.state.startup_hooks.append(_worker_hook)
+
+
+async def _smtp_hook(app: FastAPI, core: Core):
+    from monsisra.gateway.smtp import start_server
+
+    server = await start_server(core, core.settings)
+
+    async def stop() -> None:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 5)
+
+    return stop
+
+
+async def _worker_hook(app: FastAPI, core: Core):
+    from monsisra.services import outbound
+
+    worker = outbound.Worker(core)
+    task = asyncio.create_task(worker.run(), name="monsisra-outbound")
+    app.state.outbound = worker
+
+    async def stop() -> None:
+        worker.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+    return stop

@@ -1,0 +1,140 @@
+"""The inbound SMTP server (aiosmtpd) run inside ``monsisra serve``'s event loop.
+
+The handler stays thin: every rule (trust, recipients, parsing, storage) lives in
+``services.inbound``. Per-client limits (connections, message rate) are enforced here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict, deque
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from monsisra.config import Settings
+from monsisra.gateway import tls
+from monsisra.services import inbound
+from monsisra.services.core import Core
+
+log = logging.getLogger(__name__)
+
+
+class Limits:
+    """Connections and messages per minute, per client address."""
+
+    def __init__(self, max_connections: int, max_per_minute: int) -> None:
+        self.max_connections = max_connections
+        self.max_per_minute = max_per_minute
+        self.connections: dict[str, int] = defaultdict(int)
+        self.recent: dict[str, deque[float]] = defaultdict(deque)
+
+    def allow_message(self, client: str) -> bool:
+        now = time.monotonic()
+        window = self.recent[client]
+        while window and now - window[0] > 60:
+            window.popleft()
+        if len(window) >= self.max_per_minute:
+            return False
+        window.append(now)
+        return True
+
+
+class Handler:
+    def __init__(self, core: Core, limits: Limits) -> None:
+        self.core = core
+        self.limits = limits
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        client = _client(session)
+        if not self.limits.allow_message(client):
+            return "451 4.7.1 trop de messages de ce client : réessayez dans une minute"
+        refusal = await inbound.check_sender(self.core, address)
+        if refusal:
+            return refusal
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.core.settings.smtp_max_recipients:
+            return "452 4.5.3 trop de destinataires pour ce message"
+        refusal = await inbound.check_recipient(self.core, address)
+        if refusal:
+            return refusal
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or envelope.content or b""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        try:
+            return await inbound.receive(self.core, inbound.Envelope(
+                peer=_client(session), mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos),
+                raw=raw))
+        except Exception:
+            log.exception("inbound message from %s failed", _client(session))
+            return "451 4.3.0 erreur temporaire du serveur : réessayez plus tard"
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("SMTP session error: %r", error)
+        return "421 4.3.0 erreur du serveur, fermeture de la connexion"
+
+
+def _client(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "-")
+
+
+class LimitedSMTP(SMTP):
+    """aiosmtpd's server with a per-client connection cap."""
+
+    def __init__(self, handler: Handler, limits: Limits, **kwargs) -> None:
+        super().__init__(handler, **kwargs)
+        self._limits = limits
+        self._counted: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self._original_transport is None and self.transport is None
+        super().connection_made(transport)
+        if not first:
+            return  # the same connection, after STARTTLS
+        peer = transport.get_extra_info("peername")
+        client = str(peer[0]) if peer else "-"
+        if self._limits.connections[client] >= self._limits.max_connections:
+            transport.write(b"421 4.7.0 trop de connexions simultanees depuis votre adresse\r\n")  # type: ignore[attr-defined]
+            transport.close()
+            return
+        self._limits.connections[client] += 1
+        self._counted = client
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted is not None:
+            self._limits.connections[self._counted] -= 1
+            if self._limits.connections[self._counted] <= 0:
+                del self._limits.connections[self._counted]
+            self._counted = None
+        super().connection_lost(error)
+
+
+async def start_server(core: Core, settings: Settings) -> asyncio.AbstractServer:
+    """Listen on ``smtp_host:smtp_port`` in the running loop."""
+    context = tls.server_context(settings)
+    limits = Limits(settings.smtp_max_connections_per_client, settings.smtp_max_messages_per_minute)
+    handler = Handler(core, limits)
+    loop = asyncio.get_running_loop()
+
+    def factory() -> LimitedSMTP:
+        return LimitedSMTP(handler, limits, data_size_limit=settings.max_message_bytes, hostname=settings.domain,
+                           ident="MonSisra MSSante ESMTP", tls_context=context,
+                           require_starttls=settings.smtp_require_tls, timeout=120, loop=loop)
+
+    server = await loop.create_server(factory, host=settings.smtp_host, port=settings.smtp_port,
+                                      reuse_address=True)
+    log.info("SMTP gateway on %s:%s", settings.smtp_host, settings.smtp_port)
+    return server
