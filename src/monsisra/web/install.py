@@ -1,0 +1,62 @@
+"""Mounts the web application on the FastAPI app: pages, static files, session hook and the
+security headers of HTML responses (strict Content-Security-Policy, no inline script)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from monsisra.config import Settings
+from monsisra.web import pages
+from monsisra.web.session import Sessions
+
+STATIC = Path(__file__).parent / "static"
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+       "connect-src 'self'; font-src 'self'; frame-src 'self'; object-src 'none'; base-uri 'none'; "
+       "form-action 'self'; frame-ancestors 'none'")
+
+
+class HtmlSecurityHeaders:
+    """Adds CSP and friends to every HTML response, and ``Server-Timing`` to web responses."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+                if ctype.startswith(b"text/html"):
+                    have = {k.lower() for k, _ in headers}
+                    extra = [(b"content-security-policy", CSP.encode()),
+                             (b"x-content-type-options", b"nosniff"),
+                             (b"referrer-policy", b"same-origin"),
+                             (b"x-frame-options", b"DENY"),
+                             (b"cache-control", b"no-store")]
+                    headers += [(k, v) for k, v in extra if k not in have]
+                    elapsed = (time.perf_counter() - started) * 1000
+                    headers.append((b"server-timing", f"app;dur={elapsed:.2f}".encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    sessions = Sessions(settings)
+    app.state.sessions = sessions
+    app.state.session_actor = sessions.actor
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    pages.install(app)
+    app.add_middleware(HtmlSecurityHeaders)

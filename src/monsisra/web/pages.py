@@ -1,0 +1,611 @@
+"""The pages of the web application (French). Each route reads the session, calls the same
+service functions as the API, and renders a Jinja2 template (whole page, or a fragment for htmx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
+
+from monsisra import __version__
+from monsisra.domain.addresses import PATIENT_DOMAIN
+from monsisra.domain.model import CATEGORY_LABELS, Category, View
+from monsisra.services import accounts, mailboxes, messages
+from monsisra.services.core import Actor, Core
+from monsisra.services.errors import AuthFailed, NotFound, ServiceError
+from monsisra.web.session import CSRF_FIELD, CSRF_HEADER, Sessions
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+PARIS = ZoneInfo("Europe/Paris")
+MONTHS = ["janv.", "févr.", "mars", "avr.", "mai", "juin", "juil.", "août", "sept.", "oct.", "nov.", "déc."]
+ALL = "toutes"
+PAGE = 50
+
+# The left list: (key, label, view, category).
+FOLDERS: list[tuple[str, str, str, str | None]] = [
+    ("inbox", "Boîte de réception", View.INBOX, None),
+    ("unread", "Non lus", View.UNREAD, None),
+    ("all", "Tous les messages", View.ALL, None),
+    ("conversation", "Conversations", View.ALL, Category.CONVERSATION),
+    ("letter", "Courriers", View.ALL, Category.LETTER),
+    ("mssante", "MSSanté", View.ALL, Category.MSSANTE),
+    ("patient", "Échanges patient", View.ALL, Category.PATIENT),
+    ("teleexpertise", "Téléexpertises", View.ALL, Category.TELEEXPERTISE),
+    ("support", "Demandes d'appui", View.ALL, Category.SUPPORT),
+    ("result", "Résultats", View.ALL, Category.RESULT),
+    ("event", "Évènements", View.ALL, Category.EVENT),
+    ("drafts", "Brouillons", View.DRAFTS, None),
+    ("dgs_urgent", "DGS Urgent", View.ALL, Category.DGS_URGENT),
+    ("favorites", "Favoris", View.FAVORITES, None),
+    ("todo", "À traiter", View.TODO, None),
+    ("sent", "Envoyés", View.SENT, None),
+    ("archived", "Archivés", View.ARCHIVED, None),
+]
+FOLDER_BY_KEY = {f[0]: f for f in FOLDERS}
+COMPOSE_KINDS = {
+    "courrier": ("Envoyer un courrier", Category.LETTER, "all"),
+    "conversation": ("Démarrer une conversation", Category.CONVERSATION, "all"),
+    "expertise": ("Demander une expertise", Category.TELEEXPERTISE, "experts"),
+    "patient": ("Échanges avec un patient", Category.PATIENT, "all"),
+}
+CATEGORY_OF_KIND = {v[1]: k for k, v in COMPOSE_KINDS.items()}
+
+
+class LoginRequired(Exception):
+    """No valid session: send the browser to the login page."""
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _core(request: Request) -> Core:
+    return request.app.state.core
+
+
+def _sessions(request: Request) -> Sessions:
+    return request.app.state.sessions
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "-"
+
+
+async def page_actor(request: Request) -> Actor:
+    sessions = _sessions(request)
+    token = sessions.token_of(request)
+    if token is None:
+        raise LoginRequired
+    try:
+        actor = await accounts.actor_for_token(_core(request), token, _client(request))
+    except AuthFailed:
+        raise LoginRequired from None
+    request.state.csrf = sessions.csrf_for(token)
+    request.state.token = token
+    return actor
+
+
+async def form_actor(request: Request) -> tuple[Actor, Any]:
+    """The actor of an unsafe (POST) request, after checking its CSRF token."""
+    actor = await page_actor(request)
+    form = await request.form()
+    presented = request.headers.get(CSRF_HEADER) or form.get(CSRF_FIELD)
+    if not _sessions(request).csrf_ok(request.state.token, presented if isinstance(presented, str) else None):
+        raise CsrfFailed
+    return actor, form
+
+
+class CsrfFailed(Exception):
+    pass
+
+
+def is_htmx(request: Request) -> bool:
+    return request.headers.get("hx-request") == "true"
+
+
+def render(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+    ctx.setdefault("csrf", getattr(request.state, "csrf", ""))
+    ctx.setdefault("version", __version__)
+    return TEMPLATES.TemplateResponse(request, name, ctx, status_code=status)
+
+
+def short_date(value: str | None) -> str:
+    """"14:20" today, "02 nov." this year, "02/11/2025" before."""
+    if not value:
+        return ""
+    when = datetime.fromisoformat(value).astimezone(PARIS)
+    now = datetime.now(PARIS)
+    if when.date() == now.date():
+        return when.strftime("%H:%M")
+    if when.year == now.year:
+        return f"{when.day:02d} {MONTHS[when.month - 1]}"
+    return when.strftime("%d/%m/%Y")
+
+
+def long_date(value: str | None) -> str:
+    if not value:
+        return ""
+    when = datetime.fromisoformat(value).astimezone(PARIS)
+    return f"{when.day} {MONTHS[when.month - 1]} {when.year} à {when.strftime('%H:%M')}"
+
+
+def file_size(n: int) -> str:
+    if n < 1024:
+        return f"{n} o"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.0f} Ko"
+    return f"{n / (1024 * 1024):.1f} Mo".replace(".", ",")
+
+
+def attachment_kind(content_type: str) -> str:
+    if content_type == "application/pdf":
+        return "pdf"
+    if content_type in ("image/png", "image/jpeg", "image/gif", "image/webp"):
+        return "image"
+    return "file"
+
+
+def safe_body(html: str | None) -> Markup:
+    # Sanitised again at display: whatever path stored it, no script reaches the page.
+    return Markup(messages.sanitize_html(html or ""))  # noqa: S704 - sanitised by nh3 just above
+
+
+TEMPLATES.env.filters.update(short_date=short_date, long_date=long_date, file_size=file_size,
+                             attachment_kind=attachment_kind)
+TEMPLATES.env.globals.update(safe_body=safe_body, FOLDERS=FOLDERS, COMPOSE_KINDS=COMPOSE_KINDS, ALL=ALL,
+                             CATEGORY_LABELS={str(k): v for k, v in CATEGORY_LABELS.items()})
+
+
+@dataclass
+class Scope:
+    """What the inbox shows: which mailbox(es), folder, search."""
+
+    boxes: list[mailboxes.MailboxView]
+    selected: str  # mailbox id as text, or ALL
+    folder: str
+    q: str
+
+    @property
+    def ids(self) -> list[int]:
+        return [b.id for b in self.boxes] if self.selected == ALL else [int(self.selected)]
+
+    @property
+    def view(self) -> str:
+        return FOLDER_BY_KEY[self.folder][2]
+
+    @property
+    def category(self) -> str | None:
+        return FOLDER_BY_KEY[self.folder][3]
+
+    @property
+    def folder_label(self) -> str:
+        return FOLDER_BY_KEY[self.folder][1]
+
+    @property
+    def current(self) -> mailboxes.MailboxView | None:
+        return None if self.selected == ALL else next(b for b in self.boxes if str(b.id) == self.selected)
+
+    @property
+    def label(self) -> str:
+        return "Toutes les boîtes" if self.selected == ALL else (self.current.display_name if self.current else "")
+
+    def params(self, **extra: Any) -> str:
+        values = {"bal": self.selected, "dossier": self.folder}
+        if self.q:
+            values["q"] = self.q
+        values.update({k: v for k, v in extra.items() if v is not None})
+        return urlencode(values)
+
+    def box_name(self, mailbox_id: int) -> str:
+        return next((b.display_name for b in self.boxes if b.id == mailbox_id), "")
+
+
+async def make_scope(request: Request, actor: Actor) -> Scope:
+    boxes = await mailboxes.list_for(_core(request), actor)
+    qp = request.query_params
+    selected = qp.get("bal") or (str(boxes[0].id) if boxes else ALL)
+    if selected != ALL and selected not in {str(b.id) for b in boxes}:
+        selected = str(boxes[0].id) if boxes else ALL
+    folder = qp.get("dossier", "inbox")
+    if folder not in FOLDER_BY_KEY:
+        folder = "inbox"
+    return Scope(boxes, selected, folder, (qp.get("q") or "").strip()[:200])
+
+
+async def load_counts(core: Core, actor: Actor, scope: Scope) -> dict[str, dict[str, int]]:
+    """Per folder: unread and total, summed over the mailboxes in scope."""
+    per_box = await asyncio.gather(*(messages.counts(core, actor, i) for i in scope.ids)) if scope.ids else []
+    out = {key: {"unread": 0, "total": 0} for key in FOLDER_BY_KEY}
+    for c in per_box:
+        for key, _, view, category in FOLDERS:
+            src = c["categories"][category] if category else c["views"][view]
+            out[key]["unread"] += src["unread"]
+            out[key]["total"] += src["total"]
+    return out
+
+
+async def load_list(core: Core, actor: Actor, scope: Scope, cursor: str | None, limit: int
+                    ) -> tuple[list[dict[str, Any]], str | None, int | None]:
+    """(items, next cursor for one mailbox, larger limit for "all mailboxes")."""
+    if not scope.ids:
+        return [], None, None
+    if len(scope.ids) == 1:
+        page = await messages.list_messages(core, actor, scope.ids[0], view=scope.view, category=scope.category,
+                                            q=scope.q or None, cursor=cursor, limit=limit)
+        for item in page["items"]:
+            item["mailbox_id"] = scope.ids[0]
+        return page["items"], page["next_cursor"], None
+    # Several mailboxes: the newest of each, merged; "more" asks for a longer merge.
+    pages = await asyncio.gather(*(messages.list_messages(core, actor, i, view=scope.view, category=scope.category,
+                                                          q=scope.q or None, limit=limit) for i in scope.ids))
+    merged: list[dict[str, Any]] = []
+    more = False
+    for mailbox_id, page in zip(scope.ids, pages, strict=True):
+        for item in page["items"]:
+            item["mailbox_id"] = mailbox_id
+        merged.append(page["items"])
+        more = more or page["next_cursor"] is not None
+    items = list(heapq.merge(*merged, key=lambda m: m["created_at"] or "", reverse=True))
+    more = more or len(items) > limit
+    return items[:limit], None, (min(limit + PAGE, messages.PAGE_MAX) if more and limit < messages.PAGE_MAX else None)
+
+
+def _int(value: str | None, default: int | None = None) -> int | None:
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default
+
+
+async def load_message(core: Core, actor: Actor, mailbox_id: int, message_id: int) -> dict[str, Any]:
+    msg = await messages.get(core, actor, mailbox_id, message_id)
+    msg["mailbox_id"] = mailbox_id
+    msg["receipts"] = await _receipts(core, actor, msg)
+    return msg
+
+
+async def _receipts(core: Core, actor: Actor, msg: dict[str, Any]) -> list[dict[str, Any]] | None:
+    if msg["state"]["role"] != "sent":
+        return None
+    try:
+        return await messages.receipts(core, actor, msg["id"])
+    except NotFound:
+        return None
+
+
+# --- routes -------------------------------------------------------------------------------
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+async def home(request: Request) -> Response:
+    return RedirectResponse("/boite" if _sessions(request).token_of(request) else "/connexion", status_code=303)
+
+
+@router.get("/connexion")
+async def login_page(request: Request) -> Response:
+    return render(request, "login.html", suite=_next_url(request.query_params.get("suite")))
+
+
+def _next_url(value: str | None) -> str:
+    # Only local paths: never an open redirect.
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/boite"
+
+
+@router.post("/connexion")
+async def login(request: Request) -> Response:
+    form = await request.form()
+    username = str(form.get("username", "")).strip()
+    password = str(form.get("password", ""))
+    otp = str(form.get("otp", "")).strip() or None
+    suite = _next_url(str(form.get("suite", "")))
+    core = _core(request)
+    try:
+        hook = getattr(request.app.state, "login", None)
+        if hook is not None:
+            account = await hook(core, username, password, otp, _client(request))
+        else:
+            account = await accounts.authenticate(core, username, password, _client(request))
+        token = await accounts.issue_token(core, account, kind="web", client=_client(request))
+    except ServiceError as exc:
+        return render(request, "login.html", status=exc.status if exc.status != 401 else 400, error=exc.detail,
+                      username=username, suite=suite, need_otp=bool(exc.extra.get("otp_required")))
+    response = RedirectResponse(suite, status_code=303)
+    _sessions(request).set_cookie(response, request, token)
+    return response
+
+
+@router.post("/deconnexion")
+async def logout(request: Request) -> Response:
+    try:
+        await form_actor(request)
+        await accounts.revoke_token(_core(request), request.state.token)
+    except (LoginRequired, CsrfFailed):
+        pass
+    response = RedirectResponse("/connexion", status_code=303)
+    _sessions(request).clear_cookie(response, request)
+    return response
+
+
+@router.get("/boite")
+async def inbox(request: Request) -> Response:
+    actor = await page_actor(request)
+    core = _core(request)
+    scope = await make_scope(request, actor)
+    limit = min(_int(request.query_params.get("n"), PAGE) or PAGE, messages.PAGE_MAX)
+    account, counts, (items, cursor, more) = await asyncio.gather(
+        accounts.get_account(core, actor), load_counts(core, actor, scope),
+        load_list(core, actor, scope, None, limit))
+    opened = None
+    open_id = _int(request.query_params.get("ouvrir"))
+    open_box = _int(request.query_params.get("ouvrir_bal")) or (scope.ids[0] if len(scope.ids) == 1 else None)
+    if open_id and open_box:
+        try:
+            opened = await load_message(core, actor, open_box, open_id)
+        except NotFound:
+            opened = None
+    for mailbox_id in scope.ids:
+        await mailboxes.mark_opened(core, actor, mailbox_id)
+    return render(request, "inbox.html", scope=scope, account=account, counts=counts, items=items,
+                  cursor=cursor, more=more, msg=opened, unread=counts["inbox"]["unread"])
+
+
+@router.get("/boite/liste")
+async def inbox_list(request: Request) -> Response:
+    actor = await page_actor(request)
+    core = _core(request)
+    scope = await make_scope(request, actor)
+    limit = min(_int(request.query_params.get("n"), PAGE) or PAGE, messages.PAGE_MAX)
+    cursor = request.query_params.get("apres")
+    items, next_cursor, more = await load_list(core, actor, scope, cursor, limit)
+    return render(request, "_list_items.html" if cursor else "_list.html", scope=scope, items=items,
+                  cursor=next_cursor, more=more)
+
+
+@router.get("/boite/compteurs")
+async def inbox_counts(request: Request) -> Response:
+    actor = await page_actor(request)
+    core = _core(request)
+    scope = await make_scope(request, actor)
+    account, counts = await asyncio.gather(accounts.get_account(core, actor), load_counts(core, actor, scope))
+    return render(request, "_nav.html", scope=scope, counts=counts, account=account,
+                  unread=counts["inbox"]["unread"])
+
+
+@router.get("/message/{mailbox_id}/{message_id}")
+async def read_message(request: Request, mailbox_id: int, message_id: int) -> Response:
+    actor = await page_actor(request)
+    core = _core(request)
+    full = request.query_params.get("plein") == "1"
+    if not is_htmx(request) and not full:
+        return RedirectResponse(f"/boite?{urlencode({'bal': mailbox_id, 'ouvrir': message_id})}", status_code=303)
+    try:
+        msg = await load_message(core, actor, mailbox_id, message_id)
+    except NotFound as exc:
+        return render(request, "_pane_error.html", status=404, error=exc.detail)
+    if full:
+        boxes = await mailboxes.list_for(core, actor)
+        return render(request, "message_full.html", msg=msg, box_name=next(
+            (b.display_name for b in boxes if b.id == mailbox_id), ""))
+    return render(request, "_message.html", msg=msg)
+
+
+@router.get("/message/{mailbox_id}/{message_id}/accuses")
+async def message_receipts(request: Request, mailbox_id: int, message_id: int) -> Response:
+    actor = await page_actor(request)
+    core = _core(request)
+    await messages.access_kind(core, actor, mailbox_id)
+    try:
+        items = await messages.receipts(core, actor, message_id)
+    except NotFound:
+        items = []
+    return render(request, "_receipts.html", msg={"id": message_id, "mailbox_id": mailbox_id, "receipts": items})
+
+
+@router.post("/message/{mailbox_id}/{message_id}/etat")
+async def message_state(request: Request, mailbox_id: int, message_id: int) -> Response:
+    actor, form = await form_actor(request)
+    changes = {k: form.get(k) == "1" for k in ("read", "favorite", "todo", "archived") if k in form}
+    state = await messages.update_state(_core(request), actor, mailbox_id, message_id, changes)
+    response = render(request, "_actions.html", msg={"id": message_id, "mailbox_id": mailbox_id,
+                                                      "state": {**state, "role": form.get("role", "in")}})
+    response.headers["HX-Trigger"] = "monsisra:refresh"
+    return response
+
+
+@router.post("/absent")
+async def toggle_absent(request: Request) -> Response:
+    actor, form = await form_actor(request)
+    account = await accounts.update_preferences(_core(request), actor, appear_absent=form.get("absent") == "1")
+    if is_htmx(request):
+        return render(request, "_absent.html", account=account)
+    return RedirectResponse(request.headers.get("referer") or "/boite", status_code=303)
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+async def _compose_context(request: Request, actor: Actor) -> dict[str, Any]:
+    core = _core(request)
+    boxes = await mailboxes.list_for(core, actor)
+    qp = request.query_params
+    kind = qp.get("type", "courrier")
+    if kind not in COMPOSE_KINDS:
+        kind = "courrier"
+    draft: dict[str, Any] = {"to": [], "cc": [], "subject": "", "body": "", "attachments": [], "draft_id": None,
+                             "in_reply_to": None, "from_mailbox": _int(qp.get("bal"))}
+    for param, mode in (("repondre", "reply"), ("transferer", "forward"), ("brouillon", "draft")):
+        ref = qp.get(param)
+        if not ref or ":" not in ref:
+            continue
+        mb, _, mid = ref.partition(":")
+        if _int(mb) is None or _int(mid) is None:
+            continue
+        src = await messages.get(core, actor, int(mb), int(mid), mark_read=False)
+        kind = CATEGORY_OF_KIND.get(src["category"], "courrier")
+        draft["from_mailbox"] = int(mb)
+        if mode == "reply":
+            draft["to"] = [{"address": src["sender"]["address"], "name": src["sender"]["name"]}]
+            draft["subject"] = src["subject"] if src["subject"].lower().startswith("re:") else f"Re: {src['subject']}"
+            draft["body"] = "\n\n" + _quote(src)
+            draft["in_reply_to"] = src["id"]
+        elif mode == "forward":
+            draft["subject"] = f"Tr: {src['subject']}"
+            draft["body"] = "\n\n---------- Message transféré ----------\n" + _quote(src, prefix="")
+            draft["attachments"] = src["attachments"]
+        else:
+            draft.update(to=src["to"], cc=src["cc"], subject=src["subject"], body=src["body"],
+                         attachments=src["attachments"], draft_id=src["id"],
+                         in_reply_to=src["thread"]["in_reply_to"])
+    if draft["from_mailbox"] not in {b.id for b in boxes}:
+        draft["from_mailbox"] = boxes[0].id if boxes else None
+    title, category, picker_kind = COMPOSE_KINDS[kind]
+    return {"boxes": boxes, "kind": kind, "title": title, "category": category, "picker_kind": picker_kind,
+            "draft": draft, "patient_domain": PATIENT_DOMAIN}
+
+
+def _quote(src: dict[str, Any], prefix: str = "> ") -> str:
+    head = f"Le {long_date(src['created_at'])}, {src['sender']['name'] or src['sender']['address']} a écrit :"
+    lines = (src["body"] or "").splitlines() or [""]
+    return head + "\n" + "\n".join(prefix + line for line in lines)
+
+
+@router.get("/ecrire")
+async def compose_page(request: Request) -> Response:
+    actor = await page_actor(request)
+    try:
+        ctx = await _compose_context(request, actor)
+    except NotFound as exc:
+        return render(request, "error.html", status=404, error=exc.detail)
+    return render(request, "compose.html", **ctx)
+
+
+def _compose_from_form(form: Any, draft: bool) -> messages.Compose:
+    category = str(form.get("category", Category.LETTER))
+    return messages.Compose(
+        from_mailbox=_int(str(form.get("from_mailbox", "")), 0) or 0,
+        to=[str(v) for v in form.getlist("to") if str(v).strip()],
+        cc=[str(v) for v in form.getlist("cc") if str(v).strip()],
+        subject=str(form.get("subject", "")).replace("\r", " ").replace("\n", " ").strip(),
+        body=str(form.get("body", "")).replace("\r\n", "\n"),
+        category=category,
+        attachments=[str(v) for v in form.getlist("attachments") if str(v).strip()],
+        draft=draft,
+        draft_id=_int(str(form.get("draft_id") or "") or None),
+        in_reply_to=_int(str(form.get("in_reply_to") or "") or None),
+        receipt_requested=form.get("receipt_requested") == "1",
+    )
+
+
+@router.post("/ecrire")
+async def compose_send(request: Request) -> Response:
+    actor, form = await form_actor(request)
+    core = _core(request)
+    compose = _compose_from_form(form, draft=False)
+    try:
+        sent = await messages.send(core, actor, compose)
+    except ServiceError as exc:
+        bad = exc.extra.get("invalid_addresses") or []
+        return render(request, "compose.html", status=exc.status, error=exc.detail, bad=bad,
+                      **await _compose_state_from_form(request, actor, form))
+    target = f"/boite?{urlencode({'bal': compose.from_mailbox, 'dossier': 'sent', 'ouvrir': sent['id']})}"
+    return RedirectResponse(target, status_code=303)
+
+
+async def _compose_state_from_form(request: Request, actor: Actor, form: Any) -> dict[str, Any]:
+    """Re-render the form as the user left it (after an error)."""
+    core = _core(request)
+    boxes = await mailboxes.list_for(core, actor)
+    category = str(form.get("category", Category.LETTER))
+    kind = CATEGORY_OF_KIND.get(category, "courrier")
+    title, category, picker_kind = COMPOSE_KINDS[kind]
+    names = dict(zip(form.getlist("to"), form.getlist("to_name"), strict=False))
+    draft = {
+        "to": [{"address": a, "name": names.get(a, "")} for a in form.getlist("to")],
+        "cc": [{"address": a, "name": ""} for a in form.getlist("cc")],
+        "subject": form.get("subject", ""), "body": form.get("body", ""),
+        "attachments": [{"id": i, "filename": n, "size": 0, "content_type": ""} for i, n in
+                        zip(form.getlist("attachments"), form.getlist("attachment_name"), strict=False)],
+        "draft_id": _int(str(form.get("draft_id") or "") or None),
+        "in_reply_to": _int(str(form.get("in_reply_to") or "") or None),
+        "from_mailbox": _int(str(form.get("from_mailbox", ""))),
+    }
+    return {"boxes": boxes, "kind": kind, "title": title, "category": category, "picker_kind": picker_kind,
+            "draft": draft, "patient_domain": PATIENT_DOMAIN}
+
+
+@router.post("/ecrire/brouillon")
+async def compose_draft(request: Request) -> Response:
+    """Autosave: replaces the previous draft (``draft_id``) and answers the new id."""
+    actor, form = await form_actor(request)
+    compose = _compose_from_form(form, draft=True)
+    try:
+        saved = await messages.send(_core(request), actor, compose)
+    except NotFound:
+        # The previous draft is gone (sent or deleted elsewhere): save a new one.
+        compose.draft_id = None
+        saved = await messages.send(_core(request), actor, compose)
+    except ServiceError as exc:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status)
+    return JSONResponse({"draft_id": saved["id"], "saved_at": short_date(saved["created_at"])})
+
+
+# --- settings and profile -----------------------------------------------------------------
+
+
+@router.get("/parametres")
+async def settings_page(request: Request) -> Response:
+    actor = await page_actor(request)
+    account = await accounts.get_account(_core(request), actor)
+    return render(request, "settings.html", account=accounts.account_dict(account),
+                  saved=request.query_params.get("ok") == "1")
+
+
+@router.post("/parametres")
+async def settings_save(request: Request) -> Response:
+    actor, form = await form_actor(request)
+    chosen = [str(c) for c in form.getlist("categories")]
+    try:
+        await accounts.update_preferences(_core(request), actor, inbox_categories=chosen,
+                                          appear_absent=form.get("appear_absent") == "1")
+    except ServiceError as exc:
+        account = await accounts.get_account(_core(request), actor)
+        return render(request, "settings.html", status=exc.status, account=accounts.account_dict(account),
+                      error=exc.detail)
+    return RedirectResponse("/parametres?ok=1", status_code=303)
+
+
+@router.get("/profil")
+async def profile_page(request: Request) -> Response:
+    actor = await page_actor(request)
+    account = await accounts.get_account(_core(request), actor)
+    return render(request, "profile.html", account=accounts.account_dict(account))
+
+
+def install(app: FastAPI) -> None:
+    app.include_router(router)
+
+    @app.exception_handler(LoginRequired)
+    async def _login_required(request: Request, exc: LoginRequired) -> Response:
+        suite = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        target = "/connexion?" + urlencode({"suite": suite if request.method == "GET" else "/boite"})
+        if is_htmx(request):
+            return Response(status_code=204, headers={"HX-Redirect": target})
+        return RedirectResponse(target, status_code=303)
+
+    @app.exception_handler(CsrfFailed)
+    async def _csrf(request: Request, exc: CsrfFailed) -> Response:
+        return HTMLResponse("<p>Jeton de sécurité invalide : rechargez la page.</p>", status_code=403)

@@ -1,0 +1,96 @@
+"""Web sessions: a bearer token (``accounts.issue_token(kind="web")``) kept in a signed cookie,
+and a CSRF token derived from it.
+
+The cookie is HttpOnly, SameSite=Lax and Secure when the request came over TLS. Every unsafe
+request made with the cookie (web forms, htmx, the API called from the pages) must carry the
+CSRF token, as the ``csrf`` form field or the ``X-CSRF-Token`` header; the WebSocket must come
+from our own origin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from urllib.parse import urlsplit
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
+
+from monsisra.config import Settings
+from monsisra.services import accounts
+from monsisra.services.core import Actor, Core
+from monsisra.services.errors import AuthFailed
+
+COOKIE = "monsisra_session"
+CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "csrf"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+class Sessions:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._secret = settings.effective_secret_key.encode()
+        self._signer = URLSafeTimedSerializer(settings.effective_secret_key, salt="monsisra.web.session")
+
+    # --- cookie ---------------------------------------------------------------------------
+
+    def token_of(self, conn: HTTPConnection) -> str | None:
+        """The bearer token stored in the request's session cookie, if the signature holds."""
+        raw = conn.cookies.get(COOKIE)
+        if not raw:
+            return None
+        try:
+            data = self._signer.loads(raw, max_age=self.settings.token_ttl_seconds)
+        except BadSignature:
+            return None
+        token = data.get("t") if isinstance(data, dict) else None
+        return token if isinstance(token, str) else None
+
+    def set_cookie(self, response: Response, conn: HTTPConnection, token: str) -> None:
+        response.set_cookie(COOKIE, self._signer.dumps({"t": token}), max_age=self.settings.token_ttl_seconds,
+                            httponly=True, samesite="lax", secure=is_tls(conn), path="/")
+
+    def clear_cookie(self, response: Response, conn: HTTPConnection) -> None:
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax", secure=is_tls(conn))
+
+    # --- CSRF -----------------------------------------------------------------------------
+
+    def csrf_for(self, token: str) -> str:
+        """Bound to the session: a new login gives a new CSRF token, no server-side storage."""
+        return hmac.new(self._secret, b"csrf:" + token.encode(), hashlib.sha256).hexdigest()[:40]
+
+    def csrf_ok(self, token: str, presented: str | None) -> bool:
+        return bool(presented) and hmac.compare_digest(self.csrf_for(token), presented or "")
+
+    # --- the hook of api/deps.py ------------------------------------------------------------
+
+    async def actor(self, conn: HTTPConnection) -> Actor | None:
+        """The actor of the session cookie, or None (then the API answers 401)."""
+        token = self.token_of(conn)
+        if token is None:
+            return None
+        if conn.scope["type"] == "websocket":
+            if not same_origin(conn):
+                return None
+        elif conn.scope.get("method", "GET") not in SAFE_METHODS and not self.csrf_ok(
+                token, conn.headers.get(CSRF_HEADER)):
+            return None
+        core: Core = conn.app.state.core
+        try:
+            return await accounts.actor_for_token(core, token, conn.client.host if conn.client else None)
+        except AuthFailed:
+            return None
+
+
+def is_tls(conn: HTTPConnection) -> bool:
+    return conn.url.scheme in ("https", "wss")
+
+
+def same_origin(conn: HTTPConnection) -> bool:
+    """A browser always sends Origin on a WebSocket handshake; it must name this host."""
+    origin = conn.headers.get("origin")
+    if not origin:
+        return False
+    return urlsplit(origin).netloc == conn.headers.get("host", "")

@@ -1,0 +1,522 @@
+/* MonSisra — the little JavaScript of the pages: live updates over the WebSocket, context
+   menu, phone navigation, recipient picker, uploads by drag-and-drop, draft autosave.
+   No framework, no build; htmx does the fragment swaps. No inline script anywhere (CSP). */
+(function () {
+  "use strict";
+  var $ = function (sel, root) { return (root || document).querySelector(sel); };
+  var $$ = function (sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); };
+  var meta = $('meta[name="csrf-token"]');
+  var CSRF = meta ? meta.content : "";
+
+  function post(url, data) {
+    var body = new FormData();
+    Object.keys(data || {}).forEach(function (k) { body.append(k, data[k]); });
+    body.append("csrf", CSRF);
+    return fetch(url, { method: "POST", body: body, credentials: "same-origin",
+                        headers: { "X-CSRF-Token": CSRF, "HX-Request": "true" } });
+  }
+  function debounce(fn, ms) {
+    var t = null;
+    var wrapped = function () { clearTimeout(t); t = setTimeout(fn, ms); };
+    wrapped.cancel = function () { clearTimeout(t); };
+    return wrapped;
+  }
+  function announce(text) {
+    var el = $("#annonce");
+    if (el) { el.textContent = ""; setTimeout(function () { el.textContent = text; }, 50); }
+  }
+  function el(tag, attrs, text) {
+    var node = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (k) {
+      if (k === "class") node.className = attrs[k]; else node.setAttribute(k, attrs[k]);
+    });
+    if (text !== undefined && text !== null) node.textContent = text;
+    return node;
+  }
+
+  /* ---- tab title: unread count ------------------------------------------------------- */
+  function updateTitle() {
+    var nav = $("#dossiers");
+    if (!nav) return;
+    var n = parseInt(nav.dataset.unread || "0", 10);
+    var base = document.title.replace(/^\(\d+\)\s*/, "");
+    document.title = (n > 0 ? "(" + n + ") " : "") + base;
+  }
+
+  /* ---- inbox: refreshers ------------------------------------------------------------- */
+  function refreshList() {
+    var list = $("#liste");
+    if (!list || !window.htmx) return;
+    htmx.ajax("GET", list.dataset.url, { target: "#liste", swap: "outerHTML" });
+  }
+  function refreshCounts() {
+    var nav = $("#dossiers");
+    if (!nav || !window.htmx) return;
+    var open = nav.classList.contains("open");
+    htmx.ajax("GET", nav.dataset.url, { target: "#dossiers", swap: "outerHTML" }).then(function () {
+      if (open) { var n = $("#dossiers"); if (n) n.classList.add("open"); }
+      updateTitle();
+    });
+  }
+  function refreshReceipts(messageId) {
+    var box = $('.receipts[data-message-id="' + messageId + '"]');
+    if (box && window.htmx) htmx.ajax("GET", box.dataset.url, { target: box, swap: "outerHTML" });
+  }
+  var listSoon = debounce(refreshList, 150);
+  var countsSoon = debounce(refreshCounts, 150);
+  document.body.addEventListener("monsisra:refresh", function () { listSoon(); });
+
+  function markSelected() {
+    var msg = $("#message");
+    $$(".messages .item.selected").forEach(function (li) { li.classList.remove("selected"); });
+    if (!msg) return;
+    var li = $('.messages .item[data-id="' + msg.dataset.id + '"][data-mb="' + msg.dataset.mb + '"]');
+    if (li) { li.classList.add("selected"); li.classList.remove("unread"); }
+  }
+
+  /* ---- live events ------------------------------------------------------------------- */
+  var socket = null, retry = 1000, pinger = null;
+  function inScope(mailboxId) {
+    var list = $("#liste");
+    if (!list || !list.dataset.mbs) return false;
+    return list.dataset.mbs.split(",").indexOf(String(mailboxId)) >= 0;
+  }
+  function onEvent(ev) {
+    if (ev.type === "message.new") {
+      if (inScope(ev.mailbox_id)) listSoon();
+      announce("Nouveau message de " + (ev.sender || "") + " : " + (ev.subject || ""));
+    } else if (ev.type === "message.stored" || ev.type === "message.flags") {
+      if (inScope(ev.mailbox_id)) listSoon();
+    } else if (ev.type === "counts") {
+      countsSoon();
+    } else if (ev.type === "message.read") {
+      refreshReceipts(ev.message_id);
+    }
+  }
+  function connect() {
+    if (!$("#dossiers") && !$(".receipts")) return;
+    var url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/api/v1/events";
+    socket = new WebSocket(url);
+    socket.onopen = function () {
+      retry = 1000;
+      document.body.dataset.live = "1";
+      clearInterval(pinger);
+      pinger = setInterval(function () { if (socket.readyState === 1) socket.send("ping"); }, 30000);
+    };
+    socket.onmessage = function (e) {
+      try { onEvent(JSON.parse(e.data)); } catch (err) { /* ignore malformed */ }
+    };
+    socket.onclose = function () {
+      document.body.dataset.live = "0";
+      clearInterval(pinger);
+      // Events may have been missed while away: resync, then reconnect with backoff.
+      setTimeout(function () { countsSoon(); listSoon(); connect(); }, retry);
+      retry = Math.min(retry * 2, 30000);
+    };
+  }
+
+  /* ---- context menu on the list ------------------------------------------------------ */
+  var menu = null, menuItem = null;
+  var LABELS = {
+    archived: ["Archiver", "Désarchiver"], read: ["Marquer comme lu", "Marquer comme non lu"],
+    favorite: ["Ajouter aux favoris", "Retirer des favoris"], todo: ["À traiter", "Ne plus traiter"]
+  };
+  function closeMenu(restoreFocus) {
+    if (!menu || menu.hidden) return;
+    menu.hidden = true;
+    if (restoreFocus && menuItem) { var a = $(".item-link", menuItem); if (a) a.focus(); }
+  }
+  function openMenu(li, x, y) {
+    menu = $("#menu-contextuel");
+    if (!menu) return;
+    menuItem = li;
+    $$("button", menu).forEach(function (b) {
+      var key = b.dataset.action;
+      if (LABELS[key]) b.textContent = LABELS[key][li.dataset[key] === "1" ? 1 : 0];
+      b.hidden = (key === "read" && li.dataset.role !== "in") || (key === "open" && li.dataset.role === "draft");
+    });
+    menu.hidden = false;
+    var w = menu.offsetWidth, h = menu.offsetHeight;
+    menu.style.left = Math.max(4, Math.min(x, window.innerWidth - w - 4)) + "px";
+    menu.style.top = Math.max(4, Math.min(y, window.innerHeight - h - 4)) + "px";
+    var first = $$("button", menu).filter(function (b) { return !b.hidden; })[0];
+    if (first) first.focus();
+  }
+  document.addEventListener("contextmenu", function (e) {
+    var li = e.target.closest && e.target.closest(".messages .item");
+    if (!li) return;
+    e.preventDefault();
+    var x = e.clientX, y = e.clientY;
+    if (!x && !y) { var r = li.getBoundingClientRect(); x = r.left + 24; y = r.top + r.height / 2; }
+    openMenu(li, x, y);
+  });
+  document.addEventListener("click", function (e) {
+    if (menu && !menu.hidden && !e.target.closest("#menu-contextuel")) closeMenu(false);
+    var b = e.target.closest && e.target.closest("#menu-contextuel button");
+    if (!b || !menuItem) return;
+    var li = menuItem, key = b.dataset.action;
+    closeMenu(true);
+    if (key === "open") { var a = $(".item-link", li); if (a) a.click(); return; }
+    var data = { role: li.dataset.role };
+    data[key] = li.dataset[key] === "1" ? "0" : "1";
+    if (key === "archived" && data[key] === "1") li.classList.add("leaving");
+    post("/message/" + li.dataset.mb + "/" + li.dataset.id + "/etat", data).then(function (r) {
+      if (!r.ok) { li.classList.remove("leaving"); announce("L'action a échoué."); return; }
+      announce(b.textContent + " : fait.");
+      listSoon();
+      var open = $("#message");
+      if (open && open.dataset.id === li.dataset.id && window.htmx) {
+        htmx.ajax("GET", "/message/" + li.dataset.mb + "/" + li.dataset.id, { target: "#lecture" });
+      }
+    });
+  });
+  document.addEventListener("keydown", function (e) {
+    if (!menu || menu.hidden) return;
+    var items = $$("button", menu).filter(function (b) { return !b.hidden; });
+    var i = items.indexOf(document.activeElement);
+    if (e.key === "Escape") { e.preventDefault(); closeMenu(true); }
+    else if (e.key === "ArrowDown") { e.preventDefault(); items[(i + 1) % items.length].focus(); }
+    else if (e.key === "ArrowUp") { e.preventDefault(); items[(i - 1 + items.length) % items.length].focus(); }
+    else if (e.key === "Tab") { closeMenu(false); }
+  });
+
+  /* ---- inbox: navigation ------------------------------------------------------------- */
+  document.addEventListener("click", function (e) {
+    var t = e.target.closest && e.target.closest(".folders-toggle");
+    if (t) {
+      var nav = $("#dossiers");
+      var open = nav.classList.toggle("open");
+      t.setAttribute("aria-expanded", open ? "true" : "false");
+      return;
+    }
+    var link = e.target.closest && e.target.closest(".messages .item-link");
+    if (link) {
+      var li = link.closest(".item");
+      $$(".messages .item.selected").forEach(function (x) { x.classList.remove("selected"); });
+      li.classList.add("selected");
+      li.classList.remove("unread");
+    }
+    var back = e.target.closest && e.target.closest("[data-back]");
+    if (back && document.body.classList.contains("inbox-page")) {
+      e.preventDefault();
+      document.body.classList.remove("lecture-ouverte");
+      var sel = $(".messages .item.selected .item-link");
+      if (sel) sel.focus();
+    }
+  });
+  document.addEventListener("htmx:afterSwap", function (e) {
+    var target = e.detail.target;
+    if (target && target.id === "lecture") {
+      document.body.classList.add("lecture-ouverte");
+      target.focus({ preventScroll: true });
+      markSelected();
+    }
+    if (target && (target.id === "liste" || (target.closest && target.closest("#liste")))) markSelected();
+    if (target && target.id === "dossiers") updateTitle();
+  });
+  document.addEventListener("htmx:afterSettle", function () { markSelected(); });
+  document.addEventListener("htmx:responseError", function (e) {
+    announce("Erreur " + e.detail.xhr.status + " : l'action n'a pas abouti.");
+  });
+
+  /* ---- compose: recipients ----------------------------------------------------------- */
+  function chip(field, address, name) {
+    var c = el("span", { "class": "chip", "data-address": address });
+    c.appendChild(el("input", { type: "hidden", name: field, value: address }));
+    c.appendChild(el("input", { type: "hidden", name: field + "_name", value: name || "" }));
+    c.appendChild(el("span", { "class": "chip-label", title: address }, name || address));
+    c.appendChild(el("button", { type: "button", "class": "chip-remove", "aria-label": "Retirer " + (name || address) }, "×"));
+    return c;
+  }
+  function addRecipient(address, name) {
+    var box = $("#to-chips");
+    if (!box || $('.chip[data-address="' + CSS.escape(address) + '"]', box)) return;
+    box.appendChild(chip("to", address, name));
+    autosaveSoon();
+  }
+  document.addEventListener("click", function (e) {
+    var rm = e.target.closest && e.target.closest(".chip-remove");
+    if (rm) { rm.closest(".chip").remove(); autosaveSoon(); refreshSendState(); }
+  });
+
+  /* ---- the directory picker ---------------------------------------------------------- */
+  var picker = $("#picker");
+  var chosen = new Map();
+  var search = { q: "", where: "", kind: "all", next: {} };
+  function pickerKind() { var r = $('input[name="picker-kind"]:checked', picker); return r ? r.value : "all"; }
+  function updateCount() {
+    var n = chosen.size;
+    $("#picker-count").textContent = n ? n + " destinataire" + (n > 1 ? "s" : "") + " sélectionné" + (n > 1 ? "s" : "")
+                                        : "Aucun destinataire sélectionné";
+  }
+  function entryNode(entry, section) {
+    var li = el("li", { "class": "entry" });
+    var label = el("label");
+    var box = el("input", { type: "checkbox", value: entry.address || "" });
+    box.dataset.name = entry.name || "";
+    box.checked = chosen.has(entry.address);
+    if (!entry.address) box.disabled = true;
+    label.appendChild(box);
+    var dot = el("span", { "class": "dot " + (entry.active ? "active" : "inactive"),
+                           title: entry.active ? "Messagerie utilisée récemment" : "Pas d'activité récente" });
+    label.appendChild(dot);
+    var text = el("span", { "class": "entry-text" });
+    text.appendChild(el("span", { "class": "entry-name" }, entry.name || entry.address));
+    var details = [entry.profession, entry.specialty].filter(Boolean).join(" · ");
+    var place = [entry.commune, entry.postcode ? "(" + entry.postcode + ")" : ""].filter(Boolean).join(" ");
+    text.appendChild(el("span", { "class": "entry-sub" }, [details, place].filter(Boolean).join(" — ")));
+    text.appendChild(el("span", { "class": "entry-addr muted" }, entry.address || "pas de messagerie"));
+    label.appendChild(text);
+    label.appendChild(el("span", { "class": "sr-only" }, entry.active ? " (actif)" : " (inactif)"));
+    li.appendChild(label);
+    return li;
+  }
+  function renderSection(name, data, append) {
+    var sec = $('section[data-section="' + name + '"]', picker);
+    var ul = $("ul", sec);
+    if (!append) ul.textContent = "";
+    (data && data.items || []).forEach(function (entry) { ul.appendChild(entryNode(entry, name)); });
+    var total = data && typeof data.total === "number" ? data.total : ul.children.length;
+    $(".total", sec).textContent = "(" + total + ")";
+    sec.hidden = ul.children.length === 0;
+    search.next[name] = data ? data.next_offset : null;
+    $(".more", sec).hidden = !(data && data.next_offset !== null && data.next_offset !== undefined);
+    return ul.children.length;
+  }
+  var pickerSeq = 0;
+  function runSearch(section, offset) {
+    search.q = $("#picker-q").value.trim();
+    search.where = $("#picker-where").value.trim();
+    search.kind = pickerKind();
+    var free = $(".picker-free", picker);
+    var typed = search.q;
+    free.hidden = !/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(typed);
+    if (!free.hidden) $("button", free).textContent = "Ajouter l'adresse « " + typed + " »";
+    if ((search.q + search.where).replace(/\s/g, "").length < 2) {
+      $(".picker-hint", picker).hidden = false;
+      $(".picker-empty", picker).hidden = true;
+      renderSection("professionals", null, false); renderSection("services", null, false);
+      return;
+    }
+    $(".picker-hint", picker).hidden = true;
+    var params = new URLSearchParams({ q: search.q, where: search.where, kind: search.kind,
+                                       limit: "10", offset: String(offset || 0) });
+    var seq = ++pickerSeq;
+    fetch("/api/v1/directory/search?" + params.toString(), { credentials: "same-origin",
+                                                              headers: { Accept: "application/json" } })
+      .then(function (r) { return r.json().then(function (body) { return { ok: r.ok, body: body }; }); })
+      .then(function (res) {
+        if (seq !== pickerSeq && !section) return;
+        var err = $(".picker-error", picker);
+        if (!res.ok) { err.hidden = false; err.textContent = res.body.detail || "La recherche a échoué."; return; }
+        err.hidden = true;
+        var n = 0;
+        if (section) n = renderSection(section, res.body[section], true);
+        else {
+          n += renderSection("professionals", res.body.professionals, false);
+          n += renderSection("services", res.body.services, false);
+        }
+        $(".picker-empty", picker).hidden = n > 0 || !!section;
+      })
+      .catch(function () {
+        var err = $(".picker-error", picker);
+        err.hidden = false; err.textContent = "Annuaire injoignable ; réessayez.";
+      });
+  }
+  if (picker) {
+    var searchSoon = debounce(function () { runSearch(null, 0); }, 250);
+    $("#open-picker").addEventListener("click", function () {
+      chosen = new Map();
+      var kind = this.dataset.kind || "all";
+      var radio = $('input[name="picker-kind"][value="' + kind + '"]', picker);
+      if (radio) radio.checked = true;
+      updateCount();
+      picker.showModal();
+      $("#picker-q").focus();
+      if ($("#picker-q").value) runSearch(null, 0);
+    });
+    $("#picker-q").addEventListener("input", searchSoon);
+    $("#picker-where").addEventListener("input", searchSoon);
+    $$('input[name="picker-kind"]', picker).forEach(function (r) {
+      r.addEventListener("change", function () { runSearch(null, 0); });
+    });
+    $$(".more", picker).forEach(function (b) {
+      b.addEventListener("click", function () {
+        var name = b.closest("section").dataset.section;
+        runSearch(name, search.next[name]);
+      });
+    });
+    picker.addEventListener("change", function (e) {
+      var box = e.target;
+      if (box.type !== "checkbox") return;
+      if (box.checked) chosen.set(box.value, box.dataset.name); else chosen.delete(box.value);
+      updateCount();
+    });
+    $(".picker-free button", picker).addEventListener("click", function () {
+      var addr = $("#picker-q").value.trim().toLowerCase();
+      chosen.set(addr, "");
+      updateCount();
+    });
+    $("#picker-validate").addEventListener("click", function () {
+      chosen.forEach(function (name, address) { addRecipient(address, name); });
+      picker.close();
+      refreshSendState();
+      $("#open-picker").focus();
+    });
+    $("#picker-cancel").addEventListener("click", function () { picker.close(); $("#open-picker").focus(); });
+    $("#picker-q").addEventListener("keydown", function (e) { if (e.key === "Enter") { e.preventDefault(); runSearch(null, 0); } });
+    $("#picker-where").addEventListener("keydown", function (e) { if (e.key === "Enter") { e.preventDefault(); runSearch(null, 0); } });
+  }
+  var patientBtn = $("#add-patient");
+  if (patientBtn) patientBtn.addEventListener("click", function () {
+    var input = $("#patient-ins");
+    var ins = input.value.replace(/\s/g, "").toUpperCase();
+    if (!/^[12][0-9]{4}(2A|2B|[0-9]{2})[0-9]{8}$/.test(ins)) { announce("INS invalide : 15 caractères attendus."); input.focus(); return; }
+    addRecipient(ins + "@" + input.dataset.domain, "Patient " + ins);
+    input.value = "";
+  });
+
+  /* ---- compose: attachments ---------------------------------------------------------- */
+  var form = $("#compose-form");
+  var uploading = 0;
+  function refreshSendState() {
+    var send = $("#send");
+    if (send) send.disabled = uploading > 0;
+  }
+  function upload(file) {
+    var list = $("#attachments");
+    var li = el("li", { "class": "chip att-chip uploading" });
+    var label = el("span", { "class": "chip-label" }, "📎 " + file.name + " — envoi…");
+    li.appendChild(label);
+    list.appendChild(li);
+    uploading++; refreshSendState();
+    var body = new FormData();
+    body.append("file", file, file.name);
+    return fetch("/api/v1/attachments", { method: "POST", body: body, credentials: "same-origin",
+                                          headers: { "X-CSRF-Token": CSRF } })
+      .then(function (r) { return r.json().then(function (b) { return { ok: r.ok, body: b }; }); })
+      .then(function (res) {
+        if (!res.ok) { li.classList.add("failed"); label.textContent = "⚠ " + file.name + " : " + (res.body.detail || "refusé"); 
+                       li.appendChild(el("button", { type: "button", "class": "chip-remove", "aria-label": "Retirer" }, "×")); return; }
+        li.classList.remove("uploading");
+        li.insertBefore(el("input", { type: "hidden", name: "attachments", value: res.body.id }), label);
+        li.insertBefore(el("input", { type: "hidden", name: "attachment_name", value: res.body.filename }), label);
+        label.textContent = "📎 " + res.body.filename;
+        li.appendChild(el("button", { type: "button", "class": "chip-remove", "aria-label": "Retirer " + res.body.filename }, "×"));
+        announce("Pièce jointe ajoutée : " + res.body.filename);
+        autosaveSoon();
+      })
+      .catch(function () { li.classList.add("failed"); label.textContent = "⚠ " + file.name + " : échec de l'envoi"; })
+      .then(function () { uploading--; refreshSendState(); });
+  }
+  function uploadAll(files) { Array.prototype.forEach.call(files || [], upload); }
+  if (form) {
+    ["file-input", "camera-input"].forEach(function (id) {
+      var input = document.getElementById(id);
+      if (input) input.addEventListener("change", function () { uploadAll(input.files); input.value = ""; });
+    });
+    var zone = $("#dropzone");
+    ["dragenter", "dragover"].forEach(function (t) {
+      form.addEventListener(t, function (e) {
+        if (e.dataTransfer && Array.prototype.indexOf.call(e.dataTransfer.types, "Files") >= 0) {
+          e.preventDefault(); zone.classList.add("over");
+        }
+      });
+    });
+    ["dragleave", "drop"].forEach(function (t) {
+      form.addEventListener(t, function () { zone.classList.remove("over"); });
+    });
+    form.addEventListener("drop", function (e) {
+      if (!e.dataTransfer || !e.dataTransfer.files.length) return;
+      e.preventDefault();
+      uploadAll(e.dataTransfer.files);
+    });
+  }
+
+  /* ---- compose: drafts saved as you type --------------------------------------------- */
+  var saving = null, dirty = false, submitting = false;
+  function hasContent() {
+    return form && (form.subject.value.trim() || form.body.value.trim() || $(".chip", form));
+  }
+  function autosave() {
+    if (!form || submitting || !hasContent()) return Promise.resolve();
+    if (saving) { dirty = true; return saving; }
+    var status = $("#draft-status");
+    var data = new FormData(form);
+    saving = fetch(form.dataset.autosave, { method: "POST", body: data, credentials: "same-origin",
+                                            headers: { "X-CSRF-Token": CSRF } })
+      .then(function (r) { return r.json().then(function (b) { return { ok: r.ok, body: b }; }); })
+      .then(function (res) {
+        if (res.ok) { $("#draft_id").value = res.body.draft_id; status.textContent = "Brouillon enregistré (" + res.body.saved_at + ")"; }
+        else status.textContent = "Brouillon non enregistré : " + (res.body.error || "erreur");
+      })
+      .catch(function () { status.textContent = "Brouillon non enregistré (hors ligne)"; })
+      .then(function () {
+        saving = null;
+        if (dirty && !submitting) { dirty = false; return autosave(); }
+      });
+    return saving;
+  }
+  var autosaveSoon = form ? debounce(autosave, 1200) : function () {};
+  if (form) {
+    form.addEventListener("input", function (e) { if (!e.target.closest("#picker")) autosaveSoon(); });
+    form.addEventListener("submit", function (e) {
+      if (uploading > 0) { e.preventDefault(); announce("Patientez : envoi des pièces jointes en cours."); return; }
+      autosaveSoon.cancel();
+      if (saving) {
+        e.preventDefault();
+        submitting = true;
+        saving.then(function () { form.submit(); });
+        return;
+      }
+      submitting = true;
+      var send = $("#send"); if (send) send.disabled = true;
+    });
+  }
+
+  /* ---- directory card (profile) ------------------------------------------------------ */
+  var card = $("#directory-card");
+  if (card) {
+    var loaded = {};
+    var status = $(".status", card);
+    fetch(card.dataset.url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { return r.json().then(function (b) { return { ok: r.ok, status: r.status, body: b }; }); })
+      .then(function (res) {
+        $(".loading", card).hidden = true;
+        if (!res.ok) { status.textContent = res.status === 404 ? "La fiche annuaire n'est pas encore disponible pour ce compte." : (res.body.detail || "Erreur de chargement."); return; }
+        loaded = res.body || {};
+        $$("[name]", card).forEach(function (input) {
+          var v = loaded[input.name];
+          if (Array.isArray(v)) v = v.join("\n");
+          if (v !== undefined && v !== null) input.value = v;
+        });
+        $(".fields", card).hidden = false;
+      })
+      .catch(function () { $(".loading", card).hidden = true; status.textContent = "Annuaire injoignable."; });
+    card.addEventListener("submit", function (e) {
+      e.preventDefault();
+      var patch = {};
+      $$("[name]", card).forEach(function (input) {
+        var v = input.value;
+        patch[input.name] = Array.isArray(loaded[input.name]) ? v.split("\n").map(function (s) { return s.trim(); }).filter(Boolean) : v;
+      });
+      fetch(card.dataset.url, { method: "PATCH", credentials: "same-origin", body: JSON.stringify(patch),
+                                headers: { "Content-Type": "application/json", "X-CSRF-Token": CSRF } })
+        .then(function (r) { return r.json().then(function (b) { return { ok: r.ok, body: b }; }); })
+        .then(function (res) { status.textContent = res.ok ? "Fiche enregistrée." : (res.body.detail || "Erreur."); });
+    });
+  }
+
+  /* ---- mailbox switcher & menus: close on Escape / outside click --------------------- */
+  document.addEventListener("keydown", function (e) {
+    if (e.key !== "Escape") return;
+    $$("details.menu[open]").forEach(function (d) { d.open = false; var s = $("summary", d); if (s) s.focus(); });
+  });
+  document.addEventListener("click", function (e) {
+    $$("details.menu[open]").forEach(function (d) { if (!d.contains(e.target)) d.open = false; });
+  });
+
+  updateTitle();
+  markSelected();
+  connect();
+})();
