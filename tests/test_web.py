@@ -1,0 +1,201 @@
+"""Web pages over real HTTP: session cookie, CSRF, security headers, page weight, every
+folder, settings, drafts, and the session cookie accepted by the API and the WebSocket."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from tests.web_support import insert_hostile_message
+
+PAGE_BUDGET = 150 * 1024
+
+
+@pytest.fixture(scope="module")
+def hostile_message(server):
+    return insert_hostile_message(server, "alice.martin")
+
+
+@contextlib.contextmanager
+def web_login(server, username: str, password: str = "demo") -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, timeout=30, follow_redirects=False) as client:
+        r = client.post("/connexion", data={"username": username, "password": password})
+        assert r.status_code == 303, r.text
+        assert r.headers["location"] == "/boite"
+        yield client
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'<meta name="csrf-token" content="([0-9a-f]+)">', html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+def test_login_sets_a_hardened_session_cookie(server):
+    with httpx.Client(base_url=server.base_url, timeout=30) as anon:
+        r = anon.get("/boite", follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/connexion")
+        page = anon.get("/connexion")
+        assert page.status_code == 200 and "Mot de passe" in page.text and 'name="otp"' in page.text
+        bad = anon.post("/connexion", data={"username": "alice.martin", "password": "faux"})
+        assert bad.status_code == 400 and "incorrect" in bad.text
+        assert "monsisra_session" not in bad.headers.get("set-cookie", "")
+        ok = anon.post("/connexion", data={"username": "alice.martin", "password": "demo"}, follow_redirects=False)
+        cookie = ok.headers["set-cookie"].lower()
+        assert "monsisra_session=" in cookie and "httponly" in cookie and "samesite=lax" in cookie
+        assert "secure" not in cookie  # plain HTTP here; Secure is set when served over TLS
+
+
+def test_open_redirect_refused(server):
+    with httpx.Client(base_url=server.base_url, timeout=30) as anon:
+        r = anon.post("/connexion", data={"username": "alice.martin", "password": "demo",
+                                          "suite": "//evil.example/"}, follow_redirects=False)
+        assert r.headers["location"] == "/boite"
+
+
+def test_inbox_page_security_headers_and_weight(server):
+    with web_login(server, "alice.martin") as web:
+        r = web.get("/boite")
+        assert r.status_code == 200
+        csp = r.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        assert r.headers["x-frame-options"] == "DENY"
+        html = r.text
+        assert "<script>" not in html and " on" + "click=" not in html  # no inline script or handler
+        for label in ("Boîte de réception", "Non lus", "Tous les messages", "Conversations", "Courriers", "MSSanté",
+                      "Échanges patient", "Téléexpertises", "Demandes d&#39;appui", "Résultats", "Évènements",
+                      "Brouillons", "DGS Urgent", "Favoris", "À traiter", "Apparaître absent", "Toutes les boîtes",
+                      "Rechercher un message", "Écrire un message"):
+            assert label in html, label
+        weight = len(r.content)
+        for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
+            if asset.endswith(".svg"):
+                continue
+            a = web.get(asset)
+            assert a.status_code == 200, asset
+            weight += len(a.content)
+        assert weight < PAGE_BUDGET, f"inbox page weighs {weight} bytes"
+
+
+def test_every_folder_renders(server):
+    with web_login(server, "alice.martin") as web:
+        for folder in ("inbox", "unread", "all", "conversation", "letter", "mssante", "patient", "teleexpertise",
+                       "support", "result", "event", "drafts", "dgs_urgent", "favorites", "todo", "sent", "archived"):
+            r = web.get("/boite", params={"dossier": folder})
+            assert r.status_code == 200, folder
+            assert 'class="item' in r.text, f"demo data shows something in {folder}"
+        listing = web.get("/boite/liste", params={"dossier": "result"})
+        assert "Résultats d&#39;analyses" in listing.text or "Résultats" in listing.text
+        search = web.get("/boite/liste", params={"q": "echocardiographie"})
+        assert "chocardiographie" in search.text
+        assert web.get("/boite", params={"bal": "toutes"}).status_code == 200
+
+
+def test_delegate_sees_delegated_mailbox(server):
+    with web_login(server, "sophie.blanc") as web:
+        r = web.get("/boite")
+        assert "Dr Alice MARTIN" in r.text and "délégation" in r.text
+
+
+def test_forged_posts_are_refused_without_csrf(server):
+    with web_login(server, "alice.martin") as web:
+        me = server.login("alice.martin").get("/api/v1/me").json()
+        r = web.post("/parametres", data={"categories": ["letter"]})
+        assert r.status_code == 403
+        assert server.login("alice.martin").get("/api/v1/me").json()["inbox_categories"] == me["inbox_categories"]
+        # The API accepts the cookie for reads, but writes need the CSRF header.
+        assert web.get("/api/v1/me").status_code == 200
+        assert web.patch("/api/v1/me", json={"appear_absent": True}).status_code == 401
+        token = csrf_of(web.get("/boite").text)
+        r = web.patch("/api/v1/me", json={"appear_absent": False}, headers={"X-CSRF-Token": token})
+        assert r.status_code == 200
+
+
+def test_settings_choose_inbox_categories(server, make_user):
+    username, _, _ = make_user("Réglages")
+    with web_login(server, username, "secret-pass") as web:
+        token = csrf_of(web.get("/parametres").text)
+        r = web.post("/parametres", data={"csrf": token, "categories": ["letter", "result"]})
+        assert r.status_code == 303
+        page = web.get("/parametres").text
+        assert re.search(r'value="letter" checked', page) and not re.search(r'value="conversation" checked', page)
+        with server.login(username, "secret-pass") as api:
+            assert api.get("/api/v1/me").json()["inbox_categories"] == ["letter", "result"]
+
+
+def test_send_and_draft_through_the_form(server, make_user):
+    sender, _, sender_box = make_user("Envoi")
+    _, rcpt_address, _ = make_user("Réception")
+    with web_login(server, sender, "secret-pass") as web:
+        token = csrf_of(web.get("/ecrire?type=courrier").text)
+        d1 = web.post("/ecrire/brouillon", data={"csrf": token, "from_mailbox": sender_box, "subject": "Brouillon 1",
+                                                 "body": "début", "category": "letter"})
+        assert d1.status_code == 200, d1.text
+        d2 = web.post("/ecrire/brouillon", data={"csrf": token, "from_mailbox": sender_box, "subject": "Brouillon 2",
+                                                 "body": "suite", "category": "letter",
+                                                 "draft_id": d1.json()["draft_id"]})
+        drafts = web.get("/boite/liste", params={"dossier": "drafts"}).text
+        assert "Brouillon 2" in drafts and "Brouillon 1" not in drafts
+        bad = web.post("/ecrire", data={"csrf": token, "from_mailbox": sender_box, "to": "personne@" +
+                                        server.settings.domain, "subject": "x", "body": "y", "category": "letter"})
+        assert bad.status_code == 422 and "boîte inconnue" in bad.text
+        sent = web.post("/ecrire", data={"csrf": token, "from_mailbox": sender_box, "to": rcpt_address,
+                                         "subject": "Envoyé par le formulaire", "body": "Bonjour",
+                                         "category": "letter", "draft_id": d2.json()["draft_id"]})
+        assert sent.status_code == 303 and "dossier=sent" in sent.headers["location"]
+        assert "Brouillon 2" not in web.get("/boite/liste", params={"dossier": "drafts"}).text
+        page = web.get(sent.headers["location"]).text
+        assert "Envoyé par le formulaire" in page and "personne pour l'instant" in page
+
+
+def test_hostile_html_is_sanitised_in_the_page(server, hostile_message):
+    mailbox_id, message_id, _ = hostile_message
+    with web_login(server, "alice.martin") as web:
+        r = web.get(f"/message/{mailbox_id}/{message_id}", headers={"HX-Request": "true"})
+        assert r.status_code == 200
+        pane = r.text
+        assert "<script" not in pane and "onerror" not in pane.replace("onerror=alert(1)&gt;", "")
+        assert "<iframe" not in pane and "javascript:" not in pane and "tracker.example" not in pane
+        assert "Bonjour &lt;img src=x onerror=alert(1)&gt;" in pane
+
+
+def test_other_people_cannot_open_a_message(server, hostile_message):
+    mailbox_id, message_id, _ = hostile_message
+    with web_login(server, "claire.roux") as web:
+        r = web.get(f"/message/{mailbox_id}/{message_id}", headers={"HX-Request": "true"})
+        assert r.status_code == 404 and "Bonjour" not in r.text
+
+
+def test_websocket_accepts_the_session_cookie_from_our_origin_only(server):
+    with web_login(server, "alice.martin") as web:
+        cookie = f"monsisra_session={web.cookies['monsisra_session']}"
+    url = server.base_url.replace("http://", "ws://") + "/api/v1/events"
+    with connect(url, additional_headers={"Cookie": cookie, "Origin": server.base_url}) as ws:
+        assert '"hello"' in ws.recv(timeout=10)
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    with pytest.raises((ConnectionClosed, InvalidStatus)), \
+            connect(url, additional_headers={"Cookie": cookie, "Origin": "http://evil.example"}) as ws:
+        ws.recv(timeout=10)
+
+
+def test_logout_revokes_the_session(server):
+    with web_login(server, "bruno.petit") as web:
+        token = csrf_of(web.get("/boite").text)
+        cookie = web.cookies["monsisra_session"]
+        r = web.post("/deconnexion", data={"csrf": token})
+    assert r.status_code == 303 and r.headers["location"] == "/connexion"
+    with httpx.Client(base_url=server.base_url, timeout=30, cookies={"monsisra_session": cookie}) as replay:
+        assert replay.get("/boite", follow_redirects=False).status_code == 303
+        assert replay.get("/api/v1/me").status_code == 401
+
+
+def test_htmx_request_without_session_redirects_to_login(server):
+    with httpx.Client(base_url=server.base_url, timeout=30) as anon:
+        r = anon.get("/boite/liste", headers={"HX-Request": "true"})
+        assert r.status_code == 204 and r.headers["hx-redirect"].startswith("/connexion")
