@@ -11,6 +11,7 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 
+from monsisra.cli_directory import directory_app
 from monsisra.config import Settings
 from monsisra.gateway.cli import trust_app
 from monsisra.services.errors import ServiceError
@@ -22,6 +23,7 @@ account_app = typer.Typer(help="Comptes des utilisateurs.", no_args_is_help=True
 app.add_typer(db_app, name="db")
 app.add_typer(account_app, name="account")
 app.add_typer(trust_app, name="trust")
+app.add_typer(directory_app, name="directory")
 console = Console(stderr=True)
 T = TypeVar("T")
 
