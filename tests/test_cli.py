@@ -58,3 +58,23 @@ def test_upgrade_demo_idempotent_and_account_create(cli_env, tmp_path):
                    input_text="polonium\npolonium\n")
     assert prompted.returncode == 0, prompted.stderr
     assert sqlite3.connect(db).execute("select count(*) from mailboxes where address like '%curie%'").fetchone()[0] == 2
+
+
+def test_mailbox_create_and_grant(cli_env, tmp_path):
+    assert run(cli_env, "db", "upgrade").returncode == 0
+    assert run(cli_env, "account", "create", "sec.one", "--first-name", "Sec", "--last-name", "One",
+               "--password", "abcdef").returncode == 0
+    made = run(cli_env, "mailbox", "create", "pneumologie.ch-test", "--name", "Pneumologie — CH Test", "--expert")
+    assert made.returncode == 0, made.stderr
+    assert "pneumologie.ch-test@monsisra.localhost" in made.stderr
+    dup = run(cli_env, "mailbox", "create", "pneumologie.ch-test", "--name", "x")
+    assert dup.returncode == 1 and "existe déjà" in dup.stderr
+    ok = run(cli_env, "mailbox", "grant", "pneumologie.ch-test@monsisra.localhost", "sec.one")
+    assert ok.returncode == 0, ok.stderr
+    missing = run(cli_env, "mailbox", "grant", "nope@monsisra.localhost", "sec.one")
+    assert missing.returncode == 1 and "introuvable" in missing.stderr
+    db = tmp_path / "var" / "monsisra.db"
+    row = sqlite3.connect(db).execute(
+        "select access from mailbox_access join mailboxes on mailboxes.id = mailbox_id "
+        "where address = 'pneumologie.ch-test@monsisra.localhost'").fetchone()
+    assert row == ("member",)
