@@ -1,0 +1,160 @@
+"""Pure rules of directory search: words, typo keys, edit distance, and the boolean queries
+rendered for SQLite FTS5 and PostgreSQL ``tsquery``.
+
+Both engines index the same folded ``[a-z0-9]`` words and receive the same expanded query
+(exact word, word prefix, or one of the vocabulary words within a small edit distance), so
+they return the same entries in the same order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from monsisra.domain.text import fold
+
+_WORD = re.compile(r"[0-9a-z]+")
+# Words that say nothing about who is searched for ("Dr Petit").
+QUERY_NOISE = frozenset({"dr", "docteur", "pr", "professeur", "mme", "madame", "m", "mr", "monsieur"})
+MARKER_PREFIXES = ("xc", "xd", "xp", "xe", "xk")
+MAX_TERM = 60
+
+
+def words(text: str) -> list[str]:
+    """Folded alphanumeric words of ``text`` (``"Saint-Étienne"`` → ``["saint", "etienne"]``)."""
+    return [w[:MAX_TERM] for w in _WORD.findall(fold(text or ""))]
+
+
+def query_tokens(query: str, limit: int = 8) -> list[str]:
+    """The words of a user query that take part in matching (duplicates and titles dropped)."""
+    out: list[str] = []
+    for w in words(query):
+        if w in QUERY_NOISE or w in out:
+            continue
+        out.append(w)
+    return out[:limit]
+
+
+def deletions(word: str) -> set[str]:
+    """``word`` with one letter removed, every way (the typo keys of SymSpell)."""
+    return {word[:i] + word[i + 1:] for i in range(len(word))}
+
+
+def stored_keys(term: str) -> set[str]:
+    """Keys under which a vocabulary word is filed: itself and its one-letter deletions."""
+    return {term} | deletions(term) if len(term) >= 3 else set()
+
+
+def max_typos(token: str) -> int:
+    if token.isdigit() or len(token) < 4:
+        return 0
+    return 1 if len(token) < 7 else 2
+
+
+def lookup_keys(token: str) -> set[str]:
+    """Keys to look up for ``token``: covers every word within one edit, and most within two."""
+    if max_typos(token) == 0:
+        return set()
+    keys = {token} | deletions(token)
+    if max_typos(token) >= 2:
+        keys |= {d2 for d in deletions(token) for d2 in deletions(d)}
+    return keys
+
+
+def osa_distance(a: str, b: str, limit: int = 2) -> int:
+    """Optimal-string-alignment distance (edits incl. adjacent swaps); ``limit + 1`` when above."""
+    if a == b:
+        return 0
+    la, lb = len(a), len(b)
+    if abs(la - lb) > limit:
+        return limit + 1
+    prev2: list[int] = []
+    prev = list(range(lb + 1))
+    for i in range(1, la + 1):
+        cur = [i] + [0] * lb
+        best = cur[0]
+        for j in range(1, lb + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            v = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                v = min(v, prev2[j - 2] + 1)
+            cur[j] = v
+            best = min(best, v)
+        if best > limit:
+            return limit + 1
+        prev2, prev = prev, cur
+    return min(prev[lb], limit + 1)
+
+
+def close_terms(token: str, candidates: Iterable[str], limit: int = 12) -> list[str]:
+    """Vocabulary words within the allowed typos of ``token`` that it is not a prefix of."""
+    n = max_typos(token)
+    scored = []
+    for term in set(candidates):
+        if term.startswith(token):
+            continue
+        d = osa_distance(token, term, n)
+        if d <= n:
+            scored.append((d, term))
+    scored.sort()
+    return [t for _, t in scored[:limit]]
+
+
+# --- Boolean queries -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Alt:
+    term: str
+    prefix: bool = False
+
+
+Group = tuple[Alt, ...]  # any of these
+Query = tuple[Group, ...]  # all of these groups
+
+
+def fts5(query: Query) -> str:
+    parts = []
+    for group in query:
+        alts = [f'"{a.term}"' + ("*" if a.prefix else "") for a in group]
+        parts.append(alts[0] if len(alts) == 1 else "(" + " OR ".join(alts) + ")")
+    return " AND ".join(parts)
+
+
+def tsquery(query: Query) -> str:
+    parts = []
+    for group in query:
+        alts = [f"'{a.term}'" + (":*" if a.prefix else "") for a in group]
+        parts.append(alts[0] if len(alts) == 1 else "(" + " | ".join(alts) + ")")
+    return " & ".join(parts)
+
+
+def fts5_minus(keep: Query, drop: Query) -> str:
+    return f"({fts5(keep)}) NOT ({fts5(drop)})"
+
+
+def tsquery_minus(keep: Query, drop: Query) -> str:
+    return f"({tsquery(keep)}) & !({tsquery(drop)})"
+
+
+def tiers(tokens: list[str], fuzzy: dict[str, list[str]], filters: Query) -> list[Query]:
+    """Queries from strictest to loosest: exact words, then prefixes, then typos.
+
+    Results are shown tier by tier, so exact matches come first. ``filters`` (place, kind)
+    are added to every tier. A tier identical to the previous one is left out.
+    """
+    if not tokens:
+        return [filters] if filters else []
+    exact = tuple((Alt(t),) for t in tokens)
+    prefix = tuple((Alt(t, True),) for t in tokens)
+    loose = tuple((Alt(t, True), *(Alt(f) for f in fuzzy.get(t, []))) for t in tokens)
+    out: list[Query] = []
+    for q in (exact, prefix, loose):
+        full = q + filters
+        if not out or out[-1] != full:
+            out.append(full)
+    return out
+
+
+def marker(prefix: str, value: str) -> str:
+    return prefix + re.sub(r"[^0-9a-z]", "", fold(value))
