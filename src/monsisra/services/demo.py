@@ -192,6 +192,9 @@ async def load(core: Core, progress=None) -> None:
         alice_box = await _mailbox(core, f"alice.martin@{domain}")
         await mailboxes.grant(core, alice_box.id, people["sophie.blanc"].id, Access.DELEGATE)
         bar.advance(task)
+        from monsisra.services import directory  # communes of the demo people and services (issue 3)
+
+        await directory.seed_demo(core)
 
         async with core.read() as s:
             seeded = await s.scalar(sa.select(sa.func.count()).select_from(Delivery)
