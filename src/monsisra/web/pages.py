@@ -588,11 +588,57 @@ async def settings_save(request: Request) -> Response:
     return RedirectResponse("/parametres?ok=1", status_code=303)
 
 
+MODALITY_LABELS = {
+    "new_patients": "Accepte de nouveaux patients", "unscheduled_care": "Soins non programmés",
+    "home_visits": "Visites à domicile", "teleconsultation": "Téléconsultation", "telecare": "Télésoin",
+    "teleexpertise": "Téléexpertise", "weekends_holidays": "Week-ends et jours fériés",
+    "night_on_call": "Gardes de nuit",
+}
+
+
+def _directory():
+    """The directory service (issue 3), or None on an installation without it."""
+    try:
+        from monsisra.services import directory
+    except ImportError:
+        return None
+    return directory
+
+
 @router.get("/profil")
 async def profile_page(request: Request) -> Response:
     actor = await page_actor(request)
-    account = await accounts.get_account(_core(request), actor)
-    return render(request, "profile.html", account=accounts.account_dict(account))
+    directory = _directory()
+    card = await directory.get_my_profile(_core(request), actor) if directory else None
+    return render(request, "profile.html", card=card, MODALITY_LABELS=MODALITY_LABELS,
+                  saved=request.query_params.get("ok") == "1")
+
+
+@router.post("/profil")
+async def profile_save(request: Request) -> Response:
+    actor, form = await form_actor(request)
+    directory = _directory()
+    if directory is None:
+        return RedirectResponse("/profil", status_code=303)
+    core = _core(request)
+    card = await directory.get_my_profile(core, actor)
+    chosen = set(form.getlist("modalities"))
+    changes: dict[str, Any] = {
+        "modalities": {k: k in chosen for k in card["modalities"]},
+        **{k: str(form.get(k, "")) for k in ("competences", "activities", "equipment", "notification_email",
+                                              "notification_phone")},
+    }
+    postcode, commune = str(form.get("postcode", "")).strip(), str(form.get("commune", "")).strip()
+    current = card.get("commune") or {}
+    if postcode != (card.get("postcode") or "") or commune != (current.get("name") or ""):
+        changes.update(postcode=postcode, commune=commune)
+    try:
+        await directory.update_my_profile(core, actor, changes)
+    except ServiceError as exc:
+        card.update({k: v for k, v in changes.items() if k not in ("modalities", "commune")})
+        return render(request, "profile.html", status=exc.status, card=card, MODALITY_LABELS=MODALITY_LABELS,
+                      error=exc.detail)
+    return RedirectResponse("/profil?ok=1", status_code=303)
 
 
 def install(app: FastAPI) -> None:

@@ -474,39 +474,6 @@
     });
   }
 
-  /* ---- directory card (profile) ------------------------------------------------------ */
-  var card = $("#directory-card");
-  if (card) {
-    var loaded = {};
-    var status = $(".status", card);
-    fetch(card.dataset.url, { credentials: "same-origin", headers: { Accept: "application/json" } })
-      .then(function (r) { return r.json().then(function (b) { return { ok: r.ok, status: r.status, body: b }; }); })
-      .then(function (res) {
-        $(".loading", card).hidden = true;
-        if (!res.ok) { status.textContent = res.status === 404 ? "La fiche annuaire n'est pas encore disponible pour ce compte." : (res.body.detail || "Erreur de chargement."); return; }
-        loaded = res.body || {};
-        $$("[name]", card).forEach(function (input) {
-          var v = loaded[input.name];
-          if (Array.isArray(v)) v = v.join("\n");
-          if (v !== undefined && v !== null) input.value = v;
-        });
-        $(".fields", card).hidden = false;
-      })
-      .catch(function () { $(".loading", card).hidden = true; status.textContent = "Annuaire injoignable."; });
-    card.addEventListener("submit", function (e) {
-      e.preventDefault();
-      var patch = {};
-      $$("[name]", card).forEach(function (input) {
-        var v = input.value;
-        patch[input.name] = Array.isArray(loaded[input.name]) ? v.split("\n").map(function (s) { return s.trim(); }).filter(Boolean) : v;
-      });
-      fetch(card.dataset.url, { method: "PATCH", credentials: "same-origin", body: JSON.stringify(patch),
-                                headers: { "Content-Type": "application/json", "X-CSRF-Token": CSRF } })
-        .then(function (r) { return r.json().then(function (b) { return { ok: r.ok, body: b }; }); })
-        .then(function (res) { status.textContent = res.ok ? "Fiche enregistrée." : (res.body.detail || "Erreur."); });
-    });
-  }
-
   /* ---- mailbox switcher & menus: close on Escape / outside click --------------------- */
   document.addEventListener("keydown", function (e) {
     if (e.key !== "Escape") return;
