@@ -70,7 +70,8 @@ def test_inbox_page_security_headers_and_weight(server):
         for label in ("Boîte de réception", "Non lus", "Tous les messages", "Conversations", "Courriers", "MSSanté",
                       "Échanges patient", "Téléexpertises", "Demandes d&#39;appui", "Résultats", "Évènements",
                       "Brouillons", "DGS Urgent", "Favoris", "À traiter", "Apparaître absent", "Toutes les boîtes",
-                      "Rechercher un message", "Écrire un message"):
+                      "Rechercher un message", "Envoyer un courrier", "Démarrer une conversation",
+                      "Demander une expertise", "Échanges avec un patient"):
             assert label in html, label
         weight = len(r.content)
         for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):

@@ -386,7 +386,7 @@
   function upload(file) {
     var list = $("#attachments");
     var li = el("li", { "class": "chip att-chip uploading" });
-    var label = el("span", { "class": "chip-label" }, "📎 " + file.name + " — envoi…");
+    var label = el("span", { "class": "chip-label" }, file.name + " — envoi…");
     li.appendChild(label);
     list.appendChild(li);
     uploading++; refreshSendState();
@@ -401,7 +401,8 @@
         li.classList.remove("uploading");
         li.insertBefore(el("input", { type: "hidden", name: "attachments", value: res.body.id }), label);
         li.insertBefore(el("input", { type: "hidden", name: "attachment_name", value: res.body.filename }), label);
-        label.textContent = "📎 " + res.body.filename;
+        label.textContent = res.body.filename;
+        label.insertBefore(el("span", { "class": "clip", "aria-hidden": "true" }), label.firstChild);
         li.appendChild(el("button", { type: "button", "class": "chip-remove", "aria-label": "Retirer " + res.body.filename }, "×"));
         announce("Pièce jointe ajoutée : " + res.body.filename);
         autosaveSoon();
