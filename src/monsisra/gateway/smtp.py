@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import unicodedata
 from collections import defaultdict, deque
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -19,6 +20,12 @@ from monsisra.services import inbound
 from monsisra.services.core import Core
 
 log = logging.getLogger(__name__)
+
+
+def ascii_reply(text: str) -> str:
+    """SMTP replies are ASCII: keep the French wording, drop the accents (« é » → « e »)."""
+    flat = unicodedata.normalize("NFKD", text).replace("«", '"').replace("»", '"').replace("’", "'")
+    return flat.encode("ascii", "ignore").decode()
 
 
 class Limits:
@@ -53,7 +60,7 @@ class Handler:
             return "451 4.7.1 trop de messages de ce client : réessayez dans une minute"
         refusal = await inbound.check_sender(self.core, address)
         if refusal:
-            return refusal
+            return ascii_reply(refusal)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -64,7 +71,7 @@ class Handler:
             return "452 4.5.3 trop de destinataires pour ce message"
         refusal = await inbound.check_recipient(self.core, address)
         if refusal:
-            return refusal
+            return ascii_reply(refusal)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
@@ -74,9 +81,9 @@ class Handler:
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
         try:
-            return await inbound.receive(self.core, inbound.Envelope(
+            return ascii_reply(await inbound.receive(self.core, inbound.Envelope(
                 peer=_client(session), mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos),
-                raw=raw))
+                raw=raw)))
         except Exception:
             log.exception("inbound message from %s failed", _client(session))
             return "451 4.3.0 erreur temporaire du serveur : réessayez plus tard"

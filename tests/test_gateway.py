@@ -1,0 +1,431 @@
+"""The MSSanté gateway against real peers: smtplib and swaks sessions with STARTTLS, and a
+private Postfix standing for another operator (it receives our mail and relays its own to us)."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import smtplib
+import ssl
+import subprocess
+import tempfile
+import uuid
+import warnings
+import zipfile
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from monsisra.gateway import xdm
+from monsisra.services import demo as demo_service
+from monsisra.services import trust
+from tests.gateway_support import OTHER_DOMAIN, SWAKS, Postfix, PKI, client_ssl, smtp_send, wait_for
+from tests.support import FIXTURES, RunningServer, fresh_database, free_port, make_settings, start_server
+
+pytestmark = pytest.mark.skipif(not Path("/usr/sbin/postfix").exists(),
+                                reason="Debian postfix is not installed (.ci/run installs it)")
+
+DOMAIN = "monsisra.localhost"
+TRUSTED = [OTHER_DOMAIN, "ch-vichy.mssante.fr", "labo-aurillac.mssante.fr", "patient.mssante.fr",
+           "evil.mssante.fr"]
+
+
+@dataclass
+class Gateway:
+    server: RunningServer
+    postfix: Postfix
+    pki: PKI
+    client_cert: tuple[Path, Path]
+
+    @property
+    def port(self) -> int:
+        return self.server.settings.smtp_port
+
+    def ctx(self) -> ssl.SSLContext:
+        return client_ssl(self.pki, self.client_cert)
+
+    def send(self, raw: bytes, mail_from: str, rcpts: list[str]) -> tuple[int, str]:
+        return smtp_send(self.port, mail_from, rcpts, raw, self.ctx())
+
+
+@pytest.fixture(scope="module")
+def gw(backend, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"gw-{backend}")
+    pki = PKI.create(tmp / "pki")
+    cert, key = pki.issue("monsisra", ["localhost", DOMAIN, "127.0.0.1"])
+    client_cert = pki.issue("client", ["client.autre-operateur.localhost"])
+    pf_port = free_port()
+    with fresh_database(backend, tmp / "db") as url:
+        settings = make_settings(url, tmp / "data", tls_cert=cert, tls_key=key, tls_trust=pki.ca_cert,
+                                 smtp_relay=f"127.0.0.1:{pf_port}", outbound_poll_seconds=0.2,
+                                 outbound_retry_base_seconds=1, max_message_bytes=3 * 1024 * 1024,
+                                 smtp_enabled=True, run_workers=True)
+        server = start_server(settings)
+        # Postfix's unprivileged daemons cannot enter pytest's private temp dir: use one of its own.
+        pf_dir = Path(tempfile.mkdtemp(prefix="monsisra-postfix-"))
+        postfix = Postfix(pf_dir, pf_port, pki, DOMAIN, f"127.0.0.1:{settings.smtp_port}")
+        try:
+            server.call(demo_service.load, server.core)
+            server.call(trust.add, server.core, TRUSTED, "tests")
+            postfix.start()
+            yield Gateway(server, postfix, pki, client_cert)
+        finally:
+            postfix.stop()
+            server.stop()
+            shutil.rmtree(pf_dir, ignore_errors=True)
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def find(client, mailbox_id: int, subject: str, view: str = "all") -> list[dict]:
+    r = client.get(f"/api/v1/mailboxes/{mailbox_id}/messages", params={"view": view, "limit": 200})
+    assert r.status_code == 200, r.text
+    return [m for m in r.json()["items"] if m["subject"] == subject]
+
+
+def mailbox_id(client, address: str) -> int:
+    return next(m["id"] for m in client.get("/api/v1/mailboxes").json() if m["address"] == address)
+
+
+def unique_mail(sender: str, to: str, subject: str, body: str = "Bonjour", **headers: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{uuid.uuid4().hex}@{sender.split('@')[1]}>"
+    for k, v in headers.items():
+        msg[k.replace("_", "-")] = v
+    msg.set_content(body)
+    return msg.as_bytes()
+
+
+# --- inbound ---------------------------------------------------------------------------------------
+
+
+def test_letter_with_xdm_is_linked_to_its_patient_and_stored_once(gw):
+    raw = fixture("letter_with_xdm.eml")
+    sender = "cardiologie.ch-vichy@ch-vichy.mssante.fr"
+    assert gw.send(raw, sender, [f"alice.martin@{DOMAIN}"])[0] == 250
+    # Same Message-ID again (a retry by the other operator): acknowledged, stored once.
+    code, text = gw.send(raw, sender, [f"alice.martin@{DOMAIN}"])
+    assert code == 250 and "deja recu" in text
+    alice = gw.server.login("alice.martin")
+    box = mailbox_id(alice, f"alice.martin@{DOMAIN}")
+    found = find(alice, box, "CR consultation cardiologie - DUPONT Jeanne")
+    assert len(found) == 1
+    msg = alice.get(f"/api/v1/mailboxes/{box}/messages/{found[0]['id']}").json()
+    assert msg["category"] == "letter"
+    assert msg["patient"]["ins"] == "247101513112191"
+    assert msg["patient"]["oid"] == "1.2.250.1.213.1.4.8"
+    assert msg["patient"]["family_name"] == "DUPONT"
+    assert {a["filename"] for a in msg["attachments"]} == {"CR_consultation_DUPONT.pdf", "IHE_XDM.ZIP"}
+    pdf = next(a for a in msg["attachments"] if a["filename"].endswith(".pdf"))
+    r = alice.get(f"/api/v1/attachments/{pdf['id']}")
+    assert r.status_code == 200 and r.content.startswith(b"%PDF")
+    assert "Veuillez trouver ci-joint" in msg["body"]
+    assert msg["sender"]["address"] == sender
+    # The sender asked for a receipt with a different address than the envelope's? Here it is equal.
+    mdn = alice.get(f"/api/v1/mailboxes/{box}/messages/{found[0]['id']}/mdn").json()
+    assert mdn["requested"] is True and mdn["mdn_pending"] is False
+
+
+def test_lab_result_is_a_result_with_sanitised_html(gw):
+    sender = "resultats.labo-aurillac@labo-aurillac.mssante.fr"
+    assert gw.send(fixture("lab_result.eml"), sender, [f"alice.martin@{DOMAIN}"])[0] == 250
+    alice = gw.server.login("alice.martin")
+    box = mailbox_id(alice, f"alice.martin@{DOMAIN}")
+    [item] = find(alice, box, "Résultats biologiques - ROUX Pierre")
+    msg = alice.get(f"/api/v1/mailboxes/{box}/messages/{item['id']}").json()
+    assert msg["category"] == "result"
+    assert "<b>biologie</b>" in msg["html"]
+    assert [a["filename"] for a in msg["attachments"]] == ["Résultats ROUX Pierre.pdf"]
+
+
+def test_patient_reply_lands_in_patient_exchanges_under_the_original(gw):
+    alice = gw.server.login("alice.martin")
+    box = mailbox_id(alice, f"alice.martin@{DOMAIN}")
+    patient = "193083819580859@patient.mssante.fr"
+    r = alice.post("/api/v1/messages", json={
+        "from_mailbox": box, "to": [patient], "subject": "Résultats de votre prise de sang",
+        "body": "Vos résultats sont normaux.", "category": "patient", "no_reply": False})
+    assert r.status_code == 201, r.text
+    original = r.json()
+    raw = fixture("patient_reply.eml").replace(b"<res-193083@monsisra.localhost>", original["message_id"].encode())
+    assert gw.send(raw, patient, [f"alice.martin@{DOMAIN}"])[0] == 250
+    [item] = find(alice, box, "Re: Résultats de votre prise de sang")
+    assert item["category"] == "patient"
+    assert item["thread"]["id"] == original["thread"]["id"]
+    assert item["thread"]["in_reply_to"] == original["id"]
+
+
+def test_mdn_from_the_other_operator_updates_our_receipts(gw):
+    alice = gw.server.login("alice.martin")
+    box = mailbox_id(alice, f"alice.martin@{DOMAIN}")
+    remote = f"secretariat@{OTHER_DOMAIN}"
+    subject = f"Adressage patient {uuid.uuid4().hex[:6]}"
+    r = alice.post("/api/v1/messages", json={"from_mailbox": box, "to": [remote], "subject": subject,
+                                             "body": "Merci de recevoir Mme X.", "receipt_requested": True})
+    assert r.status_code == 201, r.text
+    sent = r.json()
+    # Our mail reaches the other operator with the MSSanté headers.
+    delivered = wait_for(lambda: [m for m in gw.postfix.maildir_messages("secretariat") if m["Subject"] == subject])
+    assert delivered[0]["X-MSS-NIL"] == gw.server.settings.nil
+    assert delivered[0]["Disposition-Notification-To"] == f"alice.martin@{DOMAIN}"
+    assert delivered[0]["Message-ID"] == sent["message_id"]
+    wait_for(lambda: alice.get(f"/api/v1/messages/{sent['id']}/delivery").json()["items"][0]["status"] == "sent")
+    # Their MDN comes back (the sample, pointed at our message and their mailbox).
+    raw = (fixture("mdn_displayed.eml").replace(b"<adressage-0001@monsisra.localhost>", sent["message_id"].encode())
+           .replace(b"cardiologie.ch-vichy@ch-vichy.mssante.fr", remote.encode()))
+    assert gw.send(raw, remote, [f"alice.martin@{DOMAIN}"])[0] == 250
+    receipts = alice.get(f"/api/v1/messages/{sent['id']}/receipts").json()["items"]
+    assert receipts[0]["address"] == remote and receipts[0]["read_at"]
+    # The MDN itself is not a message in the inbox.
+    assert not find(alice, box, "Accusé de lecture : Adressage patient")
+
+
+def test_reading_a_message_sends_a_displayed_mdn_or_asks_first(gw):
+    bruno = gw.server.login("bruno.petit")
+    box = mailbox_id(bruno, f"bruno.petit@{DOMAIN}")
+    remote = f"secretariat@{OTHER_DOMAIN}"
+    # Receipt asked to the return path: sent at first reading.
+    s1 = f"Demande avec accusé {uuid.uuid4().hex[:6]}"
+    raw = unique_mail(remote, f"bruno.petit@{DOMAIN}", s1, Disposition_Notification_To=remote)
+    assert gw.send(raw, remote, [f"bruno.petit@{DOMAIN}"])[0] == 250
+    [item] = find(bruno, box, s1)
+    bruno.get(f"/api/v1/mailboxes/{box}/messages/{item['id']}")
+    mdns = wait_for(lambda: [m for m in gw.postfix.maildir_messages("secretariat")
+                             if m.get_content_type() == "multipart/report" and s1 in str(m["Subject"])])
+    report = next(p for p in mdns[0].walk() if p.get_content_type() == "message/disposition-notification")
+    text = report.as_string()
+    assert "Disposition: manual-action/MDN-sent-manually; displayed" in text
+    assert f"Final-Recipient: rfc822; bruno.petit@{DOMAIN}" in text
+    # Receipt asked to another address than the return path: the user is asked first.
+    s2 = f"Demande détournée {uuid.uuid4().hex[:6]}"
+    raw = unique_mail(remote, f"bruno.petit@{DOMAIN}", s2, Disposition_Notification_To=f"labo@{OTHER_DOMAIN}")
+    assert gw.send(raw, remote, [f"bruno.petit@{DOMAIN}"])[0] == 250
+    [item] = find(bruno, box, s2)
+    bruno.get(f"/api/v1/mailboxes/{box}/messages/{item['id']}")
+    state = bruno.get(f"/api/v1/mailboxes/{box}/messages/{item['id']}/mdn").json()
+    assert state["mdn_pending"] is True and state["notify_to"] == f"labo@{OTHER_DOMAIN}"
+    assert bruno.post(f"/api/v1/mailboxes/{box}/messages/{item['id']}/mdn", json={"send": True}).json()[
+        "status"] == "queued"
+    wait_for(lambda: [m for m in gw.postfix.maildir_messages("labo") if s2 in str(m["Subject"])])
+    # Nobody else may answer for this mailbox.
+    claire = gw.server.login("claire.roux")
+    assert claire.post(f"/api/v1/mailboxes/{box}/messages/{item['id']}/mdn").status_code in (403, 404)
+
+
+def test_postfix_relays_the_other_operators_mail_to_us(gw):
+    subject = f"Via Postfix {uuid.uuid4().hex[:6]}"
+    raw = unique_mail(f"secretariat@{OTHER_DOMAIN}", f"claire.roux@{DOMAIN}", subject)
+    code, _ = smtp_send(gw.postfix.port, f"secretariat@{OTHER_DOMAIN}", [f"claire.roux@{DOMAIN}"], raw,
+                        client_ssl(gw.pki))
+    assert code == 250
+    claire = gw.server.login("claire.roux")
+    box = mailbox_id(claire, f"claire.roux@{DOMAIN}")
+    wait_for(lambda: find(claire, box, subject))
+    assert "TLS" in gw.postfix.log_text() or "tls" in gw.postfix.log_text().lower()
+
+
+def test_swaks_session_with_starttls(gw):
+    if not SWAKS.exists():
+        pytest.skip("swaks is not installed (.ci/run installs it)")
+    subject = f"Swaks {uuid.uuid4().hex[:6]}"
+    result = subprocess.run(
+        [str(SWAKS), "--server", "127.0.0.1", "--port", str(gw.port), "--tls", "--tls-verify",
+         "--tls-ca-path", str(gw.pki.ca_cert), "--tls-sni", "localhost",
+         "--from", f"secretariat@{OTHER_DOMAIN}", "--to", f"alice.martin@{DOMAIN}",
+         "--header", f"Subject: {subject}", "--body", "Bonjour depuis swaks", "--helo", "client.test"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"<~\s+250 2\.0\.0", result.stdout)
+    alice = gw.server.login("alice.martin")
+    assert find(alice, mailbox_id(alice, f"alice.martin@{DOMAIN}"), subject)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("bad_*.eml")))
+def test_hostile_messages_are_refused_or_neutralised(gw, name):
+    raw = fixture(name)
+    code, text = gw.send(raw, "x@evil.mssante.fr", [f"dac63@{DOMAIN}"])
+    assert code == 250 or (code >= 500 and len(text) > 10), (code, text)
+    hemo = gw.server.login("dac63.admin")
+    box = mailbox_id(hemo, f"dac63@{DOMAIN}")
+    if code == 250:
+        items = hemo.get(f"/api/v1/mailboxes/{box}/messages", params={"view": "all", "limit": 200}).json()["items"]
+        for item in items:
+            msg = hemo.get(f"/api/v1/mailboxes/{box}/messages/{item['id']}").json()
+            html = msg.get("html") or ""
+            assert "<script" not in html and "onerror" not in html and "javascript:" not in html
+            assert "<iframe" not in html and "tracker" not in html
+            for a in msg["attachments"]:
+                assert "/" not in a["filename"] and "\\" not in a["filename"] and ".." not in a["filename"]
+            assert "\n" not in msg["subject"]
+    # The server keeps serving.
+    assert gw.send(unique_mail(f"secretariat@{OTHER_DOMAIN}", f"dac63@{DOMAIN}", "encore là"),
+                   f"secretariat@{OTHER_DOMAIN}", [f"dac63@{DOMAIN}"])[0] == 250
+
+
+def test_zip_bomb_and_deep_nesting_are_refused_with_a_reason(gw):
+    code, text = gw.send(fixture("bad_zip_bomb_xdm.eml"), "x@evil.mssante.fr", [f"alice.martin@{DOMAIN}"])
+    assert code == 554 and "IHE_XDM" in text
+    code, text = gw.send(fixture("bad_deep_nesting.eml"), "x@evil.mssante.fr", [f"alice.martin@{DOMAIN}"])
+    assert code == 554 and "imbriquee" in text
+
+
+def test_header_injection_bcc_is_not_a_recipient(gw):
+    gw.send(fixture("bad_header_injection.eml"), "x@evil.mssante.fr", [f"claire.roux@{DOMAIN}"])
+    # Nothing relayed to example.com: only the envelope's local recipients get mail.
+    assert "victim@example.com" not in gw.postfix.log_text()
+
+
+def test_smtp_refusals(gw):
+    ctx = gw.ctx()
+    ok_from = f"secretariat@{OTHER_DOMAIN}"
+    msg = unique_mail(ok_from, f"alice.martin@{DOMAIN}", "refus")
+    code, text = smtp_send(gw.port, ok_from, [f"personne@{DOMAIN}"], msg, ctx)
+    assert code == 550 and "inconnue" in text
+    code, text = smtp_send(gw.port, ok_from, ["someone@gmail.com"], msg, ctx)
+    assert code == 550 and "relais" in text
+    code, text = smtp_send(gw.port, "pirate@untrusted.example", [f"alice.martin@{DOMAIN}"], msg, ctx)
+    assert code == 550 and "confiance" in text
+    forged = unique_mail("pirate@untrusted.example", f"alice.martin@{DOMAIN}", "forgé")
+    code, text = smtp_send(gw.port, ok_from, [f"alice.martin@{DOMAIN}"], forged, ctx)
+    assert code == 550 and "confiance" in text
+    big = unique_mail(ok_from, f"alice.martin@{DOMAIN}", "gros", body="x" * (4 * 1024 * 1024))
+    with pytest.raises(smtplib.SMTPException) as exc:  # 552 (aiosmtpd may close after it)
+        code, text = smtp_send(gw.port, ok_from, [f"alice.martin@{DOMAIN}"], big, ctx)
+        assert code == 552
+        raise smtplib.SMTPException("552")
+    assert "552" in str(exc.value) or "closed" in str(exc.value).lower()
+    # No MAIL before STARTTLS.
+    code, text = smtp_send(gw.port, ok_from, [f"alice.martin@{DOMAIN}"], msg, ctx, starttls=False)
+    assert code == 530
+
+
+def test_tls_12_minimum_and_client_certificate_checked_against_the_trust_anchors(gw):
+    old = ssl.create_default_context(cafile=str(gw.pki.ca_cert))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1 is what we check is refused
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+        old.minimum_version = ssl.TLSVersion.TLSv1
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as c:
+        c.ehlo("client.test")
+        with pytest.raises((ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError)):
+            c.starttls(context=old)
+    stranger_pki = PKI.create(Path(gw.server.settings.data_dir) / "stranger")
+    stranger = client_ssl(gw.pki, stranger_pki.issue("stranger", ["stranger.example"]))
+    with pytest.raises((ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError)):
+        smtp_send(gw.port, f"secretariat@{OTHER_DOMAIN}", [f"alice.martin@{DOMAIN}"],
+                  unique_mail(f"secretariat@{OTHER_DOMAIN}", f"alice.martin@{DOMAIN}", "étranger"), stranger)
+
+
+# --- outbound --------------------------------------------------------------------------------------
+
+
+def test_letter_with_pdf_for_a_patient_leaves_with_an_ihe_xdm_archive(gw):
+    alice = gw.server.login("alice.martin")
+    box = mailbox_id(alice, f"alice.martin@{DOMAIN}")
+    pdf = demo_service.minimal_pdf("Compte rendu de test") if hasattr(demo_service, "minimal_pdf") else (
+        b"%PDF-1.4\n%%EOF\n")
+    up = alice.post("/api/v1/attachments", files={"file": ("CR_test.pdf", pdf, "application/pdf")})
+    assert up.status_code in (200, 201), up.text
+    subject = f"CR pour le Dr Bob {uuid.uuid4().hex[:6]}"
+    r = alice.post("/api/v1/messages", json={
+        "from_mailbox": box, "to": [f"bob@{OTHER_DOMAIN}"], "subject": subject, "body": "Cher confrère,",
+        "attachments": [up.json()["id"]],
+        "patient": {"ins": "247101513112191", "oid": "1.2.250.1.213.1.4.8", "family_name": "DUPONT",
+                    "given_names": "Jeanne", "birth_date": "1962-04-15", "sex": "F"}})
+    assert r.status_code == 201, r.text
+    sent = r.json()
+    assert sent["to"][0]["status"] == "queued"
+    [mail] = wait_for(lambda: [m for m in gw.postfix.maildir_messages("bob") if m["Subject"] == subject])
+    assert mail["X-MSS-NIL"] == gw.server.settings.nil
+    assert mail["X-MSS-CODECDA"] == "11488-4"
+    assert mail["X-MSS-INS"] == "O"
+    assert "Disposition-Notification-To" not in mail
+    files = {p.get_filename(): p.get_content() for p in mail.iter_attachments()}
+    assert files["CR_test.pdf"] == pdf
+    content = xdm.read(files["IHE_XDM.ZIP"])
+    assert content.patient.ins == "247101513112191" and content.patient.family_name == "DUPONT"
+    with zipfile.ZipFile(io.BytesIO(files["IHE_XDM.ZIP"])) as zf:
+        assert {"INDEX.HTM", "README.TXT", xdm.METADATA_PATH} <= set(zf.namelist())
+    # The sender sees the delivery status per external recipient.
+    wait_for(lambda: alice.get(f"/api/v1/mailboxes/{box}/messages/{sent['id']}").json()["to"][0]["status"] == "sent")
+
+
+def test_write_to_patient_without_reply_sets_mss_mes_fin(gw):
+    alice = gw.server.login("alice.martin")
+    box = mailbox_id(alice, f"alice.martin@{DOMAIN}")
+    bad = alice.post("/api/v1/messages", json={"from_mailbox": box, "to": ["193083819580858@patient.mssante.fr"],
+                                               "subject": "x", "body": "y", "category": "patient"})
+    assert bad.status_code == 422  # wrong INS key
+    # Corsica: 2A counts as 19 in the key.
+    r = alice.post("/api/v1/messages", json={"from_mailbox": box, "to": ["275082A00412359@patient.mssante.fr"],
+                                             "subject": "Ne pas répondre", "body": "Information",
+                                             "category": "patient", "no_reply": True})
+    assert r.status_code == 201, r.text
+    from monsisra.services import outbound
+
+    _, data = gw.server.call(outbound.render, gw.server.core, r.json()["id"])
+    assert b"X-MSS-MES: FIN" in data
+
+
+def test_permanent_failure_puts_a_french_notice_in_the_senders_mailbox(gw):
+    alice = gw.server.login("alice.martin")
+    box = mailbox_id(alice, f"alice.martin@{DOMAIN}")
+    subject = f"Vers une adresse inconnue {uuid.uuid4().hex[:6]}"
+    r = alice.post("/api/v1/messages", json={"from_mailbox": box, "to": [f"inconnu@{OTHER_DOMAIN}"],
+                                             "subject": subject, "body": "?"})
+    sent = r.json()
+    [notice] = wait_for(lambda: find(alice, box, f"Non distribué : {subject}"))
+    body = alice.get(f"/api/v1/mailboxes/{box}/messages/{notice['id']}").json()["body"]
+    assert f"inconnu@{OTHER_DOMAIN}" in body and "n'a pas pu être remis" in body and "550" in body
+    assert notice["thread"]["id"] == sent["thread"]["id"]
+    status = alice.get(f"/api/v1/messages/{sent['id']}/delivery").json()["items"][0]
+    assert status["status"] == "failed" and "550" in status["detail"]
+    # Outside the trust space: refused without even trying.
+    subject = f"Hors espace {uuid.uuid4().hex[:6]}"
+    alice.post("/api/v1/messages", json={"from_mailbox": box, "to": ["x@gmail.com"], "subject": subject,
+                                         "body": "?"})
+    [notice] = wait_for(lambda: find(alice, box, f"Non distribué : {subject}"))
+    body = alice.get(f"/api/v1/mailboxes/{box}/messages/{notice['id']}").json()["body"]
+    assert "espace de confiance" in body
+
+
+def test_admin_trust_and_outbox_api(gw):
+    admin = gw.server.login("admin")
+    r = admin.post("/api/v1/admin/trust", json={"domains": ["Nouveau-Operateur.MSSante.fr"], "note": "test"})
+    assert r.status_code == 201 and r.json()["added"] == ["nouveau-operateur.mssante.fr"]
+    assert any(i["domain"] == "nouveau-operateur.mssante.fr" for i in admin.get("/api/v1/admin/trust").json()["items"])
+    assert admin.post("/api/v1/admin/trust", json={"domains": ["pas un domaine"]}).status_code == 422
+    assert admin.delete("/api/v1/admin/trust/nouveau-operateur.mssante.fr").status_code == 204
+    assert admin.delete("/api/v1/admin/trust/nouveau-operateur.mssante.fr").status_code == 404
+    outbox = admin.get("/api/v1/admin/outbox").json()["items"]
+    assert any(i["status"] == "failed" for i in outbox) or outbox == []
+    alice = gw.server.login("alice.martin")
+    assert alice.get("/api/v1/admin/trust").status_code == 403
+    assert alice.get("/api/v1/admin/outbox").status_code == 403
+
+
+def test_trust_cli(gw, tmp_path):
+    if gw.server.settings.is_sqlite is False and not shutil.which("true"):
+        pytest.skip("unreachable")
+    env = {"MONSISRA_DATABASE_URL": gw.server.settings.database_url,
+           "MONSISRA_DATA_DIR": str(gw.server.settings.data_dir), "PATH": "/usr/bin:/bin"}
+    exe = str(Path(__import__("sys").executable).parent / "monsisra")
+    listing = tmp_path / "domains.txt"
+    listing.write_text("# opérateurs\nhopital-a.mssante.fr\nlabo-b.mssante.fr ; commentaire\n")
+    r = subprocess.run([exe, "trust", "import", str(listing)], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([exe, "trust", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert "hopital-a.mssante.fr" in r.stdout and "labo-b.mssante.fr" in r.stdout
+    r = subprocess.run([exe, "trust", "remove", "hopital-a.mssante.fr"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0
+    r = subprocess.run([exe, "trust", "add", "pas un domaine"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "invalide" in r.stderr
