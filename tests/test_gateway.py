@@ -22,8 +22,8 @@ import pytest
 from monsisra.gateway import xdm
 from monsisra.services import demo as demo_service
 from monsisra.services import trust
-from tests.gateway_support import OTHER_DOMAIN, SWAKS, Postfix, PKI, client_ssl, smtp_send, wait_for
-from tests.support import FIXTURES, RunningServer, fresh_database, free_port, make_settings, start_server
+from tests.gateway_support import OTHER_DOMAIN, PKI, SWAKS, Postfix, client_ssl, smtp_send, wait_for
+from tests.support import FIXTURES, RunningServer, free_port, fresh_database, make_settings, start_server
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/postfix").exists(),
                                 reason="Debian postfix is not installed (.ci/run installs it)")
