@@ -908,6 +908,13 @@ async def seed_demo(core: Core) -> None:
         place = index.resolve(pc, name)
         if place is not None:
             await set_local_place(core, account_id=a.id, commune_code=place.code, postcode=pc)
+    bruno = next((a for a in accounts if a.username == "bruno.petit"), None)
+    if bruno is not None and bruno.id not in have:
+        await _update_profile(core, Actor(bruno.id, bruno.username), bruno.id, {"expert": {
+            "description": "Avis de cardiologie : souffles, troubles du rythme, insuffisance cardiaque.",
+            "documents": "ECG récent, dernier compte rendu, traitement en cours.",
+            "urgent_contact": "", "specialties": ["Cardiologie et maladies vasculaires"]},
+            "modalities": {"teleexpertise": True, "teleconsultation": True}})
     for b in boxes:
         town = next((v for k, v in DEMO_SERVICE_TOWNS.items() if k in b.address.split("@")[0]), None)
         place = index.resolve(*town) if town else None

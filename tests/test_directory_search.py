@@ -1,0 +1,222 @@
+"""Directory search, cards and FHIR over HTTP on the real server, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from monsisra.domain.clock import utcnow
+from monsisra.domain.directory_search import words as ds_words
+from monsisra.domain.text import fold
+from monsisra.services import directory
+from monsisra.store.models import Mailbox
+from tests.support import FIXTURES
+
+DIRECTORY = FIXTURES / "directory"
+
+
+@pytest.fixture(scope="module")
+def imported(server):
+    """The sample extractions imported into the server's database (once per backend)."""
+    rep = server.call(directory.import_files, server.core, sorted(DIRECTORY.glob("*.txt")))
+    assert rep.rejected == 0
+    return server
+
+
+@pytest.fixture(scope="module")
+def alice(imported):
+    with imported.login("alice.martin") as client:
+        yield client
+
+
+def search(client, **params) -> dict:
+    r = client.get("/api/v1/directory/search", params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def names(section: dict) -> list[str]:
+    return [fold(i["name"]) for i in section["items"]]
+
+
+def test_search_needs_a_login(imported):
+    with imported.client() as anon:
+        r = anon.get("/api/v1/directory/search", params={"q": "petit"})
+    assert r.status_code == 401 and r.json()["status"] == 401
+
+
+def test_demo_picker_finds_bruno_petit_by_fragments(alice):
+    for q in ("petit cler", "cler petit", "PETIT Clermont", "bruno pet", "Pétit"):
+        data = search(alice, q=q)
+        first = data["professionals"]["items"][0]
+        assert first["address"].startswith("bruno.petit@"), (q, first)
+        assert first["postcode"] == "63000" and first["commune"] == "Clermont-Ferrand"
+        assert "cardiologie" in fold(first["specialty"])
+        assert first["is_local"] is True
+    entry = search(alice, q="petit cler")["professionals"]["items"][0]
+    for key in ("id", "name", "address", "profession", "specialty", "commune", "postcode", "active", "kind",
+                "is_expert"):
+        assert key in entry
+
+
+def test_accents_case_and_prefix(alice):
+    a = search(alice, q="barthelemy")["professionals"]
+    b = search(alice, q="BARTHÉLEMY")["professionals"]
+    assert a == b and a["total"] >= 5
+    assert all("barthelemy" in n for n in names(a)[:5])
+    card = search(alice, q="card", limit=50)
+    assert card["professionals"]["total"] >= 10
+    assert any("cardiologie" in fold(i["specialty"]) for i in card["professionals"]["items"])
+    assert any("cardiologie" in fold(i["name"]) for i in card["services"]["items"])
+
+
+def test_typos_are_forgiven(alice, make_user):
+    data = search(alice, q="Anecy")
+    assert data["professionals"]["total"] > 0
+    assert any(i["commune"] == "Annecy" for i in data["professionals"]["items"])
+    assert any("annecy" in n for n in names(data["services"]))
+    # A new local account is searchable at once, and "Gallé" finds GALLET.
+    _, address, _ = make_user("Marc", "Gallet", profession="Médecin", specialty="Rhumatologie")
+    data = search(alice, q="Gallé")
+    assert address in [i["address"] for i in data["professionals"]["items"]]
+    data = search(alice, q="Barthelmy")  # one letter missing
+    assert any("barthelemy" in n for n in names(data["professionals"]))
+
+
+def test_exact_matches_come_before_prefix_and_typo_matches(alice):
+    items = search(alice, q="martin", limit=100)["professionals"]["items"]
+    exact = [i for i, item in enumerate(items) if "martin" in ds_words(item["name"])]
+    prefix_only = [i for i, item in enumerate(items) if "martinez" in ds_words(item["name"])
+                   and "martin" not in ds_words(item["name"])]
+    assert exact and prefix_only and max(exact) < min(prefix_only)
+    assert exact[0] == 0
+
+
+def test_where_filters_and_distance(alice):
+    data = search(alice, q="cardio", where="Clermont")
+    assert data["query"]["where"].startswith("Clermont-Ferrand")
+    items = data["professionals"]["items"]
+    assert items and items[0]["commune"] == "Clermont-Ferrand"
+    distances = [i["distance_km"] for i in items]
+    assert distances == sorted(distances) and distances[-1] <= 25
+    dep = search(alice, where="63", kind="services", limit=100)["services"]
+    assert dep["total"] > 0 and all(i["department"] == "63" for i in dep["items"])
+    pc = search(alice, q="", where="74000", limit=100)["professionals"]
+    # Entries located there come first; after them, people whose other activity is there.
+    here = [i["commune"] == "Annecy" for i in pc["items"]]
+    assert pc["total"] > 0 and here[0] and here == sorted(here, reverse=True) and sum(here) > len(here) / 2
+    by_name = search(alice, where="Haute-Savoie", limit=100)["professionals"]
+    assert by_name["total"] > 0 and all(i["department"] == "74" for i in by_name["items"])
+    est = search(alice, q="urgences", where="CH Vienne")["services"]
+    assert est["total"] == 1 and est["items"][0]["address"].startswith("urgences.ch-vienne@")
+
+
+def test_kind_filters(alice):
+    experts = search(alice, kind="experts", limit=100)
+    addresses = [i["address"] for s in ("professionals", "services") for i in experts[s]["items"]]
+    assert any(a.startswith("bruno.petit@") for a in addresses)
+    assert any(a.startswith("avis-hemostase.chu-clermont@") for a in addresses)
+    assert all(i["is_expert"] for s in ("professionals", "services") for i in experts[s]["items"])
+    teams = search(alice, kind="resource_teams", limit=100)
+    team_names = names(teams["services"])
+    assert any(n.startswith("dac 63") for n in team_names) and any("cpts" in n for n in team_names)
+    assert all(i["is_resource_team"] for i in teams["services"]["items"])
+    only = search(alice, q="cardio", kind="services")
+    assert only["professionals"]["total"] == 0 and only["services"]["total"] > 0
+    r = alice.get("/api/v1/directory/search", params={"q": "x", "kind": "robots"})
+    assert r.status_code == 422
+
+
+def test_paging(alice):
+    first = search(alice, q="med", limit=7)["professionals"]
+    assert first["total"] > 14 and first["next_offset"] == 7
+    second = search(alice, q="med", limit=7, offset=7)["professionals"]
+    assert second["total"] == first["total"]
+    ids = [i["id"] for i in first["items"]] + [i["id"] for i in second["items"]]
+    assert len(set(ids)) == 14
+    whole = search(alice, q="med", limit=14)["professionals"]
+    assert [i["id"] for i in whole["items"]] == ids
+
+
+def test_active_means_our_mailbox_opened_in_the_last_30_days(imported, alice):
+    async def set_opened(address: str, days: int | None) -> None:
+        async with imported.core.write() as tx:
+            when = None if days is None else utcnow() - timedelta(days=days)
+            await tx.session.execute(sa.update(Mailbox).where(Mailbox.address.like(address + "@%"))
+                                     .values(last_opened_at=when))
+
+    imported.call(set_opened, "bruno.petit", 2)
+    imported.call(set_opened, "raphael.david", 45)
+    assert search(alice, q="petit bruno")["professionals"]["items"][0]["active"] is True
+    assert search(alice, q="raphael david")["professionals"]["items"][0]["active"] is False
+    external = search(alice, q="barthelemy")["professionals"]["items"]
+    assert external and not any(i["active"] for i in external if not i["is_local"])
+
+
+def test_profile_card_is_editable_by_its_owner_only(imported, alice):
+    with imported.login("bruno.petit") as bruno:
+        me = bruno.get("/api/v1/directory/me").json()
+        assert me["commune"]["name"] == "Clermont-Ferrand" and me["is_expert"] is True
+        r = bruno.patch("/api/v1/directory/me", json={
+            "notification_phone": "06 12 34 56 78", "notification_email": "bruno@example.org",
+            "modalities": {"teleexpertise": True, "new_patients": False, "home_visits": True},
+            "competences": "Échocardiographie", "equipment": "Holter ECG",
+            "expert": {"description": "Avis cardiologiques sous 48 h", "documents": "ECG récent",
+                       "urgent_contact": "04 73 00 00 00", "specialties": ["Rythmologie"]}})
+        assert r.status_code == 200, r.text
+        assert r.json()["modalities"]["teleexpertise"] is True
+        entry_id = r.json()["entry_id"]
+        bad = bruno.patch("/api/v1/directory/me", json={"notification_email": "pas-une-adresse"})
+        assert bad.status_code == 422
+        assert bruno.patch(f"/api/v1/directory/entries/{entry_id}", json={"equipment": "Holter"}).status_code == 200
+    card = alice.get(f"/api/v1/directory/entries/{entry_id}").json()
+    assert card["profile"]["equipment"] == "Holter" and card["profile"]["expert"]["urgent_contact"]
+    assert "notification_phone" not in json.dumps(card)  # private contact stays private
+    assert card["editable"] is False
+    r = alice.patch(f"/api/v1/directory/entries/{entry_id}", json={"equipment": "rien"})
+    assert r.status_code == 403
+    assert alice.get(f"/api/v1/directory/entries/{entry_id}").json()["profile"]["equipment"] == "Holter"
+    # The declared specialty makes him findable by it.
+    assert any(i["address"].startswith("bruno.petit@")
+               for i in search(alice, q="rythmologie")["professionals"]["items"])
+
+
+def test_public_card_of_a_national_entry(alice):
+    item = search(alice, q="barthelemy lea")["professionals"]["items"][0]
+    card = alice.get(f"/api/v1/directory/entries/{item['id']}").json()
+    assert card["address"] == item["address"] and card["person"]["national_id"] == item["national_id"]
+    assert card["person"]["activities"][0]["commune"]
+    assert alice.get("/api/v1/directory/entries/m999999999").status_code == 404
+
+
+def test_fhir_endpoint(alice):
+    from fhir.resources.R4B.bundle import Bundle
+
+    r = alice.get("/fhir/Practitioner", params={"name": "petit"})
+    bundle = Bundle.model_validate(r.json())
+    assert bundle.type == "searchset" and bundle.total == 1
+    assert bundle.entry[0].resource.identifier[0].value == "810000000025"
+    r = alice.get("/fhir/HealthcareService", params={"mailbox-mss": "dac63@monsisra.localhost"})
+    assert Bundle.model_validate(r.json()).total == 1
+
+
+QUERIES = [("petit cler", "", "all"), ("card", "", "all"), ("Anecy", "", "all"), ("martin", "Lyon", "all"),
+           ("barthelemy", "", "professionals"), ("med gen", "63", "all"), ("", "74000", "all"),
+           ("urgences", "CH Vienne", "services"), ("", "", "experts"), ("infirmier", "Clermont", "all")]
+
+
+def test_same_answers_on_both_engines(alice, backend, tmp_path_factory):
+    answers = {}
+    for q, where, kind in QUERIES:
+        data = search(alice, q=q, where=where, kind=kind, limit=30)
+        answers[f"{q}|{where}|{kind}"] = {s: ([i["address"] or i["national_id"] for i in data[s]["items"]],
+                                              data[s]["total"]) for s in ("professionals", "services")}
+    store = tmp_path_factory.getbasetemp() / "directory_answers.json"
+    known = json.loads(store.read_text()) if store.exists() else {}
+    known[backend] = answers
+    store.write_text(json.dumps(known))
+    if len(known) == 2:
+        assert known["sqlite"] == known["postgres"]
