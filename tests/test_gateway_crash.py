@@ -1,0 +1,156 @@
+"""Durability of ``250``: SIGKILL ``monsisra serve`` during a burst of 200 inbound messages.
+
+After a restart every message that got ``250`` is there; when the other operator retries the
+whole burst (as it does for unacknowledged mail), each message is stored exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+
+from tests.gateway_support import OTHER_DOMAIN, PKI, client_ssl, smtp_send, wait_for
+from tests.support import free_port, fresh_database
+
+DOMAIN = "monsisra.localhost"
+BURST = 200
+EXE = str(Path(sys.executable).parent / "monsisra")
+
+
+def _mail(i: int, run: str) -> tuple[str, bytes]:
+    msg = EmailMessage()
+    msg["From"] = f"secretariat@{OTHER_DOMAIN}"
+    msg["To"] = f"crash.test@{DOMAIN}"
+    subject = f"burst-{run}-{i:03d}"
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{run}.{i}@{OTHER_DOMAIN}>"
+    msg.set_content(f"Message {i} de la rafale.\n" + "Ligne de texte.\n" * 200)
+    return subject, msg.as_bytes()
+
+
+class Serve:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen([EXE, "serve"], env=self.env, stdout=out, stderr=out)
+        port = int(self.env["MONSISRA_SMTP_PORT"])
+
+        def up() -> bool:
+            assert self.proc and self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=5) as c:
+                    return c.noop()[0] == 250
+            except OSError:
+                return False
+
+        wait_for(up, timeout=90)
+
+    def kill(self) -> None:
+        assert self.proc
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    r = subprocess.run([EXE, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout + r.stderr
+
+
+def _subjects(base_url: str) -> list[str]:
+    with httpx.Client(base_url=base_url, timeout=30) as c:
+        token = c.post("/api/v1/auth/token", data={"username": "crash.test", "password": "secret-pass"}).json()[
+            "access_token"]
+        c.headers["Authorization"] = f"Bearer {token}"
+        box = c.get("/api/v1/mailboxes").json()[0]["id"]
+        out, cursor = [], None
+        for _ in range(20):
+            params = {"view": "all", "limit": 200, **({"cursor": cursor} if cursor else {})}
+            page = c.get(f"/api/v1/mailboxes/{box}/messages", params=params).json()
+            out += [m["subject"] for m in page["items"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        return out
+
+
+def test_sigkill_during_a_burst_loses_no_acknowledged_message(backend, tmp_path):
+    pki = PKI.create(tmp_path / "pki")
+    cert, key = pki.issue("monsisra", ["localhost", DOMAIN, "127.0.0.1"])
+    http_port, smtp_port = free_port(), free_port()
+    with fresh_database(backend, tmp_path / "db") as url:
+        env = {**os.environ, "MONSISRA_DATABASE_URL": url, "MONSISRA_DATA_DIR": str(tmp_path / "data"),
+               "MONSISRA_HTTP_PORT": str(http_port), "MONSISRA_SMTP_PORT": str(smtp_port),
+               "MONSISRA_DOMAIN": DOMAIN, "MONSISRA_TLS_CERT": str(cert), "MONSISRA_TLS_KEY": str(key),
+               "MONSISRA_TLS_TRUST": str(pki.ca_cert), "MONSISRA_RUN_WORKERS": "false",
+               "MONSISRA_SECRET_KEY": "crash-test-secret-" + "x" * 32}
+        _cli(env, "account", "create", "crash.test", "--first-name", "Crash", "--last-name", "Test",
+             "--password", "secret-pass")
+        _cli(env, "trust", "add", OTHER_DOMAIN)
+        serve = Serve(env, tmp_path / "serve.log")
+        serve.start()
+        run = uuid.uuid4().hex[:8]
+        mails = [_mail(i, run) for i in range(BURST)]
+        acked: list[str] = []
+        lock = threading.Lock()
+        ctx = client_ssl(pki)
+
+        def sender(worker: int) -> None:
+            for i in range(worker, BURST, 10):
+                subject, raw = mails[i]
+                try:
+                    code, _ = smtp_send(smtp_port, f"secretariat@{OTHER_DOMAIN}", [f"crash.test@{DOMAIN}"], raw, ctx)
+                except (OSError, smtplib.SMTPException):
+                    return  # the server died under us
+                if code == 250:
+                    with lock:
+                        acked.append(subject)
+
+        try:
+            threads = [threading.Thread(target=sender, args=(w,)) for w in range(10)]
+            for t in threads:
+                t.start()
+            wait_for(lambda: len(acked) >= 40, timeout=120, interval=0.01)
+            serve.kill()
+            for t in threads:
+                t.join(timeout=120)
+            killed_after = len(acked)
+            assert 40 <= killed_after < BURST, "the kill must land in the middle of the burst"
+            print(f"SIGKILL after {killed_after} acknowledged messages")
+
+            serve.start()
+            subjects = _subjects(f"http://127.0.0.1:{http_port}")
+            burst = [s for s in subjects if s.startswith(f"burst-{run}-")]
+            assert set(acked) <= set(burst), f"lost after 250: {sorted(set(acked) - set(burst))[:5]}"
+            assert len(burst) == len(set(burst)), "a message was stored twice"
+
+            # The other operator retries everything it is unsure of: still one copy each.
+            for _subject, raw in mails:
+                code, _ = smtp_send(smtp_port, f"secretariat@{OTHER_DOMAIN}", [f"crash.test@{DOMAIN}"], raw, ctx)
+                assert code == 250
+            burst = [s for s in _subjects(f"http://127.0.0.1:{http_port}") if s.startswith(f"burst-{run}-")]
+            assert sorted(burst) == sorted(s for s, _ in mails)
+        finally:
+            serve.stop()
+            time.sleep(0.2)
