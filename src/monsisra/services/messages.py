@@ -573,14 +573,29 @@ async def counts(core: Core, actor: Actor, mailbox_id: int) -> dict[str, Any]:
     async with core.read() as s:
         await mailboxes.access_of(s, actor, mailbox_id)
         prefs = await s.scalar(sa.select(Account.inbox_categories).where(Account.id == actor.account_id))
-        rows = await s.execute(
-            sa.select(Delivery.role, Delivery.category, Delivery.read, Delivery.archived, Delivery.favorite,
-                      Delivery.todo, sa.func.count())
-            .where(Delivery.mailbox_id == mailbox_id, Delivery.deleted.is_(False))
-            .group_by(Delivery.role, Delivery.category, Delivery.read, Delivery.archived, Delivery.favorite,
-                      Delivery.todo)
-        )
-        return tally(rows.all(), prefs)
+        # Every change to a mailbox's deliveries bumps its modseq in the same transaction, so the
+        # rows counted at a given (uidvalidity, modseq) are exact, on any process. Read modseq first:
+        # a change committing in between only makes the cached rows newer than their key.
+        version = (await s.execute(sa.select(Mailbox.uidvalidity, Mailbox.modseq)
+                                   .where(Mailbox.id == mailbox_id))).one()
+        key = (core.settings.database_url, mailbox_id, version.uidvalidity, version.modseq)
+        rows = _COUNTS_CACHE.get(key)
+        if rows is None:
+            rows = (await s.execute(
+                sa.select(Delivery.role, Delivery.category, Delivery.read, Delivery.archived, Delivery.favorite,
+                          Delivery.todo, sa.func.count())
+                .where(Delivery.mailbox_id == mailbox_id, Delivery.deleted.is_(False))
+                .group_by(Delivery.role, Delivery.category, Delivery.read, Delivery.archived, Delivery.favorite,
+                          Delivery.todo)
+            )).all()
+            _COUNTS_CACHE[key] = rows
+            while len(_COUNTS_CACHE) > _COUNTS_CACHE_SIZE:
+                _COUNTS_CACHE.pop(next(iter(_COUNTS_CACHE)))
+        return tally(rows, prefs)
+
+
+_COUNTS_CACHE: dict[tuple, list] = {}
+_COUNTS_CACHE_SIZE = 4096
 
 
 def tally(rows, prefs: list[str] | None) -> dict[str, Any]:
