@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
 
 from monsisra import __version__
@@ -26,7 +27,8 @@ from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed, NotFound, ServiceError
 from monsisra.web.session import CSRF_FIELD, CSRF_HEADER, Sessions
 
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+TEMPLATES = Jinja2Templates(env=Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
+                                           autoescape=True, trim_blocks=True, lstrip_blocks=True))
 PARIS = ZoneInfo("Europe/Paris")
 MONTHS = ["janv.", "févr.", "mars", "avr.", "mai", "juin", "juil.", "août", "sept.", "oct.", "nov.", "déc."]
 ALL = "toutes"

@@ -121,6 +121,7 @@
     archived: ["Archiver", "Désarchiver"], read: ["Marquer comme lu", "Marquer comme non lu"],
     favorite: ["Ajouter aux favoris", "Retirer des favoris"], todo: ["À traiter", "Ne plus traiter"]
   };
+  function hasFlag(li, key) { return (li.dataset.flags || "").split(" ").indexOf(key) >= 0; }
   function closeMenu(restoreFocus) {
     if (!menu || menu.hidden) return;
     menu.hidden = true;
@@ -132,7 +133,7 @@
     menuItem = li;
     $$("button", menu).forEach(function (b) {
       var key = b.dataset.action;
-      if (LABELS[key]) b.textContent = LABELS[key][li.dataset[key] === "1" ? 1 : 0];
+      if (LABELS[key]) b.textContent = LABELS[key][hasFlag(li, key) ? 1 : 0];
       b.hidden = (key === "read" && li.dataset.role !== "in") || (key === "open" && li.dataset.role === "draft");
     });
     menu.hidden = false;
@@ -158,7 +159,7 @@
     closeMenu(true);
     if (key === "open") { var a = $(".item-link", li); if (a) a.click(); return; }
     var data = { role: li.dataset.role };
-    data[key] = li.dataset[key] === "1" ? "0" : "1";
+    data[key] = hasFlag(li, key) ? "0" : "1";
     if (key === "archived" && data[key] === "1") li.classList.add("leaving");
     post("/message/" + li.dataset.mb + "/" + li.dataset.id + "/etat", data).then(function (r) {
       if (!r.ok) { li.classList.remove("leaving"); announce("L'action a échoué."); return; }
@@ -189,12 +190,17 @@
       t.setAttribute("aria-expanded", open ? "true" : "false");
       return;
     }
-    var link = e.target.closest && e.target.closest(".messages .item-link");
-    if (link) {
+    var link = e.target.closest && e.target.closest(".messages .item-link[data-pane]");
+    if (link && window.htmx && !e.ctrlKey && !e.metaKey && !e.shiftKey && e.button === 0) {
+      // Open in the reading pane; the link itself (full page) is the no-JS fallback.
+      e.preventDefault();
       var li = link.closest(".item");
       $$(".messages .item.selected").forEach(function (x) { x.classList.remove("selected"); });
       li.classList.add("selected");
       li.classList.remove("unread");
+      htmx.ajax("GET", "/message/" + li.dataset.mb + "/" + li.dataset.id, { target: "#lecture" }).then(function () {
+        history.pushState({}, "", link.getAttribute("href"));
+      });
     }
     var back = e.target.closest && e.target.closest("[data-back]");
     if (back && document.body.classList.contains("inbox-page")) {
@@ -215,6 +221,9 @@
     if (target && target.id === "dossiers") updateTitle();
   });
   document.addEventListener("htmx:afterSettle", function () { markSelected(); });
+  window.addEventListener("popstate", function (e) {
+    if (!(e.state && e.state.htmx) && document.body.classList.contains("inbox-page")) location.reload();
+  });
   document.addEventListener("htmx:responseError", function (e) {
     announce("Erreur " + e.detail.xhr.status + " : l'action n'a pas abouti.");
   });
