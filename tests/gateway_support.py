@@ -85,7 +85,7 @@ class Postfix:
     """
 
     def __init__(self, base: Path, port: int, pki: PKI, relay_domain: str, relay_to: str,
-                 users: tuple[str, ...] = ("bob", "secretariat", "labo")) -> None:
+                 users: tuple[str, ...] = ("bob", "secretariat", "labo"), extra_config: str = "") -> None:
         self.base = base
         self.port = port
         self.conf = base / "etc"
@@ -163,6 +163,7 @@ maximal_backoff_time = 10s
 smtpd_client_connection_count_limit = 0
 smtpd_client_message_rate_limit = 0
 default_process_limit = 100
+{extra_config}
 """)
         master = Path("/etc/postfix/master.cf").read_text()
         lines = []
