@@ -6,6 +6,10 @@ database each time:
 * ``service``: ``messages.send`` called by N concurrent asyncio tasks on one ``Core``;
 * ``http``: a real uvicorn server in a subprocess, N concurrent httpx clients with a bearer
   token posting ``/api/v1/messages``;
+* ``lean`` (diagnosis only, NOT app code): a prototype of the same transaction (same checks,
+  same rows, same events) written with one SQLAlchemy Core statement per table instead of the
+  ORM unit of work and one ``UPDATE … RETURNING`` per recipient mailbox: what the service
+  could reach on the same engine;
 * beside each, the raw insert rate of the very same rows (messages, recipients, deliveries,
   read back from the measured run) into another fresh database with the app's engine settings
   (same SQLite pragmas: WAL + synchronous=FULL), by SQLAlchemy Core ``insert`` executemany:
@@ -36,10 +40,12 @@ import sqlalchemy as sa
 
 from bench.common import Corpus, free_port, fresh_database, header, new_meta, uptime, write_results
 from monsisra.config import Settings
+from monsisra.domain.clock import utcnow
+from monsisra.domain.text import preview
 from monsisra.services import accounts, messages
 from monsisra.services.core import Actor, Core
 from monsisra.store.db import Database
-from monsisra.store.models import Delivery, Message, Recipient
+from monsisra.store.models import Delivery, Mailbox, MailboxAccess, Message, Recipient
 
 PASSWORD = "bench-password"
 RECIPIENT_NAMES = [("Bruno", "Petit"), ("Claire", "Roux"), ("Denis", "Faure"), ("Élise", "Chabert"),
@@ -94,6 +100,78 @@ async def run_service(url: str, data_dir: Path, n: int, fanout: int, concurrency
         async def worker() -> None:
             for c in it:
                 await messages.send(core, actor, messages.Compose(**c))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    finally:
+        await core.close()
+    return {"messages": n, "seconds": elapsed, "warmup": len(warm)}
+
+
+async def lean_send(core: Core, actor: Actor, c: dict[str, Any]) -> int:
+    """Prototype of ``messages.send`` for local recipients with Core statements (bench only)."""
+    from monsisra.services import mailboxes
+
+    mb, msg_t, rcpt_t, dlv_t = Mailbox.__table__, Message.__table__, Recipient.__table__, Delivery.__table__
+    addresses = [*c["to"], *c["cc"]]
+    async with core.write() as tx:
+        s = tx.session
+        await mailboxes.access_of(s, actor, c["from_mailbox"])
+        boxes = {r.address: r for r in (await s.execute(
+            sa.select(mb.c.id, mb.c.address, mb.c.display_name)
+            .where(sa.or_(mb.c.address.in_(addresses), mb.c.id == c["from_mailbox"]), mb.c.active.is_(True))
+        )).all()}
+        sender = next(r for r in boxes.values() if r.id == c["from_mailbox"])
+        now = utcnow()
+        mid = (await s.execute(sa.insert(msg_t).values(
+            message_id=messages.new_message_id(core.settings.domain), from_mailbox_id=sender.id,
+            author_account_id=actor.account_id, sender_address=sender.address, sender_name=sender.display_name,
+            subject=c["subject"], body=c["body"], preview=preview(c["body"]), category=c["category"],
+            created_at=now, sent_at=now, is_draft=False, has_attachments=False, origin="local",
+            receipt_requested=False, no_reply=False,
+            search_text=messages.build_search_text(c["subject"], c["body"], sender.display_name, sender.address, []),
+        ).returning(msg_t.c.id))).scalar_one()
+        await s.execute(sa.update(msg_t).where(msg_t.c.id == mid).values(thread_id=mid))
+        await s.execute(sa.insert(rcpt_t), [
+            {"message_id": mid, "kind": "to" if a in c["to"] else "cc", "address": a,
+             "display_name": boxes[a].display_name, "mailbox_id": boxes[a].id, "status": "delivered",
+             "status_at": now, "attempts": 0} for a in addresses])
+        ids = sorted({sender.id, *(boxes[a].id for a in addresses)})
+        if not core.db.is_sqlite:  # lock the mailbox rows in id order (no deadlock), as allocate_uids does
+            await s.execute(sa.select(mb.c.id).where(mb.c.id.in_(ids)).order_by(mb.c.id).with_for_update())
+        uids = {r.id: (r.next_uid - 1, r.modseq) for r in (await s.execute(
+            sa.update(mb).where(mb.c.id.in_(ids)).values(next_uid=mb.c.next_uid + 1, modseq=mb.c.modseq + 1)
+            .returning(mb.c.id, mb.c.next_uid, mb.c.modseq))).all()}
+        placements = [(sender.id, "sent")] + [(boxes[a].id, "in") for a in addresses]
+        await s.execute(sa.insert(dlv_t), [
+            {"mailbox_id": m, "message_id": mid, "uid": uids[m][0], "role": role, "category": c["category"],
+             "created_at": now, "read": role != "in", "favorite": False, "todo": False, "archived": False,
+             "deleted": False, "modseq": uids[m][1]} for m, role in placements])
+        owners: dict[int, list[int]] = {}
+        for m, a in (await s.execute(sa.select(MailboxAccess.mailbox_id, MailboxAccess.account_id)
+                                     .where(MailboxAccess.mailbox_id.in_(ids)))).all():
+            owners.setdefault(m, []).append(a)
+        for m, role in placements:
+            tx.emit("message.new" if role == "in" else "message.stored", owners.get(m, []), mailbox_id=m,
+                    message_id=mid, role=role, category=c["category"], subject=c["subject"])
+            tx.emit("counts", owners.get(m, []), mailbox_ids=[m])
+    return mid
+
+
+async def run_lean(url: str, data_dir: Path, n: int, fanout: int, concurrency: int) -> dict[str, Any]:
+    core = Core(settings_for(url, data_dir))
+    await core.start()
+    try:
+        actor, box, addresses = await make_accounts(core)
+        warm = compose_list(20, box, addresses[:fanout], seed=1)
+        for c in warm:
+            await lean_send(core, actor, c)
+        it = iter(compose_list(n, box, addresses[:fanout], seed=2))
+
+        async def worker() -> None:
+            for c in it:
+                await lean_send(core, actor, c)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -213,7 +291,7 @@ def one_scenario(engine: str, path: str, fanout: int, n: int, concurrency: int, 
     print(f"[{time.strftime('%H:%M:%S')}] {engine} {path} to {fanout}: {n} messages, {concurrency} clients",
           flush=True)
     with fresh_database(engine, tmp) as url:
-        runner = run_service if path == "service" else run_http
+        runner = {"service": run_service, "http": run_http, "lean": run_lean}[path]
         res = asyncio.run(runner(url, data_dir, n, fanout, concurrency))
         rows = asyncio.run(read_rows(url))
     total_msgs = len(rows["messages"])
@@ -246,7 +324,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the default message counts")
     parser.add_argument("--engines", default="sqlite,postgres")
-    parser.add_argument("--paths", default="service,http")
+    parser.add_argument("--paths", default="service,http,lean")
     parser.add_argument("--clients", type=int, default=4, help="concurrent senders (tasks or HTTP clients)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not write bench/results")
     args = parser.parse_args()
@@ -258,7 +336,7 @@ def main() -> None:
         for engine in args.engines.split(","):
             for path in args.paths.split(","):
                 for fanout in (1, 10):
-                    clients = (1, args.clients) if path == "service" else (args.clients,)
+                    clients = (args.clients,) if path == "http" else (1, args.clients)
                     for c in clients:
                         results.append(one_scenario(engine, path, fanout, counts[fanout], c, tmp))
     meta["load_after"] = uptime()

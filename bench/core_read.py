@@ -333,10 +333,13 @@ async def load_pg(url: str, plan: Plan) -> dict[str, float]:
         await conn.copy_records_to_table("mailboxes", records=mailboxes, columns=COLUMNS["mailboxes"])
         await conn.copy_records_to_table("mailbox_access", records=access, columns=COLUMNS["mailbox_access"])
         await conn.execute("SET session_replication_role = DEFAULT")
-        for table in tables:  # explicit ids were given: move the sequences past them
-            await conn.execute(
-                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table})) "
-                f"WHERE pg_get_serial_sequence('{table}', 'id') IS NOT NULL")
+        serial = await conn.fetch("SELECT table_name FROM information_schema.columns WHERE table_schema = "
+                                  "'public' AND column_name = 'id' AND column_default LIKE 'nextval%' "
+                                  "AND table_name = ANY($1::text[])", list(tables))
+        for r in serial:  # explicit ids were given: move the sequences past them
+            table = r["table_name"]
+            await conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                               f"(SELECT coalesce(max(id), 1) FROM {table}))")
         timings["insert_s"] = time.perf_counter() - t
         t = time.perf_counter()
         await conn.execute("SET maintenance_work_mem = '256MB'")
