@@ -27,7 +27,10 @@ async def _smtp_hook(app: FastAPI, core: Core):
     server = await start_server(core, core.settings)
 
     async def stop() -> None:
+        from monsisra.services import inbound
+
         server.close()
+        await inbound.stop(core)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 5)
 

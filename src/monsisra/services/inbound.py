@@ -9,8 +9,10 @@ to a mailbox is stored once (``gw_inbound`` unique key).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,13 @@ XDM_NAMES = {"ihe_xdm.zip"}
 
 
 @dataclass
+class _Box:
+    id: int
+    address: str
+    display_name: str
+
+
+@dataclass
 class Envelope:
     peer: str
     mail_from: str  # "" for the null reverse path
@@ -46,6 +55,63 @@ def _domain(address: str) -> str:
     return domain_of(address) if "@" in address else ""
 
 
+class _Ttl:
+    """A small per-process cache of lookups repeated on every SMTP command (trust, mailboxes).
+
+    A change (domain removed from the trust list, mailbox closed) applies within ``ttl`` seconds.
+    """
+
+    def __init__(self, ttl: float = 10.0, size: int = 10_000) -> None:
+        self.ttl, self.size = ttl, size
+        self.data: dict[Any, tuple[float, Any]] = {}
+
+    def get(self, key: Any) -> Any:
+        hit = self.data.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl:
+            return hit[1]
+        return None
+
+    def put(self, key: Any, value: Any) -> None:
+        if len(self.data) >= self.size:
+            self.data.clear()
+        self.data[key] = (time.monotonic(), value)
+
+
+_trusted_cache = _Ttl()
+_mailbox_cache = _Ttl()
+
+
+async def _is_trusted(core: Core, domain: str) -> bool:
+    key = (id(core), domain, trust.generation())
+    hit = _trusted_cache.get(key)
+    if hit is None:
+        async with core.read() as s:
+            hit = await trust.is_trusted(s, domain, core.settings.domain)
+        _trusted_cache.put(key, hit)
+    return hit
+
+
+async def _mailbox_ids(core: Core, addresses: list[str]) -> dict[str, tuple[int, str, str]]:
+    """address → (mailbox id, address, display name) of the active local mailboxes among them."""
+    out: dict[str, tuple[int, str, str]] = {}
+    missing = []
+    for a in addresses:
+        hit = _mailbox_cache.get((id(core), a))
+        if hit is None:
+            missing.append(a)
+        else:
+            out[a] = hit
+    if missing:
+        async with core.read() as s:
+            found = await mailboxes.by_address(s, missing)
+        for a in missing:
+            box = found.get(a)
+            if box:  # unknown addresses are not cached: a new mailbox works at once
+                out[a] = (box.id, box.address, box.display_name)
+                _mailbox_cache.put((id(core), a), out[a])
+    return out
+
+
 async def check_sender(core: Core, mail_from: str) -> str | None:
     """The SMTP refusal for this MAIL FROM, or None when acceptable."""
     if not mail_from:
@@ -53,9 +119,8 @@ async def check_sender(core: Core, mail_from: str) -> str | None:
     address = normalize_address(mail_from)
     if address is None:
         return "553 5.1.7 adresse d'expéditeur mal formée"
-    async with core.read() as s:
-        if not await trust.is_trusted(s, _domain(address), core.settings.domain):
-            return f"550 5.7.1 domaine {_domain(address)} hors de l'espace de confiance MSSanté"
+    if not await _is_trusted(core, _domain(address)):
+        return f"550 5.7.1 domaine {_domain(address)} hors de l'espace de confiance MSSanté"
     return None
 
 
@@ -66,9 +131,7 @@ async def check_recipient(core: Core, rcpt: str) -> str | None:
         return "553 5.1.3 adresse de destinataire mal formée"
     if _domain(address) != core.settings.domain.lower():
         return f"550 5.7.1 relais interdit : seules les adresses @{core.settings.domain} sont servies ici"
-    async with core.read() as s:
-        found = await mailboxes.by_address(s, [address])
-    if address not in found:
+    if address not in await _mailbox_ids(core, [address]):
         return f"550 5.1.1 <{address}> : boîte aux lettres inconnue"
     return None
 
@@ -100,11 +163,9 @@ async def receive(core: Core, env: Envelope) -> str:
     except mime.MailError as exc:
         log.info("inbound refused from %s: %s", env.peer, exc.reply)
         return exc.reply
-    sender_domain = _domain(parsed.sender_address)
-    async with core.read() as s:
-        if not await trust.is_trusted(s, sender_domain, core.settings.domain):
-            return f"550 5.7.1 expéditeur {parsed.sender_address} hors de l'espace de confiance MSSanté"
-        boxes = await mailboxes.by_address(s, [a for a in (normalize_address(r) for r in env.rcpt_tos) if a])
+    if not await _is_trusted(core, _domain(parsed.sender_address)):
+        return f"550 5.7.1 expéditeur {parsed.sender_address} hors de l'espace de confiance MSSanté"
+    boxes = await _mailbox_ids(core, [a for a in (normalize_address(r) for r in env.rcpt_tos) if a])
     if not boxes:
         return "550 5.1.1 aucun destinataire valide"
     content: xdm.XdmContent | None = None
@@ -122,50 +183,180 @@ async def receive(core: Core, env: Envelope) -> str:
         return raw_digest, [core.blobs.put_bytes(p.data) for p in parsed.attachments]
 
     raw_sha, att_digests = await loop.run_in_executor(None, store_blobs)
-    try:
-        async with core.write() as tx:
-            reply = await _store(core, tx, env, parsed, content, rfc_id, boxes, raw_sha, att_digests)
-    except IntegrityError:
-        # The same Message-ID arrived concurrently on another connection, which stored it.
-        return f"250 2.0.0 {rfc_id} déjà reçu"
-    return reply
+    job = _Job(env, parsed, content, rfc_id, list(boxes.values()), raw_sha, att_digests)
+    return await _committer(core).submit(job)
 
 
-async def _store(core: Core, tx: Tx, env: Envelope, parsed: mime.ParsedMail, content: xdm.XdmContent | None,
-                 rfc_id: str, boxes: dict[str, Mailbox], raw_sha: str, att_digests: list[tuple[str, int]]) -> str:
+@dataclass
+class _Job:
+    env: Envelope
+    parsed: mime.ParsedMail
+    content: xdm.XdmContent | None
+    rfc_id: str
+    boxes: list[tuple[int, str, str]]
+    raw_sha: str
+    att_digests: list[tuple[str, int]]
+
+
+class _Committer:
+    """Group commit: messages arriving together on several connections are written in one
+    transaction (one fsync), and every one of them is answered only after that commit."""
+
+    MAX_BATCH = 32
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.queue: asyncio.Queue[tuple[_Job, asyncio.Future[str]]] = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+
+    async def submit(self, job: _Job) -> str:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run(), name="monsisra-inbound-commit")
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        await self.queue.put((job, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.MAX_BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                replies = await self._commit([j for j, _ in batch])
+            except Exception:
+                # One bad message must not sink the others: retry them one by one.
+                replies = []
+                for job, _ in batch:
+                    try:
+                        replies.extend(await self._commit([job]))
+                    except IntegrityError:
+                        # The same Message-ID arrived concurrently (another process) and is stored.
+                        replies.append(f"250 2.0.0 {job.rfc_id} déjà reçu")
+                    except Exception as exc:
+                        log.exception("inbound store failed")
+                        replies.append(exc)
+            for (_, future), reply in zip(batch, replies, strict=True):
+                if future.done():
+                    continue
+                if isinstance(reply, BaseException):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+
+    async def _commit(self, jobs: list[_Job]) -> list[str]:
+        async with self.core.write() as tx:
+            return await _store_batch(self.core, tx, jobs)
+
+
+_committers: dict[int, _Committer] = {}
+
+
+async def stop(core: Core) -> None:
+    """Stop the group-commit task of this core (server shutdown)."""
+    found = _committers.pop(id(core), None)
+    if found is not None and found.task is not None:
+        found.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await found.task
+
+
+def _committer(core: Core) -> _Committer:
+    found = _committers.get(id(core))
+    if found is None or found.core is not core:
+        found = _committers[id(core)] = _Committer(core)
+    return found
+
+
+async def _store_batch(core: Core, tx: Tx, jobs: list[_Job]) -> list[str]:
+    """Store a batch of accepted messages in one transaction, with one multi-row INSERT per
+    table; returns the SMTP reply of each."""
     s = tx.session
-    already = set(await s.scalars(sa.select(InboundMessage.mailbox_id).where(
-        InboundMessage.rfc_message_id == rfc_id, InboundMessage.mailbox_id.in_([b.id for b in boxes.values()]))))
-    targets = [b for b in boxes.values() if b.id not in already]
-    if not targets:
-        return f"250 2.0.0 {rfc_id} déjà reçu"
     now = utcnow()
-    kind = "mdn" if parsed.mdn is not None else "message"
-    message_row_id: int | None = None
-    if parsed.mdn is not None:
-        await _apply_mdn(tx, parsed, [b.id for b in targets], now)
-    else:
-        message_row_id = await _store_message(core, tx, env, parsed, content, rfc_id, targets, raw_sha,
-                                              att_digests, now)
-    for b in targets:
-        s.add(InboundMessage(mailbox_id=b.id, rfc_message_id=rfc_id, message_id=message_row_id, raw_sha256=raw_sha,
-                             raw_size=len(env.raw), mail_from=env.mail_from[:254], peer=env.peer[:80], kind=kind,
-                             received_at=now))
+    seen = set((await s.execute(sa.select(InboundMessage.mailbox_id, InboundMessage.rfc_message_id).where(
+        InboundMessage.rfc_message_id.in_({j.rfc_id for j in jobs}),
+        InboundMessage.mailbox_id.in_({b[0] for j in jobs for b in j.boxes})))).all())
+    replies: list[str] = []
+    plans: list[tuple[_Job, list[_Box], Message | None, list]] = []
+    for job in jobs:
+        targets = [_Box(*b) for b in job.boxes if (b[0], job.rfc_id) not in seen]
+        if not targets:
+            replies.append(f"250 2.0.0 {job.rfc_id} déjà reçu")
+            continue
+        seen.update((b.id, job.rfc_id) for b in targets)  # the same message twice in one batch
+        replies.append(f"250 2.0.0 {job.rfc_id} reçu")
+        if job.parsed.mdn is not None:
+            await _apply_mdn(tx, job.parsed, [b.id for b in targets], now)
+            plans.append((job, targets, None, []))
+        else:
+            message, views = await _new_message(core, s, job, targets, now)
+            plans.append((job, targets, message, views))
     await s.flush()
-    return f"250 2.0.0 {rfc_id} reçu"
+    placements: list[tuple[Message, int]] = []
+    for job, targets, message, views in plans:
+        if message is not None:
+            if message.thread_id is None:
+                message.thread_id = message.id
+            for pos, v in enumerate(views):
+                s.add(MessageAttachment(message_id=message.id, attachment_id=v.id, position=pos))
+            for b in targets:
+                s.add(Recipient(message_id=message.id, kind="to", address=b.address, display_name=b.display_name,
+                                mailbox_id=b.id, status="delivered", status_at=now))
+                placements.append((message, b.id))
+            if message.patient_id is not None:
+                audit.record(s, None, "patient.message.smtp", object_type="message", object_id=message.id,
+                             patient_id=message.patient_id, client=job.env.peer[:64])
+        for b in targets:
+            s.add(InboundMessage(mailbox_id=b.id, rfc_message_id=job.rfc_id,
+                                 message_id=message.id if message is not None else None, raw_sha256=job.raw_sha,
+                                 raw_size=len(job.env.raw), mail_from=job.env.mail_from[:254],
+                                 peer=job.env.peer[:80], kind="message" if message is not None else "mdn",
+                                 received_at=now))
+    if placements:
+        await _deliver_batch(tx, placements)
+    await s.flush()
+    return replies
 
 
-async def _store_message(core: Core, tx: Tx, env: Envelope, parsed: mime.ParsedMail,
-                         content: xdm.XdmContent | None, rfc_id: str, targets: list[Mailbox], raw_sha: str,
-                         att_digests: list[tuple[str, int]], now) -> int:
+async def _deliver_batch(tx: Tx, placements: list[tuple[Message, int]]) -> None:
+    """``messages.deliver`` for many messages at once: uids and modseqs reserved per mailbox
+    in one statement each (mailboxes locked in id order), deliveries in one INSERT."""
     s = tx.session
+    per_box: dict[int, list[Message]] = {}
+    for message, box in placements:
+        per_box.setdefault(box, []).append(message)
+    rows = []
+    for box in sorted(per_box):
+        batch = per_box[box]
+        k = len(batch)
+        next_uid, modseq = (await s.execute(
+            sa.update(Mailbox).where(Mailbox.id == box)
+            .values(next_uid=Mailbox.next_uid + k, modseq=Mailbox.modseq + k)
+            .returning(Mailbox.next_uid, Mailbox.modseq))).one()
+        for n, message in enumerate(batch):
+            rows.append(Delivery(mailbox_id=box, message_id=message.id, uid=next_uid - k + n, role=Role.IN,
+                                 category=message.category, created_at=message.created_at,
+                                 modseq=modseq - k + 1 + n, read=False))
+    s.add_all(rows)
+    await s.flush()
+    owners = await mailboxes.accounts_of(s, list(per_box))
+    for d, (message, _) in zip(rows, [(m, b) for b in sorted(per_box) for m in per_box[b]], strict=True):
+        tx.emit("message.new", owners.get(d.mailbox_id, []), mailbox_id=d.mailbox_id, message_id=message.id,
+                role=d.role, category=message.category, subject=message.subject,
+                sender=message.sender_name or message.sender_address)
+    for box in per_box:
+        tx.emit("counts", owners.get(box, []), mailbox_ids=[box])
+
+
+async def _new_message(core: Core, s, job: _Job, targets: list[_Box], now) -> tuple[Message, list]:
+    """The Message row (added, not flushed) and its registered attachments."""
+    parsed, content, env = job.parsed, job.content, job.env
     category = categorize(parsed, content)
     patient = await _patient(s, parsed, content)
     parent = await _parent(s, parsed, [b.id for b in targets])
     html = messages.sanitize_html(parsed.html) if parsed.html else None
     body = parsed.text or (_html_to_text(parsed.html) if parsed.html else "")
     views = []
-    for part, (digest, size) in zip(parsed.attachments, att_digests, strict=True):
+    for part, (digest, size) in zip(parsed.attachments, job.att_digests, strict=True):
         ctype = att_service.sniff(part.data[:8192], part.filename or "")
         if part.content_type == "message/rfc822":
             ctype = "message/rfc822"
@@ -177,29 +368,17 @@ async def _store_message(core: Core, tx: Tx, env: Envelope, parsed: mime.ParsedM
         headers["xdm"] = {"title": content.title, "type_codes": content.type_codes}
     subject = parsed.subject or (content.title if content else "")
     message = Message(
-        message_id=rfc_id, sender_address=parsed.sender_address, sender_name=parsed.sender_name,
+        message_id=job.rfc_id, sender_address=parsed.sender_address, sender_name=parsed.sender_name,
         subject=subject, body=body, html=html, preview=preview(body), category=category, created_at=now,
         sent_at=parsed.date or now, patient_id=patient.id if patient else None, has_attachments=bool(views),
-        origin="smtp", raw_sha256=raw_sha, headers=headers, receipt_requested=bool(parsed.notify_to),
+        origin="smtp", raw_sha256=job.raw_sha, headers=headers, receipt_requested=bool(parsed.notify_to),
         in_reply_to_id=parent.id if parent else None,
         thread_id=(parent.thread_id or parent.id) if parent else None,
         search_text=messages.build_search_text(subject, body, parsed.sender_name, parsed.sender_address,
                                                [v.filename for v in views]),
     )
     s.add(message)
-    await s.flush()
-    if message.thread_id is None:
-        message.thread_id = message.id
-    for pos, v in enumerate(views):
-        s.add(MessageAttachment(message_id=message.id, attachment_id=v.id, position=pos))
-    for b in targets:
-        s.add(Recipient(message_id=message.id, kind="to", address=b.address, display_name=b.display_name,
-                        mailbox_id=b.id, status="delivered", status_at=now))
-    await messages.deliver(tx, message, [(b.id, Role.IN) for b in targets])
-    if patient is not None:
-        audit.record(s, None, "patient.message.smtp", object_type="message", object_id=message.id,
-                     patient_id=patient.id, client=env.peer[:64])
-    return message.id
+    return message, views
 
 
 async def _patient(s, parsed: mime.ParsedMail, content: xdm.XdmContent | None) -> Patient | None:

@@ -22,6 +22,14 @@ _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"^(?:\*\.)?(?:{_LABEL}\.)+{_LABEL}$")
 
 
+_changes = [0]
+
+
+def generation() -> int:
+    """Bumped on every change made by this process (lets caches drop stale answers at once)."""
+    return _changes[0]
+
+
 def normalize_domain(raw: str) -> str:
     domain = (raw or "").strip().lower().rstrip(".")
     if "@" in domain:
@@ -68,6 +76,7 @@ async def add(core: Core, domains: list[str], note: str = "", actor: Actor | Non
         s = tx.session
         have = set(await s.scalars(sa.select(TrustedDomain.domain).where(TrustedDomain.domain.in_(wanted))))
         new = [d for d in wanted if d not in have]
+        _changes[0] += 1
         s.add_all(TrustedDomain(domain=d, note=note[:200]) for d in new)
         if new:
             audit.record(s, actor.account_id if actor else None, "trust.add", object_type="domain",
@@ -80,6 +89,7 @@ async def remove(core: Core, domain: str, actor: Actor | None = None) -> None:
     domain = normalize_domain(domain)
     async with core.write() as tx:
         result = await tx.session.execute(sa.delete(TrustedDomain).where(TrustedDomain.domain == domain))
+        _changes[0] += 1
         if result.rowcount == 0:
             raise NotFound(f"domaine absent de la liste de confiance : {domain}")
         audit.record(tx.session, actor.account_id if actor else None, "trust.remove", object_type="domain",
