@@ -51,6 +51,17 @@ def test_login_sets_a_hardened_session_cookie(server):
         assert "secure" not in cookie  # plain HTTP here; Secure is set when served over TLS
 
 
+def test_cross_site_posts_are_refused(server):
+    with httpx.Client(base_url=server.base_url, timeout=30) as anon:
+        r = anon.post("/connexion", data={"username": "alice.martin", "password": "demo"},
+                      headers={"Origin": "https://evil.example"})
+        assert r.status_code == 403 and "monsisra_session" not in r.headers.get("set-cookie", "")
+    with web_login(server, "alice.martin") as web:
+        token = csrf_of(web.get("/boite").text)
+        r = web.post("/absent", data={"csrf": token, "absent": "1"}, headers={"Origin": "https://evil.example"})
+        assert r.status_code == 403
+
+
 def test_open_redirect_refused(server):
     with httpx.Client(base_url=server.base_url, timeout=30) as anon:
         r = anon.post("/connexion", data={"username": "alice.martin", "password": "demo",
@@ -200,3 +211,29 @@ def test_htmx_request_without_session_redirects_to_login(server):
     with httpx.Client(base_url=server.base_url, timeout=30) as anon:
         r = anon.get("/boite/liste", headers={"HX-Request": "true"})
         assert r.status_code == 204 and r.headers["hx-redirect"].startswith("/connexion")
+
+
+def test_reply_and_forward_are_prefilled(server, make_user):
+    sender, sender_address, sender_box = make_user("Question")
+    reader, reader_address, reader_box = make_user("Réponse")
+    with server.login(sender, "secret-pass") as api:
+        sent = api.post("/api/v1/messages", json={"from_mailbox": sender_box, "to": [reader_address],
+                                                  "subject": "Avis sur un ECG", "body": "Ligne 1\nLigne 2"}).json()
+    with web_login(server, reader, "secret-pass") as web:
+        reply = web.get("/ecrire", params={"repondre": f"{reader_box}:{sent['id']}"}).text
+        assert 'value="Re: Avis sur un ECG"' in reply and f'value="{sender_address}"' in reply
+        assert "&gt; Ligne 2" in reply and f'name="in_reply_to" value="{sent["id"]}"' in reply
+        forward = web.get("/ecrire", params={"transferer": f"{reader_box}:{sent['id']}"}).text
+        assert 'value="Tr: Avis sur un ECG"' in forward and "Message transféré" in forward
+        assert web.get("/ecrire", params={"repondre": f"{reader_box}:999999999"}).status_code == 404
+
+
+def test_appear_absent_toggle(server, make_user):
+    username, _, _ = make_user("Absent")
+    with web_login(server, username, "secret-pass") as web:
+        token = csrf_of(web.get("/boite").text)
+        r = web.post("/absent", data={"csrf": token, "absent": "1"}, headers={"HX-Request": "true"})
+        assert r.status_code == 200 and 'aria-checked="true"' in r.text
+        assert web.get("/api/v1/me").json()["appear_absent"] is True
+        web.post("/absent", data={"csrf": token, "absent": "0"}, headers={"HX-Request": "true"})
+        assert web.get("/api/v1/me").json()["appear_absent"] is False

@@ -149,6 +149,13 @@ def test_write_with_picker_and_pdf_live_arrival_and_receipt(server, browser, tmp
     r = bruno.request.get(server.base_url + inline)
     assert r.status == 200 and r.headers["content-type"] == "application/pdf"
     assert r.headers["content-disposition"].startswith("inline") and r.body().startswith(b"%PDF")
+    # "Ouvrir" shows the PDF in a browser tab (Chromium's viewer), not as a download.
+    with bruno.context.expect_page() as opened:
+        att.locator("a", has_text="Ouvrir").click()
+    tab = opened.value
+    tab.wait_for_load_state()
+    assert tab.evaluate("document.contentType") == "application/pdf"
+    tab.close()
     # Reading it lowers Bruno's unread count live.
     expect(bruno).not_to_have_title(re.compile(rf"^\({unread_before}\) "))
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, FastAPI, Request
@@ -97,8 +97,16 @@ async def page_actor(request: Request) -> Actor:
     return actor
 
 
+def foreign_origin(request: Request) -> bool:
+    """A browser names the page that sent a POST in ``Origin``; it must be this site."""
+    origin = request.headers.get("origin")
+    return bool(origin) and origin != "null" and urlsplit(origin).netloc != request.headers.get("host", "")
+
+
 async def form_actor(request: Request) -> tuple[Actor, Any]:
-    """The actor of an unsafe (POST) request, after checking its CSRF token."""
+    """The actor of an unsafe (POST) request, after checking its origin and CSRF token."""
+    if foreign_origin(request):
+        raise CsrfFailed
     actor = await page_actor(request)
     form = await request.form()
     presented = request.headers.get(CSRF_HEADER) or form.get(CSRF_FIELD)
@@ -309,6 +317,8 @@ def _next_url(value: str | None) -> str:
 
 @router.post("/connexion")
 async def login(request: Request) -> Response:
+    if foreign_origin(request):  # no login CSRF: another site cannot log the browser in
+        raise CsrfFailed
     form = await request.form()
     username = str(form.get("username", "")).strip()
     password = str(form.get("password", ""))
