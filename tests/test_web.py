@@ -237,3 +237,22 @@ def test_appear_absent_toggle(server, make_user):
         assert web.get("/api/v1/me").json()["appear_absent"] is True
         web.post("/absent", data={"csrf": token, "absent": "0"}, headers={"HX-Request": "true"})
         assert web.get("/api/v1/me").json()["appear_absent"] is False
+
+
+def test_thread_shown_and_account_without_mailbox(server, make_user):
+    asker, asker_address, asker_box = make_user("Fil")
+    expert, expert_address, expert_box = make_user("Expert")
+    with server.login(asker, "secret-pass") as api:
+        first = api.post("/api/v1/messages", json={"from_mailbox": asker_box, "to": [expert_address],
+                                                   "subject": "Plaie du talon", "body": "Photo demain",
+                                                   "category": "conversation"}).json()
+    with server.login(expert, "secret-pass") as api:
+        answer = api.post("/api/v1/messages", json={"from_mailbox": expert_box, "to": [asker_address],
+                                                    "subject": "Re: Plaie du talon", "body": "Merci",
+                                                    "category": "conversation", "in_reply_to": first["id"]}).json()
+    with web_login(server, asker, "secret-pass") as web:
+        pane = web.get(f"/message/{asker_box}/{answer['id']}", headers={"HX-Request": "true"}).text
+        assert "Dans ce fil (2 messages)" in pane and "Photo demain" in pane
+    with web_login(server, "admin") as web:
+        assert web.get("/boite").status_code == 200
+        assert web.get("/ecrire").status_code == 200

@@ -281,6 +281,9 @@ async def load_message(core: Core, actor: Actor, mailbox_id: int, message_id: in
     msg = await messages.get(core, actor, mailbox_id, message_id)
     msg["mailbox_id"] = mailbox_id
     msg["receipts"] = await _receipts(core, actor, msg)
+    thread_id = (msg.get("thread") or {}).get("id")
+    others = await messages.thread(core, actor, mailbox_id, thread_id) if thread_id else []
+    msg["thread_items"] = [m for m in others if m["id"] != msg["id"]]
     return msg
 
 

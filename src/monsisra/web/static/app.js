@@ -202,6 +202,12 @@
         history.pushState({}, "", link.getAttribute("href"));
       });
     }
+    var inThread = e.target.closest && e.target.closest("a[data-thread-open]");
+    if (inThread && window.htmx && !e.ctrlKey && !e.metaKey && e.button === 0) {
+      e.preventDefault();
+      htmx.ajax("GET", inThread.dataset.threadOpen, { target: "#lecture" });
+      return;
+    }
     var back = e.target.closest && e.target.closest("[data-back]");
     if (back && document.body.classList.contains("inbox-page")) {
       e.preventDefault();
@@ -270,7 +276,10 @@
                            title: entry.active ? "Messagerie utilisée récemment" : "Pas d'activité récente" });
     label.appendChild(dot);
     var text = el("span", { "class": "entry-text" });
-    text.appendChild(el("span", { "class": "entry-name" }, entry.name || entry.address));
+    var nameLine = el("span", { "class": "entry-name" }, entry.name || entry.address);
+    if (entry.is_expert) nameLine.appendChild(el("span", { "class": "tag" }, "Expert"));
+    if (entry.is_resource_team) nameLine.appendChild(el("span", { "class": "tag" }, "Équipe ressource"));
+    text.appendChild(nameLine);
     var details = [entry.profession, entry.specialty].filter(Boolean).join(" · ");
     var place = [entry.commune, entry.postcode ? "(" + entry.postcode + ")" : ""].filter(Boolean).join(" ");
     text.appendChild(el("span", { "class": "entry-sub" }, [details, place].filter(Boolean).join(" — ")));
@@ -346,6 +355,22 @@
     });
     $("#picker-q").addEventListener("input", searchSoon);
     $("#picker-where").addEventListener("input", searchSoon);
+    var suggest = debounce(function () {
+      var v = $("#picker-where").value.trim();
+      if (v.length < 2) return;
+      fetch("/api/v1/directory/communes?" + new URLSearchParams({ q: v, limit: "8" }).toString(),
+            { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : []; })
+        .then(function (list) {
+          var dl = $("#picker-communes");
+          dl.textContent = "";
+          (Array.isArray(list) ? list : []).forEach(function (c) {
+            var label = c.name + (c.department_code ? " (" + c.department_code + ")" : "");
+            dl.appendChild(el("option", { value: label }));
+          });
+        }).catch(function () {});
+    }, 200);
+    $("#picker-where").addEventListener("input", suggest);
     $$('input[name="picker-kind"]', picker).forEach(function (r) {
       r.addEventListener("change", function () { runSearch(null, 0); });
     });
