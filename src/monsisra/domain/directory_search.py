@@ -8,6 +8,8 @@ they return the same entries in the same order.
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,7 +25,16 @@ MAX_TERM = 60
 
 def words(text: str) -> list[str]:
     """Folded alphanumeric words of ``text`` (``"Saint-Étienne"`` → ``["saint", "etienne"]``)."""
-    return [w[:MAX_TERM] for w in _WORD.findall(fold(text or ""))]
+    return list(_words(text or ""))
+
+
+@functools.lru_cache(maxsize=200_000)
+def _words(text: str) -> tuple[str, ...]:
+    # Names, places and specialties repeat a lot in national files: folding once each is enough.
+    return tuple(w[:MAX_TERM] for w in _WORD.findall(fold(text)))
+
+
+cached_fold = functools.lru_cache(maxsize=200_000)(fold)
 
 
 def query_tokens(query: str, limit: int = 8) -> list[str]:
@@ -157,4 +168,59 @@ def tiers(tokens: list[str], fuzzy: dict[str, list[str]], filters: Query) -> lis
 
 
 def marker(prefix: str, value: str) -> str:
-    return prefix + re.sub(r"[^0-9a-z]", "", fold(value))
+    return prefix + re.sub(r"[^0-9a-z]", "", cached_fold(value))
+
+
+# --- Places: a grid of ~11 km cells, so that "near X" is a short OR of cell words ------------
+
+GRID_LAT = 0.1
+GRID_LON = 0.15
+
+
+def grid_cell(lat: float, lon: float) -> str:
+    return f"xg{math.floor(lat / GRID_LAT) + 1000:04d}{math.floor(lon / GRID_LON) + 2000:04d}"
+
+
+def grid_cells_around(lat: float, lon: float, radius_km: float) -> list[str]:
+    """The cells that a circle of ``radius_km`` around (lat, lon) touches."""
+    dlat = radius_km / 111.0
+    dlon = radius_km / (111.0 * max(math.cos(math.radians(lat)), 0.2))
+    out = []
+    for i in range(math.floor((lat - dlat) / GRID_LAT), math.floor((lat + dlat) / GRID_LAT) + 1):
+        for j in range(math.floor((lon - dlon) / GRID_LON), math.floor((lon + dlon) / GRID_LON) + 1):
+            out.append(f"xg{i + 1000:04d}{j + 2000:04d}")
+    return out
+
+
+Level = tuple[Query, tuple[Query, ...]]  # matches ``keep`` and none of the ``drops``
+
+
+def levels(tier_queries: list[Query], rings: list[Group]) -> list[Level]:
+    """Result levels in display order: by tier (exact, prefix, typo), then by ring (here, near).
+
+    Each level excludes what earlier levels showed, so no entry appears twice.
+    """
+    out: list[Level] = []
+    for i, tier in enumerate(tier_queries):
+        for j, ring in enumerate(rings or [()]):
+            keep = tier + ((ring,) if ring else ())
+            drops: list[Query] = []
+            if i:
+                drops.append(tier_queries[i - 1])
+            if j:
+                drops.append((rings[j - 1],))
+            out.append((keep, tuple(drops)))
+    return out
+
+
+def fts5_level(level: Level) -> str:
+    keep, drops = level
+    text = fts5(keep)
+    for d in drops:
+        text = f"({text}) NOT ({fts5(d)})"
+    return text
+
+
+def tsquery_level(level: Level) -> str:
+    keep, drops = level
+    return " & ".join([f"({tsquery(keep)})", *(f"!({tsquery(d)})" for d in drops)])

@@ -18,6 +18,7 @@ import bisect
 import functools
 import hashlib
 import io
+import math
 import re
 import zipfile
 from collections.abc import Callable, Iterator
@@ -54,7 +55,7 @@ from monsisra.store.directory import (
 )
 from monsisra.store.models import Account, Mailbox
 
-BATCH = 2000
+BATCH = 5000
 TOTAL_CAP = 1000  # totals are counted up to this ("plus de 1000 résultats")
 ACTIVE_DAYS = 30
 KINDS = ("all", "professionals", "services", "experts", "resource_teams")
@@ -214,14 +215,16 @@ def _is_postgres(session: AsyncSession) -> bool:
 async def _bulk_insert(session: AsyncSession, table: sa.Table, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
+    columns = list(rows[0].keys())
+    conn = await session.connection()
     if _is_postgres(session):
-        conn = await session.connection()
         raw = await conn.get_raw_connection()
-        columns = list(rows[0].keys())
         await raw.driver_connection.copy_records_to_table(
-            table.name, records=[tuple(r[c] for c in columns) for r in rows], columns=columns)
+            table.name, records=[tuple(_fit(table, r)[c] for c in columns) for r in rows], columns=columns)
     else:
-        await session.execute(sa.insert(table), rows)
+        # Straight to the driver: SQLAlchemy's per-row parameter handling costs more than SQLite itself.
+        sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        await conn.exec_driver_sql(sql, [tuple(r[c] for c in columns) for r in rows])
 
 
 # --- Import ----------------------------------------------------------------------------------
@@ -263,24 +266,29 @@ async def _upsert(session: AsyncSession, table: sa.Table, key_col: str, run: int
     stmt = sa.select(*cols).where(key.in_(list(rows)))
     existing = {r[1]: r for r in (await session.execute(stmt)).all()}
     inserts, updates, touch = [], [], []
+    if "updated_at" in table.c:
+        now = utcnow()
+        rows = {k: {**v, "updated_at": now} for k, v in rows.items()}
     for k, values in rows.items():
         e = existing.get(k)
         if e is None:
-            inserts.append(_fit(table, {**values, key_col: k, "last_run": run, "active": True}))
+            inserts.append({**values, key_col: k, "last_run": run, "active": True})
             counts.created += 1
         elif extra_where is not None and not extra_where(e, values):
             continue
         elif e.last_run == run:
             continue
         elif e.row_hash != values["row_hash"] or not e.active:
-            updates.append(_fit(table, {**values, "_id": e.id, "last_run": run, "active": True}))
+            updates.append({**values, "_id": e.id, "last_run": run, "active": True})
             counts.updated += 1
         else:
             touch.append(e.id)
             counts.unchanged += 1
     if inserts:
-        await session.execute(sa.insert(table), inserts)
+        await _bulk_insert(session, table, inserts)
     if updates:
+        if _is_postgres(session):
+            updates = [_fit(table, u) for u in updates]
         names = [c for c in updates[0] if c != "_id"]
         await session.execute(
             sa.update(table).where(table.c.id == sa.bindparam("_id")).values({c: sa.bindparam(c) for c in names})
@@ -301,7 +309,7 @@ async def _flush_persons(core: Core, run: int, batch: list[dict[str, str]], repo
                       "profession_code": r["profession_code"], "profession": r["profession"],
                       "category": r["category"]}
             values["row_hash"] = _hash(*values.values())
-            values["sort_key"] = fold(f"{r['last_name']} {r['first_name']}")
+            values["sort_key"] = ds.cached_fold(f"{r['last_name']} {r['first_name']}")
             people[nid] = values
         org = _org_key_from_activity(r)
         key = "|".join((nid, org[0] if org else "", r["mode_code"], r["function_code"], r["specialty_code"],
@@ -352,9 +360,9 @@ async def _flush_mailboxes(core: Core, run: int, batch: list[dict[str, str]], re
                   "country": r["country"]}
         values["row_hash"] = _hash(*values.values())
         if r["kind"] == "PER":
-            values["sort_key"] = fold(f"{r['last_name']} {r['first_name']}")
+            values["sort_key"] = ds.cached_fold(f"{r['last_name']} {r['first_name']}")
         else:
-            values["sort_key"] = fold(f"{r['service']} {r['org_name']}")
+            values["sort_key"] = ds.cached_fold(f"{r['service']} {r['org_name']}")
         entries[r["address"]] = values
         if org_key and org_key not in orgs:
             orgs[org_key] = {"id_type": _ID_TYPES.get(r["structure_id_type"], r["structure_id_type"]),
@@ -485,7 +493,7 @@ class Doc:
         for m in self.markers:
             seen.setdefault(m, None)
         self.row["text"] = " ".join(seen)
-        return _fit(DirSearch.__table__, self.row)
+        return self.row
 
 
 def _place(index: communes_service.Index, postcode: str, city: str, department: str, commune_code: str = ""
@@ -508,17 +516,23 @@ def _new_doc(section: str, seq: int, local: bool, **values: Any) -> Doc:
 def _fill_common(doc: Doc, place: communes_service.Commune | None, postcode: str, department: str,
                  organisations: list[str], extra_places: list[str] = ()) -> None:
     r = doc.row
+    index = communes_service.package_index()
     if place is not None:
         r.update(commune_code=place.code, commune=place.name, department_code=place.department_code,
                  latitude=place.latitude, longitude=place.longitude)
         doc.words += ds.words(place.name)
         doc.markers += [ds.marker("xc", place.code), ds.marker("xd", place.department_code)]
+        if place.latitude is not None:
+            doc.markers.append(ds.grid_cell(place.latitude, place.longitude))
     elif department:
         r["department_code"] = department
         doc.markers.append(ds.marker("xd", department))
     for code in extra_places:
-        if code:
+        other = index.by_code.get(code) if code else None
+        if other is not None:
             doc.markers.append(ds.marker("xc", code))
+            if other.latitude is not None:
+                doc.markers.append(ds.grid_cell(other.latitude, other.longitude))
     r["postcode"] = postcode or (place.postcodes[0] if place and place.postcodes else "")
     if r["postcode"]:
         doc.words.append(r["postcode"])
@@ -542,9 +556,9 @@ def _person_name(title: str, first: str, last: str) -> str:
 async def _activities_of(session: AsyncSession, person_ids: list[int]) -> dict[int, list[Any]]:
     if not person_ids:
         return {}
-    rows = (await session.execute(sa.select(DirActivity).where(DirActivity.person_id.in_(person_ids),
-                                                               DirActivity.active.is_(True))
-                                  .order_by(DirActivity.person_id, DirActivity.id))).scalars().all()
+    t = DirActivity.__table__
+    rows = (await session.execute(sa.select(t).where(t.c.person_id.in_(person_ids), t.c.active.is_(True))
+                                  .order_by(t.c.person_id, t.c.id))).all()
     out: dict[int, list[Any]] = {}
     for a in rows:
         out.setdefault(a.person_id, []).append(a)
@@ -612,10 +626,11 @@ async def _national_docs(core: Core, session: AsyncSession) -> Iterator[list[Doc
         mids = [r.id for r in chunk if r.src == "m"]
         pids = [r.id for r in chunk if r.src == "p"]
         async with core.read() as rs:
-            boxes = {b.id: b for b in (await rs.execute(sa.select(m).where(m.id.in_(mids)))).scalars()}
+            mt, pt = m.__table__, p.__table__
+            boxes = {b.id: b for b in (await rs.execute(sa.select(mt).where(mt.c.id.in_(mids)))).all()}
             nids = {b.national_id for b in boxes.values() if b.national_id}
-            people_rows = (await rs.execute(sa.select(p).where(sa.or_(p.id.in_(pids), p.national_id.in_(nids)))
-                                            )).scalars().all()
+            people_rows = (await rs.execute(sa.select(pt).where(sa.or_(pt.c.id.in_(pids),
+                                                                       pt.c.national_id.in_(nids))))).all()
             by_nid = {x.national_id: x for x in people_rows}
             by_id = {x.id: x for x in people_rows}
             acts = await _activities_of(rs, [x.id for x in people_rows])
@@ -639,17 +654,18 @@ async def _national_docs(core: Core, session: AsyncSession) -> Iterator[list[Doc
                     first=x.first_name, last=x.last_name, profession=x.profession, specialties=[], postcode="",
                     city="", department="", acts=acts.get(x.id, []), kind=""))
         yield docs
-    stmt = (sa.select(m).where(m.source == "national", m.active.is_(True), m.kind != "PER")
-            .order_by(m.sort_key, m.id))
+    mt = m.__table__
+    stmt = (sa.select(mt).where(mt.c.source == "national", mt.c.active.is_(True), mt.c.kind != "PER")
+            .order_by(mt.c.sort_key, mt.c.id))
     result = await session.stream(stmt)
     seq = 0
     async for chunk in result.partitions(BATCH):
         docs = []
-        org_ids = {b.organisation_id for (b,) in chunk if b.organisation_id}
+        org_ids = {b.organisation_id for b in chunk if b.organisation_id}
         async with core.read() as rs:
             org_places = dict((await rs.execute(sa.select(DirOrganisation.id, DirOrganisation.commune_code)
                                                 .where(DirOrganisation.id.in_(org_ids)))).all()) if org_ids else {}
-        for (b,) in chunk:
+        for b in chunk:
             seq += 1
             fallback = ""
             if index.resolve(b.postcode, b.city, b.department_code) is None:
@@ -745,8 +761,7 @@ async def _local_signature(session: AsyncSession) -> str:
     acc = (await session.execute(sa.select(sa.func.count(Account.id), sa.func.max(Account.id)))).one()
     prof = (await session.execute(sa.select(sa.func.count(), sa.func.max(DirProfile.updated_at))
                                   .select_from(DirProfile))).one()
-    loc = await session.scalar(sa.select(sa.func.count()).select_from(DirMailbox).where(DirMailbox.source == "local"))
-    return "|".join(str(v) for v in (*mb, *acc, prof[0], as_utc(prof[1]).isoformat() if prof[1] else "", loc))
+    return "|".join(str(v) for v in (*mb, *acc, prof[0], as_utc(prof[1]).isoformat() if prof[1] else ""))
 
 
 async def sync_local(core: Core, force: bool = False) -> bool:
@@ -833,7 +848,7 @@ async def _sync_local_in(s: AsyncSession, sig: str) -> None:
         await s.execute(sa.text(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, text) "
                                 "SELECT 'delete', id, text FROM dir_search WHERE is_local"))
     await s.execute(sa.delete(table).where(table.c.is_local.is_(True)))
-    rows = [d.finish() for d in docs]
+    rows = [_fit(table, d.finish()) for d in docs]
     if rows:
         await s.execute(sa.insert(table), rows)
         if not _is_postgres(s):
@@ -845,9 +860,6 @@ async def _sync_local_in(s: AsyncSession, sig: str) -> None:
         s.add(DirMeta(name="local_signature", value=sig))
     else:
         meta.value = sig
-    # The loc count in the signature changes when we create entries: store the settled value.
-    await s.flush()
-    (await s.get(DirMeta, "local_signature")).value = await _local_signature(s)
 
 
 async def set_local_place(core: Core, *, account_id: int | None = None, address: str | None = None,
@@ -931,6 +943,7 @@ class Where:
     ref: communes_service.Commune | None = None
     label: str = ""
     kind: str = ""
+    rings: tuple[ds.Group, ...] = ()  # "in the commune", then "nearby": shown in this order
 
 
 @functools.lru_cache(maxsize=4096)
@@ -966,12 +979,11 @@ def resolve_where(where: str, radius_km: float = communes_service.DEFAULT_RADIUS
                       [:200] if n.startswith(key) for c in index.by_name[n]]
             found = sorted({c.code: c for c in [*found, *longer]}.values(), key=lambda c: -c.population)
         centre = found[0]
-        same = [c for c in found if c.key == centre.key]
-        codes = {c.code for c in same}
-        near = index.near(centre, radius_km)
-        codes.update(c.code for _, c in near)
-        alts = tuple(ds.Alt(ds.marker("xc", c)) for c in sorted(codes))
-        return Where((alts,), centre, f"{centre.name} ({centre.department_code})", "commune")
+        same = tuple(ds.Alt(ds.marker("xc", c.code)) for c in found if c.key == centre.key)
+        if centre.latitude is None:
+            return Where((same,), centre, f"{centre.name} ({centre.department_code})", "commune")
+        cells = tuple(ds.Alt(c) for c in ds.grid_cells_around(centre.latitude, centre.longitude, radius_km))
+        return Where((), centre, f"{centre.name} ({centre.department_code})", "commune", rings=(same, cells))
     tokens = ds.query_tokens(text)
     if not tokens:
         return Where()
@@ -992,6 +1004,9 @@ async def _fuzzy(session: AsyncSession, tokens: list[str]) -> dict[str, list[str
     return out
 
 
+FUZZY_BELOW = 20  # typo matches are looked for when exact and prefix matches are fewer than this
+
+
 class _Engine:
     """The few statements whose SQL differs between SQLite FTS5 and PostgreSQL tsvector."""
 
@@ -999,10 +1014,8 @@ class _Engine:
         self.s = session
         self.pg = _is_postgres(session)
 
-    def match(self, keep: ds.Query, drop: ds.Query | None) -> str:
-        if self.pg:
-            return ds.tsquery_minus(keep, drop) if drop else ds.tsquery(keep)
-        return ds.fts5_minus(keep, drop) if drop else ds.fts5(keep)
+    def match(self, level: ds.Level) -> str:
+        return ds.tsquery_level(level) if self.pg else ds.fts5_level(level)
 
     def _ids(self) -> str:
         if self.pg:
@@ -1020,26 +1033,24 @@ class _Engine:
         if ref is None or ref.latitude is None:
             sql = f"{self._ids()} ORDER BY id LIMIT :limit OFFSET :offset"
         else:
-            import math
-
             params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
-            dist = ("COALESCE((latitude - :lat) * (latitude - :lat) + "
-                    "((longitude - :lon) * :k) * ((longitude - :lon) * :k), 1e9)")
+            dist = ("COALESCE((s.latitude - :lat) * (s.latitude - :lat) + "
+                    "((s.longitude - :lon) * :k) * ((s.longitude - :lon) * :k), 1e9)")
             sql = (f"SELECT s.id FROM dir_search s WHERE s.id IN ({self._ids()}) "
-                   f"ORDER BY {dist.replace('latitude', 's.latitude').replace('longitude', 's.longitude')}, s.id "
-                   "LIMIT :limit OFFSET :offset")
+                   f"ORDER BY {dist}, s.id LIMIT :limit OFFSET :offset")
         return list((await self.s.execute(sa.text(sql), params)).scalars().all())
 
 
-async def _section(engine: _Engine, section: str, tier_queries: list[ds.Query], limit: int, offset: int,
+async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, bool]], limit: int, offset: int,
                    ref) -> tuple[list[int], int, bool]:
+    """One section's page: levels shown in order; ``True`` levels sorted by distance when not too big."""
     lo = SECTIONS[section] * SECTION_SPAN
     hi = lo + SECTION_SPAN - 1
-    matches = [engine.match(q, tier_queries[i - 1] if i else None) for i, q in enumerate(tier_queries)]
+    matches = [(engine.match(level), by_distance) for level, by_distance in levels]
     counts: list[int] = []
     total = 0
     capped = False
-    for m in matches:
+    for m, _ in matches:
         c = await engine.count(m, lo, hi, TOTAL_CAP - total + 1)
         if total + c > TOTAL_CAP:
             c = TOTAL_CAP - total
@@ -1050,13 +1061,15 @@ async def _section(engine: _Engine, section: str, tier_queries: list[ds.Query], 
             break
     ids: list[int] = []
     skip, want = offset, limit
-    for m, c in zip(matches, counts, strict=False):
+    for (m, by_distance), c in zip(matches, counts, strict=False):
         if want <= 0:
             break
         if skip >= c:
             skip -= c
             continue
-        got = await engine.page(m, lo, hi, min(want, c - skip), skip, ref)
+        # Sorting a very large level by distance would read all of it: beyond the cap, by name.
+        order_ref = ref if by_distance and not (capped and c == counts[-1]) else None
+        got = await engine.page(m, lo, hi, min(want, c - skip), skip, order_ref)
         ids.extend(got)
         want -= len(got)
         skip = 0
@@ -1103,15 +1116,23 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
                                      "where_kind": place.kind or None, "kind": kind,
                                      "reference": ref.as_dict() if ref else None}}
     async with core.read() as s:
-        fuzzy = await _fuzzy(s, tokens)
-        out["query"]["typos"] = fuzzy
-        tier_queries = ds.tiers(tokens, fuzzy, filters)
         engine = _Engine(s)
+        rings = list(place.rings)
+        tier_queries = ds.tiers(tokens, {}, filters) or ([()] if rings else [])
+        fuzzy: dict[str, list[str]] = {}
+        if tokens and any(ds.max_typos(t) for t in tokens):
+            loose = ds.levels(tier_queries[-1:], rings[-1:])[0]
+            if await engine.count(engine.match(loose), 0, 3 * SECTION_SPAN, FUZZY_BELOW) < FUZZY_BELOW:
+                fuzzy = await _fuzzy(s, tokens)
+                tier_queries = ds.tiers(tokens, fuzzy, filters)
+        out["query"]["typos"] = fuzzy
+        levels = [(lv, (bool(rings) and lv[0][-1] == rings[-1]) or not rings)
+                  for lv in ds.levels(tier_queries, rings)]
         for section in SECTIONS:
             if not wanted[section] or not tier_queries:
                 out[section] = {"items": [], "total": 0, "next_offset": None, "total_capped": False}
                 continue
-            ids, total, capped = await _section(engine, section, tier_queries, limit, offset, ref)
+            ids, total, capped = await _section(engine, section, levels, limit, offset, ref)
             rows = {r.id: r for r in (await s.execute(sa.select(DirSearch).where(DirSearch.id.in_(ids)))).scalars()}
             local_ids = [r.local_mailbox_id for r in rows.values() if r.local_mailbox_id]
             opened = dict((await s.execute(sa.select(Mailbox.id, Mailbox.last_opened_at)
