@@ -365,14 +365,15 @@ QUERIES: list[tuple[str, str, dict[str, Any]]] = [
     ("category view (dgs_urgent)", "list", {"view": "all", "category": "dgs_urgent"}),
     ("unread view", "list", {"view": "unread"}),
     ("archived view", "list", {"view": "archived"}),
-    ("counts", "counts", {}),
+    ("counts (cache hit: mailbox unchanged)", "counts", {}),
+    ("counts (cold: mailbox changed since)", "counts_cold", {}),
     ("search rare word: « phéochromocytome »", "search", {"view": "all", "q": "phéochromocytome"}),
     ("search common word: « bilan »", "search", {"view": "all", "q": "bilan"}),
     ("search 2 words: « fibrillation apixaban »", "search", {"view": "all", "q": "fibrillation apixaban"}),
     ("search sender name: « Dubois »", "search", {"view": "all", "q": "Dubois"}),
     ("search in inbox: « échographie cardiaque »", "search", {"view": "inbox", "q": "échographie cardiaque"}),
 ]
-TARGETS = {"list": 20.0, "list2": 20.0, "counts": 20.0, "search": 100.0}
+TARGETS = {"list": 20.0, "list2": 20.0, "counts": 20.0, "counts_cold": 20.0, "search": 100.0}
 
 
 class StatementLog:
@@ -406,6 +407,11 @@ async def measure(url: str, engine_name: str, iterations: int, warmup: int) -> l
         async def call(kind: str, params: dict[str, Any]) -> Any:
             if kind == "counts":
                 return await messages.counts(core, actor, 1)
+            if kind == "counts_cold":
+                # messages.counts keeps the tally per (mailbox, modseq) in-process: forget it, as
+                # any change to the mailbox (new message, flag) does.
+                getattr(messages, "_COUNTS_CACHE", {}).clear()
+                return await messages.counts(core, actor, 1)
             if kind == "list2":
                 return await messages.list_messages(core, actor, 1, cursor=cursor, limit=50, **params)
             return await messages.list_messages(core, actor, 1, limit=50, **params)
@@ -422,7 +428,9 @@ async def measure(url: str, engine_name: str, iterations: int, warmup: int) -> l
             # One more call with the statements recorded: the slowest one gets explained.
             log.rows.clear()
             log.active = True
+            t = time.perf_counter()
             result = await call(kind, params)
+            wall = time.perf_counter() - t
             log.active = False
             slowest = max(log.rows, key=lambda r: r[0])
             plan = await explain(core, engine_name, slowest[1], slowest[2])
@@ -431,8 +439,10 @@ async def measure(url: str, engine_name: str, iterations: int, warmup: int) -> l
             row = {"query": label, "kind": kind, "params": params, **stats, "target_p99_ms": target,
                    "met": stats["p99"] < target, "items": items, "statements": len(log.rows),
                    "slowest_statement_ms": round(slowest[0] * 1000, 2), "slowest_sql": slowest[1],
+                   "traced_call_ms": round(wall * 1000, 2),
+                   "traced_sql_ms": round(sum(r[0] for r in log.rows) * 1000, 2),
                    "plan": plan}
-            if kind == "counts":
+            if kind.startswith("counts"):
                 row["unread_inbox"] = result["views"]["inbox"]["unread"]
                 row["total_all"] = result["views"]["all"]["total"]
             print(f"    {label:45s} p50 {stats['p50']:7.2f} ms  p99 {stats['p99']:7.2f} ms  "
@@ -540,12 +550,14 @@ def report(meta: dict[str, Any], plan: Plan, runs: list[dict[str, Any]], args: a
                f"deliveries, {f.get('target_unread', 0):,} unread.",
                f"Load: {s.get('load', 'cached database reused')}. Load average when measuring: "
                f"`{s.get('load_at_start')}`", ""]
-        md += ["| query | p50 ms | p99 ms | max ms | target p99 | met | items | SQL stmts | slowest stmt ms |",
+        md += ["| query | p50 ms | p99 ms | max ms | target p99 | met | items | SQL stmts | traced call: "
+               "wall / in SQL / slowest stmt ms |",
                "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
         for q in run["queries"]:
             md.append(f"| {q['query']} | {q['p50']:.2f} | **{q['p99']:.2f}** | {q['max']:.2f} | "
                       f"< {q['target_p99_ms']:.0f} | {'yes' if q['met'] else '**NO**'} | {q['items']} | "
-                      f"{q['statements']} | {q['slowest_statement_ms']:.2f} |")
+                      f"{q['statements']} | {q['traced_call_ms']:.1f} / {q['traced_sql_ms']:.1f} / "
+                      f"{q['slowest_statement_ms']:.1f} |")
         md.append("")
         md.append("<details><summary>Plans of the slowest statement of each query</summary>")
         md.append("")
