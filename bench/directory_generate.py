@@ -165,11 +165,11 @@ def generate(people: int, out: Path, seed: int = 20260319) -> tuple[Path, Path]:
         while k < target and establishments:
             site, finess, c = establishments[rng.randrange(len(establishments))]
             service = rng.choice(SERVICES)
-            local = f"{slug(service)}.{slug(site)}"
+            local = f"{slug(service)}.{slug(site)}"[:64]
             address = f"{local}@{slug(site)[:24]}.mssante.fr"
             if address in seen:
                 service = f"{service} {rng.randint(2, 9)}"
-                address = f"{slug(service)}.{slug(site)}@{slug(site)[:24]}.mssante.fr"
+                address = f"{slug(service)}.{slug(site)}"[:64] + f"@{slug(site)[:24]}.mssante.fr"
                 if address in seen:
                     k += 1
                     continue

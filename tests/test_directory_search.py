@@ -214,6 +214,7 @@ def test_same_answers_on_both_engines(alice, backend, tmp_path_factory):
         data = search(alice, q=q, where=where, kind=kind, limit=30)
         answers[f"{q}|{where}|{kind}"] = {s: ([i["address"] or i["national_id"] for i in data[s]["items"]],
                                               data[s]["total"]) for s in ("professionals", "services")}
+    answers = json.loads(json.dumps(answers))
     store = tmp_path_factory.getbasetemp() / "directory_answers.json"
     known = json.loads(store.read_text()) if store.exists() else {}
     known[backend] = answers
