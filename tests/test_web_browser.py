@@ -126,7 +126,7 @@ def test_write_with_picker_and_pdf_live_arrival_and_receipt(server, browser, tmp
     alice.set_input_files("#file-input", str(pdf))
     expect(alice.locator("#attachments input[name=attachments]")).to_have_count(1)
     expect(alice.locator("#draft-status")).to_contain_text("Brouillon enregistré")
-    shots(alice, "ecrire-un-message")
+    shots(alice, "ecrire-un-message", full_page=True)
     alice.click("#send")
     alice.wait_for_url(re.compile(r"dossier=sent"))
     expect(alice.locator("#message .msg-subject")).to_have_text(subject)
