@@ -28,13 +28,13 @@ def words(text: str) -> list[str]:
     return list(_words(text or ""))
 
 
-@functools.lru_cache(maxsize=200_000)
+@functools.lru_cache(maxsize=100_000)
 def _words(text: str) -> tuple[str, ...]:
     # Names, places and specialties repeat a lot in national files: folding once each is enough.
     return tuple(w[:MAX_TERM] for w in _WORD.findall(fold(text)))
 
 
-cached_fold = functools.lru_cache(maxsize=200_000)(fold)
+cached_fold = functools.lru_cache(maxsize=100_000)(fold)
 
 
 def query_tokens(query: str, limit: int = 8) -> list[str]:

@@ -111,6 +111,8 @@ def read_package() -> Iterator[Commune]:
             dep = (r["code"][:3] if r["code"].startswith("97") else r["code"][:2], "")
         parents[r["id"]] = dep
         loc = _point(r["mairie_localisation"]) or _point(r["geometry"])
+        if loc is not None and not all(math.isfinite(v) for v in loc):
+            loc = None
         try:
             population = int(r["population_municipale"])
         except ValueError:
