@@ -195,6 +195,12 @@ def test_archive_by_right_click_and_keyboard_menu(server, browser, make_user):
     expect(menu.locator("button:focus")).to_have_count(1)
     page.keyboard.press("Escape")
     expect(menu).to_be_hidden()
+    # Arrow keys walk the list; Enter opens the focused message in the reading pane.
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowUp")
+    expect(item.locator(".item-link")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#message .msg-subject")).to_have_text(subject)
     item.click(button="right")
     expect(menu).to_be_visible()
     menu.get_by_role("menuitem", name="Archiver").click()
@@ -224,6 +230,18 @@ def test_phone_layout_inbox_and_message(server, browser, shots):
     page.click("[data-back]")
     expect(page.locator("#liste")).to_be_visible()
     assert page.evaluate(UNLABELLED_JS) == []
+    # Writing on a phone: the form fits, the camera is one tap away, the picker fills the screen.
+    page.click("summary:has-text('Écrire')")
+    page.click("text=Démarrer une conversation")
+    expect(page.locator("label[for=camera-input]")).to_be_visible()
+    assert page.evaluate("document.scrollingElement.scrollWidth") <= 375
+    page.click("#open-picker")
+    expect(page.locator("#picker")).to_be_visible()
+    assert page.locator("#picker").bounding_box()["width"] >= 370
+    page.keyboard.press("Escape")
+    expect(page.locator("#picker")).to_be_hidden()
+    shots(page, "telephone-ecrire")
+    assert not page.errors, page.errors
     page.context.close()
 
 

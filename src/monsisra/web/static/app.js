@@ -171,6 +171,15 @@
       }
     });
   });
+  // Arrow keys move between the messages of the list.
+  document.addEventListener("keydown", function (e) {
+    if (e.key !== "ArrowDown" && e.key !== "ArrowUp") return;
+    var cur = e.target.closest && e.target.closest(".messages .item-link");
+    if (!cur || (menu && !menu.hidden)) return;
+    var links = $$(".messages .item-link");
+    var next = links[links.indexOf(cur) + (e.key === "ArrowDown" ? 1 : -1)];
+    if (next) { e.preventDefault(); next.focus(); }
+  });
   document.addEventListener("keydown", function (e) {
     if (!menu || menu.hidden) return;
     var items = $$("button", menu).filter(function (b) { return !b.hidden; });
