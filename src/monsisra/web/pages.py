@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
+from starlette.background import BackgroundTask
 
 from monsisra import __version__
 from monsisra.domain.addresses import PATIENT_DOMAIN
@@ -220,16 +221,21 @@ class Scope:
         return next((b.display_name for b in self.boxes if b.id == mailbox_id), "")
 
 
-async def make_scope(request: Request, actor: Actor) -> Scope:
-    boxes = await mailboxes.list_for(_core(request), actor)
+async def make_scope(request: Request, actor: Actor, *, light: bool = False) -> Scope:
+    """``light``: a fragment about one named mailbox needs no mailbox list (the service called
+    next checks the access itself)."""
     qp = request.query_params
-    selected = qp.get("bal") or (str(boxes[0].id) if boxes else ALL)
-    if selected != ALL and selected not in {str(b.id) for b in boxes}:
-        selected = str(boxes[0].id) if boxes else ALL
     folder = qp.get("dossier", "inbox")
     if folder not in FOLDER_BY_KEY:
         folder = "inbox"
-    return Scope(boxes, selected, folder, (qp.get("q") or "").strip()[:200])
+    q = (qp.get("q") or "").strip()[:200]
+    if light and (qp.get("bal") or "").isdigit() and len(qp["bal"]) < 19:
+        return Scope([], qp["bal"], folder, q)
+    boxes = await mailboxes.list_for(_core(request), actor)
+    selected = qp.get("bal") or (str(boxes[0].id) if boxes else ALL)
+    if selected != ALL and selected not in {str(b.id) for b in boxes}:
+        selected = str(boxes[0].id) if boxes else ALL
+    return Scope(boxes, selected, folder, q)
 
 
 async def load_counts(core: Core, actor: Actor, scope: Scope) -> dict[str, dict[str, int]]:
@@ -372,17 +378,23 @@ async def inbox(request: Request) -> Response:
             opened = await load_message(core, actor, open_box, open_id)
         except NotFound:
             opened = None
-    for mailbox_id in scope.ids:
+    response = render(request, "inbox.html", scope=scope, account=account, counts=counts, items=items,
+                      cursor=cursor, more=more, msg=opened, unread=counts["inbox"]["unread"])
+    # The directory's "active" dot: noted after the response, the user does not wait for it.
+    response.background = BackgroundTask(_mark_opened, core, actor, scope.ids)
+    return response
+
+
+async def _mark_opened(core: Core, actor: Actor, mailbox_ids: list[int]) -> None:
+    for mailbox_id in mailbox_ids:
         await mailboxes.mark_opened(core, actor, mailbox_id)
-    return render(request, "inbox.html", scope=scope, account=account, counts=counts, items=items,
-                  cursor=cursor, more=more, msg=opened, unread=counts["inbox"]["unread"])
 
 
 @router.get("/boite/liste")
 async def inbox_list(request: Request) -> Response:
     actor = await page_actor(request)
     core = _core(request)
-    scope = await make_scope(request, actor)
+    scope = await make_scope(request, actor, light=True)
     limit = min(_int(request.query_params.get("n"), PAGE) or PAGE, messages.PAGE_MAX)
     cursor = request.query_params.get("apres")
     items, next_cursor, more = await load_list(core, actor, scope, cursor, limit)
@@ -394,7 +406,7 @@ async def inbox_list(request: Request) -> Response:
 async def inbox_counts(request: Request) -> Response:
     actor = await page_actor(request)
     core = _core(request)
-    scope = await make_scope(request, actor)
+    scope = await make_scope(request, actor, light=True)
     account, counts = await asyncio.gather(accounts.get_account(core, actor), load_counts(core, actor, scope))
     return render(request, "_nav.html", scope=scope, counts=counts, account=account,
                   unread=counts["inbox"]["unread"])
