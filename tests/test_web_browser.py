@@ -321,3 +321,35 @@ def test_settings_and_full_screen_reading(server, browser, shots):
     shots(page, "connexion")
     assert not page.errors, page.errors
     page.context.close()
+
+
+def test_picker_more_results_type_filters_and_patient(server, browser):
+    directory_search_ready(server)
+    page = open_page(browser, server, "claire.roux")
+    page.goto(server.base_url + "/ecrire?type=expertise")
+    page.click("#open-picker")
+    # "Demander une expertise" opens the picker on declared experts.
+    expect(page.locator("input[name=picker-kind][value=experts]")).to_be_checked()
+    page.fill("#picker-q", "avis")
+    services = page.locator("section[data-section=services]")
+    expect(services.locator(".entry", has_text="Avis Hémostase")).to_be_visible()
+    expect(page.locator("section[data-section=professionals]")).to_be_hidden()
+    services.locator(".entry", has_text="Avis Hémostase").locator("input").check()
+    page.check("input[name=picker-kind][value=all]")
+    page.fill("#picker-q", "medecin")
+    pros = page.locator("section[data-section=professionals]")
+    expect(pros.locator(".entry")).to_have_count(10)
+    pros.get_by_role("button", name="VOIR PLUS DE RÉSULTATS").click()
+    expect(pros.locator(".entry").nth(10)).to_be_visible()  # the next page is appended
+    pros.locator(".entry", has_text="Julien GARNIER").locator("input").check()
+    expect(page.locator("#picker-count")).to_have_text("2 destinataires sélectionnés")
+    page.click("#picker-validate")
+    chips = page.locator("#to-chips .chip")
+    expect(chips).to_have_count(2)
+    expect(chips.nth(0)).to_contain_text("Avis Hémostase")
+    page.goto(server.base_url + "/ecrire?type=patient")
+    page.fill("#patient-ins", "180017510801182")
+    page.click("#add-patient")
+    expect(page.locator("#to-chips input[name=to]")).to_have_value("180017510801182@patient.mssante.fr")
+    assert not page.errors, page.errors
+    page.context.close()
