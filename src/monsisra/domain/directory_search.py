@@ -28,13 +28,34 @@ def words(text: str) -> list[str]:
     return list(_words(text or ""))
 
 
+def _fast_table() -> dict[int, str]:
+    table = {}
+    for cp in range(0xC0, 0x250):
+        folded = fold(chr(cp))
+        if folded.isascii():
+            table[cp] = folded
+    return table
+
+
+_FAST = _fast_table()
+_SPACES = re.compile(r"\s+")
+
+
+def fast_fold(text: str) -> str:
+    """Same result as :func:`fold`, several times faster on Latin text (national files are large)."""
+    t = text.translate(_FAST).lower()
+    if t.isascii():
+        return _SPACES.sub(" ", t).strip()
+    return fold(text)
+
+
 @functools.lru_cache(maxsize=100_000)
 def _words(text: str) -> tuple[str, ...]:
-    # Names, places and specialties repeat a lot in national files: folding once each is enough.
-    return tuple(w[:MAX_TERM] for w in _WORD.findall(fold(text)))
+    # Places and specialties repeat a lot in national files: folding once each is enough.
+    return tuple(w[:MAX_TERM] for w in _WORD.findall(fast_fold(text)))
 
 
-cached_fold = functools.lru_cache(maxsize=100_000)(fold)
+cached_fold = functools.lru_cache(maxsize=100_000)(fast_fold)
 
 
 def query_tokens(query: str, limit: int = 8) -> list[str]:

@@ -9,6 +9,7 @@ small index (≈ 35,000 communes) that answers place look-ups without touching t
 from __future__ import annotations
 
 import csv
+import functools
 import lzma
 import math
 import re
@@ -21,8 +22,7 @@ from importlib.resources import files
 
 import sqlalchemy as sa
 
-from monsisra.domain.directory_search import osa_distance
-from monsisra.domain.text import fold
+from monsisra.domain.directory_search import fast_fold, osa_distance
 from monsisra.services.core import Core
 from monsisra.store.directory import DirCommune
 
@@ -51,9 +51,10 @@ class Commune:
                 "latitude": self.latitude, "longitude": self.longitude}
 
 
+@functools.lru_cache(maxsize=50_000)
 def name_key(name: str) -> str:
     """Folded name with punctuation as spaces and ``st``/``ste`` spelled out."""
-    words = re.findall(r"[0-9a-z]+", fold(name))
+    words = re.findall(r"[0-9a-z]+", fast_fold(name))
     return " ".join({"st": "saint", "ste": "sainte"}.get(w, w) for w in words)
 
 
@@ -122,7 +123,7 @@ def read_package() -> Iterator[Commune]:
                       latitude=loc[0] if loc else None, longitude=loc[1] if loc else None, population=population)
 
 
-@dataclass
+@dataclass(eq=False)
 class Index:
     """In-memory look-ups over all communes."""
 
@@ -153,7 +154,10 @@ class Index:
 
     def resolve(self, postcode: str = "", city: str = "", department: str = "") -> Commune | None:
         """The commune of an address given by postcode and/or city name (CEDEX codes tolerated)."""
-        key = name_key(re.sub(r"\bcedex\b.*$", "", fold(city))) if city else ""
+        return _resolve(self, postcode, city, department)
+
+    def _resolve(self, postcode: str, city: str, department: str) -> Commune | None:
+        key = name_key(re.sub(r"\bcedex\b.*$", "", fast_fold(city))) if city else ""
         codes = self.by_postcode.get(postcode, []) if postcode else []
         if codes:
             if len(codes) > 1 and key:
@@ -206,6 +210,11 @@ class Index:
                 out.append((d, c))
         out.sort(key=lambda item: (item[0], item[1].code))
         return out
+
+
+@functools.lru_cache(maxsize=100_000)
+def _resolve(index: Index, postcode: str, city: str, department: str) -> Commune | None:
+    return index._resolve(postcode, city, department)
 
 
 def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

@@ -541,8 +541,8 @@ def _fill_common(doc: Doc, place: communes_service.Commune | None, postcode: str
         ws = ds.words(org)
         doc.words += ws
         doc.markers += ["xe" + w for w in ws]
-    for w in ds.words(f"{r['name']} {r['profession']} {r['specialty']} {r['service']}"):
-        doc.words.append(w)
+    for part in (r["name"], r["profession"], r["specialty"], r["service"]):
+        doc.words += ds.words(part)
     if r["is_expert"]:
         doc.markers.append("xkexpert")
     if r["is_resource_team"]:
