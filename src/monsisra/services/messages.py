@@ -674,9 +674,14 @@ async def thread(core: Core, actor: Actor, mailbox_id: int, thread_id: int) -> l
     """All messages of a thread present in this mailbox, oldest first."""
     async with core.read() as s:
         await mailboxes.access_of(s, actor, mailbox_id)
+        # Thread ids first (ix_messages_thread_id), then their deliveries by (mailbox, message):
+        # one join lets SQLite without statistics walk the whole mailbox instead (200 ms at 50k).
+        ids = list(await s.scalars(sa.select(Message.id).where(Message.thread_id == thread_id).limit(1000)))
+        if not ids:
+            return []
         rows = (await s.execute(
             sa.select(*_LIST_COLUMNS).select_from(Delivery).join(Message, Message.id == Delivery.message_id)
-            .where(Delivery.mailbox_id == mailbox_id, Message.thread_id == thread_id, Delivery.deleted.is_(False))
+            .where(Delivery.mailbox_id == mailbox_id, Delivery.message_id.in_(ids), Delivery.deleted.is_(False))
             .order_by(Delivery.id)
         )).all()
         return await _summaries(s, rows)
