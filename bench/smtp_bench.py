@@ -128,7 +128,11 @@ def main() -> None:
                          "--password", "bench-pass"], ["trust", "add", OTHER_DOMAIN]):
                 subprocess.run([EXE, *cmd], env=env, check=True, capture_output=True, timeout=120)
             log = (tmp / "serve.log").open("ab")
-            proc = subprocess.Popen([EXE, "serve"], env=env, stdout=log, stderr=log)
+            serve = [EXE, "serve"]
+            if os.environ.get("SMTP_BENCH_PROFILE"):  # a cProfile dump of the server, for tuning
+                serve = [sys.executable, "-m", "cProfile", "-o", os.environ["SMTP_BENCH_PROFILE"], "-m",
+                         "monsisra.cli", "serve"]
+            proc = subprocess.Popen(serve, env=env, stdout=log, stderr=log)
 
             def up() -> bool:
                 try:

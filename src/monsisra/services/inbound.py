@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +37,17 @@ from monsisra.store.models import Delivery, Mailbox, Message, MessageAttachment,
 
 log = logging.getLogger(__name__)
 XDM_NAMES = {"ihe_xdm.zip"}
+
+
+PARSE_ELSEWHERE_BYTES = 32 * 1024
+_pool: list[ProcessPoolExecutor] = []
+
+
+def _parse_pool() -> ProcessPoolExecutor:
+    if not _pool:
+        workers = max(1, min(2, (os.cpu_count() or 1)))
+        _pool.append(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
+    return _pool[0]
 
 
 @dataclass
@@ -156,10 +170,13 @@ def _html_to_text(html: str) -> str:
 async def receive(core: Core, env: Envelope) -> str:
     """Store an accepted message for its local recipients; returns the SMTP reply."""
     loop = asyncio.get_running_loop()
-    big = len(env.raw) > 512 * 1024
     try:
-        parsed = (await loop.run_in_executor(None, mime.parse, env.raw, env.mail_from) if big
-                  else mime.parse(env.raw, env.mail_from))
+        if len(env.raw) > PARSE_ELSEWHERE_BYTES:
+            # Parsing is pure Python CPU work: a helper process keeps the event loop (TLS, SMTP,
+            # database) free and lets a second core work.
+            parsed = await loop.run_in_executor(_parse_pool(), mime.parse, env.raw, env.mail_from)
+        else:
+            parsed = mime.parse(env.raw, env.mail_from)
     except mime.MailError as exc:
         log.info("inbound refused from %s: %s", env.peer, exc.reply)
         return exc.reply
@@ -252,7 +269,9 @@ _committers: dict[int, _Committer] = {}
 
 
 async def stop(core: Core) -> None:
-    """Stop the group-commit task of this core (server shutdown)."""
+    """Stop the group-commit task of this core and the parsing helpers (server shutdown)."""
+    while _pool:
+        _pool.pop().shutdown(wait=False, cancel_futures=True)
     found = _committers.pop(id(core), None)
     if found is not None and found.task is not None:
         found.task.cancel()
