@@ -42,6 +42,7 @@ def test_login_sets_a_hardened_session_cookie(server):
         assert r.status_code == 303 and r.headers["location"].startswith("/connexion")
         page = anon.get("/connexion")
         assert page.status_code == 200 and "Mot de passe" in page.text and 'name="otp"' in page.text
+        assert "<kbd>alice.martin</kbd>" in page.text  # development domain with the demo data
         bad = anon.post("/connexion", data={"username": "alice.martin", "password": "faux"})
         assert bad.status_code == 400 and "incorrect" in bad.text
         assert "monsisra_session" not in bad.headers.get("set-cookie", "")

@@ -312,9 +312,21 @@ async def home(request: Request) -> Response:
     return RedirectResponse("/boite" if _sessions(request).token_of(request) else "/connexion", status_code=303)
 
 
+DEV_DOMAIN = "monsisra.localhost"
+
+
+async def demo_hint(core: Core) -> bool:
+    """On a development install with the demo data, the login page names the demo logins."""
+    if core.settings.domain != DEV_DOMAIN:
+        return False
+    async with core.read() as session:
+        return bool(await mailboxes.by_address(session, [f"alice.martin@{DEV_DOMAIN}"]))
+
+
 @router.get("/connexion")
 async def login_page(request: Request) -> Response:
-    return render(request, "login.html", suite=_next_url(request.query_params.get("suite")))
+    return render(request, "login.html", suite=_next_url(request.query_params.get("suite")),
+                  demo=await demo_hint(_core(request)))
 
 
 def _next_url(value: str | None) -> str:
@@ -343,7 +355,8 @@ async def login(request: Request) -> Response:
         token = await accounts.issue_token(core, account, kind="web", client=_client(request))
     except ServiceError as exc:
         return render(request, "login.html", status=exc.status if exc.status != 401 else 400, error=exc.detail,
-                      username=username, suite=suite, need_otp=bool(exc.extra.get("otp_required")))
+                      username=username, suite=suite, need_otp=bool(exc.extra.get("otp_required")),
+                      demo=await demo_hint(core))
     response = RedirectResponse(suite, status_code=303)
     _sessions(request).set_cookie(response, request, token)
     return response
