@@ -47,7 +47,14 @@
   function refreshList() {
     var list = $("#liste");
     if (!list || !window.htmx) return;
-    htmx.ajax("GET", list.dataset.url, { target: "#liste", swap: "outerHTML" });
+    // Keep what the user sees: as many messages as are shown (pages loaded), and the scroll.
+    var shown = Math.min(200, Math.max(50, $$(".messages .item", list).length));
+    var top = list.scrollTop;
+    htmx.ajax("GET", list.dataset.url + "&n=" + shown, { target: "#liste", swap: "outerHTML" }).then(function () {
+      var fresh = $("#liste");
+      if (fresh) fresh.scrollTop = top;
+      markSelected();
+    });
   }
   function refreshCounts() {
     var nav = $("#dossiers");
