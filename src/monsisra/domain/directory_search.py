@@ -169,6 +169,25 @@ def tsquery_minus(keep: Query, drop: Query) -> str:
     return f"({tsquery(keep)}) & !({tsquery(drop)})"
 
 
+# How people name a profession or specialty vs how the directory spells it.
+_SUFFIXES = (("ologues", "ologie"), ("ologue", "ologie"), ("iatres", "iatrie"), ("iatre", "iatrie"),
+             ("ieres", "ier"), ("iere", "ier"), ("iennes", "ien"), ("ienne", "ien"))
+_WORDS = {"generaliste": "generale", "generalistes": "generale", "kine": "kinesitherapeute",
+          "sagefemme": "sage", "gyneco": "gynecologie", "ophtalmo": "ophtalmologie", "orl": "oto"}
+
+
+def variants(token: str) -> list[str]:
+    """Other spellings of a profession word (``cardiologue`` → ``cardiologie``)."""
+    out = []
+    if token in _WORDS:
+        out.append(_WORDS[token])
+    for suffix, repl in _SUFFIXES:
+        if token.endswith(suffix) and len(token) > len(suffix) + 2:
+            out.append(token[: -len(suffix)] + repl)
+            break
+    return [v for v in out if v != token]
+
+
 def tiers(tokens: list[str], fuzzy: dict[str, list[str]], filters: Query) -> list[Query]:
     """Queries from strictest to loosest: exact words, then prefixes, then typos.
 
@@ -177,9 +196,9 @@ def tiers(tokens: list[str], fuzzy: dict[str, list[str]], filters: Query) -> lis
     """
     if not tokens:
         return [filters] if filters else []
-    exact = tuple((Alt(t),) for t in tokens)
-    prefix = tuple((Alt(t, True),) for t in tokens)
-    loose = tuple((Alt(t, True), *(Alt(f) for f in fuzzy.get(t, []))) for t in tokens)
+    exact = tuple((Alt(t), *(Alt(v) for v in variants(t))) for t in tokens)
+    prefix = tuple((Alt(t, True), *(Alt(v, True) for v in variants(t))) for t in tokens)
+    loose = tuple((*p, *(Alt(f) for f in fuzzy.get(t, []))) for t, p in zip(tokens, prefix, strict=True))
     out: list[Query] = []
     for q in (exact, prefix, loose):
         full = q + filters
