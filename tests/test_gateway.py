@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import smtplib
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -309,6 +310,25 @@ def test_smtp_refusals(gw):
     # No MAIL before STARTTLS.
     code, text = smtp_send(gw.port, ok_from, [f"alice.martin@{DOMAIN}"], msg, ctx, starttls=False)
     assert code == 530
+
+
+def test_connections_per_client_are_capped(gw):
+    limit = gw.server.settings.smtp_max_connections_per_client
+    assert not gw.server.app.state.smtp.limits.connections  # nothing left open by other tests
+    held = []
+    try:
+        for _ in range(limit):
+            c = smtplib.SMTP("127.0.0.1", gw.port, timeout=30)
+            held.append(c)
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as extra:
+            assert extra.recv(200).startswith(b"421")
+    finally:
+        for c in held:
+            c.close()
+    # Once they are gone, the client is served again.
+    wait_for(lambda: not gw.server.app.state.smtp.limits.connections, timeout=30)
+    assert gw.send(unique_mail(f"secretariat@{OTHER_DOMAIN}", f"alice.martin@{DOMAIN}", "après"),
+                   f"secretariat@{OTHER_DOMAIN}", [f"alice.martin@{DOMAIN}"])[0] == 250
 
 
 def test_tls_12_minimum_and_client_certificate_checked_against_the_trust_anchors(gw):

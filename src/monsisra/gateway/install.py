@@ -24,7 +24,9 @@ def install(app: FastAPI, settings: Settings) -> None:
 async def _smtp_hook(app: FastAPI, core: Core):
     from monsisra.gateway.smtp import start_server
 
-    server = await start_server(core, core.settings)
+    listening = await start_server(core, core.settings)
+    app.state.smtp = listening
+    server = listening.server
 
     async def stop() -> None:
         from monsisra.services import inbound

@@ -11,6 +11,7 @@ import logging
 import time
 import unicodedata
 from collections import defaultdict, deque
+from dataclasses import dataclass
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -165,7 +166,7 @@ class LimitedSMTP(SMTP):
             self._set_post_data_state()
             await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
             return
-        if any(line[:1] == b"." for line in lines):  # RFC 5321 §4.5.2 transparency
+        if content[:1] == b"." or b"\r\n." in content:  # RFC 5321 §4.5.2 transparency
             content = b"\r\n".join(line[1:] if line[:1] == b"." else line for line in lines)
         self.envelope.content = content
         self.envelope.original_content = content
@@ -182,7 +183,13 @@ class LimitedSMTP(SMTP):
         super().connection_lost(error)
 
 
-async def start_server(core: Core, settings: Settings) -> asyncio.AbstractServer:
+@dataclass
+class Listening:
+    server: asyncio.AbstractServer
+    limits: Limits
+
+
+async def start_server(core: Core, settings: Settings) -> Listening:
     """Listen on ``smtp_host:smtp_port`` in the running loop."""
     context = tls.server_context(settings)
     limits = Limits(settings.smtp_max_connections_per_client, settings.smtp_max_messages_per_minute)
@@ -197,4 +204,4 @@ async def start_server(core: Core, settings: Settings) -> asyncio.AbstractServer
     server = await loop.create_server(factory, host=settings.smtp_host, port=settings.smtp_port,
                                       reuse_address=True)
     log.info("SMTP gateway on %s:%s", settings.smtp_host, settings.smtp_port)
-    return server
+    return Listening(server, limits)
