@@ -556,7 +556,14 @@ async def compose_send(request: Request) -> Response:
     core = _core(request)
     compose = _compose_from_form(form, draft=False)
     try:
-        sent = await messages.send(core, actor, compose)
+        try:
+            sent = await messages.send(core, actor, compose)
+        except NotFound as exc:
+            if compose.draft_id is None or "brouillon" not in exc.detail:
+                raise
+            # The draft was saved under another sending mailbox (or is gone): send without it.
+            compose.draft_id = None
+            sent = await messages.send(core, actor, compose)
     except ServiceError as exc:
         bad = exc.extra.get("invalid_addresses") or []
         return render(request, "compose.html", status=exc.status, error=exc.detail, bad=bad,
