@@ -497,3 +497,38 @@ def test_huge_body_refused_before_it_is_read(server):
                      + b"Content-Type: multipart/form-data; boundary=xyz\r\n\r\n")
         reply = sock.recv(4096)
     assert reply.startswith(b"HTTP/1.1 413")
+
+
+def test_search_is_scoped_to_the_mailbox_and_pages(server, make_user):
+    """Words found elsewhere in the store never leak in; search results page by cursor."""
+    _, addr_a, _ = make_user("Cherche", "Un")
+    _, addr_b, _ = make_user("Cherche", "Deux")
+    alice = server.login("alice.martin")
+    word = "scintigraphie" + addr_a.split("@")[0].replace(".", "").replace("-", "")[-6:]
+    mine = [send(alice, to=[addr_a], subject=f"{word} {i}", body="x").json()["id"] for i in range(5)]
+    send(alice, to=[addr_b], subject=f"{word} ailleurs", body="x")
+    c = login_as_address(server, addr_a)
+    box = mailbox_id(c)
+    seen, cursor = [], None
+    for _ in range(5):
+        params = {"q": word, "view": "all", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = c.get(f"/api/v1/mailboxes/{box}/messages", params=params).json()
+        seen += [i["id"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == list(reversed(mine))
+    # The internal mailbox tokens cannot be searched for.
+    other_box = _mailbox_id_of(server, addr_b)
+    assert c.get(f"/api/v1/mailboxes/{box}/messages", params={"q": f"zzmbx{other_box}", "view": "all"}
+                 ).json()["items"] == []
+
+
+def _mailbox_id_of(server, address):
+    from monsisra.store.models import Mailbox
+
+    async def q(core):
+        async with core.read() as s:
+            return await s.scalar(sa.select(Mailbox.id).where(Mailbox.address == address))
+
+    return server.call(q, server.core)

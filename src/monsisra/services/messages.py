@@ -175,9 +175,26 @@ async def bump_modseq(session: AsyncSession, mailbox_id: int) -> int:
     )).scalar_one()
 
 
+# Each message's indexed text also carries one token per mailbox it sits in, so that a search
+# is "this mailbox AND these words" inside the full-text index itself: the engine intersects
+# two posting lists and stops at the first page, instead of matching the whole store.
+MAILBOX_TOKEN = "zzmbx"
+
+
+def mailbox_tokens(mailbox_ids) -> str:
+    return " ".join(f"{MAILBOX_TOKEN}{i}" for i in sorted(set(mailbox_ids)))
+
+
 def build_search_text(subject: str, body: str, sender_name: str, sender_address: str,
-                      filenames: list[str], extra: str = "") -> str:
-    return fold(" ".join([subject, sender_name, sender_address, *filenames, extra, body]))[:200_000]
+                      filenames: list[str], extra: str = "", mailbox_ids=()) -> str:
+    text = fold(" ".join([subject, sender_name, sender_address, *filenames, extra, body]))[:200_000]
+    return f"{text} {mailbox_tokens(mailbox_ids)}" if mailbox_ids else text
+
+
+def _with_mailbox_tokens(search_text: str, mailbox_ids) -> str:
+    present = set(search_text.split(" ")[-len(set(mailbox_ids)) - 64:])
+    missing = [i for i in set(mailbox_ids) if f"{MAILBOX_TOKEN}{i}" not in present]
+    return f"{search_text} {mailbox_tokens(missing)}" if missing else search_text
 
 
 async def deliver(tx: Tx, message: Message, placements: list[tuple[int, str]]) -> dict[int, int]:
@@ -186,6 +203,9 @@ async def deliver(tx: Tx, message: Message, placements: list[tuple[int, str]]) -
     Shared by local sends and the SMTP gateway. Emits the new-message events.
     """
     session = tx.session
+    tokens = _with_mailbox_tokens(message.search_text or "", [m for m, _ in placements])
+    if tokens != message.search_text:
+        message.search_text = tokens
     uids = await allocate_uids(session, [m for m, _ in placements])
     now = message.created_at
     rows = []
@@ -272,8 +292,9 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
             context_type=req.context_type,
             context_id=req.context_id,
             headers={"on_behalf_of": author.username} if on_behalf and author else None,
-            search_text=build_search_text(req.subject, req.body, sender.display_name, sender.address,
-                                          [a.filename for a in ordered]),
+            search_text=build_search_text(
+                req.subject, req.body, sender.display_name, sender.address, [a.filename for a in ordered],
+                mailbox_ids=[sender.id] + ([] if req.draft else [m.id for _, _, m in recipients if m is not None])),
         )
         s.add(message)
         await s.flush()
@@ -360,18 +381,21 @@ _LIST_COLUMNS = (
 )
 
 
-def _match_clause(dialect: str, terms: list[str]):
+_FTS = sa.table("message_fts", sa.column("rowid", sa.Integer))
+
+
+def _search_statement(dialect: str, mailbox_id: int, terms: list[str]):
+    """Messages of one mailbox matching every term (as a prefix), driven by the text index and
+    ordered by message id so that the engine can stop at the first page."""
     if dialect == "sqlite":
-        query = " AND ".join(f'"{t}"*' for t in terms)
-        return Delivery.message_id.in_(
-            sa.text("SELECT rowid FROM message_fts WHERE message_fts MATCH :fts").bindparams(fts=query)
-            .columns(sa.column("rowid"))
-        )
-    query = " & ".join(f"{t}:*" for t in terms)
-    return Delivery.message_id.in_(
-        sa.select(Message.id).where(sa.text("messages.search_vector @@ to_tsquery('simple', :tsq)")
-                                    .bindparams(tsq=query))
-    )
+        query = f"{MAILBOX_TOKEN}{mailbox_id} AND " + " AND ".join(f'"{t}"*' for t in terms)
+        return (sa.select(*_LIST_COLUMNS).select_from(_FTS)
+                .join(Delivery, Delivery.message_id == _FTS.c.rowid)
+                .join(Message, Message.id == Delivery.message_id)
+                .where(sa.text("message_fts MATCH :fts").bindparams(fts=query))), _FTS.c.rowid
+    query = f"{MAILBOX_TOKEN}{mailbox_id} & " + " & ".join(f"{t}:*" for t in terms)
+    return (sa.select(*_LIST_COLUMNS).select_from(Message).join(Delivery, Delivery.message_id == Message.id)
+            .where(sa.text("messages.search_vector @@ to_tsquery('simple', :tsq)").bindparams(tsq=query))), Message.id
 
 
 async def list_messages(core: Core, actor: Actor, mailbox_id: int, *, view: str = View.INBOX,
@@ -383,10 +407,17 @@ async def list_messages(core: Core, actor: Actor, mailbox_id: int, *, view: str 
     if category and category not in {c.value for c in Category}:
         raise Invalid(f"catégorie inconnue : {category}")
     limit = max(1, min(limit, PAGE_MAX))
+    terms = [t for t in search_terms(q) if not t.startswith(MAILBOX_TOKEN)] if q else []
+    if q and not terms:
+        return {"items": [], "next_cursor": None}
     async with core.read() as s:
         await mailboxes.access_of(s, actor, mailbox_id)
-        stmt = (sa.select(*_LIST_COLUMNS).select_from(Delivery).join(Message, Message.id == Delivery.message_id)
-                .where(Delivery.mailbox_id == mailbox_id, sa.text(_qualified(VIEW_SQL[view]))))
+        if terms:
+            stmt, order_key = _search_statement(s.bind.dialect.name, mailbox_id, terms)
+        else:
+            stmt = sa.select(*_LIST_COLUMNS).select_from(Delivery).join(Message, Message.id == Delivery.message_id)
+            order_key = Delivery.id
+        stmt = stmt.where(Delivery.mailbox_id == mailbox_id, sa.text(_qualified(VIEW_SQL[view])))
         if category:
             stmt = stmt.where(Delivery.category == category)
         elif view == View.INBOX:
@@ -394,17 +425,13 @@ async def list_messages(core: Core, actor: Actor, mailbox_id: int, *, view: str 
             if prefs is not None and set(prefs) != {c.value for c in Category}:
                 stmt = stmt.where(Delivery.category.in_(prefs))
         if cursor:
-            stmt = stmt.where(Delivery.id < _decode_cursor(cursor))
-        if q:
-            terms = search_terms(q)
-            if not terms:
-                return {"items": [], "next_cursor": None}
-            stmt = stmt.where(_match_clause(s.bind.dialect.name, terms))
-        rows = (await s.execute(stmt.order_by(Delivery.id.desc()).limit(limit + 1))).all()
+            stmt = stmt.where(order_key < _decode_cursor(cursor))
+        rows = (await s.execute(stmt.order_by(order_key.desc()).limit(limit + 1))).all()
         more = len(rows) > limit
         rows = rows[:limit]
         items = await _summaries(s, rows)
-    return {"items": items, "next_cursor": _encode_cursor(rows[-1].delivery_id) if more else None}
+    last = rows[-1].id if terms and rows else (rows[-1].delivery_id if rows else None)
+    return {"items": items, "next_cursor": _encode_cursor(last) if more else None}
 
 
 def _qualified(cond: str) -> str:
