@@ -314,6 +314,12 @@ def test_settings_and_full_screen_reading(server, browser, shots):
     expect(page.locator("h1")).to_have_text("Paramètres")
     assert page.evaluate(UNLABELLED_JS) == []
     shots(page, "parametres")
+    # "Toutes les boîtes": Bruno's own mailbox and the cardiology service he belongs to, merged.
+    page.goto(server.base_url + "/boite")
+    page.click(".switcher summary")
+    page.click("text=Toutes les boîtes")
+    expect(page.locator(".switcher summary")).to_contain_text("Toutes les boîtes")
+    expect(page.locator(".messages .tag.box").first).to_be_visible()
     page.goto(server.base_url + "/boite?dossier=all")
     page.locator(".messages .item:not([data-role=draft]) .item-link").first.click()
     page.click("text=Plein écran")
