@@ -137,6 +137,7 @@ def measure(url: str, engine: str, iterations: int, warmup: int) -> dict[str, An
             ]
             server_times: dict[str, list[float]] = {name: [] for name, *_ in routes}
             wall_times: dict[str, list[float]] = {name: [] for name, *_ in routes}
+            items: dict[str, int] = {}
             for i in range(warmup + iterations):
                 for name, path, params, headers in routes:
                     target = f"/message/1/{ids[i % len(ids)]}" if path == "/message" else path
@@ -144,13 +145,15 @@ def measure(url: str, engine: str, iterations: int, warmup: int) -> dict[str, An
                     resp = client.get(target, params=params, headers=headers)
                     wall = time.perf_counter() - t
                     assert resp.status_code == 200, (target, resp.status_code)
+                    items.setdefault(name, resp.text.count('<li class="item') or resp.text.count('id="message"'))
                     if i >= warmup:
                         server_times[name].append(server_ms(resp) / 1000)
                         wall_times[name].append(wall)
             weight = page_weight(client)
         inbox_total = re.search(r'data-unread="(\d+)"', counts)
         return {"engine": engine, "routes": [{"name": name, "server": summary_ms(server_times[name]),
-                                              "wall": summary_ms(wall_times[name])} for name, *_ in routes],
+                                              "wall": summary_ms(wall_times[name]), "items": items[name]}
+                                             for name, *_ in routes],
                 "weight": weight, "inbox_unread": int(inbox_total.group(1)) if inbox_total else None}
     finally:
         server.stop()
@@ -214,13 +217,14 @@ def report(meta: dict[str, Any], runs: list[dict[str, Any]], args: argparse.Name
                 f"Store: {store['messages_in_store']:,} messages; mailbox of Dr Alice MARTIN: "
                 f"{store.get('mailbox_in', 0):,} received, {store.get('mailbox_sent', 0):,} sent "
                 f"(inbox unread shown: {run['inbox_unread']}).", "",
-                "| page | server p50 | server p90 | server p99 | server max | wall p50 | wall p99 | p99 < 50 ms |",
-                "|---|---:|---:|---:|---:|---:|---:|:---:|"]
+                "| page | items shown | server p50 | server p90 | server p99 | server max | wall p50 | wall p99 "
+                "| p99 < 50 ms |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|:---:|"]
         for r in run["routes"]:
             s, w = r["server"], r["wall"]
             ok = "yes" if s["p99"] < TARGET_P99_MS else "**no**"
-            out.append(f"| {r['name']} | {s['p50']} ms | {s['p90']} ms | {s['p99']} ms | {s['max']} ms | "
-                       f"{w['p50']} ms | {w['p99']} ms | {ok} |")
+            out.append(f"| {r['name']} | {r['items']} | {s['p50']} ms | {s['p90']} ms | {s['p99']} ms | "
+                       f"{s['max']} ms | {w['p50']} ms | {w['p99']} ms | {ok} |")
         wgt = run["weight"]
         out += ["", "Inbox page weight:", "", "| part | bytes | gzip |", "|---|---:|---:|"]
         for part, n in wgt["parts"].items():
