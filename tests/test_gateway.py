@@ -3,6 +3,7 @@ private Postfix standing for another operator (it receives our mail and relays i
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
+import httpx
 import pytest
 
 from monsisra.gateway import xdm
@@ -434,6 +436,35 @@ def test_admin_trust_and_outbox_api(gw):
     alice = gw.server.login("alice.martin")
     assert alice.get("/api/v1/admin/trust").status_code == 403
     assert alice.get("/api/v1/admin/outbox").status_code == 403
+
+
+def _browser(gw, username: str) -> httpx.Client:
+    c = httpx.Client(base_url=gw.server.base_url, timeout=30, follow_redirects=True)
+    r = c.post("/connexion", data={"username": username, "password": "demo", "suite": "/boite"})
+    assert r.status_code == 200, r.text[:500]
+    return c
+
+
+def test_admin_pages_list_domains_and_outbox_and_edit_the_trust_list(gw):
+    admin = _browser(gw, "admin")
+    with contextlib.closing(admin):
+        page = admin.get("/admin/mssante")
+        assert page.status_code == 200
+        assert OTHER_DOMAIN in page.text and "File d'envoi" in page.text
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
+        r = admin.post("/admin/mssante/domaines", data={"csrf": csrf, "domains": "page-ajout.mssante.fr", "note": "x"},
+                       headers={"Origin": gw.server.base_url})
+        assert r.status_code == 200 and "page-ajout.mssante.fr" in r.text and "Domaines ajoutés" in r.text
+        r = admin.post("/admin/mssante/domaines/supprimer", data={"csrf": csrf, "domain": "page-ajout.mssante.fr"},
+                       headers={"Origin": gw.server.base_url})
+        assert r.status_code == 200 and "page-ajout.mssante.fr" not in r.text
+        r = admin.post("/admin/mssante/domaines", data={"csrf": "faux", "domains": "x.mssante.fr"},
+                       headers={"Origin": gw.server.base_url})
+        assert r.status_code == 403
+    alice = _browser(gw, "alice.martin")
+    with contextlib.closing(alice):
+        r = alice.get("/admin/mssante")
+        assert r.status_code == 403 and "administrateurs" in r.text
 
 
 def test_trust_cli(gw, tmp_path):

@@ -15,6 +15,14 @@ def install(app: FastAPI, settings: Settings) -> None:
     from monsisra.gateway.api import router
 
     app.include_router(router)
+    try:
+        import monsisra.web.pages  # noqa: F401 - the admin pages need the web application
+    except ModuleNotFoundError:
+        pass
+    else:
+        from monsisra.gateway import pages
+
+        pages.install(app)
     if settings.smtp_enabled:
         app.state.startup_hooks.append(_smtp_hook)
     if settings.run_workers:
