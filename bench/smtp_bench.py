@@ -188,7 +188,19 @@ def main() -> None:
     for a, b in zip(results["monsisra"], results["postfix"], strict=True):
         md.append(f"| {a['round']} | {a['per_second']} | {b['per_second']} |")
     md += ["", f"**Median: MonSisra {med['monsisra']:.1f} msg/s, Postfix {med['postfix']:.1f} msg/s, "
-               f"ratio {ratio:.2f}** (target ≥ 0.5, goal 1.0).", ""]
+               f"ratio {ratio:.2f}** (target ≥ 0.5, goal 1.0).", "",
+           "## Where the time goes (MonSisra)", "",
+           "- Acknowledging only after commit puts a database transaction and two fsynced blobs (raw form, "
+           "attachment) on every message's path; Postfix fsyncs one queue file.",
+           "- Group commit: messages arriving together on several connections share one transaction "
+           "(multi-row INSERTs, one WAL fsync); with 10 connections batches hold ~4–6 messages.",
+           "- DATA is read in 128 KB chunks (aiosmtpd's own loop reads ~1,800 lines per 100 KB letter), "
+           "MIME parsing of large messages runs in a helper process, and trust/mailbox lookups of "
+           "MAIL/RCPT are cached for 10 s.",
+           "- What remains is mostly the single event loop (TLS, SQLAlchemy, aiosqlite thread hops) — one "
+           "core — while Postfix spreads its smtpd/cleanup processes over both cores.",
+           "- Postfix's rate varies a lot with the load other engineers put on this shared machine "
+           "(see load averages above); both servers are measured in alternation for that reason.", ""]
     write_results("smtp" if args.backend == "sqlite" else f"smtp_{args.backend}", meta, md,
                   {"results": results, "median": med, "ratio": ratio})
     print("\n".join(md))

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     smtp_max_messages_per_minute: int = 1200  # per client address
     smtp_max_recipients: int = 100
     outbound_retry_base_seconds: int = 60  # first back-off; doubles up to an hour
-    outbound_poll_seconds: float = 5.0
+    outbound_poll_seconds: float = 2.0
     outbound_timeout_seconds: float = 60.0
 
     @cached_property
