@@ -310,29 +310,33 @@ async def _store_batch(core: Core, tx: Tx, jobs: list[_Job]) -> list[str]:
             message, views = await _new_message(core, s, job, targets, now)
             plans.append((job, targets, message, views))
     await s.flush()
+    # Rows nobody reads back in this transaction: plain multi-row INSERTs (no per-row RETURNING).
     placements: list[tuple[Message, int]] = []
+    links, recipients, inbound = [], [], []
     for job, targets, message, views in plans:
         if message is not None:
             if message.thread_id is None:
                 message.thread_id = message.id
-            for pos, v in enumerate(views):
-                s.add(MessageAttachment(message_id=message.id, attachment_id=v.id, position=pos))
+            links += [{"message_id": message.id, "attachment_id": v.id, "position": pos}
+                      for pos, v in enumerate(views)]
             for b in targets:
-                s.add(Recipient(message_id=message.id, kind="to", address=b.address, display_name=b.display_name,
-                                mailbox_id=b.id, status="delivered", status_at=now))
+                recipients.append({"message_id": message.id, "kind": "to", "address": b.address,
+                                   "display_name": b.display_name, "mailbox_id": b.id, "status": "delivered",
+                                   "status_at": now})
                 placements.append((message, b.id))
             if message.patient_id is not None:
                 audit.record(s, None, "patient.message.smtp", object_type="message", object_id=message.id,
                              patient_id=message.patient_id, client=job.env.peer[:64])
-        for b in targets:
-            s.add(InboundMessage(mailbox_id=b.id, rfc_message_id=job.rfc_id,
-                                 message_id=message.id if message is not None else None, raw_sha256=job.raw_sha,
-                                 raw_size=len(job.env.raw), mail_from=job.env.mail_from[:254],
-                                 peer=job.env.peer[:80], kind="message" if message is not None else "mdn",
-                                 received_at=now))
+        inbound += [{"mailbox_id": b.id, "rfc_message_id": job.rfc_id,
+                     "message_id": message.id if message is not None else None, "raw_sha256": job.raw_sha,
+                     "raw_size": len(job.env.raw), "mail_from": job.env.mail_from[:254], "peer": job.env.peer[:80],
+                     "kind": "message" if message is not None else "mdn", "received_at": now} for b in targets]
+    await s.flush()
+    for model, rows in ((MessageAttachment, links), (Recipient, recipients), (InboundMessage, inbound)):
+        if rows:
+            await s.execute(sa.insert(model), rows)
     if placements:
         await _deliver_batch(tx, placements)
-    await s.flush()
     return replies
 
 
@@ -352,15 +356,14 @@ async def _deliver_batch(tx: Tx, placements: list[tuple[Message, int]]) -> None:
             .values(next_uid=Mailbox.next_uid + k, modseq=Mailbox.modseq + k)
             .returning(Mailbox.next_uid, Mailbox.modseq))).one()
         for n, message in enumerate(batch):
-            rows.append(Delivery(mailbox_id=box, message_id=message.id, uid=next_uid - k + n, role=Role.IN,
-                                 category=message.category, created_at=message.created_at,
-                                 modseq=modseq - k + 1 + n, read=False))
-    s.add_all(rows)
-    await s.flush()
+            rows.append({"mailbox_id": box, "message_id": message.id, "uid": next_uid - k + n, "role": Role.IN,
+                         "category": message.category, "created_at": message.created_at,
+                         "modseq": modseq - k + 1 + n, "read": False})
+    await s.execute(sa.insert(Delivery), rows)
     owners = await mailboxes.accounts_of(s, list(per_box))
     for d, (message, _) in zip(rows, [(m, b) for b in sorted(per_box) for m in per_box[b]], strict=True):
-        tx.emit("message.new", owners.get(d.mailbox_id, []), mailbox_id=d.mailbox_id, message_id=message.id,
-                role=d.role, category=message.category, subject=message.subject,
+        tx.emit("message.new", owners.get(d["mailbox_id"], []), mailbox_id=d["mailbox_id"], message_id=message.id,
+                role=Role.IN, category=message.category, subject=message.subject,
                 sender=message.sender_name or message.sender_address)
     for box in per_box:
         tx.emit("counts", owners.get(box, []), mailbox_ids=[box])
