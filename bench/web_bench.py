@@ -47,6 +47,38 @@ def plan() -> core_read.Plan:
     return p
 
 
+async def ensure_mailbox_tokens(url: str) -> bool:
+    """Searches are scoped by per-mailbox tokens in the indexed text (``messages.MAILBOX_TOKEN``);
+    add them if the generator that built the store predates them. True when it had to."""
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from monsisra.services import messages
+
+    token = getattr(messages, "MAILBOX_TOKEN", None)
+    if token is None:
+        return False
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            sample = (await conn.execute(sa.text("SELECT search_text FROM messages ORDER BY id LIMIT 1"))).scalar()
+            if sample is None or token in sample:
+                return False
+            concat = ("group_concat(:tok || mailbox_id, ' ')" if url.startswith("sqlite")
+                      else "string_agg(:tok || mailbox_id::text, ' ')")
+            await conn.execute(sa.text(
+                f"UPDATE messages SET search_text = search_text || ' ' || (SELECT {concat} FROM deliveries d "
+                "WHERE d.message_id = messages.id) WHERE EXISTS (SELECT 1 FROM deliveries d "
+                "WHERE d.message_id = messages.id)").bindparams(tok=token))
+            if url.startswith("sqlite"):
+                await conn.execute(sa.text("INSERT INTO message_fts(message_fts) VALUES ('rebuild')"))
+            else:
+                await conn.execute(sa.text("ANALYZE messages"))
+    finally:
+        await engine.dispose()
+    return True
+
+
 def sqlite_url(rebuild: bool) -> tuple[str, dict[str, Any]]:
     from monsisra.store.migrate import upgrade
 
@@ -63,6 +95,7 @@ def sqlite_url(rebuild: bool) -> tuple[str, dict[str, Any]]:
         tmp.rename(path)
     url = f"sqlite+aiosqlite:///{path}"
     upgrade(url)
+    info["mailbox_tokens_added"] = asyncio.run(ensure_mailbox_tokens(url))
     return url, info
 
 
@@ -193,6 +226,7 @@ def main() -> None:
         else:
             with fresh_database("postgres", Path(tempfile.gettempdir())) as url:
                 info = {"load": asyncio.run(core_read.load_pg(url, plan()))}
+                info["mailbox_tokens_added"] = asyncio.run(ensure_mailbox_tokens(url))
                 run = measure(url, engine, args.iterations, args.warmup)
                 run["store"] = {**info, **asyncio.run(mailbox_size(url))}
                 runs.append(run)
