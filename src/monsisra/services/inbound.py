@@ -32,7 +32,7 @@ from monsisra.gateway import mime, xdm
 from monsisra.services import attachments as att_service
 from monsisra.services import audit, mailboxes, messages, trust
 from monsisra.services.core import Core, Tx
-from monsisra.store.gateway import InboundMessage
+from monsisra.store.gateway import InboundMessage, RawMessage
 from monsisra.store.models import Delivery, Mailbox, Message, MessageAttachment, Patient, Recipient
 
 log = logging.getLogger(__name__)
@@ -195,11 +195,10 @@ async def receive(core: Core, env: Envelope) -> str:
     rfc_id = parsed.message_id or f"<{hashlib.sha256(env.raw).hexdigest()[:40]}@sans-identifiant.invalid>"
 
     # Durable bytes first (fsynced), rows after: a crash in between leaves only an unreferenced blob.
-    def store_blobs() -> tuple[str, list[tuple[str, int]]]:
-        raw_digest, _ = core.blobs.put_bytes(env.raw)
-        return raw_digest, [core.blobs.put_bytes(p.data) for p in parsed.attachments]
-
-    raw_sha, att_digests = await loop.run_in_executor(None, store_blobs)
+    # Attachment files are written and fsynced in parallel (the disk merges concurrent flushes).
+    att_digests = list(await asyncio.gather(*(loop.run_in_executor(None, core.blobs.put_bytes, p.data)
+                                              for p in parsed.attachments)))
+    raw_sha = hashlib.sha256(env.raw).hexdigest()
     job = _Job(env, parsed, content, rfc_id, list(boxes.values()), raw_sha, att_digests)
     return await _committer(core).submit(job)
 
@@ -335,9 +334,27 @@ async def _store_batch(core: Core, tx: Tx, jobs: list[_Job]) -> list[str]:
     for model, rows in ((MessageAttachment, links), (Recipient, recipients), (InboundMessage, inbound)):
         if rows:
             await s.execute(sa.insert(model), rows)
+    await _keep_raw(s, [j for j, _, _, _ in plans], now)
     if placements:
         await _deliver_batch(tx, placements)
     return replies
+
+
+async def _keep_raw(s, jobs: list[_Job], now) -> None:
+    """The raw forms, once per content (a message already kept is not written again)."""
+    wanted = {j.raw_sha: j.env.raw for j in jobs}
+    if not wanted:
+        return
+    have = set(await s.scalars(sa.select(RawMessage.sha256).where(RawMessage.sha256.in_(list(wanted)))))
+    rows = [{"sha256": k, "size": len(v), "data": v, "received_at": now} for k, v in wanted.items() if k not in have]
+    if rows:
+        await s.execute(sa.insert(RawMessage), rows)
+
+
+async def raw_message(core: Core, sha256: str) -> bytes | None:
+    """The raw form of an inbound message, for audit."""
+    async with core.read() as s:
+        return await s.scalar(sa.select(RawMessage.data).where(RawMessage.sha256 == sha256))
 
 
 async def _deliver_batch(tx: Tx, placements: list[tuple[Message, int]]) -> None:
@@ -397,7 +414,7 @@ async def _new_message(core: Core, s, job: _Job, targets: list[_Box], now) -> tu
         in_reply_to_id=parent.id if parent else None,
         thread_id=(parent.thread_id or parent.id) if parent else None,
         search_text=messages.build_search_text(subject, body, parsed.sender_name, parsed.sender_address,
-                                               [v.filename for v in views]),
+                                               [v.filename for v in views], mailbox_ids=[b.id for b in targets]),
     )
     s.add(message)
     return message, views
