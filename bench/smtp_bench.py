@@ -129,9 +129,9 @@ def main() -> None:
                 subprocess.run([EXE, *cmd], env=env, check=True, capture_output=True, timeout=120)
             log = (tmp / "serve.log").open("ab")
             serve = [EXE, "serve"]
-            if os.environ.get("SMTP_BENCH_PROFILE"):  # a cProfile dump of the server, for tuning
-                serve = [sys.executable, "-m", "cProfile", "-o", os.environ["SMTP_BENCH_PROFILE"], "-m",
-                         "monsisra.cli", "serve"]
+            if os.environ.get("SMTP_BENCH_PROFILE"):  # a py-spy profile of the server, for tuning
+                serve = ["py-spy", "record", "-o", os.environ["SMTP_BENCH_PROFILE"], "-f", "raw", "-r", "200",
+                         "--", *serve]
             proc = subprocess.Popen(serve, env=env, stdout=log, stderr=log)
 
             def up() -> bool:

@@ -4,6 +4,7 @@ private Postfix standing for another operator (it receives our mail and relays i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import re
@@ -136,6 +137,11 @@ def test_letter_with_xdm_is_linked_to_its_patient_and_stored_once(gw):
     assert r.status_code == 200 and r.content.startswith(b"%PDF")
     assert "Veuillez trouver ci-joint" in msg["body"]
     assert msg["sender"]["address"] == sender
+    # The raw form is kept for audit, byte for byte as received.
+    wire = re.sub(rb"\r?\n", b"\r\n", raw)
+    from monsisra.services import inbound
+
+    assert gw.server.call(inbound.raw_message, gw.server.core, hashlib.sha256(wire).hexdigest()) == wire
     # The sender asked for a receipt with a different address than the envelope's? Here it is equal.
     mdn = alice.get(f"/api/v1/mailboxes/{box}/messages/{found[0]['id']}/mdn").json()
     assert mdn["requested"] is True and mdn["mdn_pending"] is False

@@ -44,6 +44,21 @@ class InboundMessage(Base):
     __table_args__ = (sa.UniqueConstraint("mailbox_id", "rfc_message_id"),)
 
 
+class RawMessage(Base):
+    """The raw form of an inbound message, kept for audit, stored once per content.
+
+    It lives in the database rather than the blob store: it is written in the same
+    transaction (and fsync) as the message it proves, instead of costing two more fsyncs.
+    """
+
+    __tablename__ = "gw_raw"
+
+    sha256: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    received_at: Mapped[datetime] = mapped_column(UTC, default=_now)
+
+
 class OutboundAttempt(Base):
     """One SMTP delivery attempt of one external recipient (the outbox's history)."""
 
