@@ -138,8 +138,12 @@ async def lean_send(core: Core, actor: Actor, c: dict[str, Any]) -> int:
              "display_name": boxes[a].display_name, "mailbox_id": boxes[a].id, "status": "delivered",
              "status_at": now, "attempts": 0} for a in addresses])
         ids = sorted({sender.id, *(boxes[a].id for a in addresses)})
-        if not core.db.is_sqlite:  # lock the mailbox rows in id order (no deadlock), as allocate_uids does
-            await s.execute(sa.select(mb.c.id).where(mb.c.id.in_(ids)).order_by(mb.c.id).with_for_update())
+        if not core.db.is_sqlite:
+            # Lock the mailbox rows in id order (no deadlock), as allocate_uids does. NO KEY UPDATE, like
+            # the UPDATE itself: a plain FOR UPDATE would conflict with the KEY SHARE locks the foreign
+            # keys of the inserts above hold, and two concurrent sends would deadlock.
+            await s.execute(sa.select(mb.c.id).where(mb.c.id.in_(ids)).order_by(mb.c.id)
+                            .with_for_update(key_share=True))
         uids = {r.id: (r.next_uid - 1, r.modseq) for r in (await s.execute(
             sa.update(mb).where(mb.c.id.in_(ids)).values(next_uid=mb.c.next_uid + 1, modseq=mb.c.modseq + 1)
             .returning(mb.c.id, mb.c.next_uid, mb.c.modseq))).all()}
