@@ -194,13 +194,22 @@ async def receive(core: Core, env: Envelope) -> str:
                 return f"554 5.6.0 {exc}"
     rfc_id = parsed.message_id or f"<{hashlib.sha256(env.raw).hexdigest()[:40]}@sans-identifiant.invalid>"
 
-    # Durable bytes first (fsynced), rows after: a crash in between leaves only an unreferenced blob.
-    # Attachment files are written and fsynced in parallel (the disk merges concurrent flushes).
-    att_digests = list(await asyncio.gather(*(loop.run_in_executor(None, core.blobs.put_bytes, p.data)
-                                              for p in parsed.attachments)))
+    # The attachment files are written and fsynced while the rows commit, and ``250`` waits for
+    # both. A crash between the two leaves rows without their file only for a message that was
+    # not acknowledged: the sender retries, and every attempt (duplicates included) writes the
+    # files again before answering, so the retry heals it. A file only ever appears under its
+    # name complete and fsynced (BlobStore writes, fsyncs, then renames).
+    att_digests = [(hashlib.sha256(p.data).hexdigest(), len(p.data)) for p in parsed.attachments]
     raw_sha = hashlib.sha256(env.raw).hexdigest()
     job = _Job(env, parsed, content, rfc_id, list(boxes.values()), raw_sha, att_digests)
-    return await _committer(core).submit(job)
+    files = asyncio.gather(*(loop.run_in_executor(None, core.blobs.put_bytes, p.data) for p in parsed.attachments))
+    rows = _committer(core).submit(job)
+    written, reply = await asyncio.gather(files, rows, return_exceptions=True)
+    for outcome in (written, reply):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    assert isinstance(reply, str)
+    return reply
 
 
 @dataclass
