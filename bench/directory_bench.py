@@ -122,7 +122,9 @@ def run_import(url: str, data_dir: Path, files: list[Path]) -> dict[str, Any]:
         err.seek(0)
         stdout, stderr = out.read().decode(), err.read().decode()
     if proc.returncode != 0:
-        raise RuntimeError(f"import failed: {stderr[-2000:]}")
+        Path("var/directory_bench_failure.log").write_text(stderr)
+        reasons = [line for line in stderr.splitlines() if "Error" in line][:5]
+        raise RuntimeError("import failed (var/directory_bench_failure.log): " + " | ".join(reasons))
     report = json.loads(stdout)
     report.pop("files", None)
     return {"wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),

@@ -726,6 +726,8 @@ async def rebuild_index(core: Core, progress: Progress | None = None) -> int:
                 if progress:
                     progress("index", total, max(expected, total))
         if pg:
+            # A GIN index is built much faster in one go, with room to sort, than row by row.
+            await s.execute(sa.text("SET LOCAL maintenance_work_mem = '256MB'"))
             await s.execute(sa.text("CREATE INDEX ix_dir_search_tsv ON dir_search USING gin (tsv)"))
         else:
             await s.execute(sa.text(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')"))
