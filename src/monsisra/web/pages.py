@@ -420,9 +420,8 @@ async def inbox_counts(request: Request) -> Response:
     actor = await page_actor(request)
     core = _core(request)
     scope = await make_scope(request, actor, light=True)
-    account, counts = await asyncio.gather(accounts.get_account(core, actor), load_counts(core, actor, scope))
-    return render(request, "_nav.html", scope=scope, counts=counts, account=account,
-                  unread=counts["inbox"]["unread"])
+    counts = await load_counts(core, actor, scope)
+    return render(request, "_nav.html", scope=scope, counts=counts, unread=counts["inbox"]["unread"])
 
 
 @router.get("/message/{mailbox_id}/{message_id}")

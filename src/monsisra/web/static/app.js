@@ -59,11 +59,7 @@
   function refreshCounts() {
     var nav = $("#dossiers");
     if (!nav || !window.htmx) return;
-    var open = nav.classList.contains("open");
-    htmx.ajax("GET", nav.dataset.url, { target: "#dossiers", swap: "outerHTML" }).then(function () {
-      if (open) { var n = $("#dossiers"); if (n) n.classList.add("open"); }
-      updateTitle();
-    });
+    htmx.ajax("GET", nav.dataset.url, { target: "#dossiers", swap: "outerHTML" }).then(updateTitle);
   }
   function refreshReceipts(messageId) {
     var box = $('.receipts[data-message-id="' + messageId + '"]');
@@ -201,8 +197,7 @@
   document.addEventListener("click", function (e) {
     var t = e.target.closest && e.target.closest(".folders-toggle");
     if (t) {
-      var nav = $("#dossiers");
-      var open = nav.classList.toggle("open");
+      var open = $("#colonne").classList.toggle("open");
       t.setAttribute("aria-expanded", open ? "true" : "false");
       return;
     }
