@@ -354,10 +354,12 @@ async def _keep_raw(s, jobs: list[_Job], now) -> None:
     wanted = {j.raw_sha: j.env.raw for j in jobs}
     if not wanted:
         return
-    have = set(await s.scalars(sa.select(RawMessage.sha256).where(RawMessage.sha256.in_(list(wanted)))))
-    rows = [{"sha256": k, "size": len(v), "data": v, "received_at": now} for k, v in wanted.items() if k not in have]
-    if rows:
-        await s.execute(sa.insert(RawMessage), rows)
+    rows = [{"sha256": k, "size": len(v), "data": v, "received_at": now} for k, v in wanted.items()]
+    if s.bind.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    await s.execute(insert(RawMessage).on_conflict_do_nothing(index_elements=["sha256"]), rows)
 
 
 async def raw_message(core: Core, sha256: str) -> bytes | None:
