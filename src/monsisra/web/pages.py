@@ -90,7 +90,7 @@ async def page_actor(request: Request) -> Actor:
     if token is None:
         raise LoginRequired
     try:
-        actor = await accounts.actor_for_token(_core(request), token, _client(request))
+        actor = await sessions.resolve(_core(request), token, _client(request))
     except AuthFailed:
         raise LoginRequired from None
     request.state.csrf = sessions.csrf_for(token)
@@ -367,6 +367,7 @@ async def logout(request: Request) -> Response:
     try:
         await form_actor(request)
         await accounts.revoke_token(_core(request), request.state.token)
+        _sessions(request).forget(request.state.token)
     except (LoginRequired, CsrfFailed):
         pass
     response = RedirectResponse("/connexion", status_code=303)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from urllib.parse import urlsplit
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -26,6 +27,7 @@ COOKIE = "monsisra_session"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+ACTOR_TTL = 2.0
 
 
 class Sessions:
@@ -33,6 +35,7 @@ class Sessions:
         self.settings = settings
         self._secret = settings.effective_secret_key.encode()
         self._signer = URLSafeTimedSerializer(settings.effective_secret_key, salt="monsisra.web.session")
+        self._actors: dict[str, tuple[Actor, float]] = {}
 
     # --- cookie ---------------------------------------------------------------------------
 
@@ -64,6 +67,25 @@ class Sessions:
     def csrf_ok(self, token: str, presented: str | None) -> bool:
         return bool(presented) and hmac.compare_digest(self.csrf_for(token), presented or "")
 
+    # --- who the token stands for, remembered a moment -------------------------------------
+
+    async def resolve(self, core: Core, token: str, client: str | None) -> Actor:
+        """``accounts.actor_for_token``, remembered for ``ACTOR_TTL`` seconds: a page and the
+        fragments and live refreshes that follow it check the token once. A revocation on
+        another process takes effect within that time; logging out here at once."""
+        now = time.monotonic()
+        hit = self._actors.get(token)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        actor = await accounts.actor_for_token(core, token, client)
+        if len(self._actors) > 10_000:
+            self._actors.clear()
+        self._actors[token] = (actor, now + ACTOR_TTL)
+        return actor
+
+    def forget(self, token: str) -> None:
+        self._actors.pop(token, None)
+
     # --- the hook of api/deps.py ------------------------------------------------------------
 
     async def actor(self, conn: HTTPConnection) -> Actor | None:
@@ -79,7 +101,7 @@ class Sessions:
             return None
         core: Core = conn.app.state.core
         try:
-            return await accounts.actor_for_token(core, token, conn.client.host if conn.client else None)
+            return await self.resolve(core, token, conn.client.host if conn.client else None)
         except AuthFailed:
             return None
 
