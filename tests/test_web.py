@@ -257,3 +257,18 @@ def test_thread_shown_and_account_without_mailbox(server, make_user):
     with web_login(server, "admin") as web:
         assert web.get("/boite").status_code == 200
         assert web.get("/ecrire").status_code == 200
+
+
+def test_cookie_is_secure_over_tls(server):
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from monsisra.web.session import Sessions
+
+    sessions = Sessions(server.settings)
+    for scheme, secure in (("https", True), ("http", False)):
+        request = Request({"type": "http", "scheme": scheme, "method": "GET", "path": "/", "headers": [],
+                           "server": ("monsisra.example", 443), "query_string": b""})
+        response = Response()
+        sessions.set_cookie(response, request, "token")
+        assert ("secure" in response.headers["set-cookie"].lower()) is secure
