@@ -103,6 +103,8 @@
     socket.onopen = function () {
       retry = 1000;
       document.body.dataset.live = "1";
+      // A receipt may have come between the page's rendering and this connection.
+      $$(".receipts").forEach(function (b) { refreshReceipts(b.dataset.messageId); });
       clearInterval(pinger);
       pinger = setInterval(function () { if (socket.readyState === 1) socket.send("ping"); }, 30000);
     };
