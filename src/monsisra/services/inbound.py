@@ -17,6 +17,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import nh3
@@ -303,7 +304,7 @@ async def _store_batch(core: Core, tx: Tx, jobs: list[_Job]) -> list[str]:
         InboundMessage.rfc_message_id.in_({j.rfc_id for j in jobs}),
         InboundMessage.mailbox_id.in_({b[0] for j in jobs for b in j.boxes})))).all())
     replies: list[str] = []
-    plans: list[tuple[_Job, list[_Box], Message | None, list]] = []
+    plans: list[tuple[_Job, list[_Box], SimpleNamespace | None, list]] = []
     for job in jobs:
         targets = [_Box(*b) for b in job.boxes if (b[0], job.rfc_id) not in seen]
         if not targets:
@@ -317,14 +318,13 @@ async def _store_batch(core: Core, tx: Tx, jobs: list[_Job]) -> list[str]:
         else:
             message, views = await _new_message(core, s, job, targets, now)
             plans.append((job, targets, message, views))
-    await s.flush()
+    await s.flush()  # attachments, patients
+    await _insert_messages(s, [m for _, _, m, _ in plans if m is not None])
     # Rows nobody reads back in this transaction: plain multi-row INSERTs (no per-row RETURNING).
-    placements: list[tuple[Message, int]] = []
+    placements: list[tuple[Any, int]] = []
     links, recipients, inbound = [], [], []
     for job, targets, message, views in plans:
         if message is not None:
-            if message.thread_id is None:
-                message.thread_id = message.id
             links += [{"message_id": message.id, "attachment_id": v.id, "position": pos}
                       for pos, v in enumerate(views)]
             for b in targets:
@@ -368,11 +368,11 @@ async def raw_message(core: Core, sha256: str) -> bytes | None:
         return await s.scalar(sa.select(RawMessage.data).where(RawMessage.sha256 == sha256))
 
 
-async def _deliver_batch(tx: Tx, placements: list[tuple[Message, int]]) -> None:
+async def _deliver_batch(tx: Tx, placements: list[tuple[Any, int]]) -> None:
     """``messages.deliver`` for many messages at once: uids and modseqs reserved per mailbox
     in one statement each (mailboxes locked in id order), deliveries in one INSERT."""
     s = tx.session
-    per_box: dict[int, list[Message]] = {}
+    per_box: dict[int, list[Any]] = {}
     for message, box in placements:
         per_box.setdefault(box, []).append(message)
     rows = []
@@ -397,8 +397,8 @@ async def _deliver_batch(tx: Tx, placements: list[tuple[Message, int]]) -> None:
         tx.emit("counts", owners.get(box, []), mailbox_ids=[box])
 
 
-async def _new_message(core: Core, s, job: _Job, targets: list[_Box], now) -> tuple[Message, list]:
-    """The Message row (added, not flushed) and its registered attachments."""
+async def _new_message(core: Core, s, job: _Job, targets: list[_Box], now) -> tuple[SimpleNamespace, list]:
+    """The values of the message's row (inserted with the batch's) and its registered attachments."""
     parsed, content, env = job.parsed, job.content, job.env
     category = categorize(parsed, content)
     patient = await _patient(s, parsed, content)
@@ -417,18 +417,37 @@ async def _new_message(core: Core, s, job: _Job, targets: list[_Box], now) -> tu
     if content is not None:
         headers["xdm"] = {"title": content.title, "type_codes": content.type_codes}
     subject = parsed.subject or (content.title if content else "")
-    message = Message(
+    message = SimpleNamespace(
         message_id=job.rfc_id, sender_address=parsed.sender_address, sender_name=parsed.sender_name,
         subject=subject, body=body, html=html, preview=preview(body), category=category, created_at=now,
         sent_at=parsed.date or now, patient_id=patient.id if patient else None, has_attachments=bool(views),
         origin="smtp", raw_sha256=job.raw_sha, headers=headers, receipt_requested=bool(parsed.notify_to),
         in_reply_to_id=parent.id if parent else None,
-        thread_id=(parent.thread_id or parent.id) if parent else None,
+        thread_id=(parent.thread_id or parent.id) if parent else None, is_draft=False, no_reply=False,
         search_text=messages.build_search_text(subject, body, parsed.sender_name, parsed.sender_address,
                                                [v.filename for v in views], mailbox_ids=[b.id for b in targets]),
     )
-    s.add(message)
     return message, views
+
+
+async def _insert_messages(s, new: list[SimpleNamespace]) -> None:
+    """One INSERT for the batch's messages; their ids are set on them (and threads started)."""
+    if not new:
+        return
+    table = Message.__table__
+    rows = [dict(vars(m)) for m in new]
+    if s.bind.dialect.name == "sqlite":
+        # One multi-row statement under SQLite's single write lock: consecutive rowids, in order.
+        last = (await s.execute(sa.insert(table).values(rows))).lastrowid
+        ids = list(range(last - len(rows) + 1, last + 1))
+    else:
+        ids = list(await s.scalars(sa.insert(table).returning(table.c.id, sort_by_parameter_order=True), rows))
+    for m, new_id in zip(new, ids, strict=True):
+        m.id = new_id
+        if m.thread_id is None:
+            m.thread_id = new_id
+    await s.execute(sa.update(table).where(table.c.id.in_(ids), table.c.thread_id.is_(None))
+                    .values(thread_id=table.c.id))
 
 
 async def _patient(s, parsed: mime.ParsedMail, content: xdm.XdmContent | None) -> Patient | None:
