@@ -69,7 +69,7 @@ def fresh_database(backend: str, tmp: Path, *, keep: bool = False) -> Iterator[s
                     with contextlib.suppress(FileNotFoundError):
                         Path(str(path) + suffix).unlink()
         return
-    name = f"monsisra_bench_{uuid.uuid4().hex[:12]}"
+    name = f"monsisra_bench_core_{uuid.uuid4().hex[:10]}"
     asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
     try:
         url = pg_url(name)

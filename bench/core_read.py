@@ -511,7 +511,7 @@ def main() -> None:
             runs.append({"engine": "sqlite", "store": info,
                          "queries": asyncio.run(measure(url, "sqlite", args.iterations, args.warmup))})
         else:
-            name = f"monsisra_bench_{uuid.uuid4().hex[:12]}"
+            name = f"monsisra_bench_core_{uuid.uuid4().hex[:10]}"
             asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
             url = pg_url(name)
             try:
