@@ -130,7 +130,8 @@ async def lean_send(core: Core, actor: Actor, c: dict[str, Any]) -> int:
             subject=c["subject"], body=c["body"], preview=preview(c["body"]), category=c["category"],
             created_at=now, sent_at=now, is_draft=False, has_attachments=False, origin="local",
             receipt_requested=False, no_reply=False,
-            search_text=messages.build_search_text(c["subject"], c["body"], sender.display_name, sender.address, []),
+            search_text=messages.build_search_text(c["subject"], c["body"], sender.display_name, sender.address, [],
+                                                   mailbox_ids=[sender.id, *(boxes[a].id for a in addresses)]),
         ).returning(msg_t.c.id))).scalar_one()
         await s.execute(sa.update(msg_t).where(msg_t.c.id == mid).values(thread_id=mid))
         await s.execute(sa.insert(rcpt_t), [

@@ -57,7 +57,7 @@ from monsisra.services import messages
 from monsisra.services.accounts import hash_password
 from monsisra.services.core import Actor, Core
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 CACHE = Path("/tmp/monsisra_bench_read")
 DOMAIN = "monsisra.localhost"
 READER = "alice.martin"
@@ -177,7 +177,9 @@ def generate(plan: Plan, mailboxes: list[tuple]) -> Iterator[dict[str, list[tupl
             chunk["attachments"].append((att_id, f"{rng.getrandbits(256):064x}", rng.randint(20_000, 2_000_000),
                                          "application/pdf", filenames[0], sender, created))
             chunk["message_attachments"].append((mid, att_id, 0))
-        search = messages.build_search_text(subject, body, name[sender], address[sender], filenames)
+        # With the tokens of the mailboxes it sits in (messages.MAILBOX_TOKEN), exactly as a send stores it.
+        search = messages.build_search_text(subject, body, name[sender], address[sender], filenames,
+                                            mailbox_ids=[sender, *rcpts])
         chunk["messages"].append((mid, f"<{mid:x}.{rng.getrandbits(48):x}@{DOMAIN}>", mid, None, sender, sender,
                                   address[sender], name[sender], subject, body, None, preview(body), category,
                                   created, created, False, patient_id, bool(filenames), "local", False, False,
@@ -497,10 +499,20 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="regenerate the cached SQLite database")
     parser.add_argument("--keep-pg", action="store_true", help="do not drop the PostgreSQL database")
     parser.add_argument("--no-write", action="store_true", help="print only, do not write bench/results")
+    parser.add_argument("--render", action="store_true", help="rewrite the .md from the last .json and exit")
     args = parser.parse_args()
+    if args.render:
+        import json
+
+        from bench.common import RESULTS
+
+        data = json.loads((RESULTS / "core_read.json").read_text())
+        (RESULTS / "core_read.md").write_text("\n".join(report(data["meta"], data["runs"])) + "\n")
+        return
     plan = Plan(args.scale)
     meta = new_meta()
     meta["plan"] = vars(plan)
+    meta["iterations"], meta["warmup"] = args.iterations, args.warmup
     runs = []
     for engine_name in args.engines.split(","):
         if engine_name == "sqlite":
@@ -529,15 +541,17 @@ def main() -> None:
                 if not args.keep_pg:
                     asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     meta["load_after"] = uptime()
-    md = report(meta, plan, runs, args)
+    md = report(meta, runs)
     for line in md:
         print(line)
     if not args.no_write:
         write_results("core_read", meta, md, {"runs": runs})
 
 
-def report(meta: dict[str, Any], plan: Plan, runs: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+def report(meta: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
     md = header("Core messaging — reading at scale", meta)
+    plan = argparse.Namespace(**meta["plan"])
+    args = argparse.Namespace(iterations=meta.get("iterations", 300), warmup=meta.get("warmup", 20))
     md += [
         f"Store: {plan.n_messages:,} messages between {plan.n_mailboxes:,} mailboxes, {plan.n_target:,} deliveries "
         "in the measured mailbox (90 % received, 10 % sent), 1–3 recipients per message, 30 % linked to one of "
@@ -575,6 +589,8 @@ def report(meta: dict[str, Any], plan: Plan, runs: list[dict[str, Any]], args: a
             md += [f"**{q['query']}** ({q['slowest_statement_ms']:.2f} ms)", "", "```sql",
                    q["slowest_sql"].strip(), "```", "```", q["plan"], "```", ""]
         md += ["</details>", ""]
+    if meta.get("analysis"):  # hand-written reading of this run, kept in the .json beside the figures
+        md += ["## Analysis", "", *meta["analysis"], ""]
     return md
 
 
