@@ -97,3 +97,25 @@ class MdnJob(Base):
                  sqlite_where=sa.text("status IN ('queued', 'retrying')"),
                  postgresql_where=sa.text("status IN ('queued', 'retrying')")),
     )
+
+
+def sync_sqlite_engine(url: str) -> sa.Engine:
+    """A synchronous engine on the same SQLite file, with the settings of ``store.db``'s async
+    one (WAL, ``synchronous=FULL``, foreign keys, ``BEGIN IMMEDIATE``): the inbound gateway
+    writes whole batches with it from one thread."""
+    engine = sa.create_engine(url.replace("+aiosqlite", ""), connect_args={"timeout": 30,
+                                                                          "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=30000"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
