@@ -155,17 +155,73 @@ async def _patient_for(session: AsyncSession, ref: PatientRef) -> Patient:
     return patient
 
 
-async def allocate_uids(session: AsyncSession, mailbox_ids: list[int]) -> dict[int, tuple[int, int]]:
-    """Reserve the next uid and modseq of each mailbox (rows locked in id order: no deadlock)."""
-    result = {}
-    for mailbox_id in sorted(set(mailbox_ids)):
-        row = (await session.execute(
-            sa.update(Mailbox).where(Mailbox.id == mailbox_id)
-            .values(next_uid=Mailbox.next_uid + 1, modseq=Mailbox.modseq + 1)
-            .returning(Mailbox.next_uid, Mailbox.modseq)
-        )).one()
-        result[mailbox_id] = (row[0] - 1, row[1])
+async def allocate_uids(session: AsyncSession, wanted: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """Reserve ``wanted[mailbox]`` consecutive uids and modseqs per mailbox; returns the first of each.
+
+    On PostgreSQL the rows are locked first, in id order (no deadlock between two sends), with
+    FOR NO KEY UPDATE: a plain FOR UPDATE would wait on the KEY SHARE locks that the foreign keys
+    of concurrent inserts hold. SQLite has one writer at a time.
+    """
+    ids = sorted(wanted)
+    if session.bind.dialect.name != "sqlite":
+        await session.execute(sa.select(Mailbox.id).where(Mailbox.id.in_(ids)).order_by(Mailbox.id)
+                              .with_for_update(key_share=True))
+    result: dict[int, tuple[int, int]] = {}
+    for k in sorted(set(wanted.values())):
+        group = [i for i in ids if wanted[i] == k]
+        rows = await session.execute(
+            sa.update(Mailbox).where(Mailbox.id.in_(group))
+            .values(next_uid=Mailbox.next_uid + k, modseq=Mailbox.modseq + k)
+            .returning(Mailbox.id, Mailbox.next_uid, Mailbox.modseq))
+        for mailbox_id, next_uid, modseq in rows:
+            result[mailbox_id] = (next_uid - k, modseq - k + 1)
     return result
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One message to put into one mailbox, with what its events announce."""
+
+    message_id: int
+    mailbox_id: int
+    role: str
+    category: str
+    created_at: datetime
+    subject: str = ""
+    sender: str = ""
+
+
+async def place(tx: Tx, placements: list[Placement]) -> None:
+    """Create the deliveries of stored messages (one INSERT) and announce them after commit.
+
+    The single way messages enter mailboxes: local sends, inbound SMTP, notices. Uids are
+    strictly increasing per mailbox in the order of ``placements``.
+    """
+    if not placements:
+        return
+    s = tx.session
+    wanted: dict[int, int] = {}
+    for p in placements:
+        wanted[p.mailbox_id] = wanted.get(p.mailbox_id, 0) + 1
+    first = await allocate_uids(s, wanted)
+    used: dict[int, int] = {}
+    rows = []
+    for p in placements:
+        n = used.get(p.mailbox_id, 0)
+        used[p.mailbox_id] = n + 1
+        uid, modseq = first[p.mailbox_id]
+        rows.append({"mailbox_id": p.mailbox_id, "message_id": p.message_id, "uid": uid + n, "role": p.role,
+                     "category": p.category, "created_at": p.created_at, "modseq": modseq + n,
+                     "read": p.role != Role.IN, "favorite": False, "todo": False, "archived": False,
+                     "deleted": False})
+    await s.execute(sa.insert(Delivery), rows)
+    owners = await mailboxes.accounts_of(s, list(wanted))
+    for p in placements:
+        tx.emit("message.new" if p.role == Role.IN else "message.stored", owners.get(p.mailbox_id, []),
+                mailbox_id=p.mailbox_id, message_id=p.message_id, role=p.role, category=p.category,
+                subject=p.subject, sender=p.sender)
+    for mailbox_id in wanted:
+        tx.emit("counts", owners.get(mailbox_id, []), mailbox_ids=[mailbox_id])
 
 
 async def bump_modseq(session: AsyncSession, mailbox_id: int) -> int:
@@ -178,7 +234,7 @@ async def bump_modseq(session: AsyncSession, mailbox_id: int) -> int:
 # Each message's indexed text also carries one token per mailbox it sits in, so that a search
 # is "this mailbox AND these words" inside the full-text index itself: the engine intersects
 # two posting lists and stops at the first page, instead of matching the whole store.
-MAILBOX_TOKEN = "zzmbx"
+MAILBOX_TOKEN = "zzmbx"  # noqa: S105 (an index token, not a secret)
 
 
 def mailbox_tokens(mailbox_ids) -> str:
@@ -197,39 +253,18 @@ def _with_mailbox_tokens(search_text: str, mailbox_ids) -> str:
     return f"{search_text} {mailbox_tokens(missing)}" if missing else search_text
 
 
-async def deliver(tx: Tx, message: Message, placements: list[tuple[int, str]]) -> dict[int, int]:
-    """Place a stored message in mailboxes, as (mailbox id, role); returns mailbox → delivery id.
-
-    Shared by local sends and the SMTP gateway. Emits the new-message events.
-    """
-    session = tx.session
+async def deliver(tx: Tx, message: Message, placements: list[tuple[int, str]]) -> None:
+    """Place an ORM message (flushed or not) into mailboxes, as (mailbox id, role)."""
     tokens = _with_mailbox_tokens(message.search_text or "", [m for m, _ in placements])
     if tokens != message.search_text:
         message.search_text = tokens
-    uids = await allocate_uids(session, [m for m, _ in placements])
-    now = message.created_at
-    rows = []
-    for mailbox_id, role in placements:
-        uid, modseq = uids[mailbox_id]
-        if len([p for p in placements if p[0] == mailbox_id]) > 1:
-            # The same mailbox is both sender and recipient: give each row its own uid.
-            uid, modseq = (await allocate_uids(session, [mailbox_id]))[mailbox_id]
-        rows.append(Delivery(mailbox_id=mailbox_id, message_id=message.id, uid=uid, role=role,
-                             category=message.category, created_at=now, modseq=modseq,
-                             read=role != Role.IN))
-    session.add_all(rows)
-    await session.flush()
-    owners = await mailboxes.accounts_of(session, [m for m, _ in placements])
-    for d in rows:
-        tx.emit("message.new" if d.role == Role.IN else "message.stored", owners.get(d.mailbox_id, []),
-                mailbox_id=d.mailbox_id, message_id=message.id, role=d.role, category=message.category,
-                subject=message.subject, sender=message.sender_name or message.sender_address)
-        tx.emit("counts", owners.get(d.mailbox_id, []), mailbox_ids=[d.mailbox_id])
-    return {d.mailbox_id: d.id for d in rows}
+    await tx.session.flush()
+    sender = message.sender_name or message.sender_address
+    await place(tx, [Placement(message.id, m, role, message.category, message.created_at, message.subject, sender)
+                     for m, role in placements])
 
 
-async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
-    """Send (or save as draft) a message; returns it as the sending mailbox sees it."""
+def _check_compose(req: Compose) -> None:
     if req.category not in {c.value for c in Category}:
         raise Invalid(f"catégorie inconnue : {req.category}")
     if len(req.subject) > MAX_SUBJECT or "\n" in req.subject or "\r" in req.subject:
@@ -238,95 +273,146 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
         raise Invalid("message trop long")
     if len(req.to) + len(req.cc) > MAX_RECIPIENTS:
         raise Invalid(f"trop de destinataires (au plus {MAX_RECIPIENTS})")
+
+
+async def _sending_mailbox(s: AsyncSession, actor: Actor, mailbox_id: int):
+    """The mailbox the actor sends from (one query: access and identity), or 404."""
+    row = (await s.execute(
+        sa.select(Mailbox.id, Mailbox.address, Mailbox.display_name, Mailbox.owner_account_id)
+        .join(MailboxAccess, MailboxAccess.mailbox_id == Mailbox.id)
+        .where(Mailbox.id == mailbox_id, MailboxAccess.account_id == actor.account_id))).first()
+    if row is None:
+        raise NotFound("boîte aux lettres introuvable")
+    return row
+
+
+async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
+    """Send (or save as draft) a message; returns it as the sending mailbox sees it.
+
+    Validation first (nothing is written when anything is wrong), then one transaction with one
+    statement per table; events go out after the commit.
+    """
+    _check_compose(req)
     html = sanitize_html(req.html) if req.html else None
     async with core.write() as tx:
         s = tx.session
-        await mailboxes.access_of(s, actor, req.from_mailbox)
-        sender = await s.get(Mailbox, req.from_mailbox)
-        assert sender is not None
+        sender = await _sending_mailbox(s, actor, req.from_mailbox)
         recipients, bad = await _resolve_recipients(s, core, req)
         if bad:
             raise Invalid("destinataires invalides : " + ", ".join(b["address"] for b in bad),
                           invalid_addresses=bad)
         if not recipients and not req.draft:
             raise Invalid("au moins un destinataire est nécessaire")
-        found = await att_service.readable(s, actor, list(dict.fromkeys(req.attachments)))
-        missing = [a for a in req.attachments if a not in found]
+        wanted_atts = list(dict.fromkeys(req.attachments))
+        found = await att_service.readable(s, actor, wanted_atts) if wanted_atts else {}
+        missing = [a for a in wanted_atts if a not in found]
         if missing:
             raise NotFound("pièce jointe introuvable : " + ", ".join(missing))
         total = sum(a.size for a in found.values())
         if total > core.settings.max_message_bytes:
             raise TooLarge(f"pièces jointes trop volumineuses : {total // 1024} Ko au total, "
                            f"limite {core.settings.max_message_bytes // (1024 * 1024)} Mo")
-        parent = None
-        if req.in_reply_to is not None:
-            parent = await _readable_message(s, actor, req.in_reply_to)
+        parent = await _readable_message(s, actor, req.in_reply_to) if req.in_reply_to is not None else None
         patient = await _patient_for(s, req.patient) if req.patient else None
         if req.draft_id is not None:
             await _discard_draft(tx, actor, req.from_mailbox, req.draft_id)
 
-        author = await s.get(Account, actor.account_id)
-        on_behalf = author is not None and sender.owner_account_id not in (None, actor.account_id)
         now = utcnow()
-        ordered = [found[a] for a in dict.fromkeys(req.attachments)]
-        message = Message(
-            message_id=new_message_id(core.settings.domain),
-            in_reply_to_id=parent.id if parent else None,
-            thread_id=(parent.thread_id or parent.id) if parent else None,
-            from_mailbox_id=sender.id,
-            author_account_id=actor.account_id,
-            sender_address=sender.address,
-            sender_name=sender.display_name,
-            subject=req.subject.strip(),
-            body=req.body,
-            html=html,
-            preview=preview(req.body),
-            category=req.category,
-            created_at=now,
-            sent_at=None if req.draft else now,
-            is_draft=req.draft,
-            patient_id=patient.id if patient else None,
-            has_attachments=bool(ordered),
-            receipt_requested=req.receipt_requested,
-            no_reply=req.no_reply,
-            context_type=req.context_type,
-            context_id=req.context_id,
-            headers={"on_behalf_of": author.username} if on_behalf and author else None,
-            search_text=build_search_text(
+        ordered = [found[a] for a in wanted_atts]
+        local_boxes = [m for _, _, m in recipients if m is not None]
+        on_behalf = sender.owner_account_id not in (None, actor.account_id)
+        values = {
+            "message_id": new_message_id(core.settings.domain),
+            "in_reply_to_id": parent.id if parent else None,
+            "thread_id": (parent.thread_id or parent.id) if parent else None,
+            "from_mailbox_id": sender.id,
+            "author_account_id": actor.account_id,
+            "sender_address": sender.address,
+            "sender_name": sender.display_name,
+            "subject": req.subject.strip(),
+            "body": req.body,
+            "html": html,
+            "preview": preview(req.body),
+            "category": req.category,
+            "created_at": now,
+            "sent_at": None if req.draft else now,
+            "is_draft": req.draft,
+            "patient_id": patient.id if patient else None,
+            "has_attachments": bool(ordered),
+            "origin": "local",
+            "receipt_requested": req.receipt_requested,
+            "no_reply": req.no_reply,
+            "context_type": req.context_type,
+            "context_id": req.context_id,
+            "headers": {"on_behalf_of": actor.username} if on_behalf else None,
+            "search_text": build_search_text(
                 req.subject, req.body, sender.display_name, sender.address, [a.filename for a in ordered],
-                mailbox_ids=[sender.id] + ([] if req.draft else [m.id for _, _, m in recipients if m is not None])),
-        )
-        s.add(message)
-        await s.flush()
-        if message.thread_id is None:
-            message.thread_id = message.id
-        for pos, a in enumerate(ordered):
-            s.add(MessageAttachment(message_id=message.id, attachment_id=a.id, position=pos))
-        for kind, address, mailbox in recipients:
-            external = mailbox is None
-            s.add(Recipient(message_id=message.id, kind=kind, address=address,
-                            display_name=mailbox.display_name if mailbox else "",
-                            mailbox_id=mailbox.id if mailbox else None,
-                            status=("draft" if req.draft else "queued" if external else "delivered"),
-                            status_at=now, next_attempt_at=now if external and not req.draft else None))
-        if req.draft:
-            placements = [(sender.id, Role.DRAFT)]
-        else:
-            placements = [(sender.id, Role.SENT)]
-            placements += [(m.id, Role.IN) for _, _, m in recipients if m is not None]
-        delivery_ids = await deliver(tx, message, placements)
+                mailbox_ids=[sender.id] + ([] if req.draft else [m.id for m in local_boxes])),
+        }
+        message_pk = (await s.execute(sa.insert(Message).values(**values).returning(Message.id))).scalar_one()
+        if parent is None:
+            values["thread_id"] = message_pk
+            await s.execute(sa.update(Message).where(Message.id == message_pk).values(thread_id=message_pk))
+        if ordered:
+            await s.execute(sa.insert(MessageAttachment), [
+                {"message_id": message_pk, "attachment_id": a.id, "position": pos} for pos, a in enumerate(ordered)])
+        recipient_rows = [{
+            "message_id": message_pk, "kind": kind, "address": address,
+            "display_name": mailbox.display_name if mailbox else "", "mailbox_id": mailbox.id if mailbox else None,
+            "status": "draft" if req.draft else "queued" if mailbox is None else "delivered", "status_at": now,
+            "next_attempt_at": now if mailbox is None and not req.draft else None, "attempts": 0,
+        } for kind, address, mailbox in recipients]
+        if recipient_rows:
+            await s.execute(sa.insert(Recipient), recipient_rows)
+        role = Role.DRAFT if req.draft else Role.SENT
+        placements = [Placement(message_pk, sender.id, role, req.category, now, values["subject"],
+                                sender.display_name)]
+        if not req.draft:
+            placements += [Placement(message_pk, m.id, Role.IN, req.category, now, values["subject"],
+                                     sender.display_name) for m in local_boxes]
+        await place(tx, placements)
         if patient is not None:
-            audit.record(s, actor.account_id, "patient.message", object_type="message", object_id=message.id,
+            audit.record(s, actor.account_id, "patient.message", object_type="message", object_id=message_pk,
                          patient_id=patient.id, client=actor.client)
-        if any(m is None for _, _, m in recipients) and not req.draft:
-            tx.emit("outbox", [actor.account_id], message_id=message.id)
-        sender_delivery = delivery_ids[sender.id]
-    return await get(core, actor, req.from_mailbox, message.id, mark_read=False, _delivery_id=sender_delivery)
+        if len(local_boxes) < len(recipients) and not req.draft:
+            tx.emit("outbox", [actor.account_id], message_id=message_pk)
+    return _sent_view(message_pk, values, role, recipient_rows, ordered, patient)
+
+
+def _sent_view(message_pk: int, v: dict[str, Any], role: str, recipient_rows: list[dict[str, Any]],
+               attachments: list[Attachment], patient: Patient | None) -> dict[str, Any]:
+    """The message as ``get`` would show it in the sending mailbox, built from what was written."""
+    recips = [{"kind": r["kind"], "address": r["address"], "name": r["display_name"], "status": r["status"]}
+              for r in recipient_rows]
+    return {
+        "id": message_pk,
+        "subject": v["subject"],
+        "preview": v["preview"],
+        "sender": {"address": v["sender_address"], "name": v["sender_name"]},
+        "to": [x for x in recips if x["kind"] == "to"],
+        "cc": [x for x in recips if x["kind"] == "cc"],
+        "category": v["category"],
+        "created_at": _iso(v["created_at"]),
+        "has_attachments": v["has_attachments"],
+        "attachments": [{"id": a.id, "filename": a.filename, "content_type": a.content_type, "size": a.size}
+                        for a in attachments],
+        "patient": _patient_dict(patient) if patient else None,
+        "thread": {"id": v["thread_id"], "in_reply_to": v["in_reply_to_id"]},
+        "context": {"type": v["context_type"], "id": v["context_id"]} if v["context_type"] else None,
+        "draft": v["is_draft"],
+        "no_reply": v["no_reply"],
+        "state": {"read": True, "favorite": False, "todo": False, "archived": False, "role": role},
+        "body": v["body"],
+        "html": v["html"],
+        "message_id": v["message_id"],
+        "receipt_requested": v["receipt_requested"],
+        "on_behalf_of": (v["headers"] or {}).get("on_behalf_of"),
+    }
 
 
 async def _discard_draft(tx: Tx, actor: Actor, mailbox_id: int, message_id: int) -> None:
     s = tx.session
-    delivery = await s.scalar(sa.select(Delivery).where(
+    delivery = await s.scalar(sa.select(Delivery.id).where(
         Delivery.mailbox_id == mailbox_id, Delivery.message_id == message_id, Delivery.role == Role.DRAFT,
         Delivery.deleted.is_(False)))
     if delivery is None:
@@ -502,12 +588,16 @@ async def _patients_of(s: AsyncSession, patient_ids: list[int]) -> dict[int, dic
     if not patient_ids:
         return {}
     rows = await s.scalars(sa.select(Patient).where(Patient.id.in_(set(patient_ids))))
-    return {p.id: {"id": p.id, "ins": p.ins, "oid": p.ins_oid, "family_name": p.family_name,
-                   "given_names": p.given_names, "birth_date": p.birth_date, "sex": p.sex} for p in rows}
+    return {p.id: _patient_dict(p) for p in rows}
 
 
-async def get(core: Core, actor: Actor, mailbox_id: int, message_id: int, *, mark_read: bool = True,
-              _delivery_id: int | None = None) -> dict[str, Any]:
+def _patient_dict(p: Patient) -> dict[str, Any]:
+    return {"id": p.id, "ins": p.ins, "oid": p.ins_oid, "family_name": p.family_name,
+            "given_names": p.given_names, "birth_date": p.birth_date, "sex": p.sex}
+
+
+async def get(core: Core, actor: Actor, mailbox_id: int, message_id: int, *, mark_read: bool = True
+              ) -> dict[str, Any]:
     """The whole message as this mailbox sees it; reading marks it read and records the receipt."""
     async with core.read() as s:
         await mailboxes.access_of(s, actor, mailbox_id)
@@ -516,8 +606,6 @@ async def get(core: Core, actor: Actor, mailbox_id: int, message_id: int, *, mar
                 .select_from(Delivery).join(Message, Message.id == Delivery.message_id)
                 .where(Delivery.mailbox_id == mailbox_id, Delivery.message_id == message_id,
                        Delivery.deleted.is_(False)))
-        if _delivery_id is not None:
-            stmt = stmt.where(Delivery.id == _delivery_id)
         row = (await s.execute(stmt.order_by(Delivery.id.desc()).limit(1))).first()
         if row is None:
             raise NotFound("message introuvable")
