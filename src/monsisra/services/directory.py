@@ -18,6 +18,7 @@ import bisect
 import functools
 import hashlib
 import io
+import json
 import math
 import re
 import zipfile
@@ -618,7 +619,10 @@ async def _national_docs(core: Core, session: AsyncSession) -> Iterator[list[Doc
         .where(p.active.is_(True), ~sa.exists().where(m.national_id == p.national_id, m.kind == "PER",
                                                        m.active.is_(True))),
     ).subquery()
-    stmt = sa.select(professionals.c.src, professionals.c.id).order_by(professionals.c.sk, professionals.c.src,
+    # Byte order on both engines (PostgreSQL's locale collation would order, and so rank, differently).
+    pg = _is_postgres(session)
+    sort_key = professionals.c.sk.collate("C") if pg else professionals.c.sk
+    stmt = sa.select(professionals.c.src, professionals.c.id).order_by(sort_key, professionals.c.src,
                                                                         professionals.c.id)
     seq = 0
     result = await session.stream(stmt)
@@ -656,7 +660,7 @@ async def _national_docs(core: Core, session: AsyncSession) -> Iterator[list[Doc
         yield docs
     mt = m.__table__
     stmt = (sa.select(mt).where(mt.c.source == "national", mt.c.active.is_(True), mt.c.kind != "PER")
-            .order_by(mt.c.sort_key, mt.c.id))
+            .order_by(mt.c.sort_key.collate("C") if pg else mt.c.sort_key, mt.c.id))
     result = await session.stream(stmt)
     seq = 0
     async for chunk in result.partitions(BATCH):
@@ -1006,6 +1010,7 @@ async def _fuzzy(session: AsyncSession, tokens: list[str]) -> dict[str, list[str
     return out
 
 
+FREQUENT_ROWS = 20_000  # PostgreSQL plan choice, see _Engine.frequent
 FUZZY_BELOW = 20  # typo matches are looked for when exact and prefix matches are fewer than this
 
 
@@ -1015,25 +1020,45 @@ class _Engine:
     def __init__(self, session: AsyncSession) -> None:
         self.s = session
         self.pg = _is_postgres(session)
+        self._frequent: dict[str, bool] = {}
 
     def match(self, level: ds.Level) -> str:
         return ds.tsquery_level(level) if self.pg else ds.fts5_level(level)
 
-    def _ids(self) -> str:
+    def _ids(self, by_index: bool = False) -> str:
         if self.pg:
-            return ("SELECT id FROM dir_search WHERE tsv @@ to_tsquery('simple', :m) "
-                    "AND id BETWEEN :lo AND :hi")
+            # PostgreSQL: walking the primary key in id order only pays off when matches are
+            # many; otherwise ``id + 0`` keeps the planner on the GIN index (bitmap scan).
+            ids = "id" if by_index else "id + 0"
+            return f"SELECT id FROM dir_search WHERE tsv @@ to_tsquery('simple', :m) AND {ids} BETWEEN :lo AND :hi"
         return f"SELECT rowid AS id FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :m AND rowid BETWEEN :lo AND :hi"
 
-    async def count(self, m: str, lo: int, hi: int, cap: int) -> int:
-        sql = f"SELECT count(*) FROM ({self._ids()} LIMIT :cap) AS t"
+    async def prepare(self) -> None:
+        if self.pg:
+            # Plan each query with its own words: a generic plan cannot tell rare words from common ones.
+            await self.s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+
+    async def frequent(self, level: ds.Level) -> bool:
+        """PostgreSQL: do the level's words match so many rows that id order beats the GIN bitmap?"""
+        if not self.pg:
+            return False
+        keep = ds.tsquery(level[0])
+        if keep not in self._frequent:
+            plan = await self.s.scalar(sa.text("EXPLAIN (FORMAT JSON) SELECT 1 FROM dir_search "
+                                               "WHERE tsv @@ to_tsquery('simple', :m)"), {"m": keep})
+            plan = json.loads(plan) if isinstance(plan, str) else plan
+            self._frequent[keep] = plan[0]["Plan"]["Plan Rows"] > FREQUENT_ROWS
+        return self._frequent[keep]
+
+    async def count(self, m: str, lo: int, hi: int, cap: int, frequent: bool = False) -> int:
+        sql = f"SELECT count(*) FROM ({self._ids(by_index=frequent)} LIMIT :cap) AS t"
         return await self.s.scalar(sa.text(sql), {"m": m, "lo": lo, "hi": hi, "cap": cap}) or 0
 
     async def page(self, m: str, lo: int, hi: int, limit: int, offset: int,
-                   ref: communes_service.Commune | None) -> list[int]:
+                   ref: communes_service.Commune | None, many: bool = False) -> list[int]:
         params: dict[str, Any] = {"m": m, "lo": lo, "hi": hi, "limit": limit, "offset": offset}
         if ref is None or ref.latitude is None:
-            sql = f"{self._ids()} ORDER BY id LIMIT :limit OFFSET :offset"
+            sql = f"{self._ids(by_index=many)} ORDER BY id LIMIT :limit OFFSET :offset"
         else:
             params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
             dist = ("COALESCE((s.latitude - :lat) * (s.latitude - :lat) + "
@@ -1049,11 +1074,12 @@ async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, b
     lo = SECTIONS[section] * SECTION_SPAN
     hi = lo + SECTION_SPAN - 1
     matches = [(engine.match(level), by_distance) for level, by_distance in levels]
+    frequent = [await engine.frequent(level) for level, _ in levels]
     counts: list[int] = []
     total = 0
     capped = False
-    for m, _ in matches:
-        c = await engine.count(m, lo, hi, TOTAL_CAP - total + 1)
+    for (m, _), freq in zip(matches, frequent, strict=True):
+        c = await engine.count(m, lo, hi, TOTAL_CAP - total + 1, freq)
         if total + c > TOTAL_CAP:
             c = TOTAL_CAP - total
             capped = True
@@ -1063,15 +1089,16 @@ async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, b
             break
     ids: list[int] = []
     skip, want = offset, limit
-    for (m, by_distance), c in zip(matches, counts, strict=False):
+    for i, ((m, by_distance), c) in enumerate(zip(matches, counts, strict=False)):
+        huge = capped and i == len(counts) - 1
         if want <= 0:
             break
         if skip >= c:
             skip -= c
             continue
         # Sorting a very large level by distance would read all of it: beyond the cap, by name.
-        order_ref = ref if by_distance and not (capped and c == counts[-1]) else None
-        got = await engine.page(m, lo, hi, min(want, c - skip), skip, order_ref)
+        order_ref = ref if by_distance and not huge else None
+        got = await engine.page(m, lo, hi, min(want, c - skip), skip, order_ref, many=huge or frequent[i])
         ids.extend(got)
         want -= len(got)
         skip = 0
@@ -1119,6 +1146,7 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
                                      "reference": ref.as_dict() if ref else None}}
     async with core.read() as s:
         engine = _Engine(s)
+        await engine.prepare()
         rings = list(place.rings)
         tier_queries = ds.tiers(tokens, {}, filters) or ([()] if rings else [])
         fuzzy: dict[str, list[str]] = {}
