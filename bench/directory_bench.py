@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1200)
     parser.add_argument("--name", default="directory")
     parser.add_argument("--merge", type=Path, help="results JSON of an earlier run whose other backends to keep")
+    parser.add_argument("--search-only", metavar="URL", help="only the search part, on an already imported database")
     args = parser.parse_args()
     ps = next(args.data.glob("PS_LibreAcces_Personne_activite_*.txt"), None)
     mss = next(args.data.glob("Extraction_Correspondance_MSSante_*.txt"), None)
@@ -184,6 +185,14 @@ def main() -> None:
     results: dict[str, Any] = {"files": {"activity_lines": n_people, "mailbox_lines": n_mss,
                                          "ps_bytes": ps.stat().st_size, "mss_bytes": mss.stat().st_size},
                                "queries": len(queries), "backends": {}}
+    if args.search_only:
+        backend = "postgres" if args.search_only.startswith("postgresql") else "sqlite"
+        search = asyncio.run(run_searches(args.search_only, Path("var"), queries))
+        print(f"[{backend}] search {search['all']}", flush=True)
+        results["backends"][backend] = {"search": search, "import": {"wall_s": "—", "cpu_s": "—", "peak_rss_mb": "—",
+                                                                     "report": {}},
+                                        "reimport": {"wall_s": "—", "report": {}}}
+        args.backends = []
     for backend in args.backends:
         with tempfile.TemporaryDirectory(dir="var") as tmp, fresh_database(backend, Path(tmp)) as url:
             print(f"[{backend}] importing…", flush=True)
