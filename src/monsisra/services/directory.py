@@ -718,7 +718,8 @@ async def rebuild_index(core: Core, progress: Progress | None = None) -> int:
         pg = _is_postgres(s)
         await s.execute(sa.delete(table).where(table.c.is_local.is_(False)))
         if pg:
-            await s.execute(sa.text("DROP INDEX IF EXISTS ix_dir_search_tsv"))
+            for name in SECTIONS:
+                await s.execute(sa.text(f"DROP INDEX IF EXISTS ix_dir_search_tsv_{name}"))
         async with core.read() as rs:
             async for docs in _national_docs(core, rs):
                 rows = []
@@ -732,7 +733,9 @@ async def rebuild_index(core: Core, progress: Progress | None = None) -> int:
         if pg:
             # A GIN index is built much faster in one go, with room to sort, than row by row.
             await s.execute(sa.text("SET LOCAL maintenance_work_mem = '256MB'"))
-            await s.execute(sa.text("CREATE INDEX ix_dir_search_tsv ON dir_search USING gin (tsv)"))
+            for name in SECTIONS:  # one GIN index per section: a section's query reads only its postings
+                await s.execute(sa.text(f"CREATE INDEX ix_dir_search_tsv_{name} ON dir_search USING gin (tsv) "
+                                        f"WHERE section = '{name}'"))
         else:
             await s.execute(sa.text(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')"))
         local_words = (await s.execute(sa.select(table.c.text).where(table.c.is_local.is_(True)))).scalars().all()
@@ -1010,7 +1013,7 @@ async def _fuzzy(session: AsyncSession, tokens: list[str]) -> dict[str, list[str
     return out
 
 
-FREQUENT_ROWS = 20_000  # PostgreSQL plan choice, see _Engine.frequent
+FREQUENT_ROWS = 100_000  # PostgreSQL plan choice, see _Engine.frequent (names cluster in id order)
 FUZZY_BELOW = 20  # typo matches are looked for when exact and prefix matches are fewer than this
 
 
@@ -1025,18 +1028,23 @@ class _Engine:
     def match(self, level: ds.Level) -> str:
         return ds.tsquery_level(level) if self.pg else ds.fts5_level(level)
 
-    def _ids(self, by_index: bool = False) -> str:
+    def _ids(self, lo: int, by_index: bool = False) -> str:
         if self.pg:
             # PostgreSQL: walking the primary key in id order only pays off when matches are
             # many; otherwise ``id + 0`` keeps the planner on the GIN index (bitmap scan).
             ids = "id" if by_index else "id + 0"
-            return f"SELECT id FROM dir_search WHERE tsv @@ to_tsquery('simple', :m) AND {ids} BETWEEN :lo AND :hi"
+            # The section as a literal, so that the planner can use that section's partial GIN index.
+            section = next((f" AND section = '{n}'" for n, k in SECTIONS.items() if k * SECTION_SPAN == lo), "")
+            return (f"SELECT id FROM dir_search WHERE tsv @@ to_tsquery('simple', :m){section} "
+                    f"AND {ids} BETWEEN :lo AND :hi")
         return f"SELECT rowid AS id FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :m AND rowid BETWEEN :lo AND :hi"
 
     async def prepare(self) -> None:
         if self.pg:
             # Plan each query with its own words: a generic plan cannot tell rare words from common ones.
             await self.s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+            # Exact (not lossy) bitmaps for common words: no re-check of every row of a page.
+            await self.s.execute(sa.text("SET LOCAL work_mem = '32MB'"))
 
     async def frequent(self, level: ds.Level) -> bool:
         """PostgreSQL: do the level's words match so many rows that id order beats the GIN bitmap?"""
@@ -1051,19 +1059,19 @@ class _Engine:
         return self._frequent[keep]
 
     async def count(self, m: str, lo: int, hi: int, cap: int, frequent: bool = False) -> int:
-        sql = f"SELECT count(*) FROM ({self._ids(by_index=frequent)} LIMIT :cap) AS t"
+        sql = f"SELECT count(*) FROM ({self._ids(lo, by_index=frequent)} LIMIT :cap) AS t"
         return await self.s.scalar(sa.text(sql), {"m": m, "lo": lo, "hi": hi, "cap": cap}) or 0
 
     async def page(self, m: str, lo: int, hi: int, limit: int, offset: int,
                    ref: communes_service.Commune | None, many: bool = False) -> list[int]:
         params: dict[str, Any] = {"m": m, "lo": lo, "hi": hi, "limit": limit, "offset": offset}
         if ref is None or ref.latitude is None:
-            sql = f"{self._ids(by_index=many)} ORDER BY id LIMIT :limit OFFSET :offset"
+            sql = f"{self._ids(lo, by_index=many)} ORDER BY id LIMIT :limit OFFSET :offset"
         else:
             params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
             dist = ("COALESCE((s.latitude - :lat) * (s.latitude - :lat) + "
                     "((s.longitude - :lon) * :k) * ((s.longitude - :lon) * :k), 1e9)")
-            sql = (f"SELECT s.id FROM dir_search s WHERE s.id IN ({self._ids()}) "
+            sql = (f"SELECT s.id FROM dir_search s WHERE s.id IN ({self._ids(lo)}) "
                    f"ORDER BY {dist}, s.id LIMIT :limit OFFSET :offset")
         return list((await self.s.execute(sa.text(sql), params)).scalars().all())
 
@@ -1152,7 +1160,12 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
         fuzzy: dict[str, list[str]] = {}
         if tokens and any(ds.max_typos(t) for t in tokens):
             loose = ds.levels(tier_queries[-1:], rings[-1:])[0]
-            if await engine.count(engine.match(loose), 0, 3 * SECTION_SPAN, FUZZY_BELOW) < FUZZY_BELOW:
+            found = 0
+            for n in SECTIONS.values():
+                if found < FUZZY_BELOW:
+                    found += await engine.count(engine.match(loose), n * SECTION_SPAN, (n + 1) * SECTION_SPAN - 1,
+                                                FUZZY_BELOW - found)
+            if found < FUZZY_BELOW:
                 fuzzy = await _fuzzy(s, tokens)
                 tier_queries = ds.tiers(tokens, fuzzy, filters)
         out["query"]["typos"] = fuzzy

@@ -252,5 +252,6 @@ POSTGRES_DDL = (
     "CREATE EXTENSION IF NOT EXISTS pg_trgm",
     "CREATE EXTENSION IF NOT EXISTS unaccent",
     "ALTER TABLE dir_search ADD COLUMN tsv tsvector GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED",
-    "CREATE INDEX ix_dir_search_tsv ON dir_search USING gin (tsv)",
+    *(f"CREATE INDEX ix_dir_search_tsv_{name} ON dir_search USING gin (tsv) WHERE section = '{name}'"
+      for name in SECTIONS),
 )
