@@ -261,6 +261,11 @@ def report(meta: dict[str, Any], runs: list[dict[str, Any]], args: argparse.Name
         "middleware; wall = the client's request time over loopback.",
         "",
     ]
+    load = re.search(r"load average: ([0-9.]+)", meta.get("load_before", ""))
+    if load and float(load.group(1)) > (meta["machine"].get("cores") or 1):
+        out += [f"Note: the load average was {load.group(1)} on {meta['machine']['cores']} cores when this ran "
+                "(other engineers' tests and benchmarks): the p50 column shows the pages' own cost, the p99 "
+                "column mostly the waiting for a CPU.", ""]
     for run in runs:
         store = run["store"]
         out += [f"## {run['engine']}", "",
