@@ -18,7 +18,7 @@ PAGE_BUDGET = 150 * 1024
 
 @pytest.fixture(scope="module")
 def hostile_message(server):
-    return insert_hostile_message(server, "alice.martin")
+    return insert_hostile_message(server, "sophie.blanc")
 
 
 @contextlib.contextmanager
@@ -168,7 +168,7 @@ def test_send_and_draft_through_the_form(server, make_user):
 
 def test_hostile_html_is_sanitised_in_the_page(server, hostile_message):
     mailbox_id, message_id, _ = hostile_message
-    with web_login(server, "alice.martin") as web:
+    with web_login(server, "sophie.blanc") as web:
         r = web.get(f"/message/{mailbox_id}/{message_id}", headers={"HX-Request": "true"})
         assert r.status_code == 200
         pane = r.text
