@@ -108,6 +108,8 @@ class Postfix:
         # Our domain goes to our gateway, its own domain to maildirs, anything else is dropped.
         (self.conf / "transport").write_text(f"{relay_domain} smtp:[{host}]:{relay_port}\n"
                                              f"{OTHER_DOMAIN} virtual:\n* discard:\n")
+        # A mailbox that is always "full" (temporary failure), for the retry tests.
+        (self.conf / "access").write_text(f"plein@{OTHER_DOMAIN} 452 4.2.2 Boite pleine\n")
         (self.conf / "vmailbox").write_text("".join(f"{u}@{OTHER_DOMAIN} {u}/\n" for u in users))
         (self.conf / "main.cf").write_text(f"""
 compatibility_level = 3.6
@@ -143,6 +145,7 @@ virtual_gid_maps = static:{pw.pw_gid}
 relay_domains = {relay_domain}
 transport_maps = texthash:{self.conf / 'transport'}
 smtpd_relay_restrictions = permit_mynetworks, permit_auth_destination, reject
+smtpd_recipient_restrictions = check_recipient_access texthash:{self.conf / 'access'}, permit
 smtpd_tls_cert_file = {self.conf / 'cert.pem'}
 smtpd_tls_key_file = {self.conf / 'key.pem'}
 smtpd_tls_CAfile = {self.conf / 'ca.pem'}

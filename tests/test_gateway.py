@@ -18,6 +18,7 @@ import uuid
 import warnings
 import zipfile
 from dataclasses import dataclass
+from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -428,6 +429,42 @@ def test_permanent_failure_puts_a_french_notice_in_the_senders_mailbox(gw):
     [notice] = wait_for(lambda: find(alice, box, f"Non distribué : {subject}"))
     body = alice.get(f"/api/v1/mailboxes/{box}/messages/{notice['id']}").json()["body"]
     assert "espace de confiance" in body
+
+
+def test_temporary_failures_are_retried_then_expire_with_a_notice(gw):
+    alice = gw.server.login("alice.martin")
+    box = mailbox_id(alice, f"alice.martin@{DOMAIN}")
+    subject = f"Boîte pleine {uuid.uuid4().hex[:6]}"
+    sent = alice.post("/api/v1/messages", json={"from_mailbox": box, "to": [f"plein@{OTHER_DOMAIN}"],
+                                                "subject": subject, "body": "?"}).json()
+
+    def status():
+        return alice.get(f"/api/v1/messages/{sent['id']}/delivery").json()["items"][0]
+
+    # 452: kept in the outbox and retried with back-off (1 s, then 2 s here).
+    wait_for(lambda: status()["status"] == "retrying" and status()["attempts"] >= 2)
+    assert "452" in status()["detail"]
+    admin = gw.server.login("admin")
+    assert any(i["message_id"] == sent["id"] and i["status"] == "retrying"
+               for i in admin.get("/api/v1/admin/outbox").json()["items"])
+    assert not find(alice, box, f"Non distribué : {subject}")
+
+    # Past the retry period, the next failure is final and the sender is told.
+    async def age(core, message_id):
+        import sqlalchemy as sa
+
+        from monsisra.domain.clock import utcnow
+        from monsisra.store.models import Message
+
+        async with core.write() as tx:
+            await tx.session.execute(sa.update(Message).where(Message.id == message_id).values(
+                sent_at=utcnow() - timedelta(seconds=core.settings.outbound_retry_seconds + 60)))
+
+    gw.server.call(age, gw.server.core, sent["id"])
+    wait_for(lambda: status()["status"] == "failed", timeout=60)
+    [notice] = wait_for(lambda: find(alice, box, f"Non distribué : {subject}"))
+    body = alice.get(f"/api/v1/mailboxes/{box}/messages/{notice['id']}").json()["body"]
+    assert "délai de remise dépassé" in body and "452" in body
 
 
 def test_admin_trust_and_outbox_api(gw):
