@@ -272,3 +272,10 @@ def test_cookie_is_secure_over_tls(server):
         response = Response()
         sessions.set_cookie(response, request, "token")
         assert ("secure" in response.headers["set-cookie"].lower()) is secure
+
+
+def test_api_documentation_page_is_not_broken_by_the_csp(server):
+    with httpx.Client(base_url=server.base_url, timeout=30) as anon:
+        r = anon.get("/docs")
+        assert r.status_code == 200 and "content-security-policy" not in r.headers
+        assert "content-security-policy" in anon.get("/connexion").headers
