@@ -279,3 +279,22 @@ def test_api_documentation_page_is_not_broken_by_the_csp(server):
         r = anon.get("/docs")
         assert r.status_code == 200 and "content-security-policy" not in r.headers
         assert "content-security-policy" in anon.get("/connexion").headers
+
+
+def test_list_pages_with_the_cursor(server, make_user):
+    sender, _, sender_box = make_user("Pages")
+    reader, reader_address, reader_box = make_user("Lecteur")
+    with server.login(sender, "secret-pass") as api:
+        for i in range(55):
+            r = api.post("/api/v1/messages", json={"from_mailbox": sender_box, "to": [reader_address],
+                                                   "subject": f"Message numéro {i:02d}", "body": "."})
+            assert r.status_code == 201
+    with web_login(server, reader, "secret-pass") as web:
+        first = web.get("/boite/liste", params={"bal": reader_box, "dossier": "inbox"}).text
+        assert first.count('<li class="item') == 50 and "Message numéro 54" in first
+        cursor = re.search(r"apres=([A-Za-z0-9_-]+)", first).group(1)
+        rest = web.get("/boite/liste", params={"bal": reader_box, "dossier": "inbox", "apres": cursor}).text
+        assert rest.count('<li class="item') == 5 and "Message numéro 00" in rest and "Plus de messages" not in rest
+        everything = web.get("/boite/liste", params={"bal": reader_box, "dossier": "inbox", "n": 60}).text
+        assert everything.count('<li class="item') == 55
+        assert web.get("/boite/liste", params={"bal": sender_box, "dossier": "inbox"}).status_code == 404
