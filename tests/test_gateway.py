@@ -341,6 +341,23 @@ def test_connections_per_client_are_capped(gw):
                    f"secretariat@{OTHER_DOMAIN}", [f"alice.martin@{DOMAIN}"])[0] == 250
 
 
+def test_message_rate_per_client_is_limited(gw):
+    limits = gw.server.app.state.smtp.limits
+    saved = limits.max_per_minute
+    limits.allow_message("127.0.0.1")  # prune the window of older entries
+    limits.max_per_minute = len(limits.recent["127.0.0.1"]) + 2
+    try:
+        sender = f"secretariat@{OTHER_DOMAIN}"
+        for n in range(2):
+            raw = unique_mail(sender, f"alice.martin@{DOMAIN}", f"rafale {n}")
+            assert gw.send(raw, sender, [f"alice.martin@{DOMAIN}"])[0] == 250
+        code, text = gw.send(unique_mail(sender, f"alice.martin@{DOMAIN}", "de trop"), sender,
+                             [f"alice.martin@{DOMAIN}"])
+        assert code == 451 and "trop de messages" in text, (code, text)
+    finally:
+        limits.max_per_minute = saved
+
+
 def test_tls_12_minimum_and_client_certificate_checked_against_the_trust_anchors(gw):
     old = ssl.create_default_context(cafile=str(gw.pki.ca_cert))
     with warnings.catch_warnings():

@@ -58,7 +58,7 @@ class Handler:
                           mail_options: list[str]) -> str:
         client = _client(session)
         if not self.limits.allow_message(client):
-            return "451 4.7.1 trop de messages de ce client : réessayez dans une minute"
+            return "451 4.7.1 trop de messages de ce client : reessayez dans une minute"
         refusal = await inbound.check_sender(self.core, address)
         if refusal:
             return ascii_reply(refusal)
@@ -87,7 +87,7 @@ class Handler:
                 raw=raw)))
         except Exception:
             log.exception("inbound message from %s failed", _client(session))
-            return "451 4.3.0 erreur temporaire du serveur : réessayez plus tard"
+            return "451 4.3.0 erreur temporaire du serveur : reessayez plus tard"
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("SMTP session error: %r", error)
