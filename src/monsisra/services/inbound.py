@@ -40,8 +40,6 @@ from monsisra.store.gateway import InboundMessage, RawMessage, sync_sqlite_engin
 from monsisra.store.models import (
     Attachment,
     Delivery,
-    Mailbox,
-    MailboxAccess,
     Message,
     MessageAttachment,
     Patient,
@@ -412,31 +410,10 @@ def _keep_raw(s, jobs: list[_Job], now) -> None:
 
 
 def _deliver_batch(s: Session, out: list, placements: list[tuple[Any, int]]) -> None:
-    """``messages.deliver`` for many messages at once: uids and modseqs reserved per mailbox
-    in one statement each (mailboxes locked in id order), deliveries in one INSERT."""
-    per_box: dict[int, list[Any]] = {}
-    for message, box in placements:
-        per_box.setdefault(box, []).append(message)
-    rows = []
-    for box in sorted(per_box):
-        batch = per_box[box]
-        k = len(batch)
-        next_uid, modseq = (s.execute(
-            sa.update(Mailbox).where(Mailbox.id == box)
-            .values(next_uid=Mailbox.next_uid + k, modseq=Mailbox.modseq + k)
-            .returning(Mailbox.next_uid, Mailbox.modseq))).one()
-        for n, message in enumerate(batch):
-            rows.append({"mailbox_id": box, "message_id": message.id, "uid": next_uid - k + n, "role": Role.IN,
-                         "category": message.category, "created_at": message.created_at,
-                         "modseq": modseq - k + 1 + n, "read": False})
-    s.execute(sa.insert(Delivery), rows)
-    owners = _accounts_of(s, list(per_box))
-    for d, (message, _) in zip(rows, [(m, b) for b in sorted(per_box) for m in per_box[b]], strict=True):
-        out.append(("message.new", owners.get(d["mailbox_id"], []), dict(
-            mailbox_id=d["mailbox_id"], message_id=message.id, role=Role.IN, category=message.category,
-            subject=message.subject, sender=message.sender_name or message.sender_address)))
-    for box in per_box:
-        out.append(("counts", owners.get(box, []), {"mailbox_ids": [box]}))
+    """Place the batch's messages in their mailboxes (``messages.place_sync``, one INSERT)."""
+    out.extend(messages.place_sync(s, [
+        messages.Placement(m.id, box, Role.IN, m.category, m.created_at, m.subject, m.sender_name or m.sender_address)
+        for m, box in placements]))
 
 
 def _new_message(s: Session, job: _Job, targets: list[_Box], now) -> tuple[SimpleNamespace, list]:
@@ -542,19 +519,10 @@ def _apply_mdn(s: Session, out: list, parsed: mime.ParsedMail, mailbox_ids: list
     if recipient is None or recipient.read_at is not None:
         return
     recipient.read_at = now
-    owners = _accounts_of(s, [original.from_mailbox_id])
+    owners = mailboxes.accounts_of_sync(s, [original.from_mailbox_id])
     out.append(("message.read", owners.get(original.from_mailbox_id, []), dict(
         message_id=original.id, mailbox_id=original.from_mailbox_id, reader_mailbox=recipient.address,
         read_at=now.isoformat(), reader_name=recipient.display_name or recipient.address)))
-
-
-def _accounts_of(s: Session, mailbox_ids: list[int]) -> dict[int, list[int]]:
-    rows = s.execute(sa.select(MailboxAccess.mailbox_id, MailboxAccess.account_id)
-                     .where(MailboxAccess.mailbox_id.in_(mailbox_ids)))
-    result: dict[int, list[int]] = {i: [] for i in mailbox_ids}
-    for mailbox_id, account_id in rows:
-        result[mailbox_id].append(account_id)
-    return result
 
 
 async def raw_message(core: Core, sha256: str) -> bytes | None:

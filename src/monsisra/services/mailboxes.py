@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from monsisra.domain.addresses import base_local_part, candidate_addresses, local_part, normalize_address  # noqa: F401
 from monsisra.domain.clock import utcnow
@@ -173,10 +174,15 @@ async def list_for(core: Core, actor: Actor) -> list[MailboxView]:
 
 async def accounts_of(session: AsyncSession, mailbox_ids) -> dict[int, list[int]]:
     """mailbox id → accounts that may use it (event fan-out)."""
+    return await session.run_sync(accounts_of_sync, mailbox_ids)
+
+
+def accounts_of_sync(session: Session, mailbox_ids) -> dict[int, list[int]]:
+    """:func:`accounts_of` for synchronous code (a sync session, or ``run_sync``)."""
     ids = list(set(mailbox_ids))
     if not ids:
         return {}
-    rows = await session.execute(
+    rows = session.execute(
         sa.select(MailboxAccess.mailbox_id, MailboxAccess.account_id).where(MailboxAccess.mailbox_id.in_(ids))
     )
     result: dict[int, list[int]] = {i: [] for i in ids}

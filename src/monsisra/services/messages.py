@@ -16,6 +16,7 @@ from typing import Any
 import nh3
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from monsisra.domain.addresses import PATIENT_DOMAIN, domain_of, normalize_address
 from monsisra.domain.clock import as_utc, utcnow
@@ -155,21 +156,21 @@ async def _patient_for(session: AsyncSession, ref: PatientRef) -> Patient:
     return patient
 
 
-async def allocate_uids(session: AsyncSession, wanted: dict[int, int]) -> dict[int, tuple[int, int]]:
+def allocate_uids(session: Session, wanted: dict[int, int]) -> dict[int, tuple[int, int]]:
     """Reserve ``wanted[mailbox]`` consecutive uids and modseqs per mailbox; returns the first of each.
 
-    On PostgreSQL the rows are locked first, in id order (no deadlock between two sends), with
+    On PostgreSQL the rows are locked first, in id order (no deadlock between two writers), with
     FOR NO KEY UPDATE: a plain FOR UPDATE would wait on the KEY SHARE locks that the foreign keys
     of concurrent inserts hold. SQLite has one writer at a time.
     """
     ids = sorted(wanted)
     if session.bind.dialect.name != "sqlite":
-        await session.execute(sa.select(Mailbox.id).where(Mailbox.id.in_(ids)).order_by(Mailbox.id)
-                              .with_for_update(key_share=True))
+        session.execute(sa.select(Mailbox.id).where(Mailbox.id.in_(ids)).order_by(Mailbox.id)
+                        .with_for_update(key_share=True))
     result: dict[int, tuple[int, int]] = {}
     for k in sorted(set(wanted.values())):
         group = [i for i in ids if wanted[i] == k]
-        rows = await session.execute(
+        rows = session.execute(
             sa.update(Mailbox).where(Mailbox.id.in_(group))
             .values(next_uid=Mailbox.next_uid + k, modseq=Mailbox.modseq + k)
             .returning(Mailbox.id, Mailbox.next_uid, Mailbox.modseq))
@@ -191,19 +192,19 @@ class Placement:
     sender: str = ""
 
 
-async def place(tx: Tx, placements: list[Placement]) -> None:
-    """Create the deliveries of stored messages (one INSERT) and announce them after commit.
+PendingEvent = tuple[str, list[int], dict[str, Any]]
 
-    The single way messages enter mailboxes: local sends, inbound SMTP, notices. Uids are
-    strictly increasing per mailbox in the order of ``placements``.
-    """
+
+def place_sync(session: Session, placements: list[Placement]) -> list[PendingEvent]:
+    """Create the deliveries of stored messages (one INSERT); returns the events to publish
+    after commit. The single way messages enter mailboxes (local sends, inbound SMTP,
+    notices), usable from synchronous code. Uids strictly increase per mailbox, in order."""
     if not placements:
-        return
-    s = tx.session
+        return []
     wanted: dict[int, int] = {}
     for p in placements:
         wanted[p.mailbox_id] = wanted.get(p.mailbox_id, 0) + 1
-    first = await allocate_uids(s, wanted)
+    first = allocate_uids(session, wanted)
     used: dict[int, int] = {}
     rows = []
     for p in placements:
@@ -214,14 +215,21 @@ async def place(tx: Tx, placements: list[Placement]) -> None:
                      "category": p.category, "created_at": p.created_at, "modseq": modseq + n,
                      "read": p.role != Role.IN, "favorite": False, "todo": False, "archived": False,
                      "deleted": False})
-    await s.execute(sa.insert(Delivery), rows)
-    owners = await mailboxes.accounts_of(s, list(wanted))
-    for p in placements:
-        tx.emit("message.new" if p.role == Role.IN else "message.stored", owners.get(p.mailbox_id, []),
-                mailbox_id=p.mailbox_id, message_id=p.message_id, role=p.role, category=p.category,
-                subject=p.subject, sender=p.sender)
-    for mailbox_id in wanted:
-        tx.emit("counts", owners.get(mailbox_id, []), mailbox_ids=[mailbox_id])
+    session.execute(sa.insert(Delivery), rows)
+    owners = mailboxes.accounts_of_sync(session, list(wanted))
+    events: list[PendingEvent] = [
+        ("message.new" if p.role == Role.IN else "message.stored", owners.get(p.mailbox_id, []),
+         {"mailbox_id": p.mailbox_id, "message_id": p.message_id, "role": p.role, "category": p.category,
+          "subject": p.subject, "sender": p.sender})
+        for p in placements]
+    events += [("counts", owners.get(m, []), {"mailbox_ids": [m]}) for m in wanted]
+    return events
+
+
+async def place(tx: Tx, placements: list[Placement]) -> None:
+    """:func:`place_sync` in an async transaction; its events go out after the commit."""
+    for type_, account_ids, data in await tx.session.run_sync(place_sync, placements):
+        tx.emit(type_, account_ids, **data)
 
 
 async def bump_modseq(session: AsyncSession, mailbox_id: int) -> int:
