@@ -375,16 +375,17 @@ def test_failed_send_leaves_nothing(server, monkeypatch):
                           for t in (Message, Recipient, Delivery)])
 
     before = server.call(totals, server.core)
-    real = messages.mailboxes.accounts_of
+    real = messages.mailboxes.accounts_of_sync
 
-    async def boom(*args, **kwargs):
+    def boom(*args, **kwargs):
+        # Called after the message, recipients and deliveries rows are written.
         raise RuntimeError("simulated crash during delivery")
 
-    monkeypatch.setattr(messages.mailboxes, "accounts_of", boom)
+    monkeypatch.setattr(messages.mailboxes, "accounts_of_sync", boom)
     try:
         r = send(alice, to=[f"bruno.petit@{DOMAIN}", f"claire.roux@{DOMAIN}"], subject="crash", body="x")
     finally:
-        monkeypatch.setattr(messages.mailboxes, "accounts_of", real)
+        monkeypatch.setattr(messages.mailboxes, "accounts_of_sync", real)
     body = problem_ok(r, 500)
     assert "simulated" not in body["detail"]
     assert server.call(totals, server.core) == before
