@@ -78,3 +78,12 @@ def test_mailbox_create_and_grant(cli_env, tmp_path):
         "select access from mailbox_access join mailboxes on mailboxes.id = mailbox_id "
         "where address = 'pneumologie.ch-test@monsisra.localhost'").fetchone()
     assert row == ("member",)
+
+
+def test_demo_trusts_the_operators_it_shows(cli_env):
+    assert run(cli_env, "db", "upgrade").returncode == 0
+    assert run(cli_env, "demo").returncode == 0
+    listed = run(cli_env, "trust", "list")
+    assert listed.returncode == 0
+    for domain in ("patient.mssante.fr", "ch-vichy.mssante.fr", "labo-dore.mssante.fr"):
+        assert domain in listed.stdout + listed.stderr

@@ -223,7 +223,8 @@ def test_reading_a_message_sends_a_displayed_mdn_or_asks_first(gw):
     raw = unique_mail(remote, f"bruno.petit@{DOMAIN}", s2, Disposition_Notification_To=f"labo@{OTHER_DOMAIN}")
     assert gw.send(raw, remote, [f"bruno.petit@{DOMAIN}"])[0] == 250
     [item] = find(bruno, box, s2)
-    bruno.get(f"/api/v1/mailboxes/{box}/messages/{item['id']}")
+    read = bruno.get(f"/api/v1/mailboxes/{box}/messages/{item['id']}").json()
+    assert read["mdn"]["mdn_pending"] is True  # the reading client learns it must ask the user
     state = bruno.get(f"/api/v1/mailboxes/{box}/messages/{item['id']}/mdn").json()
     assert state["mdn_pending"] is True and state["notify_to"] == f"labo@{OTHER_DOMAIN}"
     assert bruno.post(f"/api/v1/mailboxes/{box}/messages/{item['id']}/mdn", json={"send": True}).json()[

@@ -12,11 +12,12 @@ import sqlalchemy as sa
 from monsisra.domain.clock import utcnow
 from monsisra.domain.model import Access, Category, MailboxKind, Role
 from monsisra.domain.text import preview
-from monsisra.services import accounts, attachments, mailboxes, messages
+from monsisra.services import accounts, attachments, mailboxes, messages, trust
 from monsisra.services.core import Actor, Core
 from monsisra.store.models import Account, Delivery, Mailbox, Message, Patient
 
 PASSWORD = "demo"
+TRUSTED_DEMO_DOMAINS = ("patient.mssante.fr", "ch-vichy.mssante.fr", "labo-dore.mssante.fr")
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,8 @@ async def load(core: Core, progress=None) -> None:
                 for username in members:
                     await mailboxes.grant(core, mb.id, people[username].id, Access.MEMBER)
             bar.advance(task)
+        # The other MSSanté operators whose mail the demo shows (and patients' Mon espace santé).
+        await trust.add(core, list(TRUSTED_DEMO_DOMAINS), note="démonstration")
         alice_box = await _mailbox(core, f"alice.martin@{domain}")
         await mailboxes.grant(core, alice_box.id, people["sophie.blanc"].id, Access.DELEGATE)
         bar.advance(task)

@@ -623,6 +623,11 @@ async def get(core: Core, actor: Actor, mailbox_id: int, message_id: int, *, mar
     if mark_read and row.role == Role.IN and not row.read:
         await _mark_read(core, actor, row.delivery_id)
         item["state"]["read"] = True
+    if row.receipt_requested and row.role == Role.IN:
+        from monsisra.services import mdn  # the gateway's read receipts (RFC 8098)
+
+        # mdn_pending: the sender asked for a receipt at another address; the user decides.
+        item["mdn"] = await mdn.status(core, actor, mailbox_id, message_id)
     if row.patient_id and mark_read:
         async with core.write() as tx:
             audit.record(tx.session, actor.account_id, "patient.read", object_type="message",
