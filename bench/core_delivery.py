@@ -101,12 +101,12 @@ async def run_service(url: str, data_dir: Path, n: int, fanout: int, concurrency
             for c in it:
                 await messages.send(core, actor, messages.Compose(**c))
 
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         await core.close()
-    return {"messages": n, "seconds": elapsed, "warmup": len(warm)}
+    return {"messages": n, "seconds": elapsed, "warmup": len(warm), "cpu_ms_per_msg": round(cpu / n * 1000, 2)}
 
 
 async def lean_send(core: Core, actor: Actor, c: dict[str, Any]) -> int:
@@ -178,12 +178,12 @@ async def run_lean(url: str, data_dir: Path, n: int, fanout: int, concurrency: i
             for c in it:
                 await lean_send(core, actor, c)
 
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         await core.close()
-    return {"messages": n, "seconds": elapsed, "warmup": len(warm)}
+    return {"messages": n, "seconds": elapsed, "warmup": len(warm), "cpu_ms_per_msg": round(cpu / n * 1000, 2)}
 
 
 async def run_http(url: str, data_dir: Path, n: int, fanout: int, concurrency: int) -> dict[str, Any]:
@@ -231,9 +231,10 @@ async def run_http(url: str, data_dir: Path, n: int, fanout: int, concurrency: i
                     r = await client.post("/api/v1/messages", json=c)
                     assert r.status_code == 201, r.text
 
-            t0 = time.perf_counter()
+            s0, c0, t0 = _proc_cpu(proc.pid), time.process_time(), time.perf_counter()
             await asyncio.gather(*(worker(c) for c in clients))
             elapsed = time.perf_counter() - t0
+            server_cpu, client_cpu = _proc_cpu(proc.pid) - s0, time.process_time() - c0
         finally:
             for c in clients:
                 await c.aclose()
@@ -243,7 +244,14 @@ async def run_http(url: str, data_dir: Path, n: int, fanout: int, concurrency: i
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    return {"messages": n, "seconds": elapsed, "warmup": 20}
+    return {"messages": n, "seconds": elapsed, "warmup": 20, "cpu_ms_per_msg": round(server_cpu / n * 1000, 2),
+            "client_cpu_ms_per_msg": round(client_cpu / n * 1000, 2)}
+
+
+def _proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (the uvicorn server), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def read_rows(url: str) -> dict[str, list[dict[str, Any]]]:
@@ -311,6 +319,7 @@ def one_scenario(engine: str, path: str, fanout: int, n: int, concurrency: int, 
         "engine": engine, "path": path, "recipients": fanout, "clients": concurrency, "messages": n,
         "seconds": round(res["seconds"], 3), "messages_per_s": round(msg_s, 1),
         "deliveries_per_s": round(msg_s * fanout, 1), "rows_per_s": round(msg_s * (1 + fanout + fanout + 1), 1),
+        "cpu_ms_per_msg": res.get("cpu_ms_per_msg"), "client_cpu_ms_per_msg": res.get("client_cpu_ms_per_msg"),
         "raw_messages": total_msgs,
         "raw_batch_seconds": round(raw["batch"], 3),
         "raw_batch_deliveries_per_s": round(total_msgs * fanout / raw["batch"], 1),
@@ -323,6 +332,13 @@ def one_scenario(engine: str, path: str, fanout: int, n: int, concurrency: int, 
           f"{out['raw_batch_deliveries_per_s']}/s, raw 1 tx/msg {out['raw_per_message_deliveries_per_s']}/s",
           flush=True)
     return out
+
+
+def _cpu(r: dict[str, Any]) -> str:
+    if r.get("cpu_ms_per_msg") is None:
+        return "–"
+    client = r.get("client_cpu_ms_per_msg")
+    return f"{r['cpu_ms_per_msg']:.1f}" + (f" + {client:.1f}" if client is not None else "")
 
 
 def render(meta: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
@@ -338,13 +354,16 @@ def render(meta: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
         "events) with one SQLAlchemy Core statement per table, to show what the service could reach.",
         "PostgreSQL runs with fsync=on, synchronous_commit=on (durable commits on both engines).",
         "",
-        "| engine | path | to | clients | messages | msg/s | deliveries/s | raw batch deliv./s | ratio | "
-        "raw 1 tx/msg deliv./s | ratio |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "`CPU ms/msg` = CPU time per message of the process doing the work (service/lean: the benchmark "
+        "process, SQLite included; http: the uvicorn server, + the httpx clients' process after the slash).",
+        "",
+        "| engine | path | to | clients | messages | msg/s | deliveries/s | CPU ms/msg | raw batch deliv./s | "
+        "ratio | raw 1 tx/msg deliv./s | ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         md.append(f"| {r['engine']} | {r['path']} | {r['recipients']} | {r['clients']} | {r['messages']} | "
-                  f"{r['messages_per_s']:,.0f} | **{r['deliveries_per_s']:,.0f}** | "
+                  f"{r['messages_per_s']:,.0f} | **{r['deliveries_per_s']:,.0f}** | {_cpu(r)} | "
                   f"{r['raw_batch_deliveries_per_s']:,.0f} | {r['ratio_vs_raw_batch']:.1%} | "
                   f"{r['raw_per_message_deliveries_per_s']:,.0f} | {r['ratio_vs_raw_per_message']:.0%} |")
     md.append("")
