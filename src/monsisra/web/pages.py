@@ -287,10 +287,16 @@ async def load_message(core: Core, actor: Actor, mailbox_id: int, message_id: in
     msg = await messages.get(core, actor, mailbox_id, message_id)
     msg["mailbox_id"] = mailbox_id
     msg["receipts"] = await _receipts(core, actor, msg)
-    thread_id = (msg.get("thread") or {}).get("id")
-    others = await messages.thread(core, actor, mailbox_id, thread_id) if thread_id else []
+    # The thread is shown where exchanges happen: a reply, or a conversation, expertise or
+    # support request (a plain letter or result usually stands alone: no extra queries for it).
+    thread = msg.get("thread") or {}
+    threaded = thread.get("in_reply_to") or msg["category"] in THREADED
+    others = await messages.thread(core, actor, mailbox_id, thread["id"]) if threaded and thread.get("id") else []
     msg["thread_items"] = [m for m in others if m["id"] != msg["id"]]
     return msg
+
+
+THREADED = {Category.CONVERSATION, Category.TELEEXPERTISE, Category.SUPPORT, Category.PATIENT}
 
 
 async def _receipts(core: Core, actor: Actor, msg: dict[str, Any]) -> list[dict[str, Any]] | None:
