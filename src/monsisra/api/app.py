@@ -17,9 +17,8 @@ from monsisra.services.core import Core
 
 log = logging.getLogger("monsisra")
 
-# Each of these modules has ``install(app, settings)``: it adds routers and may append
-# ``async (app, core) -> stop | None`` hooks to ``app.state.startup_hooks`` (run in the lifespan).
-EXTENSIONS = ("monsisra.api.directory", "monsisra.web.install", "monsisra.gateway.install")
+# Components' ``install(app, settings)`` add routers and may append ``async (app, core) -> stop | None``
+# hooks to ``app.state.startup_hooks``, run in the lifespan.
 StartupHook = Callable[[FastAPI, Core], Awaitable[Callable[[], Awaitable[None]] | None]]
 
 
@@ -54,7 +53,7 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     problems.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_message_bytes)
     app.include_router(router)
-    _install_optional(app, settings)
+    _install_components(app, settings)
     return app
 
 
@@ -76,15 +75,11 @@ async def _maintenance(app: FastAPI, core: Core):
     return stop
 
 
-def _install_optional(app: FastAPI, settings: Settings) -> None:
-    """Mount the parts that live in other packages (web pages, gateway, directory)."""
-    import importlib
+def _install_components(app: FastAPI, settings: Settings) -> None:
+    """Mount the directory API, the web pages and the MSSanté gateway (each has ``install``)."""
+    from monsisra.api import directory
+    from monsisra.gateway import install as gateway
+    from monsisra.web import install as web
 
-    for module_name in EXTENSIONS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # that component is not part of this build
-            raise
-        module.install(app, settings)
+    for component in (directory, web, gateway):
+        component.install(app, settings)

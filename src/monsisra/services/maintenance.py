@@ -47,6 +47,12 @@ async def purge(core: Core) -> PurgeReport:
         still_used = set(await s.scalars(sa.select(Attachment.sha256).where(Attachment.sha256.in_(digests)))) \
             if digests else set()
         report.uploads = len(orphans)
+    if core.db.is_sqlite:
+        # Keep the planner's statistics current (SQLite has no autovacuum/analyze daemon).
+        # analysis_limit bounds the work per index, so this stays quick on a large store.
+        async with core.write() as tx:
+            await tx.session.execute(sa.text("PRAGMA analysis_limit=1000"))
+            await tx.session.execute(sa.text("ANALYZE"))
     # Files go after the commit: a crash in between leaves an unreferenced file, never a dangling row.
     for digest in digests - still_used:
         if await _unreferenced_elsewhere(core, digest):
