@@ -507,6 +507,9 @@ async def list_messages(core: Core, actor: Actor, mailbox_id: int, *, view: str 
     async with core.read() as s:
         await mailboxes.access_of(s, actor, mailbox_id)
         if terms:
+            if s.bind.dialect.name == "postgresql":
+                # A generic plan of the prepared statement would ignore how rare the words are.
+                await s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
             stmt, order_key = _search_statement(s.bind.dialect.name, mailbox_id, terms)
         else:
             stmt = sa.select(*_LIST_COLUMNS).select_from(Delivery).join(Message, Message.id == Delivery.message_id)
