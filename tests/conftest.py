@@ -41,7 +41,7 @@ def make_user(server):
 
     def _make(first: str = "Test", last: str | None = None, **kw):
         username = unique("user")
-        account, mailbox = server.call(accounts.create_account, server.core, accounts.NewAccount(
+        _account, mailbox = server.call(accounts.create_account, server.core, accounts.NewAccount(
             username=username, password="secret-pass", first_name=first, last_name=last or username, **kw))
         return username, mailbox.address, mailbox.id
 

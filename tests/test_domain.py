@@ -8,8 +8,8 @@ from monsisra.domain.addresses import base_local_part, candidate_addresses, norm
 from monsisra.domain.ins import InvalidINS, ins_key, is_valid_ins, validate_ins
 from monsisra.domain.text import fold, search_terms
 from monsisra.services.attachments import safe_filename, sniff
-from monsisra.services.messages import sanitize_html
 from monsisra.services.demo import minimal_pdf
+from monsisra.services.messages import sanitize_html
 from tests.support import FIXTURES
 
 

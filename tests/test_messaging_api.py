@@ -32,6 +32,19 @@ def send(client, **body):
     return client.post("/api/v1/messages", json=body)
 
 
+def all_pages(client, box, **params):
+    """Ids of every page of a listing, following next_cursor (at most 50 pages)."""
+    seen, cursor = [], None
+    for _ in range(50):
+        page = client.get(f"/api/v1/mailboxes/{box}/messages",
+                          params={**params, **({"cursor": cursor} if cursor else {})}).json()
+        seen += [i["id"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return seen
+    raise AssertionError("paging did not end")
+
+
 def problem_ok(r, status):
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
@@ -224,15 +237,7 @@ def test_views_flags_counts_and_paging(server, make_user):
     assert counts["views"]["inbox"] == {"unread": 15, "total": 15}
     assert counts["categories"]["result"] == {"unread": 6, "total": 6}
     # Paging: 15 messages, pages of 4, newest first, no overlap, no gap.
-    seen, cursor = [], None
-    for _ in range(10):
-        params = {"view": "inbox", "limit": 4, **({"cursor": cursor} if cursor else {})}
-        page = c.get(f"/api/v1/mailboxes/{box}/messages", params=params).json()
-        seen += [i["id"] for i in page["items"]]
-        cursor = page["next_cursor"]
-        if not cursor:
-            break
-    assert seen == list(reversed(ids))
+    assert all_pages(c, box, view="inbox", limit=4) == list(reversed(ids))
     problem_ok(c.get(f"/api/v1/mailboxes/{box}/messages", params={"cursor": "@@@"}), 422)
     problem_ok(c.get(f"/api/v1/mailboxes/{box}/messages", params={"view": "bogus"}), 422)
     # Flags move messages between views and keep counts exact.
@@ -510,15 +515,7 @@ def test_search_is_scoped_to_the_mailbox_and_pages(server, make_user):
     send(alice, to=[addr_b], subject=f"{word} ailleurs", body="x")
     c = login_as_address(server, addr_a)
     box = mailbox_id(c)
-    seen, cursor = [], None
-    for _ in range(5):
-        params = {"q": word, "view": "all", "limit": 2, **({"cursor": cursor} if cursor else {})}
-        page = c.get(f"/api/v1/mailboxes/{box}/messages", params=params).json()
-        seen += [i["id"] for i in page["items"]]
-        cursor = page["next_cursor"]
-        if not cursor:
-            break
-    assert seen == list(reversed(mine))
+    assert all_pages(c, box, q=word, view="all", limit=2) == list(reversed(mine))
     # The internal mailbox tokens cannot be searched for.
     other_box = _mailbox_id_of(server, addr_b)
     assert c.get(f"/api/v1/mailboxes/{box}/messages", params={"q": f"zzmbx{other_box}", "view": "all"}

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.support import POSTGRES_URL, REDIS_URL, fresh_database, free_port
+from tests.support import POSTGRES_URL, REDIS_URL, free_port, fresh_database
 
 DOMAIN = "monsisra.localhost"
 

@@ -24,7 +24,7 @@ CoreDep = Annotated[Core, Depends(get_core)]
 
 class TokenOut(BaseModel):
     access_token: str
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105 (the OAuth2 token type, not a secret)
     expires_in: int
 
 

@@ -91,7 +91,8 @@ async def set_password(core: Core, username: str, password: str) -> None:
             raise NotFound(f"compte {username} introuvable")
         account.password_hash = hash_password(password)
         await tx.session.execute(
-            sa.update(Token).where(Token.account_id == account.id, Token.revoked_at.is_(None)).values(revoked_at=utcnow())
+            sa.update(Token).where(Token.account_id == account.id, Token.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
         )
         audit.record(tx.session, account.id, "account.password")
 
@@ -232,7 +233,8 @@ def account_dict(account: Account) -> dict:
 
 
 def display_name(account: Account) -> str:
-    return " ".join(p for p in (account.civility, account.first_name, account.last_name.upper()) if p) or account.username
+    parts = (account.civility, account.first_name, account.last_name.upper())
+    return " ".join(p for p in parts if p) or account.username
 
 
 def initials(first_name: str, last_name: str, fallback: str = "") -> str:

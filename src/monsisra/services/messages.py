@@ -761,13 +761,19 @@ def tally(rows, prefs: list[str] | None) -> dict[str, Any]:
     return {"views": views, "categories": cats}
 
 
+async def require_sender_access(s: AsyncSession, actor: Actor, message_id: int) -> int:
+    """The sending mailbox of a message, when the actor may use it (receipts, delivery status)."""
+    sender_mailbox = await s.scalar(sa.select(Message.from_mailbox_id).where(Message.id == message_id))
+    if sender_mailbox is None:
+        raise NotFound("message introuvable")
+    await mailboxes.access_of(s, actor, sender_mailbox)
+    return sender_mailbox
+
+
 async def receipts(core: Core, actor: Actor, message_id: int) -> list[dict[str, Any]]:
     """Who read a message, per recipient mailbox: only the sending mailbox's users may ask."""
     async with core.read() as s:
-        sender_mailbox = await s.scalar(sa.select(Message.from_mailbox_id).where(Message.id == message_id))
-        if sender_mailbox is None:
-            raise NotFound("message introuvable")
-        await mailboxes.access_of(s, actor, sender_mailbox)
+        await require_sender_access(s, actor, message_id)
         rows = await s.execute(
             sa.select(Recipient.address, Recipient.display_name, Recipient.kind, Recipient.status,
                       Recipient.read_at, Delivery.first_read_at, Account.first_name, Account.last_name,

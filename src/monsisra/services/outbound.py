@@ -418,10 +418,7 @@ async def outbox(core: Core, actor: Actor, status: str | None = None, limit: int
 async def delivery(core: Core, actor: Actor, message_id: int) -> list[dict[str, Any]]:
     """Delivery status per external recipient of a message, for the sending mailbox's users."""
     async with core.read() as s:
-        sender_mailbox = await s.scalar(sa.select(Message.from_mailbox_id).where(Message.id == message_id))
-        if sender_mailbox is None:
-            raise NotFound("message introuvable")
-        await mailboxes.access_of(s, actor, sender_mailbox)
+        await messages.require_sender_access(s, actor, message_id)
         return await _delivery_rows(s, message_id)
 
 

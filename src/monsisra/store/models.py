@@ -148,7 +148,7 @@ class Patient(Base):
 class Message(Base):
     __tablename__ = "messages"
     # Ids are never reused (drafts are deleted when sent): clients and cursors may keep them.
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 (read once by SQLAlchemy)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     message_id: Mapped[str] = mapped_column(sa.String(255), index=True)  # RFC 5322 Message-ID

@@ -6,8 +6,8 @@ import asyncio
 
 from alembic import context
 
-from monsisra.store.db import make_engine
 import monsisra.store.schema  # noqa: F401  (registers every table)
+from monsisra.store.db import make_engine
 from monsisra.store.models import Base
 
 target_metadata = Base.metadata
