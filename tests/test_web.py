@@ -298,3 +298,46 @@ def test_list_pages_with_the_cursor(server, make_user):
         everything = web.get("/boite/liste", params={"bal": reader_box, "dossier": "inbox", "n": 60}).text
         assert everything.count('<li class="item') == 55
         assert web.get("/boite/liste", params={"bal": sender_box, "dossier": "inbox"}).status_code == 404
+
+
+def test_receipt_to_another_address_is_asked_in_the_pane(server):
+    """A sender asking for a receipt at another address than its own: the reader decides."""
+    import sqlalchemy as sa
+
+    from monsisra.domain.clock import utcnow
+    from monsisra.domain.model import Category, Role
+    from monsisra.services import messages
+    from monsisra.store.models import Mailbox, Message, Recipient
+
+    address = f"claire.roux@{server.settings.domain}"
+
+    async def store() -> tuple[int, int]:
+        async with server.core.write() as tx:
+            box = await tx.session.scalar(sa.select(Mailbox).where(Mailbox.address == address))
+            now = utcnow()
+            msg = Message(message_id=messages.new_message_id("labo-dore.mssante.fr"),
+                          sender_address="contact@labo-dore.mssante.fr", sender_name="Laboratoire du Dore",
+                          subject="Résultat avec accusé", body="x", preview="x", category=Category.RESULT,
+                          created_at=now, sent_at=now, origin="smtp", receipt_requested=True,
+                          headers={"smtp_from": "contact@labo-dore.mssante.fr",
+                                   "notify_to": "suivi@labo-dore.mssante.fr"},
+                          search_text="resultat")
+            tx.session.add(msg)
+            await tx.session.flush()
+            msg.thread_id = msg.id
+            tx.session.add(Recipient(message_id=msg.id, kind="to", address=address, mailbox_id=box.id,
+                                     status="delivered"))
+            await messages.deliver(tx, msg, [(box.id, Role.IN)])
+            return box.id, msg.id
+
+    box, mid = server.call(store)
+    with web_login(server, "claire.roux") as web:
+        pane = web.get(f"/message/{box}/{mid}", headers={"HX-Request": "true"}).text
+        assert "suivi@labo-dore.mssante.fr" in pane and "Envoyer l'accusé" in pane
+        token = csrf_of(web.get("/boite").text)
+        r = web.post(f"/message/{box}/{mid}/accuse", data={"csrf": token, "send": "0"},
+                     headers={"HX-Request": "true"})
+        assert r.status_code == 200 and "non envoyé" in r.text
+        pane = web.get(f"/message/{box}/{mid}", headers={"HX-Request": "true"}).text
+        assert "Envoyer l'accusé" not in pane and "non envoyé" in pane
+        assert web.post(f"/message/{box}/{mid}/accuse", data={"send": "1"}).status_code in (400, 403)

@@ -23,7 +23,7 @@ from starlette.background import BackgroundTask
 from monsisra import __version__
 from monsisra.domain.addresses import PATIENT_DOMAIN
 from monsisra.domain.model import CATEGORY_LABELS, Category, View
-from monsisra.services import accounts, mailboxes, messages
+from monsisra.services import accounts, mailboxes, mdn, messages
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed, NotFound, ServiceError
 from monsisra.web.session import CSRF_FIELD, CSRF_HEADER, Sessions
@@ -459,6 +459,14 @@ async def message_receipts(request: Request, mailbox_id: int, message_id: int) -
     except NotFound:
         items = []
     return render(request, "_receipts.html", msg={"id": message_id, "mailbox_id": mailbox_id, "receipts": items})
+
+
+@router.post("/message/{mailbox_id}/{message_id}/accuse")
+async def message_mdn(request: Request, mailbox_id: int, message_id: int) -> Response:
+    """The user's answer to "send a read receipt to that other address?" (RFC 8098)."""
+    actor, form = await form_actor(request)
+    state = await mdn.respond(_core(request), actor, mailbox_id, message_id, send=form.get("send") == "1")
+    return render(request, "_mdn.html", msg={"id": message_id, "mailbox_id": mailbox_id, "mdn": state})
 
 
 @router.post("/message/{mailbox_id}/{message_id}/etat")
