@@ -86,20 +86,24 @@ def compose_list(n: int, mailbox_id: int, addresses: list[str], seed: int) -> li
     return out
 
 
-async def run_service(url: str, data_dir: Path, n: int, fanout: int, concurrency: int) -> dict[str, Any]:
+async def service_send(core: Core, actor: Actor, c: dict[str, Any]) -> None:
+    await messages.send(core, actor, messages.Compose(**c))
+
+
+async def _run_in_process(send, url: str, data_dir: Path, n: int, fanout: int, concurrency: int) -> dict[str, Any]:
+    """Time ``n`` sends through ``send(core, actor, compose)`` by ``concurrency`` tasks."""
     core = Core(settings_for(url, data_dir))
     await core.start()
     try:
         actor, box, addresses = await make_accounts(core)
         warm = compose_list(20, box, addresses[:fanout], seed=1)
         for c in warm:
-            await messages.send(core, actor, messages.Compose(**c))
-        work = compose_list(n, box, addresses[:fanout], seed=2)
-        it = iter(work)
+            await send(core, actor, c)
+        it = iter(compose_list(n, box, addresses[:fanout], seed=2))
 
         async def worker() -> None:
             for c in it:
-                await messages.send(core, actor, messages.Compose(**c))
+                await send(core, actor, c)
 
         c0, t0 = time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -107,6 +111,10 @@ async def run_service(url: str, data_dir: Path, n: int, fanout: int, concurrency
     finally:
         await core.close()
     return {"messages": n, "seconds": elapsed, "warmup": len(warm), "cpu_ms_per_msg": round(cpu / n * 1000, 2)}
+
+
+async def run_service(url: str, data_dir: Path, n: int, fanout: int, concurrency: int) -> dict[str, Any]:
+    return await _run_in_process(service_send, url, data_dir, n, fanout, concurrency)
 
 
 async def lean_send(core: Core, actor: Actor, c: dict[str, Any]) -> int:
@@ -165,25 +173,7 @@ async def lean_send(core: Core, actor: Actor, c: dict[str, Any]) -> int:
 
 
 async def run_lean(url: str, data_dir: Path, n: int, fanout: int, concurrency: int) -> dict[str, Any]:
-    core = Core(settings_for(url, data_dir))
-    await core.start()
-    try:
-        actor, box, addresses = await make_accounts(core)
-        warm = compose_list(20, box, addresses[:fanout], seed=1)
-        for c in warm:
-            await lean_send(core, actor, c)
-        it = iter(compose_list(n, box, addresses[:fanout], seed=2))
-
-        async def worker() -> None:
-            for c in it:
-                await lean_send(core, actor, c)
-
-        c0, t0 = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-    finally:
-        await core.close()
-    return {"messages": n, "seconds": elapsed, "warmup": len(warm), "cpu_ms_per_msg": round(cpu / n * 1000, 2)}
+    return await _run_in_process(lean_send, url, data_dir, n, fanout, concurrency)
 
 
 async def run_http(url: str, data_dir: Path, n: int, fanout: int, concurrency: int) -> dict[str, Any]:

@@ -42,8 +42,10 @@ def is_valid_ins(value: str) -> bool:
     return True
 
 
-@dataclass(frozen=True)
+@dataclass
 class PatientIdentity:
+    """A patient as messages name them: INS with its OID, and the identity traits when known."""
+
     ins: str
     oid: str = OID_NIR
     family_name: str = ""

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from xml.sax.saxutils import escape, quoteattr
 
+from monsisra.domain.ins import PatientIdentity
+
 MAX_ENTRIES = 100
 MAX_TOTAL = 64 * 1024 * 1024
 MAX_ENTRY = 32 * 1024 * 1024
@@ -58,14 +60,7 @@ class XdmDocument:
     patient_oid: str | None = None
 
 
-@dataclass
-class XdmPatient:
-    ins: str
-    oid: str
-    family_name: str = ""
-    given_names: str = ""
-    birth_date: str | None = None
-    sex: str | None = None
+XdmPatient = PatientIdentity  # the patient named by METADATA.XML and the CDA
 
 
 @dataclass

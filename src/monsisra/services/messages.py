@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from monsisra.domain.addresses import PATIENT_DOMAIN, domain_of, normalize_address
 from monsisra.domain.clock import as_utc, utcnow
-from monsisra.domain.ins import KNOWN_OIDS, OID_NIR, InvalidINS, is_valid_ins, validate_ins
+from monsisra.domain.ins import KNOWN_OIDS, InvalidINS, PatientIdentity, is_valid_ins, validate_ins
 from monsisra.domain.model import Access, Category, Role, View
 from monsisra.domain.text import fold, preview, search_terms
 from monsisra.services import attachments as att_service
@@ -69,15 +69,7 @@ def sanitize_html(html: str) -> str:
 # --- compose & send -----------------------------------------------------------------------
 
 
-@dataclass
-class PatientRef:
-    ins: str
-    oid: str = OID_NIR
-    family_name: str = ""
-    given_names: str = ""
-    birth_date: str | None = None
-    sex: str | None = None
-    birthplace: str | None = None
+PatientRef = PatientIdentity  # the patient a message is linked to
 
 
 @dataclass
