@@ -95,6 +95,40 @@ async def blast(port: int, mails: list[bytes], rcpt: str, ctx: ssl.SSLContext) -
     return elapsed, accepted, refused
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds used by a process and all its descendants, the exited ones included (their time
+    is in their parent's ``cutime`` once reaped, and Postfix's master reaps its daemons)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After "pid (comm)": state ppid ... utime(12) stime(13) cutime(14) cstime(15), counted from state = 0.
+        stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / tick)
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, (0, 0.0))[1]
+        todo += [c for c, (parent, _) in stats.items() if parent == p]
+    return total
+
+
+def profiler(pid: int) -> subprocess.Popen | None:
+    """With SMTP_BENCH_PROFILE=FILE, a py-spy profile (raw; samples of the thread holding the GIL) of the server
+    during the first measured round: for tuning, not part of the figures."""
+    out = os.environ.get("SMTP_BENCH_PROFILE")
+    if not out:
+        return None
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--gil", "-r", "250", "-f", "raw",
+                            "-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # py-spy attaches
+    return spy
+
+
 def postfix_version() -> str:
     return subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True, text=True).stdout.strip()
 
@@ -128,11 +162,7 @@ def main() -> None:
                          "--password", "bench-pass"], ["trust", "add", OTHER_DOMAIN]):
                 subprocess.run([EXE, *cmd], env=env, check=True, capture_output=True, timeout=120)
             log = (tmp / "serve.log").open("ab")
-            serve = [EXE, "serve"]
-            if os.environ.get("SMTP_BENCH_PROFILE"):  # a py-spy profile of the server, for tuning
-                serve = ["py-spy", "record", "-o", os.environ["SMTP_BENCH_PROFILE"], "-f", "raw", "-r", "200",
-                         "--", *serve]
-            proc = subprocess.Popen(serve, env=env, stdout=log, stderr=log)
+            proc = subprocess.Popen([EXE, "serve"], env=env, stdout=log, stderr=log)
 
             def up() -> bool:
                 try:
@@ -151,11 +181,21 @@ def main() -> None:
             for rnd in range(args.rounds):
                 for name, port, rcpt in (("monsisra", smtp_port, ours), ("postfix", pf_port, theirs)):
                     mails = make_messages(args.messages, rcpt, f"r{rnd}{uuid.uuid4().hex[:6]}")
+                    spy = profiler(proc.pid) if name == "monsisra" and rnd == 0 else None
+                    server_pid = proc.pid if name == "monsisra" else postfix.master_pid()
+                    cpu0, client0 = tree_cpu(server_pid), time.process_time()
                     secs, ok, bad = asyncio.run(blast(port, mails, rcpt, ctx))
+                    cpu, client = tree_cpu(server_pid) - cpu0, time.process_time() - client0
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)
+                        spy.wait(timeout=60)
                     results[name].append({"round": rnd, "seconds": round(secs, 3), "accepted": ok, "refused": bad,
-                                          "per_second": round(ok / secs, 1)})
+                                          "per_second": round(ok / secs, 1),
+                                          "server_cpu_ms_per_message": round(cpu * 1000 / max(ok, 1), 2),
+                                          "client_cpu_ms_per_message": round(client * 1000 / max(ok, 1), 2)})
                     print(f"{name:9s} round {rnd}: {ok} accepted, {bad} refused in {secs:.2f}s "
-                          f"= {ok / secs:.1f} msg/s", flush=True)
+                          f"= {ok / secs:.1f} msg/s, server CPU {cpu * 1000 / max(ok, 1):.2f} ms/msg, "
+                          f"client CPU {client * 1000 / max(ok, 1):.2f} ms/msg", flush=True)
             queued = postfix.queue_count()
     finally:
         if proc is not None:

@@ -189,6 +189,9 @@ default_process_limit = 100
             raise RuntimeError(f"{cmd}: {result.stdout.strip()} {result.stderr.strip()}")
         return result
 
+    def master_pid(self) -> int:
+        return int((self.queue / "pid" / "master.pid").read_text().split()[0])
+
     def start(self) -> None:
         self._run("set-permissions", check=False)
         self._run("start")
