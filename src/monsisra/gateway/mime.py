@@ -10,6 +10,7 @@ from __future__ import annotations
 import email
 import email.policy
 import email.utils
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage, Message
@@ -19,6 +20,30 @@ from monsisra.gateway import mdn as mdn_mod
 MAX_DEPTH = 16
 MAX_PARTS = 300
 POLICY = email.policy.default
+MEMO_HEADER_CHARS = 998  # longer values (rare, maybe hostile) are parsed each time, not kept
+
+
+class _ReadPolicy(email.policy.EmailPolicy):
+    """``policy.default`` whose parsed header values are memoised.
+
+    The parser and :func:`_walk` ask for a part's Content-Type several times, and each request
+    runs the whole RFC 5322 header grammar again; many values (``text/plain; charset=utf-8``,
+    ``application/pdf``…) also recur from one message to the next. Parsed headers are
+    immutable ``str`` subclasses, so one parse can serve every request.
+    """
+
+    def header_fetch_parse(self, name: str, value: str):  # type: ignore[override]
+        if hasattr(value, "name") or len(value) > MEMO_HEADER_CHARS:
+            return super().header_fetch_parse(name, value)
+        return _parsed_header(self, name, value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_header(policy: _ReadPolicy, name: str, value: str):
+    return email.policy.EmailPolicy.header_fetch_parse(policy, name, value)
+
+
+READ_POLICY = _ReadPolicy()
 
 
 class MailError(Exception):
@@ -92,7 +117,7 @@ def _text_of(part: Message) -> str:
 def parse(raw: bytes, return_path: str | None = None) -> ParsedMail:
     """Parse a received message; raises :class:`MailError` for what cannot be accepted."""
     try:
-        msg = email.message_from_bytes(raw, policy=POLICY)
+        msg = email.message_from_bytes(raw, policy=READ_POLICY)
     except (RecursionError, ValueError, TypeError, IndexError) as exc:
         raise MailError(f"message illisible ({type(exc).__name__})") from None
     name, address = _address(msg, "From")

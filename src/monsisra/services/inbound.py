@@ -23,6 +23,8 @@ from typing import Any
 
 import nh3
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -220,6 +222,7 @@ async def receive(core: Core, env: Envelope) -> str:
         if isinstance(outcome, BaseException):
             raise outcome
     assert isinstance(reply, str)
+    log.info("from %s <%s>: %s (%d bytes, %d recipient(s))", env.peer, env.mail_from, reply, len(env.raw), len(boxes))
     return reply
 
 
@@ -342,14 +345,32 @@ def _committer(core: Core) -> _Committer:
     return found
 
 
+# The statements of the batch, built once: building a statement costs SQLAlchemy more than
+# SQLite takes to run it, and this path runs for every message received.
+_messages = Message.__table__
+_inbound = InboundMessage.__table__
+_SEEN = sa.select(_inbound.c.mailbox_id, _inbound.c.rfc_message_id).where(
+    _inbound.c.rfc_message_id.in_(sa.bindparam("ids", expanding=True)),
+    _inbound.c.mailbox_id.in_(sa.bindparam("boxes", expanding=True)))
+_INSERT_ATTACHMENTS = sa.insert(Attachment.__table__)
+_INSERT_MESSAGES = sa.insert(_messages).returning(_messages.c.id, sort_by_parameter_order=True)
+_START_THREADS = (sa.update(_messages).where(_messages.c.id.in_(sa.bindparam("ids", expanding=True)),
+                                             _messages.c.thread_id.is_(None))
+                  .values(thread_id=_messages.c.id))
+_INSERT_LINKS = sa.insert(MessageAttachment.__table__)
+_INSERT_RECIPIENTS = sa.insert(Recipient.__table__)
+_INSERT_INBOUND = sa.insert(_inbound)
+_INSERT_RAW = {"sqlite": sqlite_insert(RawMessage.__table__).on_conflict_do_nothing(index_elements=["sha256"]),
+               "postgresql": pg_insert(RawMessage.__table__).on_conflict_do_nothing(index_elements=["sha256"])}
+
+
 def _store_batch_at(s: Session, jobs: list[_Job], out: list, now) -> list[str]:
     """Store a batch of accepted messages in one transaction, with one multi-row INSERT per
     table; returns the SMTP reply of each. Plain synchronous code: it runs in SQLite's own
     thread (one hand-off per batch) or through ``run_sync`` on the async engine (PostgreSQL).
     Events to publish after commit are appended to ``out``."""
-    seen = set((s.execute(sa.select(InboundMessage.mailbox_id, InboundMessage.rfc_message_id).where(
-        InboundMessage.rfc_message_id.in_({j.rfc_id for j in jobs}),
-        InboundMessage.mailbox_id.in_({b[0] for j in jobs for b in j.boxes})))).all())
+    seen = set(s.execute(_SEEN, {"ids": sorted({j.rfc_id for j in jobs}),
+                                 "boxes": sorted({b[0] for j in jobs for b in j.boxes})}).all())
     replies: list[str] = []
     plans: list[tuple[_Job, list[_Box], SimpleNamespace | None, list]] = []
     for job in jobs:
@@ -365,7 +386,10 @@ def _store_batch_at(s: Session, jobs: list[_Job], out: list, now) -> list[str]:
         else:
             message, views = _new_message(s, job, targets, now)
             plans.append((job, targets, message, views))
-    s.flush()  # attachments, patients
+    s.flush()  # patients
+    files = [v for _, _, _, views in plans for v in views]
+    if files:
+        s.execute(_INSERT_ATTACHMENTS, [vars(v) for v in files])
     _insert_messages(s, [m for _, _, m, _ in plans if m is not None])
     # Rows nobody reads back in this transaction: plain multi-row INSERTs (no per-row RETURNING).
     placements: list[tuple[Any, int]] = []
@@ -386,10 +410,10 @@ def _store_batch_at(s: Session, jobs: list[_Job], out: list, now) -> list[str]:
                      "message_id": message.id if message is not None else None, "raw_sha256": job.raw_sha,
                      "raw_size": len(job.env.raw), "mail_from": job.env.mail_from[:254], "peer": job.env.peer[:80],
                      "kind": "message" if message is not None else "mdn", "received_at": now} for b in targets]
-    s.flush()
-    for model, rows in ((MessageAttachment, links), (Recipient, recipients), (InboundMessage, inbound)):
+    s.flush()  # audit rows
+    for statement, rows in ((_INSERT_LINKS, links), (_INSERT_RECIPIENTS, recipients), (_INSERT_INBOUND, inbound)):
         if rows:
-            s.execute(sa.insert(model), rows)
+            s.execute(statement, rows)
     _keep_raw(s, [j for j, _, _, _ in plans], now)
     if placements:
         _deliver_batch(s, out, placements)
@@ -402,11 +426,7 @@ def _keep_raw(s, jobs: list[_Job], now) -> None:
     if not wanted:
         return
     rows = [{"sha256": k, "size": len(v), "data": v, "received_at": now} for k, v in wanted.items()]
-    if s.bind.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    s.execute(insert(RawMessage).on_conflict_do_nothing(index_elements=["sha256"]), rows)
+    s.execute(_INSERT_RAW[s.bind.dialect.name], rows)
 
 
 def _deliver_batch(s: Session, out: list, placements: list[tuple[Any, int]]) -> None:
@@ -429,10 +449,9 @@ def _new_message(s: Session, job: _Job, targets: list[_Box], now) -> tuple[Simpl
         ctype = att_service.sniff(part.data[:8192], part.filename or "")
         if part.content_type == "message/rfc822":
             ctype = "message/rfc822"
-        attachment = Attachment(id=secrets.token_hex(16), sha256=digest, size=size, content_type=ctype,
-                                filename=att_service.safe_filename(part.filename), uploaded_by=None)
-        s.add(attachment)
-        views.append(attachment)
+        views.append(SimpleNamespace(id=secrets.token_hex(16), sha256=digest, size=size, content_type=ctype,
+                                     filename=att_service.safe_filename(part.filename), uploaded_by=None,
+                                     created_at=now))
     headers: dict[str, Any] = {"mss": parsed.mss_headers, "smtp_from": env.mail_from, "peer": env.peer}
     if parsed.notify_to:
         headers["notify_to"] = parsed.notify_to
@@ -456,20 +475,13 @@ def _insert_messages(s, new: list[SimpleNamespace]) -> None:
     """One INSERT for the batch's messages; their ids are set on them (and threads started)."""
     if not new:
         return
-    table = Message.__table__
-    rows = [dict(vars(m)) for m in new]
-    if s.bind.dialect.name == "sqlite":
-        # One multi-row statement under SQLite's single write lock: consecutive rowids, in order.
-        last = (s.execute(sa.insert(table).values(rows))).lastrowid
-        ids = list(range(last - len(rows) + 1, last + 1))
-    else:
-        ids = list(s.scalars(sa.insert(table).returning(table.c.id, sort_by_parameter_order=True), rows))
+    # One multi-row INSERT … RETURNING ("insertmanyvalues"), ids in the order of the rows.
+    ids = list(s.scalars(_INSERT_MESSAGES, [dict(vars(m)) for m in new]))
     for m, new_id in zip(new, ids, strict=True):
         m.id = new_id
         if m.thread_id is None:
             m.thread_id = new_id
-    s.execute(sa.update(table).where(table.c.id.in_(ids), table.c.thread_id.is_(None))
-                    .values(thread_id=table.c.id))
+    s.execute(_START_THREADS, {"ids": ids})
 
 
 def _patient(s, parsed: mime.ParsedMail, content: xdm.XdmContent | None) -> Patient | None:

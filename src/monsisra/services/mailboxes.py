@@ -177,14 +177,18 @@ async def accounts_of(session: AsyncSession, mailbox_ids) -> dict[int, list[int]
     return await session.run_sync(accounts_of_sync, mailbox_ids)
 
 
+_access = MailboxAccess.__table__
+# Built once: on the hot paths (every delivery) building the statement costs more than running it.
+_ACCOUNTS_OF = sa.select(_access.c.mailbox_id, _access.c.account_id).where(
+    _access.c.mailbox_id.in_(sa.bindparam("ids", expanding=True)))
+
+
 def accounts_of_sync(session: Session, mailbox_ids) -> dict[int, list[int]]:
     """:func:`accounts_of` for synchronous code (a sync session, or ``run_sync``)."""
     ids = list(set(mailbox_ids))
     if not ids:
         return {}
-    rows = session.execute(
-        sa.select(MailboxAccess.mailbox_id, MailboxAccess.account_id).where(MailboxAccess.mailbox_id.in_(ids))
-    )
+    rows = session.execute(_ACCOUNTS_OF, {"ids": ids})
     result: dict[int, list[int]] = {i: [] for i in ids}
     for mailbox_id, account_id in rows:
         result[mailbox_id].append(account_id)

@@ -148,6 +148,17 @@ async def _patient_for(session: AsyncSession, ref: PatientRef) -> Patient:
     return patient
 
 
+# Statements of the delivery hot path, built once (building one costs more than running it).
+_mailbox = Mailbox.__table__
+_LOCK_MAILBOXES = (sa.select(_mailbox.c.id).where(_mailbox.c.id.in_(sa.bindparam("ids", expanding=True)))
+                   .order_by(_mailbox.c.id).with_for_update(key_share=True))
+_RESERVE_UIDS = (sa.update(_mailbox).where(_mailbox.c.id.in_(sa.bindparam("ids", expanding=True)))
+                 .values(next_uid=_mailbox.c.next_uid + sa.bindparam("k", type_=sa.Integer),
+                         modseq=_mailbox.c.modseq + sa.bindparam("k", type_=sa.Integer))
+                 .returning(_mailbox.c.id, _mailbox.c.next_uid, _mailbox.c.modseq))
+_INSERT_DELIVERIES = sa.insert(Delivery.__table__)
+
+
 def allocate_uids(session: Session, wanted: dict[int, int]) -> dict[int, tuple[int, int]]:
     """Reserve ``wanted[mailbox]`` consecutive uids and modseqs per mailbox; returns the first of each.
 
@@ -157,15 +168,11 @@ def allocate_uids(session: Session, wanted: dict[int, int]) -> dict[int, tuple[i
     """
     ids = sorted(wanted)
     if session.bind.dialect.name != "sqlite":
-        session.execute(sa.select(Mailbox.id).where(Mailbox.id.in_(ids)).order_by(Mailbox.id)
-                        .with_for_update(key_share=True))
+        session.execute(_LOCK_MAILBOXES, {"ids": ids})
     result: dict[int, tuple[int, int]] = {}
     for k in sorted(set(wanted.values())):
         group = [i for i in ids if wanted[i] == k]
-        rows = session.execute(
-            sa.update(Mailbox).where(Mailbox.id.in_(group))
-            .values(next_uid=Mailbox.next_uid + k, modseq=Mailbox.modseq + k)
-            .returning(Mailbox.id, Mailbox.next_uid, Mailbox.modseq))
+        rows = session.execute(_RESERVE_UIDS, {"ids": group, "k": k})
         for mailbox_id, next_uid, modseq in rows:
             result[mailbox_id] = (next_uid - k, modseq - k + 1)
     return result
@@ -207,7 +214,7 @@ def place_sync(session: Session, placements: list[Placement]) -> list[PendingEve
                      "category": p.category, "created_at": p.created_at, "modseq": modseq + n,
                      "read": p.role != Role.IN, "favorite": False, "todo": False, "archived": False,
                      "deleted": False})
-    session.execute(sa.insert(Delivery), rows)
+    session.execute(_INSERT_DELIVERIES, rows)
     owners = mailboxes.accounts_of_sync(session, list(wanted))
     events: list[PendingEvent] = [
         ("message.new" if p.role == Role.IN else "message.stored", owners.get(p.mailbox_id, []),
