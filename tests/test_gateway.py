@@ -320,6 +320,13 @@ def test_smtp_refusals(gw):
     # No MAIL before STARTTLS.
     code, text = smtp_send(gw.port, ok_from, [f"alice.martin@{DOMAIN}"], msg, ctx, starttls=False)
     assert code == 530
+    # No From header: the same 550 5.1.7 whether the message is parsed here or, when large, in a
+    # helper process (the refusal crosses the process boundary intact).
+    for size in (10, 200_000):
+        nameless = unique_mail(ok_from, f"alice.martin@{DOMAIN}", "sans expéditeur", body="y" * size)
+        nameless = b"\n".join(line for line in nameless.split(b"\n") if not line.startswith(b"From:"))
+        code, text = smtp_send(gw.port, ok_from, [f"alice.martin@{DOMAIN}"], nameless, ctx)
+        assert (code, text.split()[0]) == (550, "5.1.7"), (size, code, text)
 
 
 def test_connections_per_client_are_capped(gw):

@@ -180,6 +180,38 @@ def _html_to_text(html: str) -> str:
     return " ".join(nh3.clean(html, tags=set()).split())
 
 
+@dataclass
+class _Prepared:
+    """A received message with its CPU-heavy work done (parsed, hashed, typed, XDM read)."""
+
+    parsed: mime.ParsedMail
+    raw_sha: str
+    files: list[tuple[str, int, str]]  # per attachment: sha256, size, type sniffed from the content
+    content: xdm.XdmContent | None
+    xdm_error: str | None
+
+
+def _prepare(raw: bytes, mail_from: str) -> _Prepared:
+    """Parse, hash and type a received message, and read its IHE_XDM archive. Pure CPU work on
+    the bytes: large messages get it done in a helper process (see :func:`receive`)."""
+    parsed = mime.parse(raw, mail_from)
+    files = []
+    for part in parsed.attachments:
+        kind = ("message/rfc822" if part.content_type == "message/rfc822"
+                else att_service.sniff(part.data[:8192], part.filename or ""))
+        files.append((hashlib.sha256(part.data).hexdigest(), len(part.data), kind))
+    content: xdm.XdmContent | None = None
+    error = None
+    for part in parsed.attachments:
+        if (part.filename or "").lower() in XDM_NAMES:
+            try:
+                content = xdm.read(part.data)
+            except xdm.XdmError as exc:
+                error = f"554 5.6.0 {exc}"
+                break
+    return _Prepared(parsed, hashlib.sha256(raw).hexdigest(), files, content, error)
+
+
 async def receive(core: Core, env: Envelope) -> str:
     """Store an accepted message for its local recipients; returns the SMTP reply."""
     loop = asyncio.get_running_loop()
@@ -187,35 +219,30 @@ async def receive(core: Core, env: Envelope) -> str:
         if len(env.raw) > PARSE_ELSEWHERE_BYTES:
             # Parsing is pure Python CPU work: a helper process keeps the event loop (TLS, SMTP,
             # database) free and lets a second core work.
-            parsed = await loop.run_in_executor(_parse_pool(), mime.parse, env.raw, env.mail_from)
+            ready = await loop.run_in_executor(_parse_pool(), _prepare, env.raw, env.mail_from)
         else:
-            parsed = mime.parse(env.raw, env.mail_from)
+            ready = _prepare(env.raw, env.mail_from)
     except mime.MailError as exc:
         log.info("inbound refused from %s: %s", env.peer, exc.reply)
         return exc.reply
+    parsed = ready.parsed
     if not await _is_trusted(core, _domain(parsed.sender_address)):
         return f"550 5.7.1 expéditeur {parsed.sender_address} hors de l'espace de confiance MSSanté"
     boxes = await _mailbox_ids(core, [a for a in (normalize_address(r) for r in env.rcpt_tos) if a])
     if not boxes:
         return "550 5.1.1 aucun destinataire valide"
-    content: xdm.XdmContent | None = None
-    for part in parsed.attachments:
-        if (part.filename or "").lower() in XDM_NAMES:
-            try:
-                content = xdm.read(part.data)
-            except xdm.XdmError as exc:
-                return f"554 5.6.0 {exc}"
-    rfc_id = parsed.message_id or f"<{hashlib.sha256(env.raw).hexdigest()[:40]}@sans-identifiant.invalid>"
+    if ready.xdm_error:
+        return ready.xdm_error
+    rfc_id = parsed.message_id or f"<{ready.raw_sha[:40]}@sans-identifiant.invalid>"
 
     # The attachment files are written and fsynced while the rows commit, and ``250`` waits for
     # both. A crash between the two leaves rows without their file only for a message that was
     # not acknowledged: the sender retries, and every attempt (duplicates included) writes the
     # files again before answering, so the retry heals it. A file only ever appears under its
     # name complete and fsynced (BlobStore writes, fsyncs, then renames).
-    att_digests = [(hashlib.sha256(p.data).hexdigest(), len(p.data)) for p in parsed.attachments]
-    raw_sha = hashlib.sha256(env.raw).hexdigest()
-    job = _Job(env, parsed, content, rfc_id, list(boxes.values()), raw_sha, att_digests)
-    files = asyncio.gather(*(loop.run_in_executor(None, core.blobs.put_bytes, p.data) for p in parsed.attachments))
+    job = _Job(env, parsed, ready.content, rfc_id, list(boxes.values()), ready.raw_sha, ready.files)
+    files = asyncio.gather(*(loop.run_in_executor(None, core.blobs.put_bytes, p.data, f[0])
+                             for p, f in zip(parsed.attachments, ready.files, strict=True)))
     rows = _committer(core).submit(job)
     written, reply = await asyncio.gather(files, rows, return_exceptions=True)
     for outcome in (written, reply):
@@ -234,7 +261,7 @@ class _Job:
     rfc_id: str
     boxes: list[tuple[int, str, str]]
     raw_sha: str
-    att_digests: list[tuple[str, int]]
+    files: list[tuple[str, int, str]]
 
 
 class _Committer:
@@ -445,10 +472,7 @@ def _new_message(s: Session, job: _Job, targets: list[_Box], now) -> tuple[Simpl
     html = messages.sanitize_html(parsed.html) if parsed.html else None
     body = parsed.text or (_html_to_text(parsed.html) if parsed.html else "")
     views = []
-    for part, (digest, size) in zip(parsed.attachments, job.att_digests, strict=True):
-        ctype = att_service.sniff(part.data[:8192], part.filename or "")
-        if part.content_type == "message/rfc822":
-            ctype = "message/rfc822"
+    for part, (digest, size, ctype) in zip(parsed.attachments, job.files, strict=True):
         views.append(SimpleNamespace(id=secrets.token_hex(16), sha256=digest, size=size, content_type=ctype,
                                      filename=att_service.safe_filename(part.filename), uploaded_by=None,
                                      created_at=now))

@@ -47,9 +47,10 @@ class BlobStore:
             finally:
                 os.close(dir_fd)
 
-    def put_bytes(self, data: bytes) -> tuple[str, int]:
-        """Store ``data``; returns (sha256, size). Durable when this returns."""
-        digest = hashlib.sha256(data).hexdigest()
+    def put_bytes(self, data: bytes, digest: str | None = None) -> tuple[str, int]:
+        """Store ``data`` (whose sha256 the caller may already know); returns (sha256, size).
+        Durable when this returns."""
+        digest = digest or hashlib.sha256(data).hexdigest()
         if self.exists(digest):
             return digest, len(data)
         fd, tmp_name = self._begin()
