@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from monsisra.domain import directory_search as ds
 from monsisra.domain.addresses import base_local_part, candidate_addresses, normalize_address
 from monsisra.domain.ins import InvalidINS, ins_key, is_valid_ins, validate_ins
 from monsisra.domain.text import fold, search_terms
@@ -56,6 +57,21 @@ def test_malformed_addresses_refused(bad):
 def test_fold_and_terms():
     assert fold("  Évènement CŒUR  Ça ") == "evenement coeur ca"
     assert search_terms("Échographie, cœur!") == ["echographie", "coeur"]
+
+
+def test_fold_keeps_other_scripts_and_drops_every_combining_mark():
+    assert fold("  Œdème  ÉLÉONORE\tßeta ") == "oedeme eleonore sseta"
+    assert fold("İstanbul Ørsted € « café »") == "istanbul ørsted € « cafe »"
+    assert fold("Ἀθῆναι") == "αθηναι"  # Greek marks are combining marks too
+    assert fold("a\u034fb") == "a\u034fb"  # the grapheme joiner has no combining class: kept
+
+
+def test_directory_prefix_tier_never_uses_a_single_character_as_a_prefix():
+    exact, prefix = ds.tiers(["urgences", "ch", "d", "7"], {}, ())
+    assert [a.prefix for group in prefix for a in group] == [True, True, False, False]
+    assert ds.fts5(prefix) == '"urgences"* AND "ch"* AND "d" AND "7"'
+    assert ds.tsquery(prefix) == "'urgences':* & 'ch':* & 'd' & '7'"
+    assert exact != prefix
 
 
 def test_sanitize_removes_scripts_handlers_and_remote_images():

@@ -188,6 +188,13 @@ def variants(token: str) -> list[str]:
     return [v for v in out if v != token]
 
 
+def is_prefix(token: str) -> bool:
+    """Whether ``token`` also stands for the words it begins. Not a single character: "d" (of
+    "d'Ascq"), "à", an initial or a unit number would match nearly every entry, and both engines
+    would read the whole index to find out."""
+    return len(token) >= 2
+
+
 def tiers(tokens: list[str], fuzzy: dict[str, list[str]], filters: Query) -> list[Query]:
     """Queries from strictest to loosest: exact words, then prefixes, then typos.
 
@@ -197,7 +204,7 @@ def tiers(tokens: list[str], fuzzy: dict[str, list[str]], filters: Query) -> lis
     if not tokens:
         return [filters] if filters else []
     exact = tuple((Alt(t), *(Alt(v) for v in variants(t))) for t in tokens)
-    prefix = tuple((Alt(t, True), *(Alt(v, True) for v in variants(t))) for t in tokens)
+    prefix = tuple((Alt(t, is_prefix(t)), *(Alt(v, True) for v in variants(t))) for t in tokens)
     loose = tuple((*p, *(Alt(f) for f in fuzzy.get(t, []))) for t, p in zip(tokens, prefix, strict=True))
     out: list[Query] = []
     for q in (exact, prefix, loose):
@@ -251,6 +258,15 @@ def levels(tier_queries: list[Query], rings: list[Group]) -> list[Level]:
                 drops.append((rings[j - 1],))
             out.append((keep, tuple(drops)))
     return out
+
+
+def widest(tier_queries: list[Query], rings: list[Group]) -> Level:
+    """The union of all :func:`levels`: the loosest tier, in any of the rings. Tiers widen one
+    another, so one count of this level is the section's total."""
+    keep = tier_queries[-1]
+    if rings:
+        keep = (*keep, tuple(dict.fromkeys(alt for ring in rings for alt in ring)))
+    return keep, ()
 
 
 def fts5_level(level: Level) -> str:

@@ -1076,37 +1076,42 @@ class _Engine:
         return list((await self.s.execute(sa.text(sql), params)).scalars().all())
 
 
-async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, bool]], limit: int, offset: int,
-                   ref) -> tuple[list[int], int, bool]:
-    """One section's page: levels shown in order; ``True`` levels sorted by distance when not too big."""
+async def _total(engine: _Engine, section: str, widest: ds.Level) -> int:
+    """How many entries of the section match, counted up to ``TOTAL_CAP + 1``. Levels are
+    disjoint and ``widest`` is their union: one count instead of one per level."""
+    lo = SECTIONS[section] * SECTION_SPAN
+    return await engine.count(engine.match(widest), lo, lo + SECTION_SPAN - 1, TOTAL_CAP + 1,
+                              await engine.frequent(widest))
+
+
+async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, bool]], total: int,
+                   limit: int, offset: int, ref) -> tuple[list[int], int, bool]:
+    """One section's page: levels shown in order; ``True`` levels sorted by distance when not too big.
+
+    ``total`` comes from :func:`_total`. A level is counted on its own only to skip it (a later
+    page) or to decide whether it is small enough to be sorted by distance: most first pages are
+    served by one or two page queries.
+    """
     lo = SECTIONS[section] * SECTION_SPAN
     hi = lo + SECTION_SPAN - 1
-    matches = [(engine.match(level), by_distance) for level, by_distance in levels]
-    frequent = [await engine.frequent(level) for level, _ in levels]
-    counts: list[int] = []
-    total = 0
-    capped = False
-    for (m, _), freq in zip(matches, frequent, strict=True):
-        c = await engine.count(m, lo, hi, TOTAL_CAP - total + 1, freq)
-        if total + c > TOTAL_CAP:
-            c = TOTAL_CAP - total
-            capped = True
-        counts.append(c)
-        total += c
-        if capped:
-            break
+    capped = total > TOTAL_CAP
+    total = min(total, TOTAL_CAP)
     ids: list[int] = []
-    skip, want = offset, limit
-    for i, ((m, by_distance), c) in enumerate(zip(matches, counts, strict=False)):
-        huge = capped and i == len(counts) - 1
+    skip, want = offset, min(limit, max(total - offset, 0))
+    for level, by_distance in levels:
         if want <= 0:
             break
-        if skip >= c:
-            skip -= c
-            continue
+        m = engine.match(level)
+        frequent = await engine.frequent(level)
+        if skip:
+            c = await engine.count(m, lo, hi, skip + 1, frequent)
+            if c <= skip:
+                skip -= c
+                continue
         # Sorting a very large level by distance would read all of it: beyond the cap, by name.
+        huge = by_distance and capped and await engine.count(m, lo, hi, TOTAL_CAP + 1, frequent) > TOTAL_CAP
         order_ref = ref if by_distance and not huge else None
-        got = await engine.page(m, lo, hi, min(want, c - skip), skip, order_ref, many=huge or frequent[i])
+        got = await engine.page(m, lo, hi, want, skip, order_ref, many=huge or frequent)
         ids.extend(got)
         want -= len(got)
         skip = 0
@@ -1157,25 +1162,22 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
         await engine.prepare()
         rings = list(place.rings)
         tier_queries = ds.tiers(tokens, {}, filters) or ([()] if rings else [])
+        sections = [n for n in SECTIONS if wanted[n]] if tier_queries else []
+        totals = {n: await _total(engine, n, ds.widest(tier_queries, rings)) for n in sections}
         fuzzy: dict[str, list[str]] = {}
-        if tokens and any(ds.max_typos(t) for t in tokens):
-            loose = ds.levels(tier_queries[-1:], rings[-1:])[0]
-            found = 0
-            for n in SECTIONS.values():
-                if found < FUZZY_BELOW:
-                    found += await engine.count(engine.match(loose), n * SECTION_SPAN, (n + 1) * SECTION_SPAN - 1,
-                                                FUZZY_BELOW - found)
-            if found < FUZZY_BELOW:
-                fuzzy = await _fuzzy(s, tokens)
+        if tokens and any(ds.max_typos(t) for t in tokens) and sum(totals.values()) < FUZZY_BELOW:
+            fuzzy = await _fuzzy(s, tokens)
+            if fuzzy:
                 tier_queries = ds.tiers(tokens, fuzzy, filters)
+                totals = {n: await _total(engine, n, ds.widest(tier_queries, rings)) for n in sections}
         out["query"]["typos"] = fuzzy
         levels = [(lv, (bool(rings) and lv[0][-1] == rings[-1]) or not rings)
                   for lv in ds.levels(tier_queries, rings)]
         for section in SECTIONS:
-            if not wanted[section] or not tier_queries:
+            if section not in totals:
                 out[section] = {"items": [], "total": 0, "next_offset": None, "total_capped": False}
                 continue
-            ids, total, capped = await _section(engine, section, levels, limit, offset, ref)
+            ids, total, capped = await _section(engine, section, levels, totals[section], limit, offset, ref)
             rows = {r.id: r for r in (await s.execute(sa.select(DirSearch).where(DirSearch.id.in_(ids)))).scalars()}
             local_ids = [r.local_mailbox_id for r in rows.values() if r.local_mailbox_id]
             opened = dict((await s.execute(sa.select(Mailbox.id, Mailbox.last_opened_at)

@@ -308,7 +308,7 @@
     if (!append) ul.textContent = "";
     (data && data.items || []).forEach(function (entry) { ul.appendChild(entryNode(entry, name)); });
     var total = data && typeof data.total === "number" ? data.total : ul.children.length;
-    $(".total", sec).textContent = "(" + total + ")";
+    $(".total", sec).textContent = "(" + (data && data.total_capped ? "plus de " + total : total) + ")";
     sec.hidden = ul.children.length === 0;
     search.next[name] = data ? data.next_offset : null;
     $(".more", sec).hidden = !(data && data.next_offset !== null && data.next_offset !== undefined);
