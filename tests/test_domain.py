@@ -66,12 +66,14 @@ def test_fold_keeps_other_scripts_and_drops_every_combining_mark():
     assert fold("a\u034fb") == "a\u034fb"  # the grapheme joiner has no combining class: kept
 
 
-def test_directory_prefix_tier_never_uses_a_single_character_as_a_prefix():
-    exact, prefix = ds.tiers(["urgences", "ch", "d", "7"], {}, ())
-    assert [a.prefix for group in prefix for a in group] == [True, True, False, False]
-    assert ds.fts5(prefix) == '"urgences"* AND "ch"* AND "d" AND "7"'
-    assert ds.tsquery(prefix) == "'urgences':* & 'ch':* & 'd' & '7'"
+def test_directory_prefix_tier_short_words():
+    exact, prefix = ds.tiers(["urgences", "ch", "d", "7", "vi"], {}, ())
+    assert [a.prefix for group in prefix for a in group] == [True, False, False, False, True]
+    assert ds.fts5(prefix) == '"urgences"* AND "ch" AND "d" AND "7" AND "vi"*'
+    assert ds.tsquery(prefix) == "'urgences' & 'ch' & 'd' & '7' & 'vi':*".replace("'urgences'", "'urgences':*")
     assert exact != prefix
+    # Two letters being typed (the last word) are a prefix: "Dupont Ch" finds Christophe.
+    assert ds.tiers(["dupont", "ch"], {}, ())[1][1][0].prefix
 
 
 def test_sanitize_removes_scripts_handlers_and_remote_images():

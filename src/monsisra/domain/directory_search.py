@@ -188,11 +188,12 @@ def variants(token: str) -> list[str]:
     return [v for v in out if v != token]
 
 
-def is_prefix(token: str) -> bool:
+def is_prefix(token: str, last: bool = True) -> bool:
     """Whether ``token`` also stands for the words it begins. Not a single character: "d" (of
     "d'Ascq"), "à", an initial or a unit number would match nearly every entry, and both engines
-    would read the whole index to find out."""
-    return len(token) >= 2
+    would read the whole index to find out. Two letters only in the word being typed (the last):
+    elsewhere they are a whole word ("CH", "de", "la")."""
+    return len(token) >= 3 or (last and len(token) == 2)
 
 
 def tiers(tokens: list[str], fuzzy: dict[str, list[str]], filters: Query) -> list[Query]:
@@ -204,7 +205,8 @@ def tiers(tokens: list[str], fuzzy: dict[str, list[str]], filters: Query) -> lis
     if not tokens:
         return [filters] if filters else []
     exact = tuple((Alt(t), *(Alt(v) for v in variants(t))) for t in tokens)
-    prefix = tuple((Alt(t, is_prefix(t)), *(Alt(v, True) for v in variants(t))) for t in tokens)
+    prefix = tuple((Alt(t, is_prefix(t, i == len(tokens) - 1)), *(Alt(v, True) for v in variants(t)))
+                   for i, t in enumerate(tokens))
     loose = tuple((*p, *(Alt(f) for f in fuzzy.get(t, []))) for t, p in zip(tokens, prefix, strict=True))
     out: list[Query] = []
     for q in (exact, prefix, loose):

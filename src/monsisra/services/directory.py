@@ -1014,6 +1014,7 @@ async def _fuzzy(session: AsyncSession, tokens: list[str]) -> dict[str, list[str
 
 
 FREQUENT_ROWS = 100_000  # PostgreSQL plan choice, see _Engine.frequent (names cluster in id order)
+PROBE_ROWS = 4_000  # PostgreSQL: rows read in id order looking for a first page among many matches
 FUZZY_BELOW = 20  # typo matches are looked for when exact and prefix matches are fewer than this
 
 
@@ -1023,7 +1024,7 @@ class _Engine:
     def __init__(self, session: AsyncSession) -> None:
         self.s = session
         self.pg = _is_postgres(session)
-        self._frequent: dict[str, bool] = {}
+        self._estimates: dict[str, float] = {}
 
     def match(self, level: ds.Level) -> str:
         return ds.tsquery_level(level) if self.pg else ds.fts5_level(level)
@@ -1041,31 +1042,82 @@ class _Engine:
 
     async def prepare(self) -> None:
         if self.pg:
-            # Plan each query with its own words: a generic plan cannot tell rare words from common ones.
-            await self.s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
-            # Exact (not lossy) bitmaps for common words: no re-check of every row of a page.
-            await self.s.execute(sa.text("SET LOCAL work_mem = '32MB'"))
+            # Plan each query with its own words (a generic plan cannot tell rare words from common
+            # ones), and exact, not lossy, bitmaps for common words (no re-check of every row of a
+            # page); both for this transaction only, in one round trip.
+            await self.s.execute(sa.text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
+                                         "set_config('work_mem', '32MB', true)"))
 
-    async def frequent(self, level: ds.Level) -> bool:
-        """PostgreSQL: do the level's words match so many rows that id order beats the GIN bitmap?"""
+    async def estimate(self, level: ds.Level) -> float:
+        """PostgreSQL's estimate of the rows matching the level's ``keep`` query (0 on SQLite)."""
         if not self.pg:
-            return False
+            return 0.0
         keep = ds.tsquery(level[0])
-        if keep not in self._frequent:
+        if keep not in self._estimates:
             plan = await self.s.scalar(sa.text("EXPLAIN (FORMAT JSON) SELECT 1 FROM dir_search "
                                                "WHERE tsv @@ to_tsquery('simple', :m)"), {"m": keep})
             plan = json.loads(plan) if isinstance(plan, str) else plan
-            self._frequent[keep] = plan[0]["Plan"]["Plan Rows"] > FREQUENT_ROWS
-        return self._frequent[keep]
+            self._estimates[keep] = float(plan[0]["Plan"]["Plan Rows"])
+        return self._estimates[keep]
+
+    async def frequent(self, level: ds.Level) -> bool:
+        """PostgreSQL: do the level's words match so many rows that id order beats the GIN bitmap?"""
+        return await self.estimate(level) > FREQUENT_ROWS
+
+    async def ranked(self, widest: str, levels: list[tuple[str, bool]], lo: int, hi: int, cap: int, limit: int,
+                     offset: int, ref: communes_service.Commune | None) -> tuple[list[int], int] | None:
+        """PostgreSQL, one statement: the section's matches (one bitmap scan of ``widest``), each
+        placed in its level by re-checking the level queries on its own ``tsv`` (no more index
+        reads), ranked, paged, and counted. None when they are more than ``cap``: their ranking
+        then goes level by level. Gives the order of :func:`_section`'s level-by-level path."""
+        params: dict[str, Any] = {"w": widest, "lo": lo, "hi": hi, "cap": cap + 1, "limit": limit,
+                                  "offset": offset}
+        cases = []
+        for i, (m, _) in enumerate(levels):
+            params[f"k{i}"] = m
+            cases.append(f"WHEN tsv @@ to_tsquery('simple', :k{i}) THEN {i}")
+        if ref is not None and ref.latitude is not None:
+            params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
+            near = [i for i, (_, by_distance) in enumerate(levels) if by_distance]
+            dist = ("COALESCE((latitude - :lat) * (latitude - :lat) + "
+                    "((longitude - :lon) * :k) * ((longitude - :lon) * :k), 1e9)")
+            distance = f"CASE WHEN lvl IN ({', '.join(map(str, near))}) THEN d ELSE 0 END, " if near else ""
+        else:
+            dist, distance = "0", ""
+        section = next((f" AND section = '{n}'" for n, k in SECTIONS.items() if k * SECTION_SPAN == lo), "")
+        sql = (f"WITH c AS MATERIALIZED (SELECT id, tsv, latitude, longitude FROM dir_search "
+               f"WHERE tsv @@ to_tsquery('simple', :w){section} AND id + 0 BETWEEN :lo AND :hi LIMIT :cap) "
+               f"SELECT id, (SELECT count(*) FROM c) AS n FROM ("
+               f"SELECT id, CASE {' '.join(cases)} ELSE {len(levels)} END AS lvl, {dist} AS d FROM c) AS t "
+               f"ORDER BY lvl, {distance}id LIMIT :limit OFFSET :offset")
+        rows = (await self.s.execute(sa.text(sql), params)).all()
+        if not rows:
+            total = 0 if offset == 0 else await self.count(widest, lo, hi, cap + 1)
+        else:
+            total = rows[0].n
+        if total > cap:
+            return None
+        return [r.id for r in rows], total
 
     async def count(self, m: str, lo: int, hi: int, cap: int, frequent: bool = False) -> int:
         sql = f"SELECT count(*) FROM ({self._ids(lo, by_index=frequent)} LIMIT :cap) AS t"
         return await self.s.scalar(sa.text(sql), {"m": m, "lo": lo, "hi": hi, "cap": cap}) or 0
 
     async def page(self, m: str, lo: int, hi: int, limit: int, offset: int,
-                   ref: communes_service.Commune | None, many: bool = False) -> list[int]:
+                   ref: communes_service.Commune | None, many: bool = False, probe: bool = False) -> list[int]:
         params: dict[str, Any] = {"m": m, "lo": lo, "hi": hi, "limit": limit, "offset": offset}
         if ref is None or ref.latitude is None:
+            if self.pg and not many and probe:
+                # Entries are numbered in name order: when matches are many (more than the cap)
+                # and spread (a profession, a first name), the first page lies in the first few
+                # thousand rows, read in order; a bitmap would fetch every match first. Names
+                # that cluster further on miss the probe and take the bitmap.
+                got = list((await self.s.execute(sa.text(
+                    "SELECT id FROM (SELECT id, tsv FROM dir_search WHERE id BETWEEN :lo AND :hi "
+                    f"ORDER BY id LIMIT {PROBE_ROWS}) AS t WHERE tsv @@ to_tsquery('simple', :m) "
+                    "ORDER BY id LIMIT :limit OFFSET :offset"), params)).scalars())
+                if len(got) == limit:
+                    return got
             sql = f"{self._ids(lo, by_index=many)} ORDER BY id LIMIT :limit OFFSET :offset"
         else:
             params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
@@ -1076,12 +1128,16 @@ class _Engine:
         return list((await self.s.execute(sa.text(sql), params)).scalars().all())
 
 
+def _bounds(section: str) -> tuple[int, int]:
+    """The id range of a section's entries in ``dir_search``."""
+    lo = SECTIONS[section] * SECTION_SPAN
+    return lo, lo + SECTION_SPAN - 1
+
+
 async def _total(engine: _Engine, section: str, widest: ds.Level) -> int:
     """How many entries of the section match, counted up to ``TOTAL_CAP + 1``. Levels are
     disjoint and ``widest`` is their union: one count instead of one per level."""
-    lo = SECTIONS[section] * SECTION_SPAN
-    return await engine.count(engine.match(widest), lo, lo + SECTION_SPAN - 1, TOTAL_CAP + 1,
-                              await engine.frequent(widest))
+    return await engine.count(engine.match(widest), *_bounds(section), TOTAL_CAP + 1, await engine.frequent(widest))
 
 
 async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, bool]], total: int,
@@ -1092,8 +1148,7 @@ async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, b
     page) or to decide whether it is small enough to be sorted by distance: most first pages are
     served by one or two page queries.
     """
-    lo = SECTIONS[section] * SECTION_SPAN
-    hi = lo + SECTION_SPAN - 1
+    lo, hi = _bounds(section)
     capped = total > TOTAL_CAP
     total = min(total, TOTAL_CAP)
     ids: list[int] = []
@@ -1102,16 +1157,18 @@ async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, b
         if want <= 0:
             break
         m = engine.match(level)
-        frequent = await engine.frequent(level)
+        estimate = await engine.estimate(level)
+        frequent = estimate > FREQUENT_ROWS
         if skip:
             c = await engine.count(m, lo, hi, skip + 1, frequent)
             if c <= skip:
                 skip -= c
                 continue
         # Sorting a very large level by distance would read all of it: beyond the cap, by name.
-        huge = by_distance and capped and await engine.count(m, lo, hi, TOTAL_CAP + 1, frequent) > TOTAL_CAP
+        huge = (by_distance and ref is not None and capped
+                and await engine.count(m, lo, hi, TOTAL_CAP + 1, frequent) > TOTAL_CAP)
         order_ref = ref if by_distance and not huge else None
-        got = await engine.page(m, lo, hi, want, skip, order_ref, many=huge or frequent)
+        got = await engine.page(m, lo, hi, want, skip, order_ref, many=frequent, probe=capped)
         ids.extend(got)
         want -= len(got)
         skip = 0
@@ -1163,21 +1220,42 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
         rings = list(place.rings)
         tier_queries = ds.tiers(tokens, {}, filters) or ([()] if rings else [])
         sections = [n for n in SECTIONS if wanted[n]] if tier_queries else []
-        totals = {n: await _total(engine, n, ds.widest(tier_queries, rings)) for n in sections}
+
+        async def first_pass() -> tuple[list, dict[str, tuple[list[int], int] | None], dict[str, int]]:
+            levels = [(lv, (bool(rings) and lv[0][-1] == rings[-1]) or not rings)
+                      for lv in ds.levels(tier_queries, rings)]
+            widest = ds.widest(tier_queries, rings)
+            ranked: dict[str, tuple[list[int], int] | None] = {}
+            totals: dict[str, int] = {}
+            for n in sections:
+                if engine.pg and await engine.estimate(widest) <= 3 * TOTAL_CAP:
+                    # One statement per section unless the matches are more than the cap.
+                    ranked[n] = await engine.ranked(engine.match(widest), [(engine.match(lv), d) for lv, d in levels],
+                                                    *_bounds(n), TOTAL_CAP, limit, offset, ref)
+                    found = ranked[n]
+                    totals[n] = found[1] if found is not None else TOTAL_CAP + 1
+                else:
+                    ranked[n] = None
+                    totals[n] = await _total(engine, n, widest)
+            return levels, ranked, totals
+
+        levels, ranked, totals = await first_pass()
         fuzzy: dict[str, list[str]] = {}
         if tokens and any(ds.max_typos(t) for t in tokens) and sum(totals.values()) < FUZZY_BELOW:
             fuzzy = await _fuzzy(s, tokens)
             if fuzzy:
                 tier_queries = ds.tiers(tokens, fuzzy, filters)
-                totals = {n: await _total(engine, n, ds.widest(tier_queries, rings)) for n in sections}
+                levels, ranked, totals = await first_pass()
         out["query"]["typos"] = fuzzy
-        levels = [(lv, (bool(rings) and lv[0][-1] == rings[-1]) or not rings)
-                  for lv in ds.levels(tier_queries, rings)]
         for section in SECTIONS:
             if section not in totals:
                 out[section] = {"items": [], "total": 0, "next_offset": None, "total_capped": False}
                 continue
-            ids, total, capped = await _section(engine, section, levels, totals[section], limit, offset, ref)
+            done = ranked[section]
+            if done is not None:
+                ids, total, capped = done[0], done[1], False
+            else:
+                ids, total, capped = await _section(engine, section, levels, totals[section], limit, offset, ref)
             rows = {r.id: r for r in (await s.execute(sa.select(DirSearch).where(DirSearch.id.in_(ids)))).scalars()}
             local_ids = [r.local_mailbox_id for r in rows.values() if r.local_mailbox_id]
             opened = dict((await s.execute(sa.select(Mailbox.id, Mailbox.last_opened_at)
