@@ -196,16 +196,36 @@ def is_prefix(token: str, last: bool = True) -> bool:
     return len(token) >= 3 or (last and len(token) == 2)
 
 
-def tiers(tokens: list[str], fuzzy: dict[str, list[str]], filters: Query) -> list[Query]:
+MAX_COMPLETIONS = 24  # a prefix is spelled out as its vocabulary words when they are this few
+
+
+def expandable(token: str) -> bool:
+    """Whether the vocabulary lists every word ``token`` can begin (it holds the words of three
+    letters or more, digits excepted)."""
+    return len(token) >= 3 and not any(c.isdigit() for c in token)
+
+
+def tiers(tokens: list[str], fuzzy: dict[str, list[str]], filters: Query,
+          completions: dict[str, list[str]] | None = None) -> list[Query]:
     """Queries from strictest to loosest: exact words, then prefixes, then typos.
 
     Results are shown tier by tier, so exact matches come first. ``filters`` (place, kind)
-    are added to every tier. A tier identical to the previous one is left out.
+    are added to every tier. A tier identical to the previous one is left out. A prefix whose
+    every completion is known (``completions``: all the vocabulary words it begins) is written
+    as those words: the same matches, but PostgreSQL's GIN index can then skip through them
+    instead of gathering every row of every word that starts so before the first test.
     """
     if not tokens:
         return [filters] if filters else []
+    completions = completions or {}
+
+    def begun(t: str, last: bool) -> tuple[Alt, ...]:
+        if t in completions:
+            return tuple(Alt(w) for w in completions[t])
+        return (Alt(t, is_prefix(t, last)),)
+
     exact = tuple((Alt(t), *(Alt(v) for v in variants(t))) for t in tokens)
-    prefix = tuple((Alt(t, is_prefix(t, i == len(tokens) - 1)), *(Alt(v, True) for v in variants(t)))
+    prefix = tuple((*begun(t, i == len(tokens) - 1), *(Alt(v, True) for v in variants(t)))
                    for i, t in enumerate(tokens))
     loose = tuple((*p, *(Alt(f) for f in fuzzy.get(t, []))) for t, p in zip(tokens, prefix, strict=True))
     out: list[Query] = []

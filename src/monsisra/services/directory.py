@@ -1013,7 +1013,25 @@ async def _fuzzy(session: AsyncSession, tokens: list[str]) -> dict[str, list[str
     return out
 
 
+async def _completions(session: AsyncSession, tokens: list[str]) -> dict[str, list[str]]:
+    """token → every vocabulary word it begins, for the tokens that begin few enough words."""
+    out: dict[str, list[str]] = {}
+    for t in tokens:
+        if not ds.expandable(t):
+            continue
+        # Keys are the words and their one-letter deletions: scan the range, keep the words.
+        keys = (await session.execute(
+            sa.select(DirTermKey.key)
+            .where(DirTermKey.key >= t, DirTermKey.key < t + "{", DirTermKey.key == DirTermKey.term)
+            .order_by(DirTermKey.key).limit(ds.MAX_COMPLETIONS + 1))).scalars().all()
+        words = [k for k in keys if k.startswith(t)]
+        if len(keys) <= ds.MAX_COMPLETIONS and words:
+            out[t] = words
+    return out
+
+
 FREQUENT_ROWS = 100_000  # PostgreSQL plan choice, see _Engine.frequent (names cluster in id order)
+PROBE_ABOVE = 500  # PostgreSQL: estimated matches of a level above which the probe below is tried
 PROBE_ROWS = 4_000  # PostgreSQL: rows read in id order looking for a first page among many matches
 FUZZY_BELOW = 20  # typo matches are looked for when exact and prefix matches are fewer than this
 
@@ -1168,7 +1186,8 @@ async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, b
         huge = (by_distance and ref is not None and capped
                 and await engine.count(m, lo, hi, TOTAL_CAP + 1, frequent) > TOTAL_CAP)
         order_ref = ref if by_distance and not huge else None
-        got = await engine.page(m, lo, hi, want, skip, order_ref, many=frequent, probe=capped)
+        got = await engine.page(m, lo, hi, want, skip, order_ref, many=frequent,
+                                probe=capped and estimate > PROBE_ABOVE)
         ids.extend(got)
         want -= len(got)
         skip = 0
@@ -1218,7 +1237,8 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
         engine = _Engine(s)
         await engine.prepare()
         rings = list(place.rings)
-        tier_queries = ds.tiers(tokens, {}, filters) or ([()] if rings else [])
+        completions = await _completions(s, tokens)
+        tier_queries = ds.tiers(tokens, {}, filters, completions) or ([()] if rings else [])
         sections = [n for n in SECTIONS if wanted[n]] if tier_queries else []
 
         async def first_pass() -> tuple[list, dict[str, tuple[list[int], int] | None], dict[str, int]]:
@@ -1244,7 +1264,7 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
         if tokens and any(ds.max_typos(t) for t in tokens) and sum(totals.values()) < FUZZY_BELOW:
             fuzzy = await _fuzzy(s, tokens)
             if fuzzy:
-                tier_queries = ds.tiers(tokens, fuzzy, filters)
+                tier_queries = ds.tiers(tokens, fuzzy, filters, completions)
                 levels, ranked, totals = await first_pass()
         out["query"]["typos"] = fuzzy
         for section in SECTIONS:
