@@ -1237,7 +1237,9 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
         engine = _Engine(s)
         await engine.prepare()
         rings = list(place.rings)
-        completions = await _completions(s, tokens)
+        # PostgreSQL only: FTS5 reads a prefix as one range of its term index already, and its
+        # prefix indexes cover the short ones (the answers are the same either way).
+        completions = await _completions(s, tokens) if engine.pg else {}
         tier_queries = ds.tiers(tokens, {}, filters, completions) or ([()] if rings else [])
         sections = [n for n in SECTIONS if wanted[n]] if tier_queries else []
 
