@@ -417,6 +417,31 @@ def test_letter_with_pdf_for_a_patient_leaves_with_an_ihe_xdm_archive(gw):
     wait_for(lambda: alice.get(f"/api/v1/mailboxes/{box}/messages/{sent['id']}").json()["to"][0]["status"] == "sent")
 
 
+def test_a_send_to_another_operator_wakes_the_delivery_worker_after_commit(gw):
+    """The worker is woken by the send itself (not left to its next poll); a local send and a
+    draft do not wake it."""
+    calls: list[int] = []
+    listeners = gw.server.core.outbox_listeners
+    assert any(getattr(f, "__self__", None).__class__.__name__ == "Worker" for f in listeners)
+    listeners.append(lambda: calls.append(1))
+    try:
+        alice = gw.server.login("alice.martin")
+        box = mailbox_id(alice, f"alice.martin@{DOMAIN}")
+        for to, draft in (([f"bruno.petit@{DOMAIN}"], False), ([f"bob@{OTHER_DOMAIN}"], True)):
+            r = alice.post("/api/v1/messages", json={"from_mailbox": box, "to": to, "subject": "local ou brouillon",
+                                                     "body": "x", "draft": draft})
+            assert r.status_code == 201, r.text
+        assert calls == []
+        subject = f"Réveil {uuid.uuid4().hex[:6]}"
+        r = alice.post("/api/v1/messages", json={"from_mailbox": box, "to": [f"bob@{OTHER_DOMAIN}"],
+                                                 "subject": subject, "body": "x"})
+        assert r.status_code == 201, r.text
+        assert calls == [1]  # called once the send had committed, before the reply
+        wait_for(lambda: [m for m in gw.postfix.maildir_messages("bob") if m["Subject"] == subject])
+    finally:
+        listeners.pop()
+
+
 def test_write_to_patient_without_reply_sets_mss_mes_fin(gw):
     alice = gw.server.login("alice.martin")
     box = mailbox_id(alice, f"alice.martin@{DOMAIN}")

@@ -53,8 +53,10 @@ async def _worker_hook(app: FastAPI, core: Core):
     worker = outbound.Worker(core)
     task = asyncio.create_task(worker.run(), name="monsisra-outbound")
     app.state.outbound = worker
+    core.outbox_listeners.append(worker.wake)  # a send is delivered at once, not at the next poll
 
     async def stop() -> None:
+        core.outbox_listeners.remove(worker.wake)
         worker.stop()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

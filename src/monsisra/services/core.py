@@ -6,7 +6,7 @@ are published only once it has committed (DESIGN: events after commit).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -24,11 +24,16 @@ class Tx:
 
     session: AsyncSession
     events: list[Event] = field(default_factory=list)
+    outbox: bool = False
 
     def emit(self, type_: str, account_ids, **data) -> None:
         ids = sorted(set(account_ids))
         if ids:
             self.events.append(Event(type_, ids, data))
+
+    def outbox_changed(self) -> None:
+        """Something became due for the outbound worker: wake it once this commits."""
+        self.outbox = True
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,9 @@ class Core:
         self.db = Database(settings.database_url)
         self.blobs = BlobStore(settings.blob_dir)
         self.bus = bus or make_bus(settings.redis_url)
+        # Called after a commit that queued outbound mail (the delivery worker of this process
+        # registers its wake-up here; other processes find the work at their next poll).
+        self.outbox_listeners: list[Callable[[], None]] = []
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:
@@ -54,6 +62,9 @@ class Core:
             tx = Tx(session)
             yield tx
         # Reached only when the transaction committed.
+        if tx.outbox:
+            for listener in self.outbox_listeners:
+                listener()
         if tx.events:
             await self.bus.publish(tx.events)
 

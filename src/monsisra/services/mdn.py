@@ -40,6 +40,8 @@ async def on_first_read(tx: Tx, delivery: Delivery, actor: Actor) -> None:
                  notify_to=notify, status="queued" if automatic else "ask",
                  next_attempt_at=now if automatic else None, created_at=now))
     await s.flush()
+    if automatic:
+        tx.outbox_changed()
 
 
 def _view(job: MdnJob | None, message: Message) -> dict[str, Any]:
@@ -78,6 +80,8 @@ async def respond(core: Core, actor: Actor, mailbox_id: int, message_id: int, se
             job.status = "queued" if send else "declined"
             job.next_attempt_at = utcnow() if send else None
             job.account_id = actor.account_id
+            if send:
+                tx.outbox_changed()
         await s.flush()
         return _view(job, message)
 

@@ -383,6 +383,7 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
                          patient_id=patient.id, client=actor.client)
         if len(local_boxes) < len(recipients) and not req.draft:
             tx.emit("outbox", [actor.account_id], message_id=message_pk)
+            tx.outbox_changed()
     return _sent_view(message_pk, values, role, recipient_rows, ordered, patient)
 
 

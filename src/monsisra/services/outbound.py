@@ -76,6 +76,7 @@ class Worker:
 
     async def run(self) -> None:
         while not self._stopped:
+            self._wake.clear()  # a wake-up during the pass below is kept for the wait after it
             try:
                 done = await process_due(self.core)
             except Exception:
@@ -84,7 +85,6 @@ class Worker:
             if done == 0 and not self._stopped:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.core.settings.outbound_poll_seconds)
-                self._wake.clear()
 
 
 async def process_due(core: Core) -> int:
