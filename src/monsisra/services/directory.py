@@ -14,7 +14,9 @@ search calls whenever the local mailboxes, accounts or profiles changed). See
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
 import functools
 import hashlib
 import io
@@ -445,25 +447,42 @@ async def _import_one(core: Core, src: Source, layout: fmt.Layout, progress: Pro
     flush = _flush_persons if layout.kind == fmt.PERSONS else _flush_mailboxes
     batch: list[dict[str, str]] = []
     done = 0
-    with src.open() as f:
-        f.readline()
-        for line_no, text in enumerate(f, start=2):
-            done += len(text)
-            if not text.strip():
-                continue
-            report.lines += 1
-            try:
-                batch.append(fmt.parse(layout, text, line_no))
-            except fmt.LineError as exc:
-                report.reject(f"{src.name} : {exc}")
-                continue
-            if len(batch) >= BATCH:
-                await flush(core, run, batch, report)
-                batch = []
-                if progress:
-                    progress(src.name, done, src.size)
+    # One batch is written while the next one is read: the database works while Python parses.
+    # Never more than one in flight, so batches commit in file order (a later one may rely on
+    # the organisations an earlier one created).
+    pending: asyncio.Task | None = None
+    try:
+        with src.open() as f:
+            f.readline()
+            for line_no, text in enumerate(f, start=2):
+                done += len(text)
+                if not text.strip():
+                    continue
+                report.lines += 1
+                try:
+                    batch.append(fmt.parse(layout, text, line_no))
+                except fmt.LineError as exc:
+                    report.reject(f"{src.name} : {exc}")
+                    continue
+                if len(batch) >= BATCH:
+                    if pending is not None:
+                        await pending
+                    pending = asyncio.create_task(flush(core, run, batch, report))
+                    batch = []
+                    if progress:
+                        progress(src.name, done, src.size)
+                elif pending is not None and line_no % 200 == 0 and not pending.done():
+                    await asyncio.sleep(0)  # let the batch in flight take its next step
+        if pending is not None:
+            await pending
+            pending = None
         if batch:
             await flush(core, run, batch, report)
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
     if progress:
         progress(src.name, src.size, src.size)
     # A file that is mostly unreadable is not a reason to switch the whole country off.
