@@ -6,6 +6,7 @@ Each backend gets its own fresh database; the CLI runs as a real subprocess poin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from tests.support import FIXTURES, POSTGRES_URL, fresh_database
 
@@ -149,3 +151,52 @@ def test_export_correspondance_and_fhir(cli):
 def test_import_missing_file_is_a_clear_error(cli):
     proc = cli("directory", "import", str(Path(cli.tmp) / "absent.zip"), check=False)
     assert proc.returncode == 1 and "introuvable" in proc.stderr
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_helper_processes_build_the_same_directory_as_one_process(backend, tmp_path, monkeypatch):
+    """Large files are parsed, and index entries built, by helper processes in small batches: the
+    result must be exactly what one process builds in one batch."""
+    if backend == "postgres" and not POSTGRES_URL:
+        pytest.skip("PostgreSQL run skipped: MONSISRA_TEST_POSTGRES_URL is not set (CI sets it)")
+    from monsisra.config import Settings
+    from monsisra.services import directory
+    from monsisra.services.core import Core
+    from monsisra.store.directory import DirActivity, DirMailbox, DirPerson, DirSearch, DirTermKey
+
+    def build(tag: str) -> tuple:
+        with fresh_database(backend, tmp_path / tag) as url:
+            async def go() -> tuple:
+                core = Core(Settings(database_url=url, data_dir=tmp_path / tag / "data"))
+                try:
+                    rep = await directory.import_files(core, [PS, MSS])
+                    async with core.read() as s:
+                        tables = {}
+                        for model, order in ((DirSearch, "id"), (DirTermKey, "key, term"),
+                                             (DirPerson, "national_id"), (DirActivity, "key"),
+                                             (DirMailbox, "address")):
+                            t = model.__table__
+                            cols = [c for c in t.columns if c.name not in ("id", "person_id", "organisation_id",
+                                                                           "service_id", "last_run",
+                                                                           "updated_at", "created_at")]
+                            if model is DirSearch:
+                                cols = list(t.columns)
+                            tables[t.name] = (await s.execute(sa.select(*cols).order_by(sa.text(order)))).all()
+                    return rep.as_dict(), tables
+                finally:
+                    await core.close()
+
+            return asyncio.run(go())
+
+    monkeypatch.setattr(directory, "HELPERS_ABOVE", 10**12)
+    one_process = build("inline")
+    monkeypatch.setattr(directory, "HELPERS_ABOVE", 0)
+    monkeypatch.setattr(directory, "BATCH", 300)
+    helpers = build("helpers")
+    for name in one_process[0]:
+        if name != "files":
+            assert helpers[0][name] == one_process[0][name], name
+    assert [f["entities"] for f in helpers[0]["files"]] == [f["entities"] for f in one_process[0]["files"]]
+    for name, rows in one_process[1].items():
+        assert len(rows) > 100, name
+        assert helpers[1][name] == rows, name

@@ -16,15 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import functools
 import hashlib
 import io
 import json
 import math
+import multiprocessing
+import operator
+import os
 import re
+import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -40,6 +46,7 @@ from monsisra.domain.text import fold
 from monsisra.services import communes as communes_service
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Forbidden, Invalid, NotFound
+from monsisra.store.db import among
 from monsisra.store.directory import (
     FTS_TABLE,
     NATIONAL_OFFSET,
@@ -219,18 +226,109 @@ async def _bulk_insert(session: AsyncSession, table: sa.Table, rows: list[dict[s
     if not rows:
         return
     columns = list(rows[0].keys())
+    if len(columns) == 1:
+        await _insert_tuples(session, table, columns, [(r[columns[0]],) for r in rows])
+        return
+    get = operator.itemgetter(*columns)
+    await _insert_tuples(session, table, columns, [get(r) for r in rows])
+
+
+async def _insert_tuples(session: AsyncSession, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
+    """Rows straight to the driver (COPY on PostgreSQL): SQLAlchemy's per-row parameter handling
+    costs more than the database itself."""
+    if not rows:
+        return
     conn = await session.connection()
     if _is_postgres(session):
         raw = await conn.get_raw_connection()
-        await raw.driver_connection.copy_records_to_table(
-            table.name, records=[tuple(_fit(table, r)[c] for c in columns) for r in rows], columns=columns)
+        await raw.driver_connection.copy_records_to_table(table.name, records=rows, columns=columns)
     else:
-        # Straight to the driver: SQLAlchemy's per-row parameter handling costs more than SQLite itself.
         sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        await conn.exec_driver_sql(sql, [tuple(r[c] for c in columns) for r in rows])
+        await conn.exec_driver_sql(sql, rows)
 
 
 # --- Import ----------------------------------------------------------------------------------
+
+HELPERS = min(os.cpu_count() or 1, 4)  # processes; each holds the communes (~150 MB)
+HELPERS_ABOVE = 10_000  # rows (file lines at ~200 bytes, index entries): below, no helper is started
+
+
+class _Helpers:
+    """Helper processes for the CPU-bound parts of an import (parsing lines, building index
+    entries), so that Python works on the other cores while this process talks to the database.
+    Results come back in submission order. ``inline`` runs everything here instead."""
+
+    def __init__(self, inline: bool = False) -> None:
+        self.inline = inline
+        self._pool: ProcessPoolExecutor | None = None
+        self._pending: collections.deque[asyncio.Future] = collections.deque()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        loop = asyncio.get_running_loop()
+        if self.inline:
+            future = loop.create_future()
+            try:
+                future.set_result(fn(*args))
+            except Exception as exc:  # handed over to whoever awaits the result
+                future.set_exception(exc)
+        else:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(HELPERS, mp_context=multiprocessing.get_context("spawn"))
+            future = loop.run_in_executor(self._pool, fn, *args)
+        self._pending.append(future)
+
+    async def results(self, keep: int | None = None) -> AsyncIterator[Any]:
+        """Finished results in order, leaving ``keep`` (default: one per helper) at work."""
+        keep = 0 if self.inline else HELPERS if keep is None else keep
+        while len(self._pending) > keep:
+            yield await self._pending.popleft()
+
+    def __enter__(self) -> _Helpers:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Pipeline:
+    """One database write in flight while the caller prepares the next: the database works while
+    Python parses. Never more than one, so writes commit in order (a batch may rely on the
+    organisations an earlier one created)."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task | None = None
+
+    async def submit(self, write: Any) -> None:
+        try:
+            await self.wait()
+        except BaseException:
+            write.close()  # the earlier write failed: this one never starts
+            raise
+        self._task = asyncio.create_task(write)
+
+    async def wait(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+
+    def busy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def __aenter__(self) -> _Pipeline:
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            await self.wait()
+        elif self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
 
 def _org_key_from_activity(row: dict[str, str]) -> tuple[str, str, str] | None:
     if row["finess"]:
@@ -251,13 +349,14 @@ async def _ensure_orgs(session: AsyncSession, run: int, orgs: dict[str, dict[str
     if not orgs:
         return {}
     t = DirOrganisation.__table__
-    found = dict((await session.execute(sa.select(t.c.key, t.c.id).where(t.c.key.in_(list(orgs))))).all())
+    pg = _is_postgres(session)
+    found = dict((await session.execute(sa.select(t.c.key, t.c.id).where(among(t.c.key, orgs, pg)))).all())
     new = [_fit(t, {**v, "key": k, "row_hash": "", "last_run": run}) for k, v in orgs.items() if k not in found]
     if new:
-        await session.execute(sa.insert(t), new)
+        await _bulk_insert(session, t, new)
         report.counts("organisations").created += len(new)
         found.update((await session.execute(
-            sa.select(t.c.key, t.c.id).where(t.c.key.in_([r["key"] for r in new])))).all())
+            sa.select(t.c.key, t.c.id).where(among(t.c.key, [r["key"] for r in new], pg)))).all())
     return found
 
 
@@ -266,23 +365,25 @@ async def _upsert(session: AsyncSession, table: sa.Table, key_col: str, run: int
     """Insert new keys, update changed ones, stamp unchanged ones with the run (first line wins)."""
     key = table.c[key_col]
     cols = [table.c.id, key, table.c.row_hash, table.c.last_run, table.c.active]
-    stmt = sa.select(*cols).where(key.in_(list(rows)))
+    stmt = sa.select(*cols).where(among(key, rows, _is_postgres(session)))
     existing = {r[1]: r for r in (await session.execute(stmt)).all()}
     inserts, updates, touch = [], [], []
+    stamp = {"last_run": run, "active": True}
     if "updated_at" in table.c:
-        now = utcnow()
-        rows = {k: {**v, "updated_at": now} for k, v in rows.items()}
+        stamp["updated_at"] = utcnow()
     for k, values in rows.items():
+        values.update(stamp)
         e = existing.get(k)
         if e is None:
-            inserts.append({**values, key_col: k, "last_run": run, "active": True})
+            values[key_col] = k
+            inserts.append(values)
             counts.created += 1
         elif extra_where is not None and not extra_where(e, values):
             continue
         elif e.last_run == run:
             continue
         elif e.row_hash != values["row_hash"] or not e.active:
-            updates.append({**values, "_id": e.id, "last_run": run, "active": True})
+            updates.append({**values, "_id": e.id})
             counts.updated += 1
         else:
             touch.append(e.id)
@@ -290,17 +391,20 @@ async def _upsert(session: AsyncSession, table: sa.Table, key_col: str, run: int
     if inserts:
         await _bulk_insert(session, table, inserts)
     if updates:
-        if _is_postgres(session):
-            updates = [_fit(table, u) for u in updates]
         names = [c for c in updates[0] if c != "_id"]
         await session.execute(
             sa.update(table).where(table.c.id == sa.bindparam("_id")).values({c: sa.bindparam(c) for c in names})
             .execution_options(synchronize_session=False), updates)
     if touch:
-        await session.execute(sa.update(table).where(table.c.id.in_(touch)).values(last_run=run))
+        await session.execute(sa.update(table).where(among(table.c.id, touch, _is_postgres(session)))
+                              .values(last_run=run))
 
 
-async def _flush_persons(core: Core, run: int, batch: list[dict[str, str]], report: FileReport) -> None:
+_Persons = tuple[dict[str, dict[str, Any]], dict[str, tuple[str, dict[str, Any]]], dict[str, dict[str, Any]]]
+
+
+def _prepare_persons(batch: list[dict[str, str]]) -> _Persons:
+    """People, activities and organisations of a batch of activity lines, keyed (first line wins)."""
     people: dict[str, dict[str, Any]] = {}
     activities: dict[str, tuple[str, dict[str, Any]]] = {}
     orgs: dict[str, dict[str, Any]] = {}
@@ -313,7 +417,7 @@ async def _flush_persons(core: Core, run: int, batch: list[dict[str, str]], repo
                       "category": r["category"]}
             values["row_hash"] = _hash(*values.values())
             values["sort_key"] = ds.cached_fold(f"{r['last_name']} {r['first_name']}")
-            people[nid] = values
+            people[nid] = _fit(DirPerson.__table__, values)
         org = _org_key_from_activity(r)
         key = "|".join((nid, org[0] if org else "", r["mode_code"], r["function_code"], r["specialty_code"],
                         r["sector_code"]))[:200]
@@ -326,22 +430,33 @@ async def _flush_persons(core: Core, run: int, batch: list[dict[str, str]], repo
                "commune_code": r["commune_code"], "commune": r["commune"], "department_code": r["department_code"],
                "phone": r["phone"], "email": r["email"], "sector": r["sector"], "function": r["function"]}
         act["row_hash"] = _hash(*act.values())
-        activities.setdefault(key, (nid, act))
+        if key not in activities:
+            activities[key] = (nid, _fit(DirActivity.__table__, act))
         if org and org[0] not in orgs:
-            orgs[org[0]] = {"id_type": org[1], "identifier": org[2], "finess": r["finess"], "siret": r["siret"],
-                            "name": r["site_name"], "trade_name": r["trade_name"], "postcode": r["postcode"],
-                            "commune_code": r["commune_code"]}
+            orgs[org[0]] = _fit(DirOrganisation.__table__, {
+                "id_type": org[1], "identifier": org[2], "finess": r["finess"], "siret": r["siret"],
+                "name": r["site_name"], "trade_name": r["trade_name"], "postcode": r["postcode"],
+                "commune_code": r["commune_code"]})
+    return people, activities, orgs
+
+
+async def _write_persons(core: Core, run: int, prepared: _Persons, report: FileReport) -> None:
+    people, activities, orgs = prepared
     async with core.write() as tx:
         s = tx.session
         await _ensure_orgs(s, run, orgs, report)
         await _upsert(s, DirPerson.__table__, "national_id", run, people, report.counts("people"))
         ids = dict((await s.execute(sa.select(DirPerson.national_id, DirPerson.id)
-                                    .where(DirPerson.national_id.in_(list(people))))).all())
+                                    .where(among(DirPerson.national_id, people, _is_postgres(s))))).all())
         rows = {k: {**v, "person_id": ids[nid]} for k, (nid, v) in activities.items()}
         await _upsert(s, DirActivity.__table__, "key", run, rows, report.counts("activities"))
 
 
-async def _flush_mailboxes(core: Core, run: int, batch: list[dict[str, str]], report: FileReport) -> None:
+_Mailboxes = tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], set[tuple[str, str]]]
+
+
+def _prepare_mailboxes(batch: list[dict[str, str]]) -> _Mailboxes:
+    """Mailbox entries, organisations and services of a batch of correspondence lines."""
     entries: dict[str, dict[str, Any]] = {}
     orgs: dict[str, dict[str, Any]] = {}
     services: set[tuple[str, str]] = set()
@@ -350,7 +465,7 @@ async def _flush_mailboxes(core: Core, run: int, batch: list[dict[str, str]], re
             continue  # an address listed twice: the first line wins
         delivery = r["delivery_line"]
         city = re.sub(r"^\s*\d{4,5}\s*", "", delivery).strip()
-        org_key = r["structure_id"] if r["structure_id"] else ""
+        org_key = r["structure_id"][:40]  # the column length of dir_mailboxes.structure_id
         values = {"kind": r["kind"], "national_id": r["national_id"], "structure_id_type": r["structure_id_type"],
                   "structure_id": r["structure_id"], "service": r["service"], "title": r["title"],
                   "last_name": r["last_name"], "first_name": r["first_name"],
@@ -366,16 +481,22 @@ async def _flush_mailboxes(core: Core, run: int, batch: list[dict[str, str]], re
             values["sort_key"] = ds.cached_fold(f"{r['last_name']} {r['first_name']}")
         else:
             values["sort_key"] = ds.cached_fold(f"{r['service']} {r['org_name']}")
-        entries[r["address"]] = values
+        entries[r["address"]] = _fit(DirMailbox.__table__, values)
         if org_key and org_key not in orgs:
-            orgs[org_key] = {"id_type": _ID_TYPES.get(r["structure_id_type"], r["structure_id_type"]),
+            orgs[org_key] = _fit(DirOrganisation.__table__, {
+                             "id_type": _ID_TYPES.get(r["structure_id_type"], r["structure_id_type"]),
                              "identifier": org_key[1:] if org_key[:1] == r["structure_id_type"] else org_key,
                              "finess": org_key[1:] if r["structure_id_type"] == "1" else "",
                              "siret": org_key[1:] if r["structure_id_type"] == "3" else "",
                              "name": r["org_name"], "trade_name": r["trade_name"], "postcode": r["postcode"],
-                             "commune_code": ""}
+                             "commune_code": ""})
         if org_key and r["service"]:
             services.add((org_key, r["service"][:200]))
+    return entries, orgs, services
+
+
+async def _write_mailboxes(core: Core, run: int, prepared: _Mailboxes, report: FileReport) -> None:
+    entries, orgs, services = prepared
     async with core.write() as tx:
         s = tx.session
         org_ids = await _ensure_orgs(s, run, orgs, report)
@@ -383,14 +504,13 @@ async def _flush_mailboxes(core: Core, run: int, batch: list[dict[str, str]], re
         if services:
             pairs = {(org_ids[k], name) for k, name in services}
             t = DirService.__table__
-            have = {(o, n): i for i, o, n in (await s.execute(sa.select(t.c.id, t.c.organisation_id, t.c.name).where(
-                t.c.organisation_id.in_({o for o, _ in pairs})))).all()}
+            of_orgs = sa.select(t.c.id, t.c.organisation_id, t.c.name).where(
+                among(t.c.organisation_id, {o for o, _ in pairs}, _is_postgres(s)))
+            have = {(o, n): i for i, o, n in (await s.execute(of_orgs)).all()}
             missing = [{"organisation_id": o, "name": n} for o, n in pairs if (o, n) not in have]
             if missing:
                 await s.execute(sa.insert(t), missing)
-                have = {(o, n): i for i, o, n in (await s.execute(sa.select(t.c.id, t.c.organisation_id, t.c.name)
-                                                                   .where(t.c.organisation_id.in_(
-                                                                       {o for o, _ in pairs})))).all()}
+                have = {(o, n): i for i, o, n in (await s.execute(of_orgs)).all()}
             service_ids = have
         for values in entries.values():
             oid = org_ids.get(values["structure_id"]) if values["structure_id"] else None
@@ -398,11 +518,25 @@ async def _flush_mailboxes(core: Core, run: int, batch: list[dict[str, str]], re
             values["service_id"] = service_ids.get((oid, values["service"][:200])) if oid else None
             values["source"] = "national"
         sources_of = dict((await s.execute(sa.select(DirMailbox.address, DirMailbox.source)
-                                           .where(DirMailbox.address.in_(list(entries))))).all())
+                                           .where(among(DirMailbox.address, entries, _is_postgres(s))))).all())
         # Our own mailboxes are described by us, not by the national file.
         national = {a: v for a, v in entries.items() if sources_of.get(a, "national") == "national"}
         report.counts("mailboxes").unchanged += len(entries) - len(national)
         await _upsert(s, DirMailbox.__table__, "address", run, national, report.counts("mailboxes"))
+
+
+def _prepare_lines(layout: fmt.Layout, name: str, lines: list[tuple[int, str]]) -> tuple[Any, list[str]]:
+    """Parse and shape one batch of lines; runs in a helper process for large files. Returns the
+    prepared rows and the rejections ("ligne N : …")."""
+    rows: list[dict[str, str]] = []
+    rejects: list[str] = []
+    for line_no, text in lines:
+        try:
+            rows.append(fmt.parse(layout, text, line_no))
+        except fmt.LineError as exc:
+            rejects.append(f"{name} : {exc}")
+    prepare = _prepare_persons if layout.kind == fmt.PERSONS else _prepare_mailboxes
+    return prepare(rows), rejects
 
 
 async def _deactivate(core: Core, run: int, kind: str, report: FileReport) -> None:
@@ -444,45 +578,36 @@ async def _import_one(core: Core, src: Source, layout: fmt.Layout, progress: Pro
         tx.session.add(run_row)
         await tx.session.flush()
         run = run_row.id
-    flush = _flush_persons if layout.kind == fmt.PERSONS else _flush_mailboxes
-    batch: list[dict[str, str]] = []
+    write = _write_persons if layout.kind == fmt.PERSONS else _write_mailboxes
+    lines: list[tuple[int, str]] = []
     done = 0
-    # One batch is written while the next one is read: the database works while Python parses.
-    # Never more than one in flight, so batches commit in file order (a later one may rely on
-    # the organisations an earlier one created).
-    pending: asyncio.Task | None = None
-    try:
-        with src.open() as f:
-            f.readline()
-            for line_no, text in enumerate(f, start=2):
-                done += len(text)
-                if not text.strip():
-                    continue
-                report.lines += 1
-                try:
-                    batch.append(fmt.parse(layout, text, line_no))
-                except fmt.LineError as exc:
-                    report.reject(f"{src.name} : {exc}")
-                    continue
-                if len(batch) >= BATCH:
-                    if pending is not None:
-                        await pending
-                    pending = asyncio.create_task(flush(core, run, batch, report))
-                    batch = []
-                    if progress:
-                        progress(src.name, done, src.size)
-                elif pending is not None and line_no % 200 == 0 and not pending.done():
-                    await asyncio.sleep(0)  # let the batch in flight take its next step
-        if pending is not None:
-            await pending
-            pending = None
-        if batch:
-            await flush(core, run, batch, report)
-    finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
+
+    async def store(keep: int | None = None) -> None:
+        async for prepared, rejects in helpers.results(keep):
+            for message in rejects:
+                report.reject(message)
+            await writes.submit(write(core, run, prepared, report))
+
+    # Helpers parse and shape batches while this process writes the previous one.
+    with _Helpers(inline=src.size < HELPERS_ABOVE * 200) as helpers:
+        async with _Pipeline() as writes:
+            with src.open() as f:
+                f.readline()
+                for line_no, text in enumerate(f, start=2):
+                    done += len(text)
+                    if not text.strip():
+                        continue
+                    report.lines += 1
+                    lines.append((line_no, text))
+                    if len(lines) >= BATCH:
+                        helpers.submit(_prepare_lines, layout, src.name, lines)
+                        lines = []
+                        await store()
+                        if progress:
+                            progress(src.name, done, src.size)
+            if lines:
+                helpers.submit(_prepare_lines, layout, src.name, lines)
+            await store(keep=0)
     if progress:
         progress(src.name, src.size, src.size)
     # A file that is mostly unreadable is not a reason to switch the whole country off.
@@ -533,6 +658,21 @@ def _new_doc(section: str, seq: int, local: bool, **values: Any) -> Doc:
     return Doc(row, [], [])
 
 
+_COMMUNE_TERMS: dict[str, tuple[list[str], list[str], list[str]]] = {}
+
+
+def _commune_terms(place: communes_service.Commune) -> tuple[list[str], list[str], list[str]]:
+    """A commune's words, its markers (commune, department, grid cell when located), and the
+    markers that place an entry there as a second site (commune, cell). Computed once per commune."""
+    terms = _COMMUNE_TERMS.get(place.code)
+    if terms is None:
+        cell = [ds.grid_cell(place.latitude, place.longitude)] if place.latitude is not None else []
+        commune = ds.marker("xc", place.code)
+        terms = (ds.words(place.name), [commune, ds.marker("xd", place.department_code), *cell], [commune, *cell])
+        _COMMUNE_TERMS[place.code] = terms
+    return terms
+
+
 def _fill_common(doc: Doc, place: communes_service.Commune | None, postcode: str, department: str,
                  organisations: list[str], extra_places: list[str] = ()) -> None:
     r = doc.row
@@ -540,19 +680,16 @@ def _fill_common(doc: Doc, place: communes_service.Commune | None, postcode: str
     if place is not None:
         r.update(commune_code=place.code, commune=place.name, department_code=place.department_code,
                  latitude=place.latitude, longitude=place.longitude)
-        doc.words += ds.words(place.name)
-        doc.markers += [ds.marker("xc", place.code), ds.marker("xd", place.department_code)]
-        if place.latitude is not None:
-            doc.markers.append(ds.grid_cell(place.latitude, place.longitude))
+        words, markers, _ = _commune_terms(place)
+        doc.words += words
+        doc.markers += markers
     elif department:
         r["department_code"] = department
         doc.markers.append(ds.marker("xd", department))
     for code in extra_places:
         other = index.by_code.get(code) if code else None
         if other is not None:
-            doc.markers.append(ds.marker("xc", code))
-            if other.latitude is not None:
-                doc.markers.append(ds.grid_cell(other.latitude, other.longitude))
+            doc.markers += _commune_terms(other)[2]
     r["postcode"] = postcode or (place.postcodes[0] if place and place.postcodes else "")
     if r["postcode"]:
         doc.words.append(r["postcode"])
@@ -577,7 +714,8 @@ async def _activities_of(session: AsyncSession, person_ids: list[int]) -> dict[i
     if not person_ids:
         return {}
     t = DirActivity.__table__
-    rows = (await session.execute(sa.select(t).where(t.c.person_id.in_(person_ids), t.c.active.is_(True))
+    rows = (await session.execute(sa.select(t).where(among(t.c.person_id, person_ids, _is_postgres(session)),
+                                                     t.c.active.is_(True))
                                   .order_by(t.c.person_id, t.c.id))).all()
     out: dict[int, list[Any]] = {}
     for a in rows:
@@ -627,9 +765,84 @@ def _service_doc(index, seq: int, local: bool, *, ref: str, address: str, kind: 
     return doc
 
 
-async def _national_docs(core: Core, session: AsyncSession) -> Iterator[list[Doc]]:
-    """National entries in ranking order, in batches (streamed: memory stays flat)."""
+# Only the columns index entries are built from: less to read, and to send to the helpers.
+_BoxRow = collections.namedtuple("_BoxRow", "id address kind national_id title first_name last_name profession "
+                                            "specialty service org_name organisation_id postcode city department_code")
+_PersonRow = collections.namedtuple("_PersonRow", "id national_id title first_name last_name profession")
+_ActivityRow = collections.namedtuple("_ActivityRow", "person_id specialty site_name postcode commune_code commune "
+                                                      "department_code")
+
+
+def _columns(table: sa.Table, row: type) -> list[sa.Column]:
+    return [table.c[name] for name in row._fields]
+_IndexRows = tuple[list[str], list[tuple], set[str]]  # columns, rows, vocabulary words
+
+
+def _index_rows(docs: list[Doc]) -> _IndexRows:
+    """Finished ``dir_search`` rows (cut to their column lengths) and the words for the typo vocabulary."""
+    vocabulary: set[str] = set()
+    rows = []
+    table = DirSearch.__table__
+    for d in docs:
+        vocabulary.update(_vocabulary_words(d))
+        rows.append(_fit(table, d.finish()))
+    columns = list(rows[0]) if rows else []
+    get = operator.itemgetter(*columns) if columns else None
+    return columns, [get(r) for r in rows], vocabulary
+
+
+def _professional_rows(seq: int, chunk: list[tuple[str, int]], boxes: list[tuple], people: list[tuple],
+                       activities: list[tuple]) -> _IndexRows:
+    """Helper side: index entries of professionals, in ranking order, numbered from ``seq + 1``."""
     index = communes_service.package_index()
+    by_box = {b.id: b for b in map(_BoxRow._make, boxes)}
+    people_rows = [_PersonRow._make(x) for x in people]
+    by_nid = {x.national_id: x for x in people_rows}
+    by_id = {x.id: x for x in people_rows}
+    acts: dict[int, list[Any]] = {}
+    for a in map(_ActivityRow._make, activities):
+        acts.setdefault(a.person_id, []).append(a)
+    docs = []
+    for src, id_ in chunk:
+        seq += 1
+        if src == "m":
+            b = by_box[id_]
+            person = by_nid.get(b.national_id)
+            docs.append(_professional_doc(
+                index, seq, False, ref=f"m{b.id}", address=b.address, national_id=b.national_id,
+                title=b.title or (person.title if person else ""), first=b.first_name, last=b.last_name,
+                profession=b.profession or (person.profession if person else ""),
+                specialties=[b.specialty] if b.specialty else [], postcode=b.postcode, city=b.city,
+                department=b.department_code, acts=acts.get(person.id, []) if person else [],
+                organisation=b.org_name))
+        else:
+            x = by_id[id_]
+            docs.append(_professional_doc(
+                index, seq, False, ref=f"p{x.id}", address=None, national_id=x.national_id, title=x.title,
+                first=x.first_name, last=x.last_name, profession=x.profession, specialties=[], postcode="",
+                city="", department="", acts=acts.get(x.id, []), kind=""))
+    return _index_rows(docs)
+
+
+def _service_rows(seq: int, boxes: list[tuple], org_places: dict[int, str]) -> _IndexRows:
+    """Helper side: index entries of services (organisation mailboxes), numbered from ``seq + 1``."""
+    index = communes_service.package_index()
+    docs = []
+    for b in map(_BoxRow._make, boxes):
+        seq += 1
+        fallback = ""
+        if index.resolve(b.postcode, b.city, b.department_code) is None:
+            fallback = org_places.get(b.organisation_id) or ""
+        docs.append(_service_doc(index, seq, False, ref=f"m{b.id}", address=b.address, kind=b.kind,
+                                 service=b.service, organisation=b.org_name, postcode=b.postcode, city=b.city,
+                                 department=b.department_code, commune_code=fallback))
+    return _index_rows(docs)
+
+
+async def _national_batches(core: Core, session: AsyncSession) -> AsyncIterator[tuple[Callable[..., _IndexRows],
+                                                                                      tuple]]:
+    """National entries in ranking order, as batches of rows for :func:`_professional_rows` and
+    :func:`_service_rows` (streamed: memory stays flat)."""
     m, p = DirMailbox, DirPerson
     professionals = sa.union_all(
         sa.select(m.sort_key.label("sk"), sa.literal("m").label("src"), m.id.label("id"))
@@ -643,60 +856,37 @@ async def _national_docs(core: Core, session: AsyncSession) -> Iterator[list[Doc
     sort_key = professionals.c.sk.collate("C") if pg else professionals.c.sk
     stmt = sa.select(professionals.c.src, professionals.c.id).order_by(sort_key, professionals.c.src,
                                                                         professionals.c.id)
+    mt, pt, at = m.__table__, p.__table__, DirActivity.__table__
     seq = 0
     result = await session.stream(stmt)
     async for chunk in result.partitions(BATCH):
         mids = [r.id for r in chunk if r.src == "m"]
         pids = [r.id for r in chunk if r.src == "p"]
         async with core.read() as rs:
-            mt, pt = m.__table__, p.__table__
-            boxes = {b.id: b for b in (await rs.execute(sa.select(mt).where(mt.c.id.in_(mids)))).all()}
-            nids = {b.national_id for b in boxes.values() if b.national_id}
-            people_rows = (await rs.execute(sa.select(pt).where(sa.or_(pt.c.id.in_(pids),
-                                                                       pt.c.national_id.in_(nids))))).all()
-            by_nid = {x.national_id: x for x in people_rows}
-            by_id = {x.id: x for x in people_rows}
-            acts = await _activities_of(rs, [x.id for x in people_rows])
-        docs = []
-        for r in chunk:
-            seq += 1
-            if r.src == "m":
-                b = boxes[r.id]
-                person = by_nid.get(b.national_id)
-                docs.append(_professional_doc(
-                    index, seq, False, ref=f"m{b.id}", address=b.address, national_id=b.national_id,
-                    title=b.title or (person.title if person else ""), first=b.first_name, last=b.last_name,
-                    profession=b.profession or (person.profession if person else ""),
-                    specialties=[b.specialty] if b.specialty else [], postcode=b.postcode, city=b.city,
-                    department=b.department_code, acts=acts.get(person.id, []) if person else [],
-                    organisation=b.org_name))
-            else:
-                x = by_id[r.id]
-                docs.append(_professional_doc(
-                    index, seq, False, ref=f"p{x.id}", address=None, national_id=x.national_id, title=x.title,
-                    first=x.first_name, last=x.last_name, profession=x.profession, specialties=[], postcode="",
-                    city="", department="", acts=acts.get(x.id, []), kind=""))
-        yield docs
-    mt = m.__table__
-    stmt = (sa.select(mt).where(mt.c.source == "national", mt.c.active.is_(True), mt.c.kind != "PER")
+            box_rows = (await rs.execute(sa.select(*_columns(mt, _BoxRow)).where(among(mt.c.id, mids, pg)))).all()
+            nids = {b.national_id for b in box_rows} - {""}
+            boxes = [tuple(b) for b in box_rows]
+            people = [tuple(x) for x in (await rs.execute(sa.select(*_columns(pt, _PersonRow)).where(
+                sa.or_(among(pt.c.id, pids, pg), among(pt.c.national_id, nids, pg))))).all()]
+            person_ids = [x[0] for x in people]
+            activities = [tuple(a) for a in (await rs.execute(
+                sa.select(*_columns(at, _ActivityRow))
+                .where(among(at.c.person_id, person_ids, pg), at.c.active.is_(True))
+                .order_by(at.c.person_id, at.c.id))).all()]
+        yield _professional_rows, (seq, [(r.src, r.id) for r in chunk], boxes, people, activities)
+        seq += len(chunk)
+    stmt = (sa.select(*_columns(mt, _BoxRow)).where(mt.c.source == "national", mt.c.active.is_(True),
+                                                    mt.c.kind != "PER")
             .order_by(mt.c.sort_key.collate("C") if pg else mt.c.sort_key, mt.c.id))
     result = await session.stream(stmt)
     seq = 0
     async for chunk in result.partitions(BATCH):
-        docs = []
         org_ids = {b.organisation_id for b in chunk if b.organisation_id}
         async with core.read() as rs:
-            org_places = dict((await rs.execute(sa.select(DirOrganisation.id, DirOrganisation.commune_code)
-                                                .where(DirOrganisation.id.in_(org_ids)))).all()) if org_ids else {}
-        for b in chunk:
-            seq += 1
-            fallback = ""
-            if index.resolve(b.postcode, b.city, b.department_code) is None:
-                fallback = org_places.get(b.organisation_id) or ""
-            docs.append(_service_doc(index, seq, False, ref=f"m{b.id}", address=b.address, kind=b.kind,
-                                     service=b.service, organisation=b.org_name, postcode=b.postcode, city=b.city,
-                                     department=b.department_code, commune_code=fallback))
-        yield docs
+            org_places = dict((await rs.execute(sa.select(DirOrganisation.id, DirOrganisation.commune_code).where(
+                among(DirOrganisation.id, org_ids, pg)))).all()) if org_ids else {}
+        yield _service_rows, (seq, [tuple(b) for b in chunk], org_places)
+        seq += len(chunk)
 
 
 async def _index_count(core: Core) -> int:
@@ -739,19 +929,26 @@ async def rebuild_index(core: Core, progress: Progress | None = None) -> int:
         if pg:
             for name in SECTIONS:
                 await s.execute(sa.text(f"DROP INDEX IF EXISTS ix_dir_search_tsv_{name}"))
-        async with core.read() as rs:
-            async for docs in _national_docs(core, rs):
-                rows = []
-                for d in docs:
-                    vocabulary.update(_vocabulary_words(d))
-                    rows.append(d.finish())
-                await _bulk_insert(s, table, rows)
+
+        async def store(keep: int | None = None) -> None:
+            nonlocal total
+            async for columns, rows, words in helpers.results(keep):
+                vocabulary.update(words)
+                await writes.submit(_insert_tuples(s, table, columns, rows))
                 total += len(rows)
                 if progress:
                     progress("index", total, max(expected, total))
+
+        # Helpers build the entries of a batch while this process reads the next and writes the last.
+        with _Helpers(inline=expected < HELPERS_ABOVE) as helpers:
+            async with core.read() as rs, _Pipeline() as writes:
+                async for build, args in _national_batches(core, rs):
+                    helpers.submit(build, *args)
+                    await store()
+                await store(keep=0)
         if pg:
             # A GIN index is built much faster in one go, with room to sort, than row by row.
-            await s.execute(sa.text("SET LOCAL maintenance_work_mem = '256MB'"))
+            await s.execute(sa.text("SET LOCAL maintenance_work_mem = '512MB'"))
             for name in SECTIONS:  # one GIN index per section: a section's query reads only its postings
                 await s.execute(sa.text(f"CREATE INDEX ix_dir_search_tsv_{name} ON dir_search USING gin (tsv) "
                                         f"WHERE section = '{name}'"))
@@ -765,9 +962,8 @@ async def rebuild_index(core: Core, progress: Progress | None = None) -> int:
         terms = sorted(vocabulary)
         keys_table = DirTermKey.__table__
         for i in range(0, len(terms), 5000):
-            rows = [{"key": k, "term": t} for t in terms[i:i + 5000] for k in sorted(ds.stored_keys(t))]
-            rows = list({(r["key"], r["term"]): r for r in rows}.values())
-            await _bulk_insert(s, keys_table, rows)
+            pairs = sorted({(k, t) for t in terms[i:i + 5000] for k in ds.stored_keys(t)})
+            await _insert_tuples(s, keys_table, ["key", "term"], pairs)
             if progress:
                 progress("vocabulary", min(i + 5000, len(terms)), len(terms))
     if pg:
@@ -780,23 +976,30 @@ async def rebuild_index(core: Core, progress: Progress | None = None) -> int:
 
 # --- Local mailboxes in the directory --------------------------------------------------------
 
-async def _local_signature(session: AsyncSession) -> str:
-    mb = (await session.execute(sa.select(
-        sa.func.count(Mailbox.id), sa.func.max(Mailbox.id),
-        sa.func.sum(sa.case((Mailbox.is_expert.is_(True), 1), else_=0)),
-        sa.func.sum(sa.case((Mailbox.is_resource_team.is_(True), 1), else_=0)),
-        sa.func.sum(sa.case((Mailbox.active.is_(True), 1), else_=0))))).one()
-    acc = (await session.execute(sa.select(sa.func.count(Account.id), sa.func.max(Account.id)))).one()
-    prof = (await session.execute(sa.select(sa.func.count(), sa.func.max(DirProfile.updated_at))
-                                  .select_from(DirProfile))).one()
-    return "|".join(str(v) for v in (*mb, *acc, prof[0], as_utc(prof[1]).isoformat() if prof[1] else ""))
+_LOCAL_STATE = sa.select(
+    sa.func.count(Mailbox.id), sa.func.max(Mailbox.id),
+    sa.func.sum(sa.case((Mailbox.is_expert.is_(True), 1), else_=0)),
+    sa.func.sum(sa.case((Mailbox.is_resource_team.is_(True), 1), else_=0)),
+    sa.func.sum(sa.case((Mailbox.active.is_(True), 1), else_=0)),
+    sa.select(sa.func.count(Account.id)).scalar_subquery(),
+    sa.select(sa.func.max(Account.id)).scalar_subquery(),
+    sa.select(sa.func.count()).select_from(DirProfile).scalar_subquery(),
+    sa.select(sa.func.max(DirProfile.updated_at)).scalar_subquery(),
+    sa.select(DirMeta.value).where(DirMeta.name == "local_signature").scalar_subquery(),
+)
+
+
+async def _local_state(session: AsyncSession) -> tuple[str, str | None]:
+    """A signature of our accounts, mailboxes and profiles, and the one the index was built from:
+    one statement, run before every search."""
+    *values, updated, stored = (await session.execute(_LOCAL_STATE)).one()
+    return "|".join(str(v) for v in (*values, as_utc(updated).isoformat() if updated else "")), stored
 
 
 async def sync_local(core: Core, force: bool = False) -> bool:
     """Bring our own mailboxes' directory entries up to date; cheap when nothing changed."""
     async with core.read() as s:
-        sig = await _local_signature(s)
-        stored = await s.scalar(sa.select(DirMeta.value).where(DirMeta.name == "local_signature"))
+        sig, stored = await _local_state(s)
     if sig == stored and not force:
         return False
     async with core.write() as tx:
@@ -1052,6 +1255,8 @@ async def _completions(session: AsyncSession, tokens: list[str]) -> dict[str, li
 FREQUENT_ROWS = 100_000  # PostgreSQL plan choice, see _Engine.frequent (names cluster in id order)
 PROBE_ABOVE = 500  # PostgreSQL: estimated matches of a level above which the probe below is tried
 PROBE_ROWS = 4_000  # PostgreSQL: rows read in id order looking for a first page among many matches
+SHARES_TTL = 300.0  # seconds
+_SHARES: list[tuple[float, dict[str, float]]] = []
 FUZZY_BELOW = 20  # typo matches are looked for when exact and prefix matches are fewer than this
 
 
@@ -1085,8 +1290,9 @@ class _Engine:
             await self.s.execute(sa.text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
                                          "set_config('work_mem', '32MB', true)"))
 
-    async def estimate(self, level: ds.Level) -> float:
-        """PostgreSQL's estimate of the rows matching the level's ``keep`` query (0 on SQLite)."""
+    async def estimate(self, level: ds.Level, section: str) -> float:
+        """PostgreSQL's estimate of the section's rows matching the level's ``keep`` query (0 on
+        SQLite): the whole table's estimate, times the section's share of the rows."""
         if not self.pg:
             return 0.0
         keep = ds.tsquery(level[0])
@@ -1095,11 +1301,27 @@ class _Engine:
                                                "WHERE tsv @@ to_tsquery('simple', :m)"), {"m": keep})
             plan = json.loads(plan) if isinstance(plan, str) else plan
             self._estimates[keep] = float(plan[0]["Plan"]["Plan Rows"])
-        return self._estimates[keep]
+        return self._estimates[keep] * (await self._shares()).get(section, 1.0)
 
-    async def frequent(self, level: ds.Level) -> bool:
-        """PostgreSQL: do the level's words match so many rows that id order beats the GIN bitmap?"""
-        return await self.estimate(level) > FREQUENT_ROWS
+    async def _shares(self) -> dict[str, float]:
+        """Each section's share of the index rows, from the statistics of its partial index
+        (read again every few minutes: imports change them)."""
+        now = time.monotonic()
+        if _SHARES and now - _SHARES[0][0] < SHARES_TTL:
+            return _SHARES[0][1]
+        stats = dict((await self.s.execute(sa.text(
+            "SELECT relname, reltuples FROM pg_class WHERE relname = 'dir_search' "
+            "OR relname LIKE 'ix_dir_search_tsv_%'"))).all())
+        rows = float(stats.get("dir_search") or 0)
+        shares = {n: min(1.0, max(float(stats.get(f"ix_dir_search_tsv_{n}", 0)), 0) / rows) if rows > 0 else 1.0
+                  for n in SECTIONS}
+        _SHARES[:] = [(now, shares)]
+        return shares
+
+    async def frequent(self, level: ds.Level, section: str) -> bool:
+        """PostgreSQL: do the level's words match so many of the section's rows that id order
+        beats the GIN bitmap? (A bitmap finds "none here" at once; id order would read it all.)"""
+        return await self.estimate(level, section) > FREQUENT_ROWS
 
     async def ranked(self, widest: str, levels: list[tuple[str, bool]], lo: int, hi: int, cap: int, limit: int,
                      offset: int, ref: communes_service.Commune | None) -> tuple[list[int], int] | None:
@@ -1174,7 +1396,8 @@ def _bounds(section: str) -> tuple[int, int]:
 async def _total(engine: _Engine, section: str, widest: ds.Level) -> int:
     """How many entries of the section match, counted up to ``TOTAL_CAP + 1``. Levels are
     disjoint and ``widest`` is their union: one count instead of one per level."""
-    return await engine.count(engine.match(widest), *_bounds(section), TOTAL_CAP + 1, await engine.frequent(widest))
+    return await engine.count(engine.match(widest), *_bounds(section), TOTAL_CAP + 1,
+                              await engine.frequent(widest, section))
 
 
 async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, bool]], total: int,
@@ -1194,7 +1417,7 @@ async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, b
         if want <= 0:
             break
         m = engine.match(level)
-        estimate = await engine.estimate(level)
+        estimate = await engine.estimate(level, section)
         frequent = estimate > FREQUENT_ROWS
         if skip:
             c = await engine.count(m, lo, hi, skip + 1, frequent)
@@ -1213,7 +1436,7 @@ async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, b
     return ids, total, capped
 
 
-def _item(row: DirSearch, opened: dict[int, Any], ref) -> dict[str, Any]:
+def _item(row: Any, opened: dict[int, Any], ref) -> dict[str, Any]:
     now = utcnow()
     last = opened.get(row.local_mailbox_id) if row.local_mailbox_id else None
     active = bool(row.is_local and last is not None and now - as_utc(last) <= timedelta(days=ACTIVE_DAYS))
@@ -1269,7 +1492,7 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
             ranked: dict[str, tuple[list[int], int] | None] = {}
             totals: dict[str, int] = {}
             for n in sections:
-                if engine.pg and await engine.estimate(widest) <= 3 * TOTAL_CAP:
+                if engine.pg and await engine.estimate(widest, n) <= 3 * TOTAL_CAP:
                     # One statement per section unless the matches are more than the cap.
                     ranked[n] = await engine.ranked(engine.match(widest), [(engine.match(lv), d) for lv, d in levels],
                                                     *_bounds(n), TOTAL_CAP, limit, offset, ref)
@@ -1288,19 +1511,24 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
                 tier_queries = ds.tiers(tokens, fuzzy, filters, completions)
                 levels, ranked, totals = await first_pass()
         out["query"]["typos"] = fuzzy
+        pages: dict[str, tuple[list[int], int, bool]] = {}
         for section in SECTIONS:
+            done = ranked.get(section)
             if section not in totals:
-                out[section] = {"items": [], "total": 0, "next_offset": None, "total_capped": False}
-                continue
-            done = ranked[section]
-            if done is not None:
-                ids, total, capped = done[0], done[1], False
+                pages[section] = ([], 0, False)
+            elif done is not None:
+                pages[section] = (done[0], done[1], False)
             else:
-                ids, total, capped = await _section(engine, section, levels, totals[section], limit, offset, ref)
-            rows = {r.id: r for r in (await s.execute(sa.select(DirSearch).where(DirSearch.id.in_(ids)))).scalars()}
-            local_ids = [r.local_mailbox_id for r in rows.values() if r.local_mailbox_id]
-            opened = dict((await s.execute(sa.select(Mailbox.id, Mailbox.last_opened_at)
-                                           .where(Mailbox.id.in_(local_ids)))).all()) if local_ids else {}
+                pages[section] = await _section(engine, section, levels, totals[section], limit, offset, ref)
+        # Both sections' entries in one read, and when our own mailboxes were last opened in another.
+        wanted_ids = [i for ids, _, _ in pages.values() for i in ids]
+        st = DirSearch.__table__
+        rows = {r.id: r for r in (await s.execute(
+            sa.select(st).where(st.c.id.in_(wanted_ids)))).all()} if wanted_ids else {}
+        local_ids = [r.local_mailbox_id for r in rows.values() if r.local_mailbox_id]
+        opened = dict((await s.execute(sa.select(Mailbox.id, Mailbox.last_opened_at)
+                                       .where(Mailbox.id.in_(local_ids)))).all()) if local_ids else {}
+        for section, (ids, total, capped) in pages.items():
             items = [_item(rows[i], opened, ref) for i in ids if i in rows]
             end = offset + len(items)
             out[section] = {"items": items, "total": total, "next_offset": end if end < total else None,

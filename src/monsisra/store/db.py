@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -79,3 +80,18 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def among(column: sa.ColumnElement, values, postgres: bool) -> sa.ColumnElement[bool]:
+    """``column IN values`` as one parameter: an array on PostgreSQL, a JSON list on SQLite.
+
+    SQLAlchemy's expanding ``IN`` renders and binds one parameter per value on every execution;
+    with thousands of keys per import batch, that cost more than the query itself.
+    """
+    values = list(values)
+    if postgres:
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return column == sa.any_(sa.bindparam(None, values, type_=ARRAY(column.type)))
+    each = sa.func.json_each(sa.bindparam(None, json.dumps(values), type_=sa.String)).table_valued("value")
+    return column.in_(sa.select(each.c.value))
