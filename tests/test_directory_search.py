@@ -222,3 +222,13 @@ def test_same_answers_on_both_engines(alice, backend, tmp_path_factory):
     store.write_text(json.dumps(known))
     if len(known) == 2:
         assert known["sqlite"] == known["postgres"]
+
+
+def test_nearby_ring_narrows_in_cities():
+    """25 km around Paris is ten million people: the "nearby" ring shrinks there, not in the country."""
+    paris = directory.resolve_where("Paris 6e Arrondissement")
+    country = directory.resolve_where("Aurillac")
+    assert paris.ref.name == "Paris 6e Arrondissement" and country.ref.name == "Aurillac"
+    assert directory._nearby_radius(paris.ref, 25.0) == min(directory.NEARBY_RADII_KM)
+    assert directory._nearby_radius(country.ref, 25.0) == 25.0
+    assert len(paris.rings[1]) < len(country.rings[1]) / 4

@@ -1177,6 +1177,32 @@ class Where:
     rings: tuple[ds.Group, ...] = ()  # "in the commune", then "nearby": shown in this order
 
 
+NEARBY_RADII_KM = (25.0, 15.0, 10.0, 5.0)
+NEARBY_POPULATION = 1_500_000  # the "nearby" ring shrinks until it holds about this many inhabitants
+
+
+@functools.cache
+def _cell_population() -> dict[str, int]:
+    cells: dict[str, int] = collections.Counter()
+    for c in communes_service.package_index().by_code.values():
+        if c.latitude is not None and c.longitude is not None:
+            cells[ds.grid_cell(c.latitude, c.longitude)] += c.population
+    return cells
+
+
+def _nearby_radius(centre: communes_service.Commune, radius_km: float) -> float:
+    """The radius of the "nearby" ring around ``centre``: ``radius_km`` in the country, less in
+    a city (in Paris, 25 km is ten million people: neither "nearby" for the user nor a short
+    list for the index)."""
+    population = _cell_population()
+    radii = [r for r in NEARBY_RADII_KM if r < radius_km]
+    for r in (radius_km, *radii):
+        if sum(population.get(c, 0) for c in ds.grid_cells_around(centre.latitude, centre.longitude, r)) \
+                <= NEARBY_POPULATION:
+            return r
+    return min(radius_km, *radii) if radii else radius_km
+
+
 @functools.lru_cache(maxsize=4096)
 def resolve_where(where: str, radius_km: float = communes_service.DEFAULT_RADIUS_KM) -> Where:
     """Turn the "où" field into place filters (and a reference commune for distance)."""
@@ -1213,7 +1239,8 @@ def resolve_where(where: str, radius_km: float = communes_service.DEFAULT_RADIUS
         same = tuple(ds.Alt(ds.marker("xc", c.code)) for c in found if c.key == centre.key)
         if centre.latitude is None:
             return Where((same,), centre, f"{centre.name} ({centre.department_code})", "commune")
-        cells = tuple(ds.Alt(c) for c in ds.grid_cells_around(centre.latitude, centre.longitude, radius_km))
+        radius = _nearby_radius(centre, radius_km)
+        cells = tuple(ds.Alt(c) for c in ds.grid_cells_around(centre.latitude, centre.longitude, radius))
         return Where((), centre, f"{centre.name} ({centre.department_code})", "commune", rings=(same, cells))
     tokens = ds.query_tokens(text)
     if not tokens:
