@@ -85,6 +85,10 @@ def test_typos_are_forgiven(alice, make_user):
     assert address in [i["address"] for i in data["professionals"]["items"]]
     data = search(alice, q="Barthelmy")  # one letter missing
     assert any("barthelemy" in n for n in names(data["professionals"]))
+    # A common word is taken as spelled right: only the unknown one is looked up for typos.
+    data = search(alice, q="médecine Anecy")
+    assert list(data["query"]["typos"]) == ["anecy"]
+    assert data["professionals"]["total"] > 0
 
 
 def test_exact_matches_come_before_prefix_and_typo_matches(alice):

@@ -76,6 +76,28 @@ def test_directory_prefix_tier_short_words():
     assert ds.tiers(["dupont", "ch"], {}, ())[1][1][0].prefix
 
 
+def test_common_words_are_checked_on_rows_not_intersected_in_the_index():
+    shares = ds.Shares({"infirmier": 0.24, "xc35238": 0.003, "martin": 0.004}, 0.0008,
+                       {"xg1": 0.0002, "xg2": 0.0001})
+    near = ((ds.Alt("infirmier"),), (ds.Alt("xg1"), ds.Alt("xg2")))
+    split = ds.split_level((near, (((ds.Alt("xc35238"),),),)), shares)
+    assert split.index == "(('xg1' | 'xg2')) & !('xc35238')" and split.check == "('infirmier')"
+    assert split.full == ds.tsquery_level((near, (((ds.Alt("xc35238"),),),)))
+    # A level excluding a common word checks that on the rows too.
+    split = ds.split_level((((ds.Alt("xg1"),),), (((ds.Alt("infirmier"),),),)), shares)
+    assert (split.index, split.check) == ("('xg1')", "!('infirmier')")
+    # Words of similar frequency stay together in the index; nothing to check.
+    rare = ds.split_level((((ds.Alt("martin"),), (ds.Alt("xc35238"),)), ()), shares)
+    assert rare.index == rare.full and not rare.check
+    # A cell missing from the statistics counts at most as a rare word, less when few live there.
+    assert ds.share((ds.Alt("xg1"), ds.Alt("xg9")), shares) == pytest.approx(0.0002 + 0.0008)
+
+
+def test_only_rare_or_unknown_words_are_looked_up_for_typos():
+    assert ds.may_be_misspelt(None) and ds.may_be_misspelt(0) and ds.may_be_misspelt(ds.COMMON_WORD - 1)
+    assert not ds.may_be_misspelt(ds.COMMON_WORD)
+
+
 def test_sanitize_removes_scripts_handlers_and_remote_images():
     dirty = ('<p onclick="x()">Bonjour<script>alert(1)</script><img src="https://evil/x.png">'
              '<a href="javascript:alert(1)">lien</a><a href="https://ok.fr">ok</a>'

@@ -119,6 +119,16 @@ def osa_distance(a: str, b: str, limit: int = 2) -> int:
     return min(prev[lb], limit + 1)
 
 
+COMMON_WORD = 20  # entries: a query word found in this many is taken as spelled right
+
+
+def may_be_misspelt(entries: int | None) -> bool:
+    """Whether a query word found in ``entries`` entries (None: not a word of the directory)
+    is worth looking for typos of. A common word is spelled right, whatever it combines with:
+    "médecine générale Celle-Saint-Cloud" finds few entries, but none of its words is a typo."""
+    return entries is None or entries < COMMON_WORD
+
+
 def close_terms(token: str, candidates: Iterable[str], limit: int = 12) -> list[str]:
     """Vocabulary words within the allowed typos of ``token`` that it is not a prefix of."""
     n = max_typos(token)
@@ -302,3 +312,84 @@ def fts5_level(level: Level) -> str:
 def tsquery_level(level: Level) -> str:
     keep, drops = level
     return " & ".join([f"({tsquery(keep)})", *(f"!({tsquery(d)})" for d in drops)])
+
+
+# --- PostgreSQL: which words the GIN index intersects, which are checked on the rows ----------
+
+CHECK_SHARE = 0.02  # a group found in this share of the entries or more is a common one…
+CHECK_RATIO = 5.0  # …when it is this many times as common as the rarest group of the query
+
+
+@dataclass(frozen=True)
+class Split:
+    """A level as PostgreSQL runs it: ``index`` through the GIN index, ``check`` (may be empty)
+    on the rows it finds; ``full`` is the whole level, for plans that read rows in id order."""
+
+    full: str
+    index: str
+    check: str = ""
+
+
+@dataclass(frozen=True)
+class Shares:
+    """What a word's share of the entries is estimated from: the most common words with their
+    share (PostgreSQL's statistics), the share of any other word (``rare``), and, for the grid
+    cells missing from the statistics, their share of the population (at most ``rare``: a
+    query's ring is an OR of twenty or thirty cells, mostly rural, and counting each as
+    ``rare`` would make it look many times larger than it is)."""
+
+    common: dict[str, float]
+    rare: float
+    cells: dict[str, float]
+
+
+def share(group: Group, shares: Shares) -> float:
+    """Estimated share of the entries matching any word of ``group``."""
+    total = 0.0
+    for alt in group:
+        if alt.prefix:
+            total += shares.rare + sum(f for w, f in shares.common.items() if w.startswith(alt.term))
+        elif alt.term in shares.common:
+            total += shares.common[alt.term]
+        else:
+            total += min(shares.cells.get(alt.term, shares.rare), shares.rare)
+    return min(total, 1.0)
+
+
+def estimate(query: Query, shares: Shares) -> float:
+    """Estimated share of the entries matching every group of ``query`` (taken as independent,
+    as PostgreSQL's planner does)."""
+    out = 1.0
+    for group in query:
+        out *= share(group, shares)
+    return out
+
+
+def split_level(level: Level, shares: Shares) -> Split:
+    """Intersecting a very common word in a GIN index means decoding its whole posting list
+    (« infirmier »: 140,000 entries, about 8 ms, and again for each OR branch it is paired
+    with), whereas checking it on the few rows that the query's rare words find costs a few
+    microseconds a row. Groups (and excluded levels) much more common than the rarest group
+    are checked on the rows; the others are intersected in the index."""
+    keep, drops = level
+    full = tsquery_level(level)
+    if not keep:
+        return Split(full, full)
+    of_groups = [share(g, shares) for g in keep]
+    rarest = min(of_groups)
+
+    def common_enough(s: float) -> bool:
+        return s >= CHECK_SHARE and s >= CHECK_RATIO * rarest
+
+    index = tuple(g for g, s in zip(keep, of_groups, strict=True) if not common_enough(s))
+    check = [f"({tsquery(tuple(g for g, s in zip(keep, of_groups, strict=True) if common_enough(s)))})"] \
+        if len(index) < len(keep) else []
+    index_drops = []
+    for d in drops:
+        if any(common_enough(share(g, shares)) for g in d):
+            check.append(f"!({tsquery(d)})")
+        else:
+            index_drops.append(d)
+    if not check:
+        return Split(full, full)
+    return Split(full, tsquery_level((index, tuple(index_drops))), " & ".join(check))

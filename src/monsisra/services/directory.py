@@ -21,7 +21,6 @@ import contextlib
 import functools
 import hashlib
 import io
-import json
 import math
 import multiprocessing
 import operator
@@ -775,16 +774,17 @@ _ActivityRow = collections.namedtuple("_ActivityRow", "person_id specialty site_
 
 def _columns(table: sa.Table, row: type) -> list[sa.Column]:
     return [table.c[name] for name in row._fields]
-_IndexRows = tuple[list[str], list[tuple], set[str]]  # columns, rows, vocabulary words
+_IndexRows = tuple[list[str], list[tuple], collections.Counter]  # columns, rows, vocabulary word → entries
 
 
 def _index_rows(docs: list[Doc]) -> _IndexRows:
-    """Finished ``dir_search`` rows (cut to their column lengths) and the words for the typo vocabulary."""
-    vocabulary: set[str] = set()
+    """Finished ``dir_search`` rows (cut to their column lengths) and the words for the typo
+    vocabulary, each with the number of entries it is found in."""
+    vocabulary: collections.Counter = collections.Counter()
     rows = []
     table = DirSearch.__table__
     for d in docs:
-        vocabulary.update(_vocabulary_words(d))
+        vocabulary.update(set(_vocabulary_words(d)))
         rows.append(_fit(table, d.finish()))
     columns = list(rows[0]) if rows else []
     get = operator.itemgetter(*columns) if columns else None
@@ -917,7 +917,7 @@ async def rebuild_index(core: Core, progress: Progress | None = None) -> int:
     """Rebuild the national part of the search index and the typo vocabulary; returns entries indexed."""
     await sync_local(core, force=True)
     total = 0
-    vocabulary: set[str] = set()
+    vocabulary: collections.Counter = collections.Counter()
     table = DirSearch.__table__
     async with core.read() as s:
         expected = await s.scalar(sa.select(sa.func.count()).select_from(DirMailbox).where(
@@ -956,14 +956,14 @@ async def rebuild_index(core: Core, progress: Progress | None = None) -> int:
             await s.execute(sa.text(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')"))
         local_words = (await s.execute(sa.select(table.c.text).where(table.c.is_local.is_(True)))).scalars().all()
         for text in local_words:
-            vocabulary.update(w for w in text.split() if len(w) >= 3 and not w.isdigit()
-                              and not w.startswith(ds.MARKER_PREFIXES))
+            vocabulary.update({w for w in text.split() if len(w) >= 3 and not w.isdigit()
+                               and not w.startswith(ds.MARKER_PREFIXES)})
         await s.execute(sa.delete(DirTermKey.__table__))
         terms = sorted(vocabulary)
         keys_table = DirTermKey.__table__
         for i in range(0, len(terms), 5000):
-            pairs = sorted({(k, t) for t in terms[i:i + 5000] for k in ds.stored_keys(t)})
-            await _insert_tuples(s, keys_table, ["key", "term"], pairs)
+            rows = sorted({(k, t, vocabulary[t]) for t in terms[i:i + 5000] for k in ds.stored_keys(t)})
+            await _insert_tuples(s, keys_table, ["key", "term", "docs"], rows)
             if progress:
                 progress("vocabulary", min(i + 5000, len(terms)), len(terms))
     if pg:
@@ -1190,6 +1190,14 @@ def _cell_population() -> dict[str, int]:
     return cells
 
 
+@functools.cache
+def _cell_shares() -> dict[str, float]:
+    """Each grid cell's share of the population (of the entries located there, roughly)."""
+    cells = _cell_population()
+    total = sum(cells.values()) or 1
+    return {cell: n / total for cell, n in cells.items()}
+
+
 def _nearby_radius(centre: communes_service.Commune, radius_km: float) -> float:
     """The radius of the "nearby" ring around ``centre``: ``radius_km`` in the country, less in
     a city (in Paris, 25 km is ten million people: neither "nearby" for the user nor a short
@@ -1249,16 +1257,26 @@ def resolve_where(where: str, radius_km: float = communes_service.DEFAULT_RADIUS
 
 
 async def _fuzzy(session: AsyncSession, tokens: list[str]) -> dict[str, list[str]]:
+    """token → the vocabulary words within its allowed typos (one read for all tokens). A token
+    that is itself a common word is taken as spelled right: the typos of "saint" or "generale"
+    would only widen the query."""
+    keys = {t: k for t in tokens if (k := ds.lookup_keys(t))}
+    if not keys:
+        return {}
+    t = DirTermKey.__table__
+    found: dict[str, set[str]] = {}
+    docs: dict[str, int] = {}
+    for key, term, n in (await session.execute(sa.select(t.c.key, t.c.term, t.c.docs).where(
+            among(t.c.key, sorted(set().union(*keys.values())), _is_postgres(session))))).all():
+        found.setdefault(key, set()).add(term)
+        docs[term] = n
     out: dict[str, list[str]] = {}
-    for t in tokens:
-        keys = ds.lookup_keys(t)
-        if not keys:
+    for token, wanted in keys.items():
+        if not ds.may_be_misspelt(docs.get(token)):
             continue
-        rows = (await session.execute(sa.select(DirTermKey.term).where(DirTermKey.key.in_(sorted(keys)))
-                                      .distinct())).scalars().all()
-        close = ds.close_terms(t, rows)
+        close = ds.close_terms(token, {term for k in wanted for term in found.get(k, ())})
         if close:
-            out[t] = close
+            out[token] = close
     return out
 
 
@@ -1282,8 +1300,21 @@ async def _completions(session: AsyncSession, tokens: list[str]) -> dict[str, li
 FREQUENT_ROWS = 100_000  # PostgreSQL plan choice, see _Engine.frequent (names cluster in id order)
 PROBE_ABOVE = 500  # PostgreSQL: estimated matches of a level above which the probe below is tried
 PROBE_ROWS = 4_000  # PostgreSQL: rows read in id order looking for a first page among many matches
-SHARES_TTL = 300.0  # seconds
-_SHARES: list[tuple[float, dict[str, float]]] = []
+STATS_TTL = 300.0  # seconds: the statistics below are read again after this (imports change them)
+
+
+@dataclass(frozen=True)
+class _Stats:
+    """PostgreSQL's statistics of the index: each section's share of the rows, the most common
+    words with their share of the rows, and the share assumed for any other word."""
+
+    at: float
+    rows: float
+    sections: dict[str, float]
+    words: ds.Shares
+
+
+_STATS: list[_Stats] = []
 FUZZY_BELOW = 20  # typo matches are looked for when exact and prefix matches are fewer than this
 
 
@@ -1293,19 +1324,32 @@ class _Engine:
     def __init__(self, session: AsyncSession) -> None:
         self.s = session
         self.pg = _is_postgres(session)
-        self._estimates: dict[str, float] = {}
+        self._stats = _Stats(0.0, 0.0, {}, ds.Shares({}, 0.0, {}))
 
-    def match(self, level: ds.Level) -> str:
-        return ds.tsquery_level(level) if self.pg else ds.fts5_level(level)
+    def match(self, level: ds.Level) -> ds.Split:
+        if self.pg:
+            return ds.split_level(level, self._stats.words)
+        text = ds.fts5_level(level)
+        return ds.Split(text, text)
 
-    def _ids(self, lo: int, by_index: bool = False) -> str:
+    @staticmethod
+    def _params(m: ds.Split, by_index: bool = False) -> dict[str, str]:
+        if by_index or not m.check:
+            return {"m": m.full if by_index else m.index}
+        return {"m": m.index, "f": m.check}
+
+    def _ids(self, lo: int, m: ds.Split, by_index: bool = False) -> str:
+        """Ids of the section's rows matching ``m`` (parameters from :meth:`_params`)."""
         if self.pg:
             # PostgreSQL: walking the primary key in id order only pays off when matches are
             # many; otherwise ``id + 0`` keeps the planner on the GIN index (bitmap scan).
             ids = "id" if by_index else "id + 0"
             # The section as a literal, so that the planner can use that section's partial GIN index.
             section = next((f" AND section = '{n}'" for n, k in SECTIONS.items() if k * SECTION_SPAN == lo), "")
-            return (f"SELECT id FROM dir_search WHERE tsv @@ to_tsquery('simple', :m){section} "
+            # The common words as a function call, which the planner cannot hand to the index:
+            # they are checked on the rows the rare ones find.
+            check = " AND ts_match_vq(tsv, to_tsquery('simple', :f))" if m.check and not by_index else ""
+            return (f"SELECT id FROM dir_search WHERE tsv @@ to_tsquery('simple', :m){check}{section} "
                     f"AND {ids} BETWEEN :lo AND :hi")
         return f"SELECT rowid AS id FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :m AND rowid BETWEEN :lo AND :hi"
 
@@ -1316,47 +1360,51 @@ class _Engine:
             # page); both for this transaction only, in one round trip.
             await self.s.execute(sa.text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
                                          "set_config('work_mem', '32MB', true)"))
+            self._stats = await self._load_stats()
 
     async def estimate(self, level: ds.Level, section: str) -> float:
-        """PostgreSQL's estimate of the section's rows matching the level's ``keep`` query (0 on
-        SQLite): the whole table's estimate, times the section's share of the rows."""
+        """Estimated rows of the section matching the level's ``keep`` query (0 on SQLite), from
+        PostgreSQL's statistics as its planner would estimate them, without asking it."""
         if not self.pg:
             return 0.0
-        keep = ds.tsquery(level[0])
-        if keep not in self._estimates:
-            plan = await self.s.scalar(sa.text("EXPLAIN (FORMAT JSON) SELECT 1 FROM dir_search "
-                                               "WHERE tsv @@ to_tsquery('simple', :m)"), {"m": keep})
-            plan = json.loads(plan) if isinstance(plan, str) else plan
-            self._estimates[keep] = float(plan[0]["Plan"]["Plan Rows"])
-        return self._estimates[keep] * (await self._shares()).get(section, 1.0)
+        return self._stats.rows * ds.estimate(level[0], self._stats.words) * self._stats.sections.get(section, 1.0)
 
-    async def _shares(self) -> dict[str, float]:
-        """Each section's share of the index rows, from the statistics of its partial index
-        (read again every few minutes: imports change them)."""
+    async def _load_stats(self) -> _Stats:
+        """The index statistics (:class:`_Stats`), read again every few minutes."""
         now = time.monotonic()
-        if _SHARES and now - _SHARES[0][0] < SHARES_TTL:
-            return _SHARES[0][1]
-        stats = dict((await self.s.execute(sa.text(
+        if _STATS and now - _STATS[0].at < STATS_TTL:
+            return _STATS[0]
+        sizes = dict((await self.s.execute(sa.text(
             "SELECT relname, reltuples FROM pg_class WHERE relname = 'dir_search' "
             "OR relname LIKE 'ix_dir_search_tsv_%'"))).all())
-        rows = float(stats.get("dir_search") or 0)
-        shares = {n: min(1.0, max(float(stats.get(f"ix_dir_search_tsv_{n}", 0)), 0) / rows) if rows > 0 else 1.0
+        rows = max(float(sizes.get("dir_search") or 0), 0.0)  # -1: never analysed
+        shares = {n: min(1.0, max(float(sizes.get(f"ix_dir_search_tsv_{n}", 0)), 0) / rows) if rows > 0 else 1.0
                   for n in SECTIONS}
-        _SHARES[:] = [(now, shares)]
-        return shares
+        words = (await self.s.execute(sa.text(
+            "SELECT most_common_elems::text::text[], most_common_elem_freqs FROM pg_stats "
+            "WHERE tablename = 'dir_search' AND attname = 'tsv'"))).first()
+        common: dict[str, float] = {}
+        rare = 0.0
+        if words is not None and words[0]:
+            # The frequencies end with their minimum, maximum and null share (PostgreSQL's layout).
+            common = dict(zip(words[0], words[1], strict=False))
+            rare = min(words[1][:len(words[0])]) / 2
+        stats = _Stats(now, rows, shares, ds.Shares(common, rare, _cell_shares()))
+        _STATS[:] = [stats]
+        return stats
 
     async def frequent(self, level: ds.Level, section: str) -> bool:
         """PostgreSQL: do the level's words match so many of the section's rows that id order
         beats the GIN bitmap? (A bitmap finds "none here" at once; id order would read it all.)"""
         return await self.estimate(level, section) > FREQUENT_ROWS
 
-    async def ranked(self, widest: str, levels: list[tuple[str, bool]], lo: int, hi: int, cap: int, limit: int,
+    async def ranked(self, widest: ds.Split, levels: list[tuple[str, bool]], lo: int, hi: int, cap: int, limit: int,
                      offset: int, ref: communes_service.Commune | None) -> tuple[list[int], int] | None:
         """PostgreSQL, one statement: the section's matches (one bitmap scan of ``widest``), each
         placed in its level by re-checking the level queries on its own ``tsv`` (no more index
         reads), ranked, paged, and counted. None when they are more than ``cap``: their ranking
         then goes level by level. Gives the order of :func:`_section`'s level-by-level path."""
-        params: dict[str, Any] = {"w": widest, "lo": lo, "hi": hi, "cap": cap + 1, "limit": limit,
+        params: dict[str, Any] = {**self._params(widest), "lo": lo, "hi": hi, "cap": cap + 1, "limit": limit,
                                   "offset": offset}
         cases = []
         for i, (m, _) in enumerate(levels):
@@ -1371,8 +1419,9 @@ class _Engine:
         else:
             dist, distance = "0", ""
         section = next((f" AND section = '{n}'" for n, k in SECTIONS.items() if k * SECTION_SPAN == lo), "")
+        check = " AND ts_match_vq(tsv, to_tsquery('simple', :f))" if widest.check else ""
         sql = (f"WITH c AS MATERIALIZED (SELECT id, tsv, latitude, longitude FROM dir_search "
-               f"WHERE tsv @@ to_tsquery('simple', :w){section} AND id + 0 BETWEEN :lo AND :hi LIMIT :cap) "
+               f"WHERE tsv @@ to_tsquery('simple', :m){check}{section} AND id + 0 BETWEEN :lo AND :hi LIMIT :cap) "
                f"SELECT id, (SELECT count(*) FROM c) AS n FROM ("
                f"SELECT id, CASE {' '.join(cases)} ELSE {len(levels)} END AS lvl, {dist} AS d FROM c) AS t "
                f"ORDER BY lvl, {distance}id LIMIT :limit OFFSET :offset")
@@ -1385,13 +1434,13 @@ class _Engine:
             return None
         return [r.id for r in rows], total
 
-    async def count(self, m: str, lo: int, hi: int, cap: int, frequent: bool = False) -> int:
-        sql = f"SELECT count(*) FROM ({self._ids(lo, by_index=frequent)} LIMIT :cap) AS t"
-        return await self.s.scalar(sa.text(sql), {"m": m, "lo": lo, "hi": hi, "cap": cap}) or 0
+    async def count(self, m: ds.Split, lo: int, hi: int, cap: int, frequent: bool = False) -> int:
+        sql = f"SELECT count(*) FROM ({self._ids(lo, m, by_index=frequent)} LIMIT :cap) AS t"
+        return await self.s.scalar(sa.text(sql), {**self._params(m, frequent), "lo": lo, "hi": hi, "cap": cap}) or 0
 
-    async def page(self, m: str, lo: int, hi: int, limit: int, offset: int,
+    async def page(self, m: ds.Split, lo: int, hi: int, limit: int, offset: int,
                    ref: communes_service.Commune | None, many: bool = False, probe: bool = False) -> list[int]:
-        params: dict[str, Any] = {"m": m, "lo": lo, "hi": hi, "limit": limit, "offset": offset}
+        params: dict[str, Any] = {**self._params(m, many), "lo": lo, "hi": hi, "limit": limit, "offset": offset}
         if ref is None or ref.latitude is None:
             if self.pg and not many and probe:
                 # Entries are numbered in name order: when matches are many (more than the cap)
@@ -1401,15 +1450,15 @@ class _Engine:
                 got = list((await self.s.execute(sa.text(
                     "SELECT id FROM (SELECT id, tsv FROM dir_search WHERE id BETWEEN :lo AND :hi "
                     f"ORDER BY id LIMIT {PROBE_ROWS}) AS t WHERE tsv @@ to_tsquery('simple', :m) "
-                    "ORDER BY id LIMIT :limit OFFSET :offset"), params)).scalars())
+                    "ORDER BY id LIMIT :limit OFFSET :offset"), {**params, "m": m.full})).scalars())
                 if len(got) == limit:
                     return got
-            sql = f"{self._ids(lo, by_index=many)} ORDER BY id LIMIT :limit OFFSET :offset"
+            sql = f"{self._ids(lo, m, by_index=many)} ORDER BY id LIMIT :limit OFFSET :offset"
         else:
             params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
             dist = ("COALESCE((s.latitude - :lat) * (s.latitude - :lat) + "
                     "((s.longitude - :lon) * :k) * ((s.longitude - :lon) * :k), 1e9)")
-            sql = (f"SELECT s.id FROM dir_search s WHERE s.id IN ({self._ids(lo)}) "
+            sql = (f"SELECT s.id FROM dir_search s WHERE s.id IN ({self._ids(lo, m)}) "
                    f"ORDER BY {dist}, s.id LIMIT :limit OFFSET :offset")
         return list((await self.s.execute(sa.text(sql), params)).scalars().all())
 
@@ -1521,7 +1570,8 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
             for n in sections:
                 if engine.pg and await engine.estimate(widest, n) <= 3 * TOTAL_CAP:
                     # One statement per section unless the matches are more than the cap.
-                    ranked[n] = await engine.ranked(engine.match(widest), [(engine.match(lv), d) for lv, d in levels],
+                    ranked[n] = await engine.ranked(engine.match(widest),
+                                                    [(engine.match(lv).full, d) for lv, d in levels],
                                                     *_bounds(n), TOTAL_CAP, limit, offset, ref)
                     found = ranked[n]
                     totals[n] = found[1] if found is not None else TOTAL_CAP + 1

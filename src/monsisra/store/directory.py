@@ -228,12 +228,14 @@ class DirSearch(Base):
 
 
 class DirTermKey(Base):
-    """Typo index of the vocabulary: each word under itself and its one-letter deletions."""
+    """Typo index of the vocabulary: each word under itself and its one-letter deletions, with
+    the number of national entries the word is found in."""
 
     __tablename__ = "dir_term_keys"
 
     key: Mapped[str] = mapped_column(sa.String(60), primary_key=True)
     term: Mapped[str] = mapped_column(sa.String(60), primary_key=True)
+    docs: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class DirMeta(Base):
