@@ -236,3 +236,32 @@ def test_nearby_ring_narrows_in_cities():
     assert directory._nearby_radius(paris.ref, 25.0) == min(directory.NEARBY_RADII_KM)
     assert directory._nearby_radius(country.ref, 25.0) == 25.0
     assert len(paris.rings[1]) < len(country.rings[1]) / 4
+
+
+PLAN_QUERIES = [{"q": "medecine"}, {"q": "médecine générale"}, {"q": "infirmier", "where": "Annecy"},
+                {"q": "pharmacien", "where": "74"}, {"q": "cardio", "kind": "services"}, {"q": "martin"},
+                {"q": "cardio", "where": "Clermont"}, {"q": "urgences"}, {"q": "Anecy"}, {"q": "med gen ann"},
+                {"q": "medecine", "offset": 20}, {"where": "Annecy", "limit": 50}]
+
+
+def test_plan_choices_never_change_the_answers(imported, monkeypatch):
+    """On PostgreSQL, statistics choose how a level is read (GIN index, common words checked on
+    rows, rows walked in id order): every choice must give the same entries in the same order."""
+    from monsisra.domain import directory_search as ds
+
+    def answers() -> list:
+        directory._STATS.clear()
+        return [imported.call(directory.search, imported.core, None, **q) for q in PLAN_QUERIES]
+
+    usual = answers()
+    assert all(a["professionals"]["total"] or a["services"]["total"] for a in usual), [
+        (q, a["professionals"]["total"], a["services"]["total"]) for q, a in zip(PLAN_QUERIES, usual, strict=True)]
+    monkeypatch.setattr(directory, "FREQUENT_SHARE", 0.0)  # walk rows in id order whenever possible
+    monkeypatch.setattr(ds, "CHECK_SHARE", 0.0)  # and check every word but the rarest on the rows
+    monkeypatch.setattr(ds, "CHECK_RATIO", 1.0)
+    assert answers() == usual
+    monkeypatch.setattr(directory, "RANKED_ROWS", -1)  # and level by level, not in one statement
+    assert answers() == usual
+    monkeypatch.setattr(directory, "FREQUENT_SHARE", 2.0)  # never walk
+    monkeypatch.setattr(ds, "CHECK_SHARE", 2.0)  # never check: everything through the index
+    assert answers() == usual

@@ -238,12 +238,21 @@ def tiers(tokens: list[str], fuzzy: dict[str, list[str]], filters: Query,
     prefix = tuple((*begun(t, i == len(tokens) - 1), *(Alt(v, True) for v in variants(t)))
                    for i, t in enumerate(tokens))
     loose = tuple((*p, *(Alt(f) for f in fuzzy.get(t, []))) for t, p in zip(tokens, prefix, strict=True))
+    prefix, loose = tuple(map(_covered_dropped, prefix)), tuple(map(_covered_dropped, loose))
     out: list[Query] = []
     for q in (exact, prefix, loose):
         full = q + filters
         if not out or out[-1] != full:
             out.append(full)
     return out
+
+
+def _covered_dropped(group: Group) -> Group:
+    """The group without the words that one of its prefixes already covers (``kine`` completes
+    to "kinesitherapeute", and its variant is the prefix "kinesitherapeute*"): the same
+    matches, one posting list fewer for the index to read."""
+    prefixes = [a.term for a in group if a.prefix]
+    return tuple(dict.fromkeys(a for a in group if a.prefix or not any(a.term.startswith(p) for p in prefixes)))
 
 
 def marker(prefix: str, value: str) -> str:
@@ -376,14 +385,15 @@ def split_level(level: Level, shares: Shares) -> Split:
     if not keep:
         return Split(full, full)
     of_groups = [share(g, shares) for g in keep]
-    rarest = min(of_groups)
+    rarest = min(range(len(keep)), key=of_groups.__getitem__)
 
     def common_enough(s: float) -> bool:
-        return s >= CHECK_SHARE and s >= CHECK_RATIO * rarest
+        return s >= CHECK_SHARE and s >= CHECK_RATIO * of_groups[rarest]
 
-    index = tuple(g for g, s in zip(keep, of_groups, strict=True) if not common_enough(s))
-    check = [f"({tsquery(tuple(g for g, s in zip(keep, of_groups, strict=True) if common_enough(s)))})"] \
-        if len(index) < len(keep) else []
+    # The rarest group is always read through the index: something has to find the rows.
+    checked = [i != rarest and common_enough(s) for i, s in enumerate(of_groups)]
+    index = tuple(g for g, c in zip(keep, checked, strict=True) if not c)
+    check = [f"({tsquery(tuple(g for g, c in zip(keep, checked, strict=True) if c))})"] if any(checked) else []
     index_drops = []
     for d in drops:
         if any(common_enough(share(g, shares)) for g in d):

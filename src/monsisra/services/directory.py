@@ -21,6 +21,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import json
 import math
 import multiprocessing
 import operator
@@ -952,6 +953,8 @@ async def rebuild_index(core: Core, progress: Progress | None = None) -> int:
             for name in SECTIONS:  # one GIN index per section: a section's query reads only its postings
                 await s.execute(sa.text(f"CREATE INDEX ix_dir_search_tsv_{name} ON dir_search USING gin (tsv) "
                                         f"WHERE section = '{name}'"))
+            await _store_word_shares(s, total)
+            _STATS.clear()
         else:
             await s.execute(sa.text(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')"))
         local_words = (await s.execute(sa.select(table.c.text).where(table.c.is_local.is_(True)))).scalars().all()
@@ -967,11 +970,35 @@ async def rebuild_index(core: Core, progress: Progress | None = None) -> int:
             if progress:
                 progress("vocabulary", min(i + 5000, len(terms)), len(terms))
     if pg:
+        # VACUUM: the rows of the previous index are dead; without it, searches step over them
+        # until autovacuum comes by.
         async with core.db.engine.connect() as conn:
-            await conn.execute(sa.text("ANALYZE dir_search"))
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(sa.text("VACUUM ANALYZE dir_search"))
             await conn.execute(sa.text("ANALYZE dir_term_keys"))
-            await conn.commit()
     return total
+
+
+WORD_SHARES = "word_shares"  # dir_meta: each section's rows and common words (PostgreSQL's plans)
+COMMON_SHARE = 0.001  # words found in at least this share of a section's entries are listed
+
+
+async def _store_word_shares(s: AsyncSession, rows: int) -> None:
+    """PostgreSQL: each section's common words with their share of the section's entries, from
+    a sample of the index. Its own statistics are for the whole table: "kinésithérapeute" is in
+    a tenth of the entries, all of them professionals, and a plan made for services on that
+    figure reads the whole section in vain."""
+    sample = "TABLESAMPLE SYSTEM (10) REPEATABLE (1)" if rows > 200_000 else ""
+    out: dict[str, Any] = {}
+    for name in SECTIONS:
+        source = f"SELECT tsv FROM dir_search {sample} WHERE section = '{name}'"
+        n = await s.scalar(sa.text(f"SELECT count(*) FROM ({source}) AS t")) or 0
+        total = await s.scalar(sa.text(f"SELECT count(*) FROM dir_search WHERE section = '{name}'")) or 0
+        words = (await s.execute(sa.text("SELECT word, ndoc FROM ts_stat(:q) WHERE ndoc >= :least"),
+                                 {"q": source, "least": max(1, math.ceil(n * COMMON_SHARE))})).all() if n else []
+        out[name] = {"rows": total, "words": {w: round(k / n, 6) for w, k in words}}
+    await s.execute(sa.delete(DirMeta).where(DirMeta.name == WORD_SHARES))
+    s.add(DirMeta(name=WORD_SHARES, value=json.dumps(out)))
 
 
 # --- Local mailboxes in the directory --------------------------------------------------------
@@ -1297,7 +1324,12 @@ async def _completions(session: AsyncSession, tokens: list[str]) -> dict[str, li
     return out
 
 
-FREQUENT_ROWS = 100_000  # PostgreSQL plan choice, see _Engine.frequent (names cluster in id order)
+# PostgreSQL plan choice, see _Engine.frequent: among professionals (in name order), professions
+# and places are spread over the id order, names cluster in it, and no name is this common.
+# Services are in order of their service's name, which is what their common words are.
+FREQUENT_SHARE = 0.05
+WALKED_SECTIONS = ("professionals",)
+RANKED_ROWS = 3 * TOTAL_CAP  # PostgreSQL: estimated matches up to which a section is ranked in one statement
 PROBE_ABOVE = 500  # PostgreSQL: estimated matches of a level above which the probe below is tried
 PROBE_ROWS = 4_000  # PostgreSQL: rows read in id order looking for a first page among many matches
 STATS_TTL = 300.0  # seconds: the statistics below are read again after this (imports change them)
@@ -1305,16 +1337,15 @@ STATS_TTL = 300.0  # seconds: the statistics below are read again after this (im
 
 @dataclass(frozen=True)
 class _Stats:
-    """PostgreSQL's statistics of the index: each section's share of the rows, the most common
-    words with their share of the rows, and the share assumed for any other word."""
+    """Statistics of the index for PostgreSQL's plans (see :func:`_store_word_shares`): each
+    section's rows, and its words' shares of them."""
 
     at: float
-    rows: float
-    sections: dict[str, float]
-    words: ds.Shares
+    rows: dict[str, float]
+    words: dict[str, ds.Shares]
 
 
-_STATS: list[_Stats] = []
+_STATS: dict[str, _Stats] = {}  # by database
 FUZZY_BELOW = 20  # typo matches are looked for when exact and prefix matches are fewer than this
 
 
@@ -1324,11 +1355,14 @@ class _Engine:
     def __init__(self, session: AsyncSession) -> None:
         self.s = session
         self.pg = _is_postgres(session)
-        self._stats = _Stats(0.0, 0.0, {}, ds.Shares({}, 0.0, {}))
+        self._stats = _Stats(0.0, {}, {})
 
-    def match(self, level: ds.Level) -> ds.Split:
+    def _shares(self, section: str) -> ds.Shares:
+        return self._stats.words.get(section) or ds.Shares({}, 0.0, {})
+
+    def match(self, level: ds.Level, section: str) -> ds.Split:
         if self.pg:
-            return ds.split_level(level, self._stats.words)
+            return ds.split_level(level, self._shares(section))
         text = ds.fts5_level(level)
         return ds.Split(text, text)
 
@@ -1341,16 +1375,19 @@ class _Engine:
     def _ids(self, lo: int, m: ds.Split, by_index: bool = False) -> str:
         """Ids of the section's rows matching ``m`` (parameters from :meth:`_params`)."""
         if self.pg:
-            # PostgreSQL: walking the primary key in id order only pays off when matches are
-            # many; otherwise ``id + 0`` keeps the planner on the GIN index (bitmap scan).
-            ids = "id" if by_index else "id + 0"
             # The section as a literal, so that the planner can use that section's partial GIN index.
             section = next((f" AND section = '{n}'" for n, k in SECTIONS.items() if k * SECTION_SPAN == lo), "")
-            # The common words as a function call, which the planner cannot hand to the index:
-            # they are checked on the rows the rare ones find.
-            check = " AND ts_match_vq(tsv, to_tsquery('simple', :f))" if m.check and not by_index else ""
+            if by_index:
+                # Matches are many: rows are read in id order and checked until enough match.
+                # ``ts_match_vq`` is ``@@`` as a function call, which the planner cannot hand to
+                # the GIN index (it would, for a prefix, and gather every match first).
+                return (f"SELECT id FROM dir_search WHERE ts_match_vq(tsv, to_tsquery('simple', :m)){section} "
+                        f"AND id BETWEEN :lo AND :hi")
+            # Otherwise ``id + 0`` keeps the planner on the GIN index (bitmap scan), and the
+            # common words are checked on the rows that the rare ones find.
+            check = " AND ts_match_vq(tsv, to_tsquery('simple', :f))" if m.check else ""
             return (f"SELECT id FROM dir_search WHERE tsv @@ to_tsquery('simple', :m){check}{section} "
-                    f"AND {ids} BETWEEN :lo AND :hi")
+                    f"AND id + 0 BETWEEN :lo AND :hi")
         return f"SELECT rowid AS id FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :m AND rowid BETWEEN :lo AND :hi"
 
     async def prepare(self) -> None:
@@ -1367,36 +1404,31 @@ class _Engine:
         PostgreSQL's statistics as its planner would estimate them, without asking it."""
         if not self.pg:
             return 0.0
-        return self._stats.rows * ds.estimate(level[0], self._stats.words) * self._stats.sections.get(section, 1.0)
+        return self._stats.rows.get(section, 0.0) * ds.estimate(level[0], self._shares(section))
 
     async def _load_stats(self) -> _Stats:
         """The index statistics (:class:`_Stats`), read again every few minutes."""
         now = time.monotonic()
-        if _STATS and now - _STATS[0].at < STATS_TTL:
-            return _STATS[0]
-        sizes = dict((await self.s.execute(sa.text(
-            "SELECT relname, reltuples FROM pg_class WHERE relname = 'dir_search' "
-            "OR relname LIKE 'ix_dir_search_tsv_%'"))).all())
-        rows = max(float(sizes.get("dir_search") or 0), 0.0)  # -1: never analysed
-        shares = {n: min(1.0, max(float(sizes.get(f"ix_dir_search_tsv_{n}", 0)), 0) / rows) if rows > 0 else 1.0
-                  for n in SECTIONS}
-        words = (await self.s.execute(sa.text(
-            "SELECT most_common_elems::text::text[], most_common_elem_freqs FROM pg_stats "
-            "WHERE tablename = 'dir_search' AND attname = 'tsv'"))).first()
-        common: dict[str, float] = {}
-        rare = 0.0
-        if words is not None and words[0]:
-            # The frequencies end with their minimum, maximum and null share (PostgreSQL's layout).
-            common = dict(zip(words[0], words[1], strict=False))
-            rare = min(words[1][:len(words[0])]) / 2
-        stats = _Stats(now, rows, shares, ds.Shares(common, rare, _cell_shares()))
-        _STATS[:] = [stats]
+        key = str(self.s.bind.url)
+        if key in _STATS and now - _STATS[key].at < STATS_TTL:
+            return _STATS[key]
+        stored = json.loads(await self.s.scalar(sa.select(DirMeta.value).where(DirMeta.name == WORD_SHARES))
+                            or "{}")
+        # Before the first national import: no statistics, every query through the GIN index.
+        stats = _Stats(now, {n: float(v["rows"]) for n, v in stored.items()},
+                       {n: ds.Shares(v["words"], COMMON_SHARE / 2, _cell_shares()) for n, v in stored.items()})
+        _STATS[key] = stats
         return stats
 
     async def frequent(self, level: ds.Level, section: str) -> bool:
-        """PostgreSQL: do the level's words match so many of the section's rows that id order
-        beats the GIN bitmap? (A bitmap finds "none here" at once; id order would read it all.)"""
-        return await self.estimate(level, section) > FREQUENT_ROWS
+        """PostgreSQL: do the level's words match so large a share of the section's rows that
+        reading rows in id order until enough match beats building the GIN bitmap of all of
+        them? (A bitmap finds "none here" at once; id order would read it all.)"""
+        return self.is_frequent(await self.estimate(level, section), section)
+
+    def is_frequent(self, estimate: float, section: str) -> bool:
+        rows = self._stats.rows.get(section, 0.0)
+        return section in WALKED_SECTIONS and rows > 0 and estimate > FREQUENT_SHARE * rows
 
     async def ranked(self, widest: ds.Split, levels: list[tuple[str, bool]], lo: int, hi: int, cap: int, limit: int,
                      offset: int, ref: communes_service.Commune | None) -> tuple[list[int], int] | None:
@@ -1455,7 +1487,9 @@ class _Engine:
                     return got
             sql = f"{self._ids(lo, m, by_index=many)} ORDER BY id LIMIT :limit OFFSET :offset"
         else:
-            params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
+            # By distance: every match is read anyway, through the index.
+            params = {**self._params(m), "lo": lo, "hi": hi, "limit": limit, "offset": offset,
+                      "lat": ref.latitude, "lon": ref.longitude, "k": math.cos(math.radians(ref.latitude))}
             dist = ("COALESCE((s.latitude - :lat) * (s.latitude - :lat) + "
                     "((s.longitude - :lon) * :k) * ((s.longitude - :lon) * :k), 1e9)")
             sql = (f"SELECT s.id FROM dir_search s WHERE s.id IN ({self._ids(lo, m)}) "
@@ -1472,7 +1506,7 @@ def _bounds(section: str) -> tuple[int, int]:
 async def _total(engine: _Engine, section: str, widest: ds.Level) -> int:
     """How many entries of the section match, counted up to ``TOTAL_CAP + 1``. Levels are
     disjoint and ``widest`` is their union: one count instead of one per level."""
-    return await engine.count(engine.match(widest), *_bounds(section), TOTAL_CAP + 1,
+    return await engine.count(engine.match(widest, section), *_bounds(section), TOTAL_CAP + 1,
                               await engine.frequent(widest, section))
 
 
@@ -1492,9 +1526,9 @@ async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, b
     for level, by_distance in levels:
         if want <= 0:
             break
-        m = engine.match(level)
+        m = engine.match(level, section)
         estimate = await engine.estimate(level, section)
-        frequent = estimate > FREQUENT_ROWS
+        frequent = engine.is_frequent(estimate, section)
         if skip:
             c = await engine.count(m, lo, hi, skip + 1, frequent)
             if c <= skip:
@@ -1568,10 +1602,10 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
             ranked: dict[str, tuple[list[int], int] | None] = {}
             totals: dict[str, int] = {}
             for n in sections:
-                if engine.pg and await engine.estimate(widest, n) <= 3 * TOTAL_CAP:
+                if engine.pg and await engine.estimate(widest, n) <= RANKED_ROWS:
                     # One statement per section unless the matches are more than the cap.
-                    ranked[n] = await engine.ranked(engine.match(widest),
-                                                    [(engine.match(lv).full, d) for lv, d in levels],
+                    ranked[n] = await engine.ranked(engine.match(widest, n),
+                                                    [(ds.tsquery_level(lv), d) for lv, d in levels],
                                                     *_bounds(n), TOTAL_CAP, limit, offset, ref)
                     found = ranked[n]
                     totals[n] = found[1] if found is not None else TOTAL_CAP + 1
