@@ -241,7 +241,9 @@ def test_nearby_ring_narrows_in_cities():
 PLAN_QUERIES = [{"q": "medecine"}, {"q": "médecine générale"}, {"q": "infirmier", "where": "Annecy"},
                 {"q": "pharmacien", "where": "74"}, {"q": "cardio", "kind": "services"}, {"q": "martin"},
                 {"q": "cardio", "where": "Clermont"}, {"q": "urgences"}, {"q": "Anecy"}, {"q": "med gen ann"},
-                {"q": "medecine", "offset": 20}, {"where": "Annecy", "limit": 50}]
+                {"q": "medecine", "offset": 20}, {"where": "Annecy", "limit": 50},
+                {"where": "Annecy", "offset": 30, "limit": 40}, {"q": "medecine", "where": "Lyon", "limit": 60},
+                {"q": "infirmier", "where": "Annecy", "offset": 3, "limit": 7}]
 
 
 def test_plan_choices_never_change_the_answers(imported, monkeypatch):
@@ -262,6 +264,18 @@ def test_plan_choices_never_change_the_answers(imported, monkeypatch):
     assert answers() == usual
     monkeypatch.setattr(directory, "RANKED_ROWS", -1)  # and level by level, not in one statement
     assert answers() == usual
+    monkeypatch.setattr(directory, "NEAREST_ABOVE", -1)  # "nearby" levels read cell batch by cell batch
+    monkeypatch.setattr(directory, "NEAREST_CELLS", 1)
+    batches = []
+    read = directory._Engine.nearest
+
+    async def counted(self, *args, **kwargs):
+        batches.append(args[3])
+        return await read(self, *args, **kwargs)
+
+    monkeypatch.setattr(directory._Engine, "nearest", counted)
+    assert answers() == usual
+    assert len(batches) > len(PLAN_QUERIES)  # the cell by cell path did run, in several batches
     monkeypatch.setattr(directory, "FREQUENT_SHARE", 2.0)  # never walk
     monkeypatch.setattr(ds, "CHECK_SHARE", 2.0)  # never check: everything through the index
     assert answers() == usual

@@ -280,6 +280,21 @@ def grid_cells_around(lat: float, lon: float, radius_km: float) -> list[str]:
     return out
 
 
+def is_ring(group: Group) -> bool:
+    """Whether ``group`` is a ring of grid cells ("nearby")."""
+    return bool(group) and all(a.term.startswith("xg") and not a.prefix for a in group)
+
+
+def cell_distance2(cell: str, lat: float, lon: float, k: float) -> float:
+    """The smallest squared distance from (lat, lon) to the cell, in the measure search orders
+    by: degrees of latitude, longitude degrees times ``k`` (the cosine of the latitude), a hair
+    less so that rounding never makes it larger than an entry's own distance."""
+    i, j = int(cell[2:6]) - 1000, int(cell[6:10]) - 2000
+    dlat = max(0.0, i * GRID_LAT - lat, lat - (i + 1) * GRID_LAT)
+    dlon = max(0.0, j * GRID_LON - lon, lon - (j + 1) * GRID_LON)
+    return max(0.0, (dlat * dlat + (dlon * k) * (dlon * k)) * (1 - 1e-9) - 1e-12)
+
+
 Level = tuple[Query, tuple[Query, ...]]  # matches ``keep`` and none of the ``drops``
 
 

@@ -1307,21 +1307,26 @@ async def _fuzzy(session: AsyncSession, tokens: list[str]) -> dict[str, list[str
     return out
 
 
-async def _completions(session: AsyncSession, tokens: list[str]) -> dict[str, list[str]]:
-    """token → every vocabulary word it begins, for the tokens that begin few enough words."""
+async def _completions(session: AsyncSession, tokens: list[str]) -> tuple[dict[str, list[str]], set[str]]:
+    """token → every vocabulary word it begins, for the tokens that begin few enough words; and
+    the tokens that begin many words or a common one ("kine": kinésithérapeute), taken as words
+    being typed rather than misspelt."""
     out: dict[str, list[str]] = {}
-    for t in tokens:
-        if not ds.expandable(t):
+    begun: set[str] = set()
+    t = DirTermKey.__table__
+    for token in tokens:
+        if not ds.expandable(token):
             continue
         # Keys are the words and their one-letter deletions: scan the range, keep the words.
-        keys = (await session.execute(
-            sa.select(DirTermKey.key)
-            .where(DirTermKey.key >= t, DirTermKey.key < t + "{", DirTermKey.key == DirTermKey.term)
-            .order_by(DirTermKey.key).limit(ds.MAX_COMPLETIONS + 1))).scalars().all()
-        words = [k for k in keys if k.startswith(t)]
-        if len(keys) <= ds.MAX_COMPLETIONS and words:
-            out[t] = words
-    return out
+        rows = (await session.execute(
+            sa.select(t.c.key, t.c.docs)
+            .where(t.c.key >= token, t.c.key < token + "{", t.c.key == t.c.term)
+            .order_by(t.c.key).limit(ds.MAX_COMPLETIONS + 1))).all()
+        if len(rows) > ds.MAX_COMPLETIONS or any(not ds.may_be_misspelt(n) for _, n in rows):
+            begun.add(token)
+        if len(rows) <= ds.MAX_COMPLETIONS and rows:
+            out[token] = [k for k, _ in rows]
+    return out, begun
 
 
 # PostgreSQL plan choice, see _Engine.frequent: among professionals (in name order), professions
@@ -1485,16 +1490,28 @@ class _Engine:
                     "ORDER BY id LIMIT :limit OFFSET :offset"), {**params, "m": m.full})).scalars())
                 if len(got) == limit:
                     return got
-            sql = f"{self._ids(lo, m, by_index=many)} ORDER BY id LIMIT :limit OFFSET :offset"
+            # Through the index, ``id + 0``: ordered by the primary key, a small page tempts the
+            # planner into reading rows in id order, betting that matches are spread; names cluster.
+            order = "id" if many or not self.pg else "id + 0"
+            sql = f"{self._ids(lo, m, by_index=many)} ORDER BY {order} LIMIT :limit OFFSET :offset"
+            return list((await self.s.execute(sa.text(sql), params)).scalars().all())
+        return [i for i, _ in await self.nearest(m, lo, hi, limit, offset, ref)]
+
+    async def nearest(self, m: ds.Split, lo: int, hi: int, limit: int, offset: int,
+                      ref: communes_service.Commune) -> list[tuple[int, float]]:
+        """Matches in distance order (every match is read, through the index), with their
+        distance as :func:`ds.cell_distance2` measures it."""
+        params = {**self._params(m), "lo": lo, "hi": hi, "limit": limit, "offset": offset,
+                  "lat": ref.latitude, "lon": ref.longitude, "k": math.cos(math.radians(ref.latitude))}
+        dist = ("COALESCE((latitude - :lat) * (latitude - :lat) + "
+                "((longitude - :lon) * :k) * ((longitude - :lon) * :k), 1e9)")
+        ids = self._ids(lo, m)
+        if self.pg:  # the distance from the rows the index finds, in the same pass
+            sql = ids.replace("SELECT id FROM", f"SELECT id, {dist} AS d FROM", 1)
         else:
-            # By distance: every match is read anyway, through the index.
-            params = {**self._params(m), "lo": lo, "hi": hi, "limit": limit, "offset": offset,
-                      "lat": ref.latitude, "lon": ref.longitude, "k": math.cos(math.radians(ref.latitude))}
-            dist = ("COALESCE((s.latitude - :lat) * (s.latitude - :lat) + "
-                    "((s.longitude - :lon) * :k) * ((s.longitude - :lon) * :k), 1e9)")
-            sql = (f"SELECT s.id FROM dir_search s WHERE s.id IN ({self._ids(lo, m)}) "
-                   f"ORDER BY {dist}, s.id LIMIT :limit OFFSET :offset")
-        return list((await self.s.execute(sa.text(sql), params)).scalars().all())
+            sql = f"SELECT id, {dist} AS d FROM dir_search WHERE id IN ({ids})"
+        sql += " ORDER BY d, id LIMIT :limit OFFSET :offset"
+        return [(r.id, r.d) for r in await self.s.execute(sa.text(sql), params)]
 
 
 def _bounds(section: str) -> tuple[int, int]:
@@ -1520,6 +1537,7 @@ async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, b
     """
     lo, hi = _bounds(section)
     capped = total > TOTAL_CAP
+    large = total > NEAREST_ABOVE
     total = min(total, TOTAL_CAP)
     ids: list[int] = []
     skip, want = offset, min(limit, max(total - offset, 0))
@@ -1534,9 +1552,16 @@ async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, b
             if c <= skip:
                 skip -= c
                 continue
+        located = by_distance and ref is not None and ref.latitude is not None
+        if located and large and ds.is_ring(level[0][-1]):
+            # A large "nearby" level: its ring's cells are read nearest first.
+            got = await _nearest(engine, section, level, want, skip, ref)
+            ids.extend(got)
+            want -= len(got)
+            skip = 0
+            continue
         # Sorting a very large level by distance would read all of it: beyond the cap, by name.
-        huge = (by_distance and ref is not None and capped
-                and await engine.count(m, lo, hi, TOTAL_CAP + 1, frequent) > TOTAL_CAP)
+        huge = (located and capped and await engine.count(m, lo, hi, TOTAL_CAP + 1, frequent) > TOTAL_CAP)
         order_ref = ref if by_distance and not huge else None
         got = await engine.page(m, lo, hi, want, skip, order_ref, many=frequent,
                                 probe=capped and estimate > PROBE_ABOVE)
@@ -1544,6 +1569,40 @@ async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, b
         want -= len(got)
         skip = 0
     return ids, total, capped
+
+
+NEAREST_CELLS = 2  # cells of the "nearby" ring read in the first batch; each batch doubles
+NEAREST_ABOVE = TOTAL_CAP  # section matches above which "nearby" levels are read cell batch by cell batch
+
+
+async def _nearest(engine: _Engine, section: str, level: ds.Level, limit: int, offset: int,
+                   ref: communes_service.Commune) -> list[int]:
+    """A page of a "nearby" level in distance order, without reading all of the level: the
+    cells of its ring are read nearest first, in growing batches, until the page's entries are
+    known to be the nearest (no cell left can hold a closer one). The same entries, in the same
+    order, as sorting the whole level."""
+    keep, drops = level
+    lo, hi = _bounds(section)
+    k = math.cos(math.radians(ref.latitude))
+
+    def bound(cell: ds.Alt) -> float:
+        return ds.cell_distance2(cell.term, ref.latitude, ref.longitude, k)
+
+    cells = sorted(keep[-1], key=lambda c: (bound(c), c.term))
+    need = offset + limit
+    found: dict[int, float] = {}
+    ordered: list[tuple[int, float]] = []
+    start, size = 0, NEAREST_CELLS
+    while start < len(cells):
+        batch = tuple(cells[start:start + size])
+        start, size = start + size, size * 2
+        # Only a batch's nearest ``need`` can be among the page's.
+        found.update(await engine.nearest(engine.match(((*keep[:-1], batch), drops), section), lo, hi, need, 0,
+                                          ref))
+        ordered = sorted(found.items(), key=lambda x: (x[1], x[0]))
+        if start < len(cells) and len(ordered) >= need and ordered[need - 1][1] < bound(cells[start]):
+            break
+    return [i for i, _ in ordered[offset:need]]
 
 
 def _item(row: Any, opened: dict[int, Any], ref) -> dict[str, Any]:
@@ -1589,9 +1648,9 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
         engine = _Engine(s)
         await engine.prepare()
         rings = list(place.rings)
-        # PostgreSQL only: FTS5 reads a prefix as one range of its term index already, and its
-        # prefix indexes cover the short ones (the answers are the same either way).
-        completions = await _completions(s, tokens) if engine.pg else {}
+        # A prefix spelled out as its words: the same answers, but both engines then skip through
+        # each word's postings instead of first gathering every row of every word so begun.
+        completions, begun = await _completions(s, tokens)
         tier_queries = ds.tiers(tokens, {}, filters, completions) or ([()] if rings else [])
         sections = [n for n in SECTIONS if wanted[n]] if tier_queries else []
 
@@ -1617,7 +1676,7 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
         levels, ranked, totals = await first_pass()
         fuzzy: dict[str, list[str]] = {}
         if tokens and any(ds.max_typos(t) for t in tokens) and sum(totals.values()) < FUZZY_BELOW:
-            fuzzy = await _fuzzy(s, tokens)
+            fuzzy = await _fuzzy(s, [t for t in tokens if t not in begun])
             if fuzzy:
                 tier_queries = ds.tiers(tokens, fuzzy, filters, completions)
                 levels, ranked, totals = await first_pass()
