@@ -200,6 +200,8 @@ def main() -> None:
             print(f"[{backend}] first import {first['wall_s']} s, {first['peak_rss_mb']} MB", flush=True)
             again = run_import(url, Path(tmp) / "data", [ps, mss])
             print(f"[{backend}] same files again {again['wall_s']} s, {again['peak_rss_mb']} MB", flush=True)
+            # Search in steady state, not while the kernel writes back the gigabyte just imported.
+            os.sync()
             search = asyncio.run(run_searches(url, Path(tmp) / "data", queries))
             print(f"[{backend}] search {search['all']}", flush=True)
             results["backends"][backend] = {"import": first, "reimport": again, "search": search}
