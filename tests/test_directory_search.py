@@ -264,6 +264,8 @@ def test_plan_choices_never_change_the_answers(imported, monkeypatch):
     assert answers() == usual
     monkeypatch.setattr(directory, "RANKED_ROWS", -1)  # and level by level, not in one statement
     assert answers() == usual
+    monkeypatch.setattr(directory, "WALK_ROWS", 7)  # walks too short to hold a page: the index after all
+    assert answers() == usual
     monkeypatch.setattr(directory, "NEAREST_ABOVE", -1)  # "nearby" levels read cell batch by cell batch
     monkeypatch.setattr(directory, "NEAREST_CELLS", 1)
     batches = []

@@ -381,11 +381,14 @@ def share(group: Group, shares: Shares) -> float:
 
 
 def estimate(query: Query, shares: Shares) -> float:
-    """Estimated share of the entries matching every group of ``query`` (taken as independent,
-    as PostgreSQL's planner does)."""
-    out = 1.0
-    for group in query:
-        out *= share(group, shares)
+    """Estimated share of the entries matching every group of ``query``. Words of a query often
+    go together ("sage-femme", "médecine générale"): taken as independent, as PostgreSQL's
+    planner does, "sage" and "femme" would be 30 times rarer together than they are. So each
+    group but the rarest counts less and less (exponential back-off: s1 · s2^½ · s3^¼ …)."""
+    out, power = 1.0, 1.0
+    for s in sorted(share(group, shares) for group in query):
+        out *= s ** power
+        power /= 2
     return out
 
 

@@ -1335,8 +1335,10 @@ async def _completions(session: AsyncSession, tokens: list[str]) -> tuple[dict[s
 FREQUENT_SHARE = 0.05
 WALKED_SECTIONS = ("professionals",)
 RANKED_ROWS = 3 * TOTAL_CAP  # PostgreSQL: estimated matches up to which a section is ranked in one statement
-PROBE_ABOVE = 500  # PostgreSQL: estimated matches of a level above which the probe below is tried
 PROBE_ROWS = 4_000  # PostgreSQL: rows read in id order looking for a first page among many matches
+WALK_ROWS = 60_000  # PostgreSQL: at most this many for a level estimated to be frequent
+_WINDOW = "(SELECT id, tsv FROM dir_search WHERE id BETWEEN :lo AND :hi ORDER BY id LIMIT {rows}) AS w"
+PROBE_MARGIN = 1.0  # the probe is tried when its rows should hold this many times the page
 STATS_TTL = 300.0  # seconds: the statistics below are read again after this (imports change them)
 
 
@@ -1372,24 +1374,18 @@ class _Engine:
         return ds.Split(text, text)
 
     @staticmethod
-    def _params(m: ds.Split, by_index: bool = False) -> dict[str, str]:
-        if by_index or not m.check:
-            return {"m": m.full if by_index else m.index}
-        return {"m": m.index, "f": m.check}
+    def _params(m: ds.Split) -> dict[str, str]:
+        return {"m": m.index, "f": m.check} if m.check else {"m": m.index}
 
-    def _ids(self, lo: int, m: ds.Split, by_index: bool = False) -> str:
-        """Ids of the section's rows matching ``m`` (parameters from :meth:`_params`)."""
+    def _ids(self, lo: int, m: ds.Split) -> str:
+        """Ids of the section's rows matching ``m`` through the index (parameters from
+        :meth:`_params`)."""
         if self.pg:
             # The section as a literal, so that the planner can use that section's partial GIN index.
             section = next((f" AND section = '{n}'" for n, k in SECTIONS.items() if k * SECTION_SPAN == lo), "")
-            if by_index:
-                # Matches are many: rows are read in id order and checked until enough match.
-                # ``ts_match_vq`` is ``@@`` as a function call, which the planner cannot hand to
-                # the GIN index (it would, for a prefix, and gather every match first).
-                return (f"SELECT id FROM dir_search WHERE ts_match_vq(tsv, to_tsquery('simple', :m)){section} "
-                        f"AND id BETWEEN :lo AND :hi")
-            # Otherwise ``id + 0`` keeps the planner on the GIN index (bitmap scan), and the
-            # common words are checked on the rows that the rare ones find.
+            # ``id + 0`` keeps the planner on the GIN index (bitmap scan); the common words are
+            # checked on the rows that the rare ones find (``ts_match_vq`` is ``@@`` as a
+            # function call, which the planner cannot hand to the index).
             check = " AND ts_match_vq(tsv, to_tsquery('simple', :f))" if m.check else ""
             return (f"SELECT id FROM dir_search WHERE tsv @@ to_tsquery('simple', :m){check}{section} "
                     f"AND id + 0 BETWEEN :lo AND :hi")
@@ -1430,6 +1426,12 @@ class _Engine:
         reading rows in id order until enough match beats building the GIN bitmap of all of
         them? (A bitmap finds "none here" at once; id order would read it all.)"""
         return self.is_frequent(await self.estimate(level, section), section)
+
+    def probe_pays(self, estimate: float, section: str, wanted: int) -> bool:
+        """PostgreSQL: should the first rows in id order hold the page? Only if matches are
+        dense enough (a rare surname's would not be there: names cluster)."""
+        rows = self._stats.rows.get(section, 0.0)
+        return rows > 0 and estimate / rows * PROBE_ROWS >= PROBE_MARGIN * wanted
 
     def is_frequent(self, estimate: float, section: str) -> bool:
         rows = self._stats.rows.get(section, 0.0)
@@ -1472,28 +1474,42 @@ class _Engine:
         return [r.id for r in rows], total
 
     async def count(self, m: ds.Split, lo: int, hi: int, cap: int, frequent: bool = False) -> int:
-        sql = f"SELECT count(*) FROM ({self._ids(lo, m, by_index=frequent)} LIMIT :cap) AS t"
-        return await self.s.scalar(sa.text(sql), {**self._params(m, frequent), "lo": lo, "hi": hi, "cap": cap}) or 0
+        params = {"lo": lo, "hi": hi, "cap": cap}
+        if frequent:
+            # Up to WALK_ROWS rows in id order; if the cap is not reached there, the estimate
+            # was wrong (words that rarely go together): counted through the index after all.
+            n = await self.s.scalar(sa.text(
+                f"SELECT count(*) FROM (SELECT 1 FROM {_WINDOW.format(rows=WALK_ROWS)} "
+                "WHERE tsv @@ to_tsquery('simple', :m) LIMIT :cap) AS t"), {**params, "m": m.full}) or 0
+            if n >= cap:
+                return n
+        sql = f"SELECT count(*) FROM ({self._ids(lo, m)} LIMIT :cap) AS t"
+        return await self.s.scalar(sa.text(sql), {**self._params(m), **params}) or 0
+
+    async def _walk(self, m: ds.Split, rows: int, lo: int, hi: int, limit: int, offset: int) -> list[int] | None:
+        """PostgreSQL: the page among the first ``rows`` rows in id order (entries are numbered
+        in name order: when matches are many and spread, a page lies in the first few thousand
+        rows, where a bitmap would fetch every match first); None if they do not hold it."""
+        got = list((await self.s.execute(sa.text(
+            f"SELECT id FROM {_WINDOW.format(rows=rows)} WHERE tsv @@ to_tsquery('simple', :m) "
+            "ORDER BY id LIMIT :limit OFFSET :offset"),
+            {"m": m.full, "lo": lo, "hi": hi, "limit": limit, "offset": offset})).scalars())
+        return got if len(got) == limit else None
 
     async def page(self, m: ds.Split, lo: int, hi: int, limit: int, offset: int,
                    ref: communes_service.Commune | None, many: bool = False, probe: bool = False) -> list[int]:
-        params: dict[str, Any] = {**self._params(m, many), "lo": lo, "hi": hi, "limit": limit, "offset": offset}
         if ref is None or ref.latitude is None:
-            if self.pg and not many and probe:
-                # Entries are numbered in name order: when matches are many (more than the cap)
-                # and spread (a profession, a first name), the first page lies in the first few
-                # thousand rows, read in order; a bitmap would fetch every match first. Names
-                # that cluster further on miss the probe and take the bitmap.
-                got = list((await self.s.execute(sa.text(
-                    "SELECT id FROM (SELECT id, tsv FROM dir_search WHERE id BETWEEN :lo AND :hi "
-                    f"ORDER BY id LIMIT {PROBE_ROWS}) AS t WHERE tsv @@ to_tsquery('simple', :m) "
-                    "ORDER BY id LIMIT :limit OFFSET :offset"), {**params, "m": m.full})).scalars())
-                if len(got) == limit:
+            if self.pg and (many or probe):
+                # Many matches: in the first rows in id order, if they hold the page. Names that
+                # cluster further on, or an estimate that was wrong, take the index after all.
+                got = await self._walk(m, WALK_ROWS if many else PROBE_ROWS, lo, hi, limit, offset)
+                if got is not None:
                     return got
             # Through the index, ``id + 0``: ordered by the primary key, a small page tempts the
             # planner into reading rows in id order, betting that matches are spread; names cluster.
-            order = "id" if many or not self.pg else "id + 0"
-            sql = f"{self._ids(lo, m, by_index=many)} ORDER BY {order} LIMIT :limit OFFSET :offset"
+            order = "id + 0" if self.pg else "id"
+            sql = f"{self._ids(lo, m)} ORDER BY {order} LIMIT :limit OFFSET :offset"
+            params = {**self._params(m), "lo": lo, "hi": hi, "limit": limit, "offset": offset}
             return list((await self.s.execute(sa.text(sql), params)).scalars().all())
         return [i for i, _ in await self.nearest(m, lo, hi, limit, offset, ref)]
 
@@ -1564,7 +1580,7 @@ async def _section(engine: _Engine, section: str, levels: list[tuple[ds.Level, b
         huge = (located and capped and await engine.count(m, lo, hi, TOTAL_CAP + 1, frequent) > TOTAL_CAP)
         order_ref = ref if by_distance and not huge else None
         got = await engine.page(m, lo, hi, want, skip, order_ref, many=frequent,
-                                probe=capped and estimate > PROBE_ABOVE)
+                                probe=capped and engine.probe_pays(estimate, section, skip + want))
         ids.extend(got)
         want -= len(got)
         skip = 0
