@@ -8,6 +8,7 @@ they return the same entries in the same order.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import re
@@ -366,13 +367,26 @@ class Shares:
     rare: float
     cells: dict[str, float]
 
+    @functools.cached_property
+    def _sorted(self) -> tuple[list[str], list[float]]:
+        words = sorted(self.common)
+        sums = [0.0]
+        for w in words:
+            sums.append(sums[-1] + self.common[w])
+        return words, sums
+
+    def begun(self, prefix: str) -> float:
+        """The summed shares of the common words that begin with ``prefix`` (two binary searches)."""
+        words, sums = self._sorted
+        return sums[bisect.bisect_left(words, prefix + "\x7f")] - sums[bisect.bisect_left(words, prefix)]
+
 
 def share(group: Group, shares: Shares) -> float:
     """Estimated share of the entries matching any word of ``group``."""
     total = 0.0
     for alt in group:
         if alt.prefix:
-            total += shares.rare + sum(f for w, f in shares.common.items() if w.startswith(alt.term))
+            total += shares.rare + shares.begun(alt.term)
         elif alt.term in shares.common:
             total += shares.common[alt.term]
         else:

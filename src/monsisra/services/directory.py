@@ -859,7 +859,8 @@ async def _national_batches(core: Core, session: AsyncSession) -> AsyncIterator[
                                                                         professionals.c.id)
     mt, pt, at = m.__table__, p.__table__, DirActivity.__table__
     seq = 0
-    result = await session.stream(stmt)
+    conn = await session.connection()  # Core rows: the ORM's per-row handling is not needed here
+    result = await conn.stream(stmt)
     async for chunk in result.partitions(BATCH):
         mids = [r.id for r in chunk if r.src == "m"]
         pids = [r.id for r in chunk if r.src == "p"]
@@ -879,7 +880,7 @@ async def _national_batches(core: Core, session: AsyncSession) -> AsyncIterator[
     stmt = (sa.select(*_columns(mt, _BoxRow)).where(mt.c.source == "national", mt.c.active.is_(True),
                                                     mt.c.kind != "PER")
             .order_by(mt.c.sort_key.collate("C") if pg else mt.c.sort_key, mt.c.id))
-    result = await session.stream(stmt)
+    result = await conn.stream(stmt)
     seq = 0
     async for chunk in result.partitions(BATCH):
         org_ids = {b.organisation_id for b in chunk if b.organisation_id}
