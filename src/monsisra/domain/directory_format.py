@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from monsisra.domain.text import flatten_line
+
 PERSONS = "personnes"
 MAILBOXES = "correspondance"
 
@@ -176,8 +178,9 @@ def detect(header_line: str, filename: str = "") -> Layout:
 
 
 def parse(layout: Layout, line: str, line_no: int) -> dict[str, str]:
-    """One data line as ``{field: value}`` (stripped), or :class:`LineError`."""
-    values = split_line(line)
+    """One data line as ``{field: value}`` (stripped), or :class:`LineError`. Control characters
+    in a field become spaces (DESIGN §6: no NUL or stray line break enters the store)."""
+    values = split_line(flatten_line(line))
     if len(values) == layout.width + 1 and values[-1] == "":
         values.pop()
     if len(values) != layout.width:

@@ -13,6 +13,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from monsisra.domain.clock import as_utc, utcnow
 from monsisra.domain.model import Category
+from monsisra.domain.text import TextRefused, check_line
 from monsisra.services import audit, mailboxes
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed, Conflict, Invalid, NotFound, Throttled
@@ -52,6 +53,13 @@ def _validate_new(new: NewAccount) -> None:
         raise Invalid("identifiant national invalide (RPPS : 8 + 11 chiffres)")
     if new.personal_mailbox and not (new.first_name or new.last_name):
         raise Invalid("nom et prénom nécessaires pour créer la boîte personnelle")
+    for label, value in (("prénom", new.first_name), ("nom", new.last_name), ("civilité", new.civility),
+                         ("profession", new.profession), ("spécialité", new.specialty),
+                         ("e-mail", new.email or "")):
+        try:
+            check_line(value, label)
+        except TextRefused as exc:
+            raise Invalid(str(exc)) from None
 
 
 async def create_account(core: Core, new: NewAccount, actor: Actor | None = None) -> tuple[Account, Mailbox | None]:

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from monsisra.domain import directory_format as fmt
 from monsisra.domain import directory_search as ds
 from monsisra.domain.clock import as_utc, utcnow
-from monsisra.domain.text import fold
+from monsisra.domain.text import TextRefused, check_line, clean_multiline, fold
 from monsisra.services import communes as communes_service
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Forbidden, Invalid, NotFound
@@ -1845,6 +1845,7 @@ async def _update_profile(core: Core, actor: Actor, account_id: int, changes: di
     unknown = set(changes) - allowed
     if unknown:
         raise Invalid(f"champ(s) inconnu(s) : {', '.join(sorted(unknown))}")
+    changes = _clean_card_changes(changes)
     index = communes_service.package_index()
     async with core.write() as tx:
         s = tx.session
@@ -1907,6 +1908,39 @@ async def _update_profile(core: Core, actor: Actor, account_id: int, changes: di
         profile.updated_at = utcnow()
     await sync_local(core, force=True)
     return await get_my_profile(core, actor)
+
+
+_CARD_LINES = {"notification_phone": "téléphone de notification", "notification_email": "e-mail de notification",
+               "commune_code": "code commune", "postcode": "code postal", "commune": "commune"}
+_CARD_TEXTS = ("competences", "activities", "equipment")
+
+
+def _clean_card_changes(changes: dict[str, Any]) -> dict[str, Any]:
+    """The text rule of DESIGN §6 on card fields: one-line fields refuse controls and line breaks,
+    free texts lose their control characters."""
+    out = dict(changes)
+    try:
+        for name, label in _CARD_LINES.items():
+            if isinstance(out.get(name), str):
+                out[name] = check_line(out[name], label)
+        for name in _CARD_TEXTS:
+            if isinstance(out.get(name), str):
+                out[name] = clean_multiline(out[name])
+        decl = out.get("expert")
+        if isinstance(decl, dict):
+            decl = dict(decl)
+            for name in ("description", "documents"):
+                if isinstance(decl.get(name), str):
+                    decl[name] = clean_multiline(decl[name])
+            if isinstance(decl.get("urgent_contact"), str):
+                decl["urgent_contact"] = check_line(decl["urgent_contact"], "contact urgent")
+            if isinstance(decl.get("specialties"), list):
+                decl["specialties"] = [check_line(x, "spécialité") if isinstance(x, str) else x
+                                       for x in decl["specialties"]]
+            out["expert"] = decl
+    except TextRefused as exc:
+        raise Invalid(str(exc)) from None
+    return out
 
 
 # --- Publication -----------------------------------------------------------------------------

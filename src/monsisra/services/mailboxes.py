@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from monsisra.domain.addresses import base_local_part, candidate_addresses, local_part, normalize_address  # noqa: F401
 from monsisra.domain.clock import utcnow
 from monsisra.domain.model import Access, MailboxKind
+from monsisra.domain.text import TextRefused, check_line
 from monsisra.services import audit
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Conflict, Invalid, NotFound
@@ -90,6 +91,13 @@ async def create_service_mailbox(
     """An ORG/APP mailbox at ``local@domain``; the address must be free."""
     if kind not in (MailboxKind.ORG, MailboxKind.APP, MailboxKind.CAB):
         raise Invalid("type de boîte inconnu : ORG, APP ou CAB attendu")
+    try:
+        display_name = check_line(display_name, "nom de la boîte").strip()
+        organisation = check_line(organisation, "structure").strip()
+    except TextRefused as exc:
+        raise Invalid(str(exc)) from None
+    if not display_name:
+        raise Invalid("nom de la boîte obligatoire")
     raw = local if "@" in local else f"{local.strip().lower()}@{core.settings.domain}"
     address = normalize_address(raw)
     if address is None:

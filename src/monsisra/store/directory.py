@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from monsisra.store.models import UTC, Base, _now
+from monsisra.store.types import Line, Prose
 
 SECTION_SPAN = 10**11
 NATIONAL_OFFSET = 5 * 10**10
@@ -186,14 +187,14 @@ class DirProfile(Base):
     __tablename__ = "dir_profiles"
 
     account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
-    commune_code: Mapped[str] = mapped_column(sa.String(5), default="")
-    postcode: Mapped[str] = mapped_column(sa.String(10), default="")
-    notification_phone: Mapped[str] = mapped_column(sa.String(40), default="")
-    notification_email: Mapped[str] = mapped_column(sa.String(254), default="")
+    commune_code: Mapped[str] = mapped_column(Line(5), default="")
+    postcode: Mapped[str] = mapped_column(Line(10), default="")
+    notification_phone: Mapped[str] = mapped_column(Line(40), default="")
+    notification_email: Mapped[str] = mapped_column(Line(254), default="")
     modalities: Mapped[dict | None] = mapped_column(sa.JSON)
-    competences: Mapped[str] = mapped_column(sa.Text, default="")
-    activities: Mapped[str] = mapped_column(sa.Text, default="")
-    equipment: Mapped[str] = mapped_column(sa.Text, default="")
+    competences: Mapped[str] = mapped_column(Prose, default="")
+    activities: Mapped[str] = mapped_column(Prose, default="")
+    equipment: Mapped[str] = mapped_column(Prose, default="")
     expert: Mapped[dict | None] = mapped_column(sa.JSON)
     updated_at: Mapped[datetime] = mapped_column(UTC, default=_now)
 

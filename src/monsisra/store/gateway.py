@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from monsisra.store.models import UTC, Base, _now
+from monsisra.store.types import Line, Prose
 
 
 class TrustedDomain(Base):
@@ -19,8 +20,8 @@ class TrustedDomain(Base):
 
     __tablename__ = "gw_trusted_domains"
 
-    domain: Mapped[str] = mapped_column(sa.String(253), primary_key=True)
-    note: Mapped[str] = mapped_column(sa.String(200), default="")
+    domain: Mapped[str] = mapped_column(Line(253), primary_key=True)
+    note: Mapped[str] = mapped_column(Line(200), default="")
     added_at: Mapped[datetime] = mapped_column(UTC, default=_now)
 
 
@@ -32,13 +33,13 @@ class InboundMessage(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     mailbox_id: Mapped[int] = mapped_column(sa.ForeignKey("mailboxes.id", ondelete="CASCADE"))
-    rfc_message_id: Mapped[str] = mapped_column(sa.String(255))
+    rfc_message_id: Mapped[str] = mapped_column(Line(255))
     message_id: Mapped[int | None] = mapped_column(sa.ForeignKey("messages.id", ondelete="SET NULL"), index=True)
-    raw_sha256: Mapped[str] = mapped_column(sa.String(64))
+    raw_sha256: Mapped[str] = mapped_column(Line(64))
     raw_size: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    mail_from: Mapped[str] = mapped_column(sa.String(254), default="")
-    peer: Mapped[str] = mapped_column(sa.String(80), default="")
-    kind: Mapped[str] = mapped_column(sa.String(8), default="message")  # message | mdn
+    mail_from: Mapped[str] = mapped_column(Line(254), default="")
+    peer: Mapped[str] = mapped_column(Line(80), default="")
+    kind: Mapped[str] = mapped_column(Line(8), default="message")  # message | mdn
     received_at: Mapped[datetime] = mapped_column(UTC, default=_now)
 
     __table_args__ = (sa.UniqueConstraint("mailbox_id", "rfc_message_id"),)
@@ -53,7 +54,7 @@ class RawMessage(Base):
 
     __tablename__ = "gw_raw"
 
-    sha256: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    sha256: Mapped[str] = mapped_column(Line(64), primary_key=True)
     size: Mapped[int] = mapped_column(sa.BigInteger)
     data: Mapped[bytes] = mapped_column(sa.LargeBinary)
     received_at: Mapped[datetime] = mapped_column(UTC, default=_now)
@@ -69,10 +70,10 @@ class OutboundAttempt(Base):
                                                      index=True)
     mdn_id: Mapped[int | None] = mapped_column(sa.ForeignKey("gw_mdn.id", ondelete="CASCADE"), index=True)
     at: Mapped[datetime] = mapped_column(UTC, default=_now)
-    host: Mapped[str] = mapped_column(sa.String(260), default="")
+    host: Mapped[str] = mapped_column(Line(260), default="")
     code: Mapped[int | None] = mapped_column()
-    outcome: Mapped[str] = mapped_column(sa.String(12))  # sent | retry | failed
-    detail: Mapped[str] = mapped_column(sa.Text, default="")
+    outcome: Mapped[str] = mapped_column(Line(12))  # sent | retry | failed
+    detail: Mapped[str] = mapped_column(Prose, default="")
 
 
 class MdnJob(Base):
@@ -84,11 +85,11 @@ class MdnJob(Base):
     message_id: Mapped[int] = mapped_column(sa.ForeignKey("messages.id", ondelete="CASCADE"))
     mailbox_id: Mapped[int] = mapped_column(sa.ForeignKey("mailboxes.id", ondelete="CASCADE"))
     account_id: Mapped[int | None] = mapped_column(sa.ForeignKey("accounts.id"))
-    notify_to: Mapped[str] = mapped_column(sa.String(254))
-    status: Mapped[str] = mapped_column(sa.String(10))  # ask | queued | retrying | sent | failed | declined
+    notify_to: Mapped[str] = mapped_column(Line(254))
+    status: Mapped[str] = mapped_column(Line(10))  # ask | queued | retrying | sent | failed | declined
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTC)
-    detail: Mapped[str | None] = mapped_column(sa.Text)
+    detail: Mapped[str | None] = mapped_column(Prose)
     created_at: Mapped[datetime] = mapped_column(UTC, default=_now)
 
     __table_args__ = (

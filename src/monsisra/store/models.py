@@ -11,6 +11,8 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from monsisra.store.types import Line, Prose
+
 # SQL fragments shared by the partial indexes and the queries that must use them: SQLite
 # only picks a partial index when the query repeats its WHERE terms literally.
 NOT_DELETED = "deleted = false"
@@ -51,23 +53,23 @@ class Account(Base):
     __tablename__ = "accounts"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    username: Mapped[str] = mapped_column(sa.String(120), unique=True)
-    password_hash: Mapped[str | None] = mapped_column(sa.String(255))
+    username: Mapped[str] = mapped_column(Line(120), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(Line(255))
     is_admin: Mapped[bool] = mapped_column(default=False)
     active: Mapped[bool] = mapped_column(default=True)
-    civility: Mapped[str] = mapped_column(sa.String(20), default="")
-    first_name: Mapped[str] = mapped_column(sa.String(120), default="")
-    last_name: Mapped[str] = mapped_column(sa.String(120), default="")
-    profession_code: Mapped[str | None] = mapped_column(sa.String(8))
-    profession: Mapped[str] = mapped_column(sa.String(120), default="")
-    specialty: Mapped[str] = mapped_column(sa.String(160), default="")
-    national_id: Mapped[str | None] = mapped_column(sa.String(20), index=True)
-    email: Mapped[str | None] = mapped_column(sa.String(254))
-    phone: Mapped[str | None] = mapped_column(sa.String(40))
+    civility: Mapped[str] = mapped_column(Line(20), default="")
+    first_name: Mapped[str] = mapped_column(Line(120), default="")
+    last_name: Mapped[str] = mapped_column(Line(120), default="")
+    profession_code: Mapped[str | None] = mapped_column(Line(8))
+    profession: Mapped[str] = mapped_column(Line(120), default="")
+    specialty: Mapped[str] = mapped_column(Line(160), default="")
+    national_id: Mapped[str | None] = mapped_column(Line(20), index=True)
+    email: Mapped[str | None] = mapped_column(Line(254))
+    phone: Mapped[str | None] = mapped_column(Line(40))
     appear_absent: Mapped[bool] = mapped_column(default=False)
     # Categories shown in the inbox; NULL means all of them.
     inbox_categories: Mapped[list[str] | None] = mapped_column(sa.JSON)
-    totp_secret: Mapped[str | None] = mapped_column(sa.String(64))
+    totp_secret: Mapped[str | None] = mapped_column(Line(64))
     created_at: Mapped[datetime] = mapped_column(UTC, default=_now)
     last_login_at: Mapped[datetime | None] = mapped_column(UTC)
 
@@ -77,12 +79,12 @@ class Token(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
-    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
-    kind: Mapped[str] = mapped_column(sa.String(16), default="api")
+    token_hash: Mapped[str] = mapped_column(Line(64), unique=True)
+    kind: Mapped[str] = mapped_column(Line(16), default="api")
     created_at: Mapped[datetime] = mapped_column(UTC, default=_now)
     expires_at: Mapped[datetime] = mapped_column(UTC)
     revoked_at: Mapped[datetime | None] = mapped_column(UTC)
-    client: Mapped[str | None] = mapped_column(sa.String(120))
+    client: Mapped[str | None] = mapped_column(Line(120))
 
 
 class LoginThrottle(Base):
@@ -90,7 +92,7 @@ class LoginThrottle(Base):
 
     __tablename__ = "login_throttle"
 
-    key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(Line(200), primary_key=True)
     failures: Mapped[int] = mapped_column(default=0)
     window_start: Mapped[datetime] = mapped_column(UTC)
     locked_until: Mapped[datetime | None] = mapped_column(UTC)
@@ -100,13 +102,13 @@ class Mailbox(Base):
     __tablename__ = "mailboxes"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    address: Mapped[str] = mapped_column(sa.String(254), unique=True)
-    kind: Mapped[str] = mapped_column(sa.String(3))
-    display_name: Mapped[str] = mapped_column(sa.String(200))
+    address: Mapped[str] = mapped_column(Line(254), unique=True)
+    kind: Mapped[str] = mapped_column(Line(3))
+    display_name: Mapped[str] = mapped_column(Line(200))
     owner_account_id: Mapped[int | None] = mapped_column(sa.ForeignKey("accounts.id"), index=True)
-    description: Mapped[str] = mapped_column(sa.Text, default="")
-    organisation: Mapped[str] = mapped_column(sa.String(200), default="")
-    finess: Mapped[str | None] = mapped_column(sa.String(20))
+    description: Mapped[str] = mapped_column(Prose, default="")
+    organisation: Mapped[str] = mapped_column(Line(200), default="")
+    finess: Mapped[str | None] = mapped_column(Line(20))
     is_expert: Mapped[bool] = mapped_column(default=False)
     is_resource_team: Mapped[bool] = mapped_column(default=False)
     active: Mapped[bool] = mapped_column(default=True)
@@ -127,7 +129,7 @@ class MailboxAccess(Base):
     account_id: Mapped[int] = mapped_column(
         sa.ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True, index=True
     )
-    access: Mapped[str] = mapped_column(sa.String(10))
+    access: Mapped[str] = mapped_column(Line(10))
     created_at: Mapped[datetime] = mapped_column(UTC, default=_now)
 
 
@@ -135,13 +137,13 @@ class Patient(Base):
     __tablename__ = "patients"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    ins: Mapped[str] = mapped_column(sa.String(15), unique=True)
-    ins_oid: Mapped[str] = mapped_column(sa.String(40))
-    family_name: Mapped[str] = mapped_column(sa.String(120), default="")
-    given_names: Mapped[str] = mapped_column(sa.String(200), default="")
-    birth_date: Mapped[str | None] = mapped_column(sa.String(10))
-    sex: Mapped[str | None] = mapped_column(sa.String(1))
-    birthplace: Mapped[str | None] = mapped_column(sa.String(5))
+    ins: Mapped[str] = mapped_column(Line(15), unique=True)
+    ins_oid: Mapped[str] = mapped_column(Line(40))
+    family_name: Mapped[str] = mapped_column(Line(120), default="")
+    given_names: Mapped[str] = mapped_column(Line(200), default="")
+    birth_date: Mapped[str | None] = mapped_column(Line(10))
+    sex: Mapped[str | None] = mapped_column(Line(1))
+    birthplace: Mapped[str | None] = mapped_column(Line(5))
     created_at: Mapped[datetime] = mapped_column(UTC, default=_now)
 
 
@@ -151,31 +153,31 @@ class Message(Base):
     __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 (read once by SQLAlchemy)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    message_id: Mapped[str] = mapped_column(sa.String(255), index=True)  # RFC 5322 Message-ID
+    message_id: Mapped[str] = mapped_column(Line(255), index=True)  # RFC 5322 Message-ID
     thread_id: Mapped[int | None] = mapped_column(sa.BigInteger, index=True)
     in_reply_to_id: Mapped[int | None] = mapped_column(sa.ForeignKey("messages.id"))
     from_mailbox_id: Mapped[int | None] = mapped_column(sa.ForeignKey("mailboxes.id"))
     author_account_id: Mapped[int | None] = mapped_column(sa.ForeignKey("accounts.id"))
-    sender_address: Mapped[str] = mapped_column(sa.String(254))
-    sender_name: Mapped[str] = mapped_column(sa.String(200), default="")
-    subject: Mapped[str] = mapped_column(sa.String(998), default="")
-    body: Mapped[str] = mapped_column(sa.Text, default="")
-    html: Mapped[str | None] = mapped_column(sa.Text)
-    preview: Mapped[str] = mapped_column(sa.String(160), default="")
-    category: Mapped[str] = mapped_column(sa.String(16))
+    sender_address: Mapped[str] = mapped_column(Line(254))
+    sender_name: Mapped[str] = mapped_column(Line(200), default="")
+    subject: Mapped[str] = mapped_column(Line(998), default="")
+    body: Mapped[str] = mapped_column(Prose, default="")
+    html: Mapped[str | None] = mapped_column(Prose)
+    preview: Mapped[str] = mapped_column(Line(160), default="")
+    category: Mapped[str] = mapped_column(Line(16))
     created_at: Mapped[datetime] = mapped_column(UTC, default=_now)
     sent_at: Mapped[datetime | None] = mapped_column(UTC)
     is_draft: Mapped[bool] = mapped_column(default=False)
     patient_id: Mapped[int | None] = mapped_column(sa.ForeignKey("patients.id"), index=True)
     has_attachments: Mapped[bool] = mapped_column(default=False)
-    origin: Mapped[str] = mapped_column(sa.String(8), default="local")  # local | smtp
-    raw_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    origin: Mapped[str] = mapped_column(Line(8), default="local")  # local | smtp
+    raw_sha256: Mapped[str | None] = mapped_column(Line(64))
     headers: Mapped[dict | None] = mapped_column(sa.JSON)
     receipt_requested: Mapped[bool] = mapped_column(default=False)
     no_reply: Mapped[bool] = mapped_column(default=False)
-    context_type: Mapped[str | None] = mapped_column(sa.String(20))  # conversation, teleexpertise…
+    context_type: Mapped[str | None] = mapped_column(Line(20))  # conversation, teleexpertise…
     context_id: Mapped[int | None] = mapped_column(sa.BigInteger)
-    search_text: Mapped[str] = mapped_column(sa.Text, default="")
+    search_text: Mapped[str] = mapped_column(Prose, default="")
 
 
 class Recipient(Base):
@@ -185,12 +187,12 @@ class Recipient(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     message_id: Mapped[int] = mapped_column(sa.ForeignKey("messages.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(sa.String(3))  # to | cc | bcc
-    address: Mapped[str] = mapped_column(sa.String(254))
-    display_name: Mapped[str] = mapped_column(sa.String(200), default="")
+    kind: Mapped[str] = mapped_column(Line(3))  # to | cc | bcc
+    address: Mapped[str] = mapped_column(Line(254))
+    display_name: Mapped[str] = mapped_column(Line(200), default="")
     mailbox_id: Mapped[int | None] = mapped_column(sa.ForeignKey("mailboxes.id"))
-    status: Mapped[str] = mapped_column(sa.String(12), default="delivered")
-    status_detail: Mapped[str | None] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(Line(12), default="delivered")
+    status_detail: Mapped[str | None] = mapped_column(Prose)
     status_at: Mapped[datetime | None] = mapped_column(UTC)
     read_at: Mapped[datetime | None] = mapped_column(UTC)  # from an MDN, for external recipients
     # Outbound queue bookkeeping for external recipients (status queued/retrying/sent/failed).
@@ -216,8 +218,8 @@ class Delivery(Base):
     mailbox_id: Mapped[int] = mapped_column(sa.ForeignKey("mailboxes.id", ondelete="CASCADE"))
     message_id: Mapped[int] = mapped_column(sa.ForeignKey("messages.id", ondelete="CASCADE"), index=True)
     uid: Mapped[int] = mapped_column(sa.BigInteger)
-    role: Mapped[str] = mapped_column(sa.String(5))
-    category: Mapped[str] = mapped_column(sa.String(16))
+    role: Mapped[str] = mapped_column(Line(5))
+    category: Mapped[str] = mapped_column(Line(16))
     created_at: Mapped[datetime] = mapped_column(UTC, default=_now)
     read: Mapped[bool] = mapped_column(default=False)
     favorite: Mapped[bool] = mapped_column(default=False)
@@ -270,11 +272,11 @@ class Attachment(Base):
 
     __tablename__ = "attachments"
 
-    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
-    sha256: Mapped[str] = mapped_column(sa.String(64), index=True)
+    id: Mapped[str] = mapped_column(Line(32), primary_key=True)
+    sha256: Mapped[str] = mapped_column(Line(64), index=True)
     size: Mapped[int] = mapped_column(sa.BigInteger)
-    content_type: Mapped[str] = mapped_column(sa.String(127))
-    filename: Mapped[str] = mapped_column(sa.String(255))
+    content_type: Mapped[str] = mapped_column(Line(127))
+    filename: Mapped[str] = mapped_column(Line(255))
     uploaded_by: Mapped[int | None] = mapped_column(sa.ForeignKey("accounts.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTC, default=_now)
 
@@ -295,9 +297,9 @@ class AuditEvent(Base):
     id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
     at: Mapped[datetime] = mapped_column(UTC, default=_now, index=True)
     account_id: Mapped[int | None] = mapped_column(sa.ForeignKey("accounts.id"), index=True)
-    action: Mapped[str] = mapped_column(sa.String(40))
-    object_type: Mapped[str] = mapped_column(sa.String(30), default="")
-    object_id: Mapped[str] = mapped_column(sa.String(64), default="")
+    action: Mapped[str] = mapped_column(Line(40))
+    object_type: Mapped[str] = mapped_column(Line(30), default="")
+    object_id: Mapped[str] = mapped_column(Line(64), default="")
     patient_id: Mapped[int | None] = mapped_column(sa.ForeignKey("patients.id"), index=True)
-    client: Mapped[str | None] = mapped_column(sa.String(64))
+    client: Mapped[str | None] = mapped_column(Line(64))
     detail: Mapped[dict | None] = mapped_column(sa.JSON)
