@@ -13,16 +13,25 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import nh3
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from monsisra.domain.addresses import PATIENT_DOMAIN, domain_of, normalize_address
 from monsisra.domain.clock import as_utc, utcnow
+from monsisra.domain.html import sanitize_html
 from monsisra.domain.ins import KNOWN_OIDS, InvalidINS, PatientIdentity, is_valid_ins, validate_ins
 from monsisra.domain.model import Access, Category, Role, View
-from monsisra.domain.text import fold, preview, search_terms
+from monsisra.domain.text import (
+    TextRefused,
+    check_line,
+    clean_multiline,
+    decoded_words,
+    fold,
+    is_one_line,
+    preview,
+    search_terms,
+)
 from monsisra.services import attachments as att_service
 from monsisra.services import audit, mailboxes
 from monsisra.services.core import Actor, Core, Tx
@@ -44,27 +53,6 @@ MAX_RECIPIENTS = 200
 MAX_SUBJECT = 998
 MAX_BODY = 2_000_000
 PAGE_MAX = 200
-
-_ALLOWED_TAGS = {
-    "a", "abbr", "b", "blockquote", "br", "caption", "code", "div", "em", "h1", "h2", "h3", "h4", "h5", "h6",
-    "hr", "i", "li", "ol", "p", "pre", "s", "small", "span", "strong", "sub", "sup", "table", "tbody", "td",
-    "tfoot", "th", "thead", "tr", "u", "ul",
-}
-_ALLOWED_ATTRS = {"a": {"href", "title"}, "td": {"colspan", "rowspan"}, "th": {"colspan", "rowspan"},
-                  "*": {"title", "lang", "dir"}}
-
-
-def sanitize_html(html: str) -> str:
-    """Only text formatting survives: no script, style, event handler, image or remote content."""
-    return nh3.clean(
-        html,
-        tags=_ALLOWED_TAGS,
-        attributes=_ALLOWED_ATTRS,
-        url_schemes={"http", "https", "mailto"},
-        link_rel="noopener noreferrer nofollow",
-        strip_comments=True,
-    )
-
 
 # --- compose & send -----------------------------------------------------------------------
 
@@ -272,10 +260,18 @@ async def deliver(tx: Tx, message: Message, placements: list[tuple[int, str]]) -
 
 
 def _check_compose(req: Compose) -> None:
+    """Refuses what cannot be sent; cleans the body (DESIGN §6: one rule for every text)."""
     if req.category not in {c.value for c in Category}:
         raise Invalid(f"catégorie inconnue : {req.category}")
-    if len(req.subject) > MAX_SUBJECT or "\n" in req.subject or "\r" in req.subject:
-        raise Invalid("objet trop long ou sur plusieurs lignes")
+    try:
+        req.subject = check_line(req.subject, "objet")
+    except TextRefused as exc:
+        raise Invalid(str(exc)) from None
+    if len(req.subject) > MAX_SUBJECT:
+        raise Invalid(f"objet trop long (au plus {MAX_SUBJECT} caractères)")
+    if not is_one_line(decoded_words(req.subject)):
+        raise Invalid("objet : un mot encodé (=?…?=) y cache un saut de ligne ou un caractère de contrôle")
+    req.body = clean_multiline(req.body)
     if len(req.body) > MAX_BODY:
         raise Invalid("message trop long")
     if len(req.to) + len(req.cc) > MAX_RECIPIENTS:

@@ -31,6 +31,7 @@ from monsisra.domain.model import Category, Role
 from monsisra.domain.text import preview
 from monsisra.gateway import mdn as mdn_mime
 from monsisra.gateway import mime, tls, xdm
+from monsisra.gateway.headers import HeaderError
 from monsisra.services import mailboxes, messages, trust
 from monsisra.services.core import Actor, Core, Tx
 from monsisra.services.errors import Forbidden, NotFound
@@ -93,12 +94,30 @@ async def process_due(core: Core) -> int:
     by_message: dict[tuple[int, str], list[tuple[int, str]]] = defaultdict(list)
     for rid, message_id, address in recipients:
         by_message[(message_id, domain_of(address))].append((rid, address))
+    # One message that cannot be delivered, for whatever reason, must never hold up the others:
+    # each group is attempted on its own, and an unexpected error fails it alone, with its reason.
     for (message_id, domain), group in by_message.items():
-        await _deliver_group(core, message_id, domain, group)
+        try:
+            await _deliver_group(core, message_id, domain, group)
+        except Exception as exc:
+            log.exception("outbound message %s to %s failed", message_id, domain)
+            await _record(core, message_id, [(rid, _unexpected(exc)) for rid, _ in group])
     jobs = await _claim(core, MdnJob)
     for job_id, _message_id, _address in jobs:
-        await _deliver_mdn(core, job_id)
+        try:
+            await _deliver_mdn(core, job_id)
+        except Exception as exc:
+            log.exception("read receipt %s failed", job_id)
+            await _record_mdn(core, job_id, _unexpected(exc))
     return len(recipients) + len(jobs)
+
+
+def _unexpected(exc: Exception) -> Outcome:
+    """A failure of ours (rendering, a bug): permanent, so the queue moves on, and said plainly."""
+    if isinstance(exc, HeaderError):
+        return Outcome(None, f"message impossible à mettre en forme : {exc}", permanent=True)
+    return Outcome(None, f"erreur interne lors de l'envoi ({type(exc).__name__}) ; "
+                         "le message n'a pas été envoyé", permanent=True)
 
 
 async def _claim(core: Core, model) -> list[tuple[int, int, str]]:
@@ -275,6 +294,9 @@ async def _deliver_group(core: Core, message_id: int, domain: str, group: list[t
             mail_from, data = await render(core, message_id)
         except NotFound:
             return
+        except HeaderError as exc:
+            await _record(core, message_id, [(rid, _unexpected(exc)) for rid, _ in group])
+            return
         outcomes = await smtp_send(settings, domain, mail_from, rcpts, data)
     await _record(core, message_id, [(rid, outcomes[a]) for rid, a in group])
 
@@ -371,6 +393,11 @@ async def _deliver_mdn(core: Core, job_id: int) -> None:
                               message_id=messages.new_message_id(settings.domain), date=utcnow())
         # RFC 8098 §2.1: an MDN is sent with a null reverse path.
         outcome = (await smtp_send(settings, domain_of(job.notify_to), "", [job.notify_to], data))[job.notify_to]
+    await _record_mdn(core, job_id, outcome)
+
+
+async def _record_mdn(core: Core, job_id: int, outcome: Outcome) -> None:
+    settings = core.settings
     now = utcnow()
     async with core.write() as tx:
         job = await tx.session.get(MdnJob, job_id)
