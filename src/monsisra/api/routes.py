@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi import Path as FastPath
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -135,17 +136,23 @@ async def upload(request: Request, file: UploadFile, core: CoreDep, actor: Actor
 async def download(attachment_id: str, core: CoreDep, actor: ActorDep,
                    disposition: Literal["inline", "attachment"] = "attachment") -> Response:
     meta = await attachments.open_for(core, actor, attachment_id)
-    inline = disposition == "inline" and meta.content_type in attachments.INLINE_TYPES
-    ascii_name = meta.filename.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
-    headers = {
+    headers = file_headers(meta.filename, meta.content_type, meta.size, disposition)
+    return StreamingResponse(core.blobs.iter_file(meta.sha256), media_type=meta.content_type, headers=headers)
+
+
+def file_headers(filename: str, content_type: str, size: int, disposition: str) -> dict[str, str]:
+    """Served files: a safe disposition (inline only for types a browser shows harmlessly), no
+    sniffing, a sandbox, and both forms of the (already safe) file name."""
+    inline = disposition == "inline" and content_type in attachments.INLINE_TYPES
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
+    return {
         "Content-Disposition": f"{'inline' if inline else 'attachment'}; filename=\"{ascii_name}\"; "
-                               f"filename*=UTF-8''{quote(meta.filename)}",
+                               f"filename*=UTF-8''{quote(filename)}",
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "default-src 'none'; sandbox",
         "Cache-Control": "private, max-age=3600",
-        "Content-Length": str(meta.size),
+        "Content-Length": str(size),
     }
-    return StreamingResponse(core.blobs.iter_file(meta.sha256), media_type=meta.content_type, headers=headers)
 
 
 class PatientIn(BaseModel):
@@ -227,3 +234,19 @@ async def events(websocket: WebSocket) -> None:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
                 await t
+
+
+@router.get("/attachments/{attachment_id}/message", tags=["attachments"])
+async def attached_message(attachment_id: str, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+    """An attached message (``.eml``): its sender, date, subject, text and its own attachments."""
+    return await attachments.embedded_message(core, actor, attachment_id)
+
+
+@router.get("/attachments/{attachment_id}/parts/{index}", tags=["attachments"])
+async def attached_message_part(attachment_id: str, index: Annotated[int, FastPath(ge=0, le=1000)], core: CoreDep,
+                                actor: ActorDep, disposition: Literal["inline", "attachment"] = "attachment"
+                                ) -> Response:
+    """One attachment of an attached message, by its index in ``…/message``."""
+    filename, content_type, data = await attachments.embedded_part(core, actor, attachment_id, index)
+    return Response(data, media_type=content_type,
+                    headers=file_headers(filename, content_type, len(data), disposition))

@@ -1,8 +1,11 @@
 """MIME in and out with the standard ``email`` package (policy ``default``).
 
-:func:`parse` turns raw bytes from another operator into plain values (never trusting them:
-depth and part limits, decoded headers without line breaks, attachment names left for the
-service to make safe); :func:`build` renders one of our messages for SMTP.
+:func:`parse` turns raw bytes from another operator into plain values, never trusting them: depth
+and part limits, headers decoded and flattened to one line, bodies with "\\n" line breaks and no
+control characters, HTML-only mail turned into readable text. It never drops what it cannot
+structure: an empty or boundary-less multipart keeps its text, and an attached message
+(``message/rfc822``) stays one attachment holding its original bytes. :func:`build` renders one of
+our messages for SMTP with headers made by :mod:`monsisra.gateway.headers` (no value can add a line).
 """
 
 from __future__ import annotations
@@ -11,16 +14,22 @@ import email
 import email.policy
 import email.utils
 import functools
+import html as html_lib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage, Message
+from html.parser import HTMLParser
 
+from monsisra.domain.text import clean_multiline, flatten_line
+from monsisra.gateway import headers as hdr
 from monsisra.gateway import mdn as mdn_mod
 
 MAX_DEPTH = 16
 MAX_PARTS = 300
 POLICY = email.policy.default
 MEMO_HEADER_CHARS = 998  # longer values (rare, maybe hostile) are parsed each time, not kept
+EMBEDDED_TYPES = ("message/rfc822", "message/global")
 
 
 class _ReadPolicy(email.policy.EmailPolicy):
@@ -76,7 +85,17 @@ class ParsedMail:
     mss_headers: dict[str, str] = field(default_factory=dict)
     notify_to: str | None = None  # Disposition-Notification-To
     return_path: str | None = None
+    # Set only when the message *itself* is a report (its top-level type), never for a report
+    # carried inside an ordinary message (a forwarded receipt is just an attachment).
     mdn: mdn_mod.MdnReport | None = None
+    dsn: mdn_mod.DsnReport | None = None
+    to: list[tuple[str, str]] = field(default_factory=list)
+    cc: list[tuple[str, str]] = field(default_factory=list)
+    auto_submitted: str = ""
+
+    @property
+    def is_report(self) -> bool:
+        return self.mdn is not None or self.dsn is not None
 
 
 def _header(msg: Message, name: str) -> str:
@@ -86,15 +105,22 @@ def _header(msg: Message, name: str) -> str:
         value = None
     if value is None:
         return ""
-    text = str(value)
-    # A decoded encoded-word may hide CR/LF: headers are single lines from here on.
-    return " ".join(text.replace("\r", " ").replace("\n", " ").split())
+    # A decoded encoded-word may hide CR/LF or any control: headers are single lines from here on.
+    return " ".join(flatten_line(str(value)).split())
 
 
 def _address(msg: Message, name: str) -> tuple[str, str]:
     raw = _header(msg, name)
     display, addr = email.utils.parseaddr(raw)
     return " ".join(display.split())[:200], addr.strip().lower()
+
+
+def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
+    raw = _header(msg, name)
+    if not raw:
+        return []
+    pairs = email.utils.getaddresses([raw])
+    return [(" ".join(n.split())[:200], a.strip().lower()) for n, a in pairs if "@" in a][:200]
 
 
 def _ids(value: str) -> list[str]:
@@ -109,82 +135,320 @@ def _text_of(part: Message) -> str:
     raw = part.get_payload(decode=True) or b""
     charset = part.get_content_charset() or "utf-8"
     try:
-        return raw.decode(charset, errors="replace")
+        text = raw.decode(charset, errors="replace")
     except LookupError:
-        return raw.decode("utf-8", errors="replace")
+        text = raw.decode("utf-8", errors="replace")
+    return clean_multiline(text)
+
+
+def _date(msg: Message) -> datetime | None:
+    value = _header(msg, "Date")
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value)
+    except (ValueError, TypeError, IndexError, OverflowError):
+        return None
+
+
+def _read(raw: bytes) -> Message:
+    try:
+        return email.message_from_bytes(raw, policy=READ_POLICY)
+    except (RecursionError, ValueError, TypeError, IndexError) as exc:
+        raise MailError(f"message illisible ({type(exc).__name__})") from None
 
 
 def parse(raw: bytes, return_path: str | None = None) -> ParsedMail:
     """Parse a received message; raises :class:`MailError` for what cannot be accepted."""
-    try:
-        msg = email.message_from_bytes(raw, policy=READ_POLICY)
-    except (RecursionError, ValueError, TypeError, IndexError) as exc:
-        raise MailError(f"message illisible ({type(exc).__name__})") from None
+    msg = _read(raw)
     name, address = _address(msg, "From")
     if not address or "@" not in address:
         raise MailError("en-tête From absent ou invalide", "550 5.1.7")
-    message_id = (_ids(_header(msg, "Message-ID")) or [None])[0]
-    try:
-        date = email.utils.parsedate_to_datetime(_header(msg, "Date")) if _header(msg, "Date") else None
-    except (ValueError, TypeError):
-        date = None
     mss = {}
     for key in msg.keys():
         if key.lower().startswith("x-mss-"):
             mss[key.upper()] = _header(msg, key)[:500]
     _, notify = _address(msg, "Disposition-Notification-To")
-    parsed = ParsedMail(message_id=message_id, subject=_header(msg, "Subject")[:998], sender_address=address,
-                        sender_name=name, date=date, in_reply_to=_ids(_header(msg, "In-Reply-To")),
+    parsed = ParsedMail(message_id=(_ids(_header(msg, "Message-ID")) or [None])[0],
+                        subject=_header(msg, "Subject")[:998], sender_address=address, sender_name=name,
+                        date=_date(msg), in_reply_to=_ids(_header(msg, "In-Reply-To")),
                         references=_ids(_header(msg, "References")), text="", html=None, mss_headers=mss,
-                        notify_to=notify or None, return_path=return_path)
-    _walk(msg, parsed)
+                        notify_to=notify or None, return_path=return_path, to=_addresses(msg, "To"),
+                        cc=_addresses(msg, "Cc"), auto_submitted=_header(msg, "Auto-Submitted").lower()[:100])
+    if msg.get_content_type() == "multipart/report":
+        report_type = (msg.get_param("report-type") or "").lower()
+        if report_type == "disposition-notification":
+            parsed.mdn = mdn_mod.parse_report(msg)
+        elif report_type == "delivery-status":
+            parsed.dsn = mdn_mod.parse_dsn(msg)
+    _walk(msg, parsed, raw)
     return parsed
 
 
-def _walk(root: Message, parsed: ParsedMail) -> None:
-    stack: list[tuple[Message, int]] = [(root, 0)]
+def _walk(root: Message, parsed: ParsedMail, raw: bytes) -> None:
+    """Bodies and attachments, depth first, in document order."""
+    stack: list[tuple[Message, int, tuple[int, ...]]] = [(root, 0, ())]
     seen = 0
     texts: list[str] = []
+    htmls: list[str] = []
     while stack:
-        part, depth = stack.pop()
+        part, depth, path = stack.pop()
         seen += 1
         if depth > MAX_DEPTH:
             raise MailError(f"structure MIME trop imbriquée (plus de {MAX_DEPTH} niveaux)")
         if seen > MAX_PARTS:
             raise MailError(f"trop de parties MIME (plus de {MAX_PARTS})")
         ctype = part.get_content_type()
-        if part.is_multipart():
-            if ctype == "multipart/report" and part.get_param("report-type") == "disposition-notification":
-                parsed.mdn = mdn_mod.parse_report(part)
-            children = part.get_payload()
-            if not isinstance(children, list):
-                raise MailError("structure MIME invalide : partie multiple sans délimiteur")
-            stack.extend((c, depth + 1) for c in reversed(children))
+        if ctype in EMBEDDED_TYPES:
+            # An attached message stays whole: its headers, text and attachments belong to it.
+            data = embedded_bytes(raw, path, part)
+            parsed.attachments.append(Part(_filename(part) or _eml_name(data), "message/rfc822", data))
             continue
         if ctype.startswith("multipart/"):
-            raise MailError("structure MIME invalide : partie multiple sans délimiteur")
-        if ctype == "message/disposition-notification":
-            continue
+            children = part.get_payload()
+            if isinstance(children, list) and children:
+                stack.extend((c, depth + 1, (*path, i)) for i, c in reversed(list(enumerate(children))))
+            elif isinstance(children, str) and children.strip():
+                # No usable boundary: keep what it holds as text rather than refuse the message.
+                texts.append(clean_multiline(children))
+            continue  # an empty multipart holds nothing to keep
+        if ctype in ("message/disposition-notification", "message/delivery-status") and path and parsed.is_report:
+            continue  # the machine-readable half of the report, read by mdn_mod
         disposition = part.get_content_disposition()
-        filename = None
-        try:
-            filename = part.get_filename()
-        except Exception:
-            filename = "piece-jointe"
+        filename = _filename(part)
         if disposition != "attachment" and not filename and ctype in ("text/plain", "text/html"):
-            if ctype == "text/plain":
-                texts.append(_text_of(part))
-            elif parsed.html is None:
-                parsed.html = _text_of(part)
+            (texts if ctype == "text/plain" else htmls).append(_text_of(part))
             continue
-        if ctype == "message/rfc822":
-            inner = part.get_payload()
-            data = inner[0].as_bytes(policy=POLICY) if isinstance(inner, list) and inner else b""
-            parsed.attachments.append(Part(filename or "message.eml", "message/rfc822", data))
-            continue
-        data = part.get_payload(decode=True) or b""
+        if ctype.startswith("message/") or ctype == "text/rfc822-headers":
+            data = part.as_bytes(policy=POLICY) if ctype.startswith("message/") else (part.get_payload(decode=True)
+                                                                                      or b"")
+        else:
+            data = part.get_payload(decode=True) or b""
         parsed.attachments.append(Part(filename, ctype, data))
     parsed.text = "\n\n".join(t.strip("\n") for t in texts if t.strip())
+    parsed.html = htmls[0] if htmls else None
+    if not parsed.text and parsed.html:
+        parsed.text = html_to_text(parsed.html)
+
+
+def _filename(part: Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:
+        return "piece-jointe"
+    return flatten_line(name) if name else None
+
+
+def _eml_name(data: bytes) -> str:
+    """``<subject of the attached message>.eml``, or ``message.eml``."""
+    try:
+        inner = email.message_from_bytes(data[:65536], policy=READ_POLICY)
+        subject = _header(inner, "Subject")
+    except Exception:
+        subject = ""
+    subject = "".join(c for c in subject if c.isalnum() or c in " -_.,'()").strip(" .")[:80]
+    return f"{subject or 'message'}.eml"
+
+
+# --- attached messages: their original bytes -----------------------------------------------------
+
+
+def embedded_bytes(raw: bytes, path: tuple[int, ...], part: Message) -> bytes:
+    """The original bytes of the ``message/rfc822`` part at ``path`` (child indexes from the root).
+
+    The bytes are cut out of ``raw`` along the same boundaries the parser followed; when the
+    structure cannot be followed the same way (a malformed sender), the part is rendered again by
+    the library, which keeps its headers and attachments.
+    """
+    found = _raw_part(raw, path)
+    if found is not None:
+        head, body = found
+        cte = str(email.message_from_bytes(head + b"\r\n\r\n", policy=READ_POLICY)
+                  .get("Content-Transfer-Encoding", "")).strip().lower()
+        if cte in ("base64", "quoted-printable"):
+            # Not allowed by RFC 2046 for message/rfc822, yet seen: the library then parses the
+            # encoded text as if it were the message, so our decoding is the only right reading.
+            decoded = _decode_cte(body, cte)
+            if decoded and _looks_like_message(decoded):
+                return decoded
+        elif _same_message(body, part):
+            return body
+    inner = part.get_payload()
+    if isinstance(inner, list) and inner:
+        return inner[0].as_bytes(policy=POLICY.clone(linesep="\r\n"))
+    return part.as_bytes(policy=POLICY.clone(linesep="\r\n"))
+
+
+def _decode_cte(body: bytes, cte: str) -> bytes | None:
+    import base64
+    import binascii
+    import quopri
+
+    try:
+        return base64.b64decode(body, validate=False) if cte == "base64" else quopri.decodestring(body)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _looks_like_message(data: bytes) -> bool:
+    head, _ = _split_head(data[:65536])
+    parsed = email.message_from_bytes(head + b"\r\n\r\n", policy=READ_POLICY)
+    return any(parsed.get(h) for h in ("From", "Subject", "Message-ID", "Date"))
+
+
+def _same_message(data: bytes, part: Message) -> bool:
+    inner = part.get_payload()
+    if not (isinstance(inner, list) and inner):
+        return False
+    try:
+        mine = email.message_from_bytes(data, policy=READ_POLICY)
+    except Exception:
+        return False
+    return all(_header(mine, h) == _header(inner[0], h) for h in ("Message-ID", "Subject", "From", "Date"))
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    crlf, lf = data.find(b"\r\n\r\n"), data.find(b"\n\n")
+    if crlf >= 0 and (lf < 0 or crlf <= lf):
+        return data[:crlf], data[crlf + 4:]
+    if lf >= 0:
+        return data[:lf], data[lf + 2:]
+    return data, b""
+
+
+def _raw_part(raw: bytes, path: tuple[int, ...]) -> tuple[bytes, bytes] | None:
+    """(headers, body) of the part at ``path``, cut out of the raw bytes."""
+    head, body = _split_head(raw)
+    for index in path:
+        boundary = email.message_from_bytes(head + b"\r\n\r\n", policy=READ_POLICY).get_param("boundary")
+        if not boundary:
+            return None
+        children = _split_multipart(body, str(boundary).encode("utf-8", "surrogateescape"))
+        if index >= len(children):
+            return None
+        head, body = _split_head(children[index])
+    return head, body
+
+
+def _split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
+    """The parts between ``--boundary`` delimiter lines (RFC 2046 §5.1.1); the CRLF before each
+    delimiter belongs to the delimiter."""
+    delimiter = b"--" + boundary
+    parts: list[bytes] = []
+    lines = body.split(b"\n")
+    current: list[bytes] | None = None
+    for line in lines:
+        bare = line.rstrip(b"\r").rstrip(b" \t")
+        if bare == delimiter or bare == delimiter + b"--":
+            if current is not None:
+                parts.append(b"\n".join(current))
+            if bare.endswith(b"--") and bare != delimiter:
+                current = None
+                break
+            current = []
+            continue
+        if current is not None:
+            current.append(line)
+    if current is not None:  # no closing delimiter: keep what came
+        parts.append(b"\n".join(current))
+    # Each part ended with the CRLF that precedes the next delimiter.
+    return [p[:-1] if p.endswith(b"\r") else p for p in parts]
+
+
+# --- attached messages: reading one -----------------------------------------------------------------
+
+
+@dataclass
+class EmbeddedMail:
+    """An attached message as the reading pane shows it."""
+
+    subject: str
+    sender_name: str
+    sender_address: str
+    date: datetime | None
+    to: list[tuple[str, str]]
+    cc: list[tuple[str, str]]
+    text: str
+    html: str | None
+    parts: list[Part]
+
+
+def parse_embedded(data: bytes) -> EmbeddedMail:
+    """Read an attached ``.eml`` leniently: a missing From or odd structure still shows."""
+    msg = _read(data)
+    name, address = _address(msg, "From")
+    holder = ParsedMail(message_id=None, subject="", sender_address=address, sender_name=name, date=None,
+                        in_reply_to=[], references=[], text="", html=None)
+    _walk(msg, holder, data)
+    return EmbeddedMail(subject=_header(msg, "Subject")[:998], sender_name=name, sender_address=address,
+                        date=_date(msg), to=_addresses(msg, "To"), cc=_addresses(msg, "Cc"), text=holder.text,
+                        html=holder.html, parts=holder.attachments)
+
+
+# --- HTML to text ----------------------------------------------------------------------------------
+
+_SKIPPED = {"head", "title", "style", "script", "template", "noscript", "svg", "math", "object", "iframe"}
+_BLOCKS = {"p", "div", "section", "article", "header", "footer", "table", "tr", "ul", "ol", "dl", "dt", "dd",
+           "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "address", "hr", "form", "fieldset",
+           "figure", "figcaption", "main", "nav", "aside", "center"}
+
+
+_SPACES = re.compile(r"[ \t\r\n\f\v]+")  # not U+00A0: a non-breaking space is text
+
+
+class _TextOf(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.skip = 0
+        self.pre = 0
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        if tag in _SKIPPED:
+            self.skip += 1
+        elif tag == "br":
+            self.out.append("\n")
+        elif tag == "li":
+            self.out.append("\n- ")
+        elif tag in ("td", "th"):
+            self.out.append(" ")
+        elif tag in _BLOCKS:
+            self.out.append("\n\n" if tag in ("p", "table", "h1", "h2", "h3", "blockquote") else "\n")
+            if tag == "pre":
+                self.pre += 1
+
+    def handle_startendtag(self, tag: str, attrs) -> None:
+        if tag == "br":
+            self.out.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIPPED:
+            self.skip = max(0, self.skip - 1)
+        elif tag in _BLOCKS:
+            self.out.append("\n")
+            if tag == "pre":
+                self.pre = max(0, self.pre - 1)
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip:
+            self.out.append(data if self.pre else _SPACES.sub(" ", data))
+
+
+def html_to_text(markup: str) -> str:
+    """Readable text of an HTML body: entities decoded, head/title/style/script left out, blocks
+    and line breaks kept as lines."""
+    parser = _TextOf()
+    try:
+        parser.feed(markup)
+        parser.close()
+        text = "".join(parser.out)
+    except Exception:  # HTMLParser is lenient; a pathological input still yields some text
+        text = html_lib.unescape(markup)
+    lines = [" ".join(w for w in line.split(" ") if w) for line in clean_multiline(text).split("\n")]
+    return _BLANKS.sub("\n\n", "\n".join(lines)).strip()
+
+
+_BLANKS = re.compile(r"\n{3,}")
 
 
 # --- building ----------------------------------------------------------------------------------
@@ -200,26 +464,39 @@ class OutgoingFile:
 def build(*, message_id: str, sender: tuple[str, str], to: list[tuple[str, str]], cc: list[tuple[str, str]],
           subject: str, text: str, html: str | None, date: datetime, files: list[OutgoingFile],
           headers: dict[str, str], in_reply_to: str | None = None, references: list[str] | None = None) -> bytes:
+    """One of our messages as RFC 5322 bytes (CRLF). Raises :class:`headers.HeaderError` when a
+    value cannot be written as the single header it must be."""
     msg = EmailMessage(policy=POLICY.clone(max_line_length=78))
-    msg["From"] = email.utils.formataddr(sender)
+    writer = hdr.Writer(msg)
+    writer.addresses("From", [sender])
     if to:
-        msg["To"] = ", ".join(email.utils.formataddr(a) for a in to)
+        writer.addresses("To", to)
     if cc:
-        msg["Cc"] = ", ".join(email.utils.formataddr(a) for a in cc)
-    msg["Subject"] = subject
-    msg["Date"] = email.utils.format_datetime(date)
-    msg["Message-ID"] = message_id
+        writer.addresses("Cc", cc)
+    writer.text("Subject", subject)
+    writer.token("Date", email.utils.format_datetime(date))
+    writer.ids("Message-ID", [message_id])
     if in_reply_to:
-        msg["In-Reply-To"] = in_reply_to
+        writer.ids("In-Reply-To", [in_reply_to])
     if references:
-        msg["References"] = " ".join(references)
+        writer.ids("References", references)
     for k, v in headers.items():
-        msg[k] = v
-    msg.set_content(text or "", charset="utf-8")
+        if "@" in v and k.lower() in hdr.ADDRESS_HEADERS:
+            writer.addresses(k, [("", v)])
+        else:
+            writer.text(k, v)
+    msg.set_content(clean_multiline(text or ""), charset="utf-8")
     if html:
         msg.add_alternative(html, subtype="html", charset="utf-8")
     for f in files:
         maintype, _, subtype = f.content_type.partition("/")
+        if f.content_type in EMBEDDED_TYPES:
+            inner = email.message_from_bytes(f.data, policy=POLICY)
+            attachment = EmailMessage(policy=POLICY)
+            attachment.set_content(inner, disposition="attachment", filename=f.filename)
+            msg.make_mixed()
+            msg.attach(attachment)
+            continue
         msg.add_attachment(f.data, maintype=maintype or "application", subtype=subtype or "octet-stream",
                            filename=f.filename)
-    return msg.as_bytes(policy=POLICY.clone(linesep="\r\n"))
+    return writer.finish(msg.as_bytes(policy=POLICY.clone(linesep="\r\n")))

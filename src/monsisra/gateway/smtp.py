@@ -12,6 +12,7 @@ import time
 import unicodedata
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from typing import AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -62,10 +63,11 @@ class Handler:
         client = _client(session)
         if not self.limits.allow_message(client):
             return "451 4.7.1 trop de messages de ce client : reessayez dans une minute"
-        refusal = await inbound.check_sender(self.core, address)
+        refusal = await inbound.check_sender(self.core, "" if address == NULL_SENDER else address,
+                                             _peer_names(session))
         if refusal:
             return ascii_reply(refusal)
-        envelope.mail_from = address
+        envelope.mail_from = address  # "<>" stands for the null sender until DATA
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
 
@@ -84,10 +86,11 @@ class Handler:
         raw = envelope.original_content or envelope.content or b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
+        mail_from = envelope.mail_from or ""
         try:
             return ascii_reply(await inbound.receive(self.core, inbound.Envelope(
-                peer=_client(session), mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos),
-                raw=raw)))
+                peer=_client(session), mail_from="" if mail_from == NULL_SENDER else mail_from,
+                rcpt_tos=list(envelope.rcpt_tos), raw=raw, peer_names=_peer_names(session))))
         except Exception:
             log.exception("inbound message from %s failed", _client(session))
             return "451 4.3.0 erreur temporaire du serveur : reessayez plus tard"
@@ -102,13 +105,46 @@ def _client(session: Session) -> str:
     return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "-")
 
 
+NULL_SENDER = "<>"
+
+
+def _peer_names(session: Session) -> list[str] | None:
+    """DNS names (else common name) of the client certificate, verified by the TLS layer against
+    ``MONSISRA_TLS_TRUST``; None when the peer showed none."""
+    extra = session.ssl if isinstance(session.ssl, dict) else None
+    cert = extra.get("peercert") if extra else None
+    if not cert:
+        return None
+    names = [v for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
+    if not names:
+        names = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
+    return [n.lower() for n in names]
+
+
 class LimitedSMTP(SMTP):
-    """aiosmtpd's server with a per-client connection cap."""
+    """aiosmtpd's server with a per-client connection cap, the null sender ``<>`` accepted in
+    MAIL (reports travel with it) and no AUTH: this port is for other operators' servers, which
+    prove who they are by certificate; users submit on the submission ports."""
 
     def __init__(self, handler: Handler, limits: Limits, **kwargs) -> None:
         super().__init__(handler, **kwargs)
         self._limits = limits
         self._counted: str | None = None
+        self._auth_methods = {}
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str) and status.startswith("250-AUTH"):
+            return  # never advertised here, before or after STARTTLS
+        await super().push(status)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        await self.push("502 5.5.1 AUTH n'est pas propose sur ce port (passerelle entre operateurs)")
+
+    def _getaddr(self, arg: str):
+        text = arg.lstrip()
+        if text.startswith(NULL_SENDER):
+            return NULL_SENDER, text[len(NULL_SENDER):].strip()
+        return super()._getaddr(arg)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None and self.transport is None

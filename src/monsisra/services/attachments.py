@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import unicodedata
@@ -12,8 +13,9 @@ import filetype
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from monsisra.domain.html import sanitize_html
 from monsisra.services.core import Actor, Core
-from monsisra.services.errors import NotFound, TooLarge
+from monsisra.services.errors import Invalid, NotFound, TooLarge
 from monsisra.store import blobs
 from monsisra.store.models import Attachment, Delivery, MailboxAccess, MessageAttachment
 
@@ -123,3 +125,50 @@ async def open_for(core: Core, actor: Actor, attachment_id: str) -> AttachmentVi
     if attachment_id not in found:
         raise NotFound("pièce jointe introuvable")
     return view(found[attachment_id])
+
+
+# --- attached messages (.eml) --------------------------------------------------------------------
+
+EML_TYPES = {"message/rfc822", "message/global"}
+EMBEDDED_MAX = 25 * 1024 * 1024
+
+
+async def _embedded(core: Core, actor: Actor, attachment_id: str):
+    from monsisra.gateway import mime  # the message format (moves below services with issue 12)
+
+    meta = await open_for(core, actor, attachment_id)
+    if meta.content_type not in EML_TYPES:
+        raise NotFound("cette pièce jointe n'est pas un message")
+    data = await asyncio.get_running_loop().run_in_executor(None, core.blobs.read, meta.sha256)
+    try:
+        return meta, mime.parse_embedded(data[:EMBEDDED_MAX])
+    except mime.MailError as exc:
+        raise Invalid(f"message joint illisible : {exc}") from None
+
+
+async def embedded_message(core: Core, actor: Actor, attachment_id: str) -> dict:
+    """An attached message as the reading pane shows it: sender, date, subject, recipients, its
+    text (and sanitised HTML) and its own attachments, each openable by its index."""
+    meta, mail = await _embedded(core, actor, attachment_id)
+    return {
+        "id": meta.id, "filename": meta.filename, "subject": mail.subject,
+        "sender": {"name": mail.sender_name, "address": mail.sender_address},
+        "date": mail.date.isoformat() if mail.date else None,
+        "to": [{"name": n, "address": a} for n, a in mail.to], "cc": [{"name": n, "address": a} for n, a in mail.cc],
+        "body": mail.text, "html": sanitize_html(mail.html) if mail.html else None,
+        "attachments": [{"index": i, "filename": safe_filename(p.filename, f"piece-jointe-{i + 1}"),
+                         "content_type": _part_type(p), "size": len(p.data)} for i, p in enumerate(mail.parts)],
+    }
+
+
+def _part_type(part) -> str:
+    return part.content_type if part.content_type in EML_TYPES else sniff(part.data[:8192], part.filename or "")
+
+
+async def embedded_part(core: Core, actor: Actor, attachment_id: str, index: int) -> tuple[str, str, bytes]:
+    """(filename, content type sniffed from the bytes, bytes) of one attachment of an attached message."""
+    _meta, mail = await _embedded(core, actor, attachment_id)
+    if not 0 <= index < len(mail.parts):
+        raise NotFound("pièce jointe introuvable dans ce message")
+    part = mail.parts[index]
+    return safe_filename(part.filename, f"piece-jointe-{index + 1}"), _part_type(part), part.data

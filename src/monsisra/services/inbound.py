@@ -1,9 +1,20 @@
 """Inbound MSSanté mail: the rules applied to what another operator's server hands us.
 
 The SMTP handler (``gateway/smtp.py``) only relays the conversation here. A message is
-acknowledged (``250``) only when :func:`receive` returns, i.e. after its raw form, its
-attachment blobs (fsynced) and its rows are committed. The same Message-ID delivered twice
-to a mailbox is stored once (``gw_inbound`` unique key).
+acknowledged (``250``) only when :func:`receive` returns, i.e. after its attachment blobs are
+written and fsynced and then its raw form and rows are committed: a failure at any step answers
+``4xx`` and leaves nothing visible. The same Message-ID delivered twice to a mailbox is stored
+once (``gw_inbound`` unique key).
+
+The invariant (checked by :func:`check_invariant`): every message answered ``250`` is, for each
+recipient mailbox, either a message in that mailbox, or a read receipt applied to a message sent
+from it (``gw_inbound.kind = 'mdn'``); its raw form is kept in both cases. Nothing acknowledged is
+ever dropped: a receipt that matches none of our messages, or that another operator has no say
+about, is delivered as an ordinary message.
+
+Who may send: only domains of the trust space, never our own domain (our users' mail never
+comes in through this port), and, when the peer showed a client certificate, only domains that
+certificate names. The null sender ``<>`` is for reports only (read receipts, non-delivery notices).
 """
 
 from __future__ import annotations
@@ -21,7 +32,6 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-import nh3
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -76,6 +86,29 @@ class Envelope:
     mail_from: str  # "" for the null reverse path
     rcpt_tos: list[str]
     raw: bytes
+    # DNS names of the client certificate the peer showed (verified against the trust anchors),
+    # None when it showed none.
+    peer_names: list[str] | None = None
+
+
+def bound_to_peer(domain: str, peer_names: list[str] | None) -> bool:
+    """Whether mail from ``domain`` may come from a peer whose certificate names ``peer_names``:
+    a name is the domain itself or a host under it (``mx.ch-vichy.mssante.fr`` for
+    ``ch-vichy.mssante.fr``). No certificate shown: nothing to bind (``smtp_verify_client``
+    makes one compulsory)."""
+    if peer_names is None:
+        return True
+    domain = domain.lower()
+    for name in peer_names:
+        name = name.lower().removeprefix("*.")
+        if name == domain or name.endswith("." + domain):
+            return True
+    return False
+
+
+def _related(a: str, b: str) -> bool:
+    """Two domains of the same operator: equal, or one under the other."""
+    return a == b or a.endswith("." + b) or b.endswith("." + a)
 
 
 def _domain(address: str) -> str:
@@ -108,14 +141,15 @@ _trusted_cache = _Ttl()
 _mailbox_cache = _Ttl()
 
 
-async def _is_trusted(core: Core, domain: str) -> bool:
-    key = (id(core), domain, trust.generation())
+async def _operator(core: Core, domain: str, parents: bool = False) -> str | None:
+    """The trusted operator domain covering ``domain`` ("" when none), cached a few seconds."""
+    key = (id(core), domain, parents, trust.generation())
     hit = _trusted_cache.get(key)
     if hit is None:
         async with core.read() as s:
-            hit = await trust.is_trusted(s, domain, core.settings.domain)
+            hit = await trust.operator_of(s, domain, parents=parents) or ""
         _trusted_cache.put(key, hit)
-    return hit
+    return hit or None
 
 
 async def _mailbox_ids(core: Core, addresses: list[str]) -> dict[str, tuple[int, str, str]]:
@@ -139,15 +173,29 @@ async def _mailbox_ids(core: Core, addresses: list[str]) -> dict[str, tuple[int,
     return out
 
 
-async def check_sender(core: Core, mail_from: str) -> str | None:
+async def check_sender(core: Core, mail_from: str, peer_names: list[str] | None = None) -> str | None:
     """The SMTP refusal for this MAIL FROM, or None when acceptable."""
     if not mail_from:
-        return None  # null reverse path: notifications; the header From is checked at DATA
+        return None  # null reverse path: reports only, checked at DATA
     address = normalize_address(mail_from)
     if address is None:
         return "553 5.1.7 adresse d'expéditeur mal formée"
-    if not await _is_trusted(core, _domain(address)):
-        return f"550 5.7.1 domaine {_domain(address)} hors de l'espace de confiance MSSanté"
+    return await _check_domain(core, _domain(address), peer_names)
+
+
+async def _check_domain(core: Core, domain: str, peer_names: list[str] | None, about: str = "",
+                        report: bool = False) -> str | None:
+    """The refusal of mail from ``domain`` (``about`` names the header it came from), or None.
+    A report (receipt, bounce) may come from a host under a listed domain."""
+    ours = core.settings.domain.lower()
+    if domain == ours or domain.endswith("." + ours):
+        return (f"550 5.7.1 {about}{domain} est notre propre domaine : le courrier de nos utilisateurs "
+                "n'arrive jamais par la passerelle entre opérateurs")
+    operator = await _operator(core, domain, parents=report)
+    if operator is None:
+        return f"550 5.7.1 {about}domaine {domain} hors de l'espace de confiance MSSanté"
+    if not bound_to_peer(operator, peer_names):
+        return f"550 5.7.1 {about}le certificat présenté ne couvre pas le domaine {domain}"
     return None
 
 
@@ -176,10 +224,6 @@ def categorize(parsed: mime.ParsedMail, content: xdm.XdmContent | None) -> str:
     return Category.MSSANTE
 
 
-def _html_to_text(html: str) -> str:
-    return " ".join(nh3.clean(html, tags=set()).split())
-
-
 @dataclass
 class _Prepared:
     """A received message with its CPU-heavy work done (parsed, hashed, typed, XDM read)."""
@@ -197,7 +241,7 @@ def _prepare(raw: bytes, mail_from: str) -> _Prepared:
     parsed = mime.parse(raw, mail_from)
     files = []
     for part in parsed.attachments:
-        kind = ("message/rfc822" if part.content_type == "message/rfc822"
+        kind = (part.content_type if part.content_type == "message/rfc822"
                 else att_service.sniff(part.data[:8192], part.filename or ""))
         files.append((hashlib.sha256(part.data).hexdigest(), len(part.data), kind))
     content: xdm.XdmContent | None = None
@@ -226,8 +270,13 @@ async def receive(core: Core, env: Envelope) -> str:
         log.info("inbound refused from %s: %s", env.peer, exc.reply)
         return exc.reply
     parsed = ready.parsed
-    if not await _is_trusted(core, _domain(parsed.sender_address)):
-        return f"550 5.7.1 expéditeur {parsed.sender_address} hors de l'espace de confiance MSSanté"
+    refusal = await _check_domain(core, _domain(parsed.sender_address), env.peer_names,
+                                  f"en-tête From {parsed.sender_address} : ", report=parsed.is_report)
+    if refusal:
+        return refusal
+    if not env.mail_from and not parsed.is_report:
+        return ("550 5.7.1 l'expéditeur vide <> est réservé aux accusés de lecture et aux avis "
+                "de non-distribution")
     boxes = await _mailbox_ids(core, [a for a in (normalize_address(r) for r in env.rcpt_tos) if a])
     if not boxes:
         return "550 5.1.1 aucun destinataire valide"
@@ -235,20 +284,14 @@ async def receive(core: Core, env: Envelope) -> str:
         return ready.xdm_error
     rfc_id = parsed.message_id or f"<{ready.raw_sha[:40]}@sans-identifiant.invalid>"
 
-    # The attachment files are written and fsynced while the rows commit, and ``250`` waits for
-    # both. A crash between the two leaves rows without their file only for a message that was
-    # not acknowledged: the sender retries, and every attempt (duplicates included) writes the
-    # files again before answering, so the retry heals it. A file only ever appears under its
-    # name complete and fsynced (BlobStore writes, fsyncs, then renames).
+    # The attachment files first (each written, fsynced, then renamed under its name), the rows
+    # after: rows are what make a message visible, so a failure at either step (disk full, blob
+    # store unwritable, database locked) answers 4xx with nothing shown. A crash between the two
+    # leaves only files that no row names, never a message without its files.
     job = _Job(env, parsed, ready.content, rfc_id, list(boxes.values()), ready.raw_sha, ready.files)
-    files = asyncio.gather(*(loop.run_in_executor(None, core.blobs.put_bytes, p.data, f[0])
-                             for p, f in zip(parsed.attachments, ready.files, strict=True)))
-    rows = _committer(core).submit(job)
-    written, reply = await asyncio.gather(files, rows, return_exceptions=True)
-    for outcome in (written, reply):
-        if isinstance(outcome, BaseException):
-            raise outcome
-    assert isinstance(reply, str)
+    await asyncio.gather(*(loop.run_in_executor(None, core.blobs.put_bytes, p.data, f[0])
+                           for p, f in zip(parsed.attachments, ready.files, strict=True)))
+    reply = await _committer(core).submit(job)
     log.info("from %s <%s>: %s (%d bytes, %d recipient(s))", env.peer, env.mail_from, reply, len(env.raw), len(boxes))
     return reply
 
@@ -407,12 +450,14 @@ def _store_batch_at(s: Session, jobs: list[_Job], out: list, now) -> list[str]:
             continue
         seen.update((b.id, job.rfc_id) for b in targets)  # the same message twice in one batch
         replies.append(f"250 2.0.0 {job.rfc_id} reçu")
-        if job.parsed.mdn is not None:
-            _apply_mdn(s, out, job.parsed, [b.id for b in targets], now)
+        if job.parsed.mdn is not None and _apply_mdn(s, out, job.parsed, [b.id for b in targets], now):
             plans.append((job, targets, None, []))
-        else:
-            message, views = _new_message(s, job, targets, now)
-            plans.append((job, targets, message, views))
+            continue
+        if job.parsed.dsn is not None:
+            _apply_dsn(s, out, job.parsed, [b.id for b in targets], now)
+        # Anything else, a receipt we could not apply included, is delivered as a message.
+        message, views = _new_message(s, job, targets, now)
+        plans.append((job, targets, message, views))
     s.flush()  # patients
     files = [v for _, _, _, views in plans for v in views]
     if files:
@@ -470,13 +515,16 @@ def _new_message(s: Session, job: _Job, targets: list[_Box], now) -> tuple[Simpl
     patient = _patient(s, parsed, content)
     parent = _parent(s, parsed, [b.id for b in targets])
     html = messages.sanitize_html(parsed.html) if parsed.html else None
-    body = parsed.text or (_html_to_text(parsed.html) if parsed.html else "")
+    body = parsed.text
     views = []
     for part, (digest, size, ctype) in zip(parsed.attachments, job.files, strict=True):
         views.append(SimpleNamespace(id=secrets.token_hex(16), sha256=digest, size=size, content_type=ctype,
                                      filename=att_service.safe_filename(part.filename), uploaded_by=None,
                                      created_at=now))
-    headers: dict[str, Any] = {"mss": parsed.mss_headers, "smtp_from": env.mail_from, "peer": env.peer}
+    headers: dict[str, Any] = {"mss": parsed.mss_headers, "smtp_from": env.mail_from, "peer": env.peer,
+                               "to": [[n, a] for n, a in parsed.to], "cc": [[n, a] for n, a in parsed.cc]}
+    if parsed.is_report:
+        headers["report"] = "mdn" if parsed.mdn is not None else "dsn"
     if parsed.notify_to:
         headers["notify_to"] = parsed.notify_to
     if content is not None:
@@ -537,31 +585,101 @@ def _parent(s, parsed: mime.ParsedMail, mailbox_ids: list[int]) -> Message | Non
         .order_by(Message.id.desc()).limit(1))
 
 
-def _apply_mdn(s: Session, out: list, parsed: mime.ParsedMail, mailbox_ids: list[int], now) -> None:
-    """A read receipt for one of our messages: record when that recipient displayed it."""
+def _apply_mdn(s: Session, out: list, parsed: mime.ParsedMail, mailbox_ids: list[int], now) -> bool:
+    """A read receipt for one of our messages: record when that recipient displayed it. Returns
+    whether it was applied; one that is not (unknown message, another disposition, a recipient of
+    another operator) is then delivered as a message instead of being dropped."""
     report = parsed.mdn
     assert report is not None
     if report.disposition != "displayed" or not report.original_message_id:
-        return
+        return False
     original = s.scalar(sa.select(Message).where(
         Message.message_id == report.original_message_id, Message.from_mailbox_id.in_(mailbox_ids)).limit(1))
     if original is None:
         log.info("MDN for unknown message %s", report.original_message_id)
-        return
-    candidates = {a for a in (report.final_recipient, parsed.sender_address) if a}
+        return False
+    # A receipt speaks only for recipients of the operator that sends it: one operator cannot
+    # mark another operator's recipient as having read a message.
+    sender_domain = _domain(parsed.sender_address)
+    # The recipient it names (the sender itself only when it names none).
+    named = report.final_recipient or parsed.sender_address
+    candidates = {named} if "@" in named and _related(_domain(named), sender_domain) else set()
+    if not candidates:
+        return False
     recipient = s.scalar(sa.select(Recipient).where(
         Recipient.message_id == original.id, Recipient.mailbox_id.is_(None),
         sa.func.lower(Recipient.address).in_(candidates)).limit(1))
-    if recipient is None or recipient.read_at is not None:
-        return
+    if recipient is None:
+        return False
+    if recipient.read_at is not None:
+        return True  # the same receipt again
     recipient.read_at = now
     owners = mailboxes.accounts_of_sync(s, [original.from_mailbox_id])
     out.append(("message.read", owners.get(original.from_mailbox_id, []), dict(
         message_id=original.id, mailbox_id=original.from_mailbox_id, reader_mailbox=recipient.address,
         read_at=now.isoformat(), reader_name=recipient.display_name or recipient.address)))
+    return True
+
+
+def _apply_dsn(s: Session, out: list, parsed: mime.ParsedMail, mailbox_ids: list[int], now) -> None:
+    """A non-delivery notice about one of our messages: its failed recipients say "échec" with the
+    reason the other side gave (the notice itself is delivered as a message too)."""
+    report = parsed.dsn
+    assert report is not None
+    if not report.original_message_id:
+        return
+    original = s.scalar(sa.select(Message).where(
+        Message.message_id == report.original_message_id, Message.from_mailbox_id.in_(mailbox_ids)).limit(1))
+    if original is None:
+        return
+    sender_domain = _domain(parsed.sender_address)
+    changes = []
+    for item in report.recipients:
+        if item.action != "failed" or "@" not in item.final_recipient:
+            continue
+        if not _related(_domain(item.final_recipient), sender_domain):
+            continue  # a report about another operator's recipient is not this sender's to make
+        recipient = s.scalar(sa.select(Recipient).where(
+            Recipient.message_id == original.id, Recipient.mailbox_id.is_(None),
+            sa.func.lower(Recipient.address) == item.final_recipient).limit(1))
+        if recipient is None or recipient.status == "failed":
+            continue
+        detail = " ".join(x for x in (item.status, item.diagnostic) if x) or "non distribué"
+        recipient.status, recipient.next_attempt_at = "failed", None
+        recipient.status_detail, recipient.status_at = f"avis de non-distribution : {detail}"[:2000], now
+        changes.append({"address": recipient.address, "status": "failed", "detail": recipient.status_detail})
+    if changes:
+        owners = mailboxes.accounts_of_sync(s, [original.from_mailbox_id])
+        out.append(("message.delivery", owners.get(original.from_mailbox_id, []), dict(
+            message_id=original.id, mailbox_id=original.from_mailbox_id, recipients=changes)))
 
 
 async def raw_message(core: Core, sha256: str) -> bytes | None:
     """The raw form of an inbound message, for audit."""
     async with core.read() as s:
         return await s.scalar(sa.select(RawMessage.data).where(RawMessage.sha256 == sha256))
+
+
+async def check_invariant(core: Core, limit: int = 100_000) -> list[str]:
+    """The broken promises among the last ``limit`` acknowledged messages (see the module): each
+    ``gw_inbound`` row is a message still held by its mailbox (in it, or in its bin) or a receipt
+    applied there, and its raw form is kept. An empty list is the expected answer."""
+    problems: list[str] = []
+    async with core.read() as s:
+        rows = (await s.execute(
+            sa.select(InboundMessage.id, InboundMessage.mailbox_id, InboundMessage.message_id,
+                      InboundMessage.kind, InboundMessage.rfc_message_id, InboundMessage.raw_sha256,
+                      Delivery.id.label("delivery_id"), RawMessage.sha256.label("raw"))
+            .outerjoin(Delivery, sa.and_(Delivery.mailbox_id == InboundMessage.mailbox_id,
+                                         Delivery.message_id == InboundMessage.message_id))
+            .outerjoin(RawMessage, RawMessage.sha256 == InboundMessage.raw_sha256)
+            .order_by(InboundMessage.id.desc()).limit(limit))).all()
+    for r in rows:
+        if r.raw is None:
+            problems.append(f"{r.rfc_message_id} (boîte {r.mailbox_id}) : forme brute absente")
+        # A message the user deleted for good (bin emptied) has its link set to NULL: not a loss.
+        if r.kind == "message" and r.message_id is not None and r.delivery_id is None:
+            problems.append(f"{r.rfc_message_id} (boîte {r.mailbox_id}) : acquitté mais absent de la boîte")
+        if r.kind not in ("message", "mdn"):
+            problems.append(f"{r.rfc_message_id} : nature inconnue {r.kind!r}")
+    return problems

@@ -49,9 +49,23 @@ def _candidates(domain: str) -> list[str]:
 async def is_trusted(session: AsyncSession, domain: str, local_domain: str) -> bool:
     if domain.lower() == local_domain.lower():
         return True
-    found = await session.scalar(sa.select(TrustedDomain.domain)
-                                 .where(TrustedDomain.domain.in_(_candidates(domain))).limit(1))
-    return found is not None
+    return await operator_of(session, domain) is not None
+
+
+async def operator_of(session: AsyncSession, domain: str, *, parents: bool = False) -> str | None:
+    """The domain of the trust-list entry that covers ``domain`` (``ch-vichy.mssante.fr`` for an
+    entry ``*.ch-vichy.mssante.fr``), or None. With ``parents``, a host under a listed domain is
+    covered too (a report sent as ``MAILER-DAEMON@mx.ch-vichy.mssante.fr``)."""
+    domain = domain.lower().rstrip(".")
+    wanted = _candidates(domain)
+    if parents:
+        labels = domain.split(".")
+        wanted += [".".join(labels[i:]) for i in range(1, len(labels) - 1)]
+    rows = set(await session.scalars(sa.select(TrustedDomain.domain).where(TrustedDomain.domain.in_(wanted))))
+    for candidate in wanted:  # the closest entry first
+        if candidate in rows:
+            return candidate.removeprefix("*.")
+    return None
 
 
 def _require_admin(actor: Actor | None) -> None:

@@ -23,7 +23,7 @@ from starlette.background import BackgroundTask
 from monsisra import __version__
 from monsisra.domain.addresses import PATIENT_DOMAIN
 from monsisra.domain.model import CATEGORY_LABELS, Category, View
-from monsisra.services import accounts, mailboxes, mdn, messages
+from monsisra.services import accounts, attachments, mailboxes, mdn, messages
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed, NotFound, ServiceError
 from monsisra.web.session import CSRF_FIELD, CSRF_HEADER, Sessions
@@ -293,6 +293,15 @@ async def load_message(core: Core, actor: Actor, mailbox_id: int, message_id: in
     threaded = thread.get("in_reply_to") or msg["category"] in THREADED
     others = await messages.thread(core, actor, mailbox_id, thread["id"]) if threaded and thread.get("id") else []
     msg["thread_items"] = [m for m in others if m["id"] != msg["id"]]
+    # An attached message (a forwarded e-mail) is shown as a message: sender, date, subject, text,
+    # its own attachments; its .eml stays downloadable as the attachment it is.
+    msg["embedded"] = {}
+    for a in msg["attachments"]:
+        if a["content_type"] in attachments.EML_TYPES:
+            try:
+                msg["embedded"][a["id"]] = await attachments.embedded_message(core, actor, a["id"])
+            except ServiceError:
+                msg["embedded"][a["id"]] = None
     return msg
 
 
