@@ -46,3 +46,12 @@ def make_user(server):
         return username, mailbox.address, mailbox.id
 
     return _make
+
+
+@pytest.fixture(scope="module")
+def gw(backend, tmp_path_factory):
+    """The SMTP gateway next to a private Postfix (see ``tests/gateway_support.py``)."""
+    from tests.gateway_support import running_gateway
+
+    with running_gateway(backend, tmp_path_factory) as gateway:
+        yield gateway

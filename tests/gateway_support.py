@@ -1,5 +1,6 @@
 """Test peers for the gateway: a test CA, a private Postfix instance standing for another
-MSSanté operator, and small SMTP helpers (smtplib with STARTTLS, swaks)."""
+MSSanté operator, small SMTP helpers (smtplib with STARTTLS, swaks), and the ``gw`` fixture (our
+server with its SMTP gateway, next to that Postfix) shared by the gateway test modules."""
 
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ import shutil
 import smtplib
 import ssl
 import subprocess
+import tempfile
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
+from email.message import EmailMessage
 from pathlib import Path
 
 from monsisra.gateway import tls
+from monsisra.services import demo as demo_service
+from monsisra.services import trust
+from tests.support import FIXTURES, RunningServer, free_port, fresh_database, make_settings, start_server
 
 POSTFIX = Path("/usr/sbin/postfix")
 SWAKS = Path("/usr/bin/swaks")
@@ -234,3 +241,94 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+# --- the gateway under test ------------------------------------------------------------------
+
+DOMAIN = "monsisra.localhost"
+TRUSTED = [OTHER_DOMAIN, "ch-vichy.mssante.fr", "labo-aurillac.mssante.fr", "patient.mssante.fr",
+           "evil.mssante.fr"]
+
+
+@dataclass
+class Gateway:
+    server: RunningServer
+    postfix: Postfix
+    pki: PKI
+    client_cert: tuple[Path, Path]
+    _certs: dict[str, tuple[Path, Path]] = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        return self.server.settings.smtp_port
+
+    def ctx(self, domain: str | None = None) -> ssl.SSLContext:
+        """A client context presenting the certificate of the operator of ``domain`` (the peer's
+        certificate must name the sender's domain), by default the other operator's."""
+        if domain is None or domain == OTHER_DOMAIN:
+            return client_ssl(self.pki, self.client_cert)
+        if domain not in self._certs:
+            self._certs[domain] = self.pki.issue(f"client-{domain}", [f"mx.{domain}"])
+        return client_ssl(self.pki, self._certs[domain])
+
+    def send(self, raw: bytes, mail_from: str, rcpts: list[str], cert_domain: str | None = None
+             ) -> tuple[int, str]:
+        domain = cert_domain or (mail_from.rsplit("@", 1)[1] if "@" in mail_from else None)
+        return smtp_send(self.port, mail_from, rcpts, raw, self.ctx(domain))
+
+
+@contextlib.contextmanager
+def running_gateway(backend: str, tmp_path_factory):
+    """Our server with its SMTP gateway and delivery worker, a test CA, and a private Postfix
+    standing for the other operator (the ``gw`` fixture of ``conftest.py``)."""
+    tmp = tmp_path_factory.mktemp(f"gw-{backend}")
+    pki = PKI.create(tmp / "pki")
+    cert, key = pki.issue("monsisra", ["localhost", DOMAIN, "127.0.0.1"])
+    client_cert = pki.issue("client", ["client.autre-operateur.localhost"])
+    pf_port = free_port()
+    with fresh_database(backend, tmp / "db") as url:
+        settings = make_settings(url, tmp / "data", tls_cert=cert, tls_key=key, tls_trust=pki.ca_cert,
+                                 smtp_relay=f"127.0.0.1:{pf_port}", outbound_poll_seconds=0.2,
+                                 outbound_retry_base_seconds=1, max_message_bytes=3 * 1024 * 1024,
+                                 smtp_enabled=True, run_workers=True)
+        server = start_server(settings)
+        # Postfix's unprivileged daemons cannot enter pytest's private temp dir: use one of its own.
+        pf_dir = Path(tempfile.mkdtemp(prefix="monsisra-postfix-"))
+        postfix = Postfix(pf_dir, pf_port, pki, DOMAIN, f"127.0.0.1:{settings.smtp_port}")
+        try:
+            server.call(demo_service.load, server.core)
+            server.call(trust.add, server.core, TRUSTED, "tests")
+            postfix.start()
+            yield Gateway(server, postfix, pki, client_cert)
+        finally:
+            postfix.stop()
+            server.stop()
+            shutil.rmtree(pf_dir, ignore_errors=True)
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def find(client, mailbox_id: int, subject: str, view: str = "all") -> list[dict]:
+    r = client.get(f"/api/v1/mailboxes/{mailbox_id}/messages", params={"view": view, "limit": 200})
+    assert r.status_code == 200, r.text
+    return [m for m in r.json()["items"] if m["subject"] == subject]
+
+
+def mailbox_id(client, address: str) -> int:
+    return next(m["id"] for m in client.get("/api/v1/mailboxes").json() if m["address"] == address)
+
+
+def unique_mail(sender: str, to: str, subject: str, body: str = "Bonjour", **headers: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{uuid.uuid4().hex}@{sender.split('@')[1]}>"
+    for k, v in headers.items():
+        msg[k.replace("_", "-")] = v
+    msg.set_content(body)
+    return msg.as_bytes()
+
+

@@ -8,18 +8,14 @@ import hashlib
 import io
 import os
 import re
-import shutil
 import smtplib
 import socket
 import ssl
 import subprocess
-import tempfile
 import uuid
 import warnings
 import zipfile
-from dataclasses import dataclass
 from datetime import timedelta
-from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
@@ -27,91 +23,26 @@ import pytest
 
 from monsisra.gateway import xdm
 from monsisra.services import demo as demo_service
-from monsisra.services import trust
-from tests.gateway_support import OTHER_DOMAIN, PKI, SWAKS, Postfix, client_ssl, smtp_send, wait_for
-from tests.support import FIXTURES, RunningServer, free_port, fresh_database, make_settings, start_server
+from tests.gateway_support import (
+    DOMAIN,
+    OTHER_DOMAIN,
+    PKI,
+    SWAKS,
+    client_ssl,
+    find,
+    fixture,
+    mailbox_id,
+    smtp_send,
+    unique_mail,
+    wait_for,
+)
+from tests.support import FIXTURES
 
 pytestmark = [
     pytest.mark.skipif(not Path("/usr/sbin/postfix").exists(),
                        reason="Debian postfix is not installed (.ci/run installs it)"),
     pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix instance must be started as root"),
 ]
-
-DOMAIN = "monsisra.localhost"
-TRUSTED = [OTHER_DOMAIN, "ch-vichy.mssante.fr", "labo-aurillac.mssante.fr", "patient.mssante.fr",
-           "evil.mssante.fr"]
-
-
-@dataclass
-class Gateway:
-    server: RunningServer
-    postfix: Postfix
-    pki: PKI
-    client_cert: tuple[Path, Path]
-
-    @property
-    def port(self) -> int:
-        return self.server.settings.smtp_port
-
-    def ctx(self) -> ssl.SSLContext:
-        return client_ssl(self.pki, self.client_cert)
-
-    def send(self, raw: bytes, mail_from: str, rcpts: list[str]) -> tuple[int, str]:
-        return smtp_send(self.port, mail_from, rcpts, raw, self.ctx())
-
-
-@pytest.fixture(scope="module")
-def gw(backend, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp(f"gw-{backend}")
-    pki = PKI.create(tmp / "pki")
-    cert, key = pki.issue("monsisra", ["localhost", DOMAIN, "127.0.0.1"])
-    client_cert = pki.issue("client", ["client.autre-operateur.localhost"])
-    pf_port = free_port()
-    with fresh_database(backend, tmp / "db") as url:
-        settings = make_settings(url, tmp / "data", tls_cert=cert, tls_key=key, tls_trust=pki.ca_cert,
-                                 smtp_relay=f"127.0.0.1:{pf_port}", outbound_poll_seconds=0.2,
-                                 outbound_retry_base_seconds=1, max_message_bytes=3 * 1024 * 1024,
-                                 smtp_enabled=True, run_workers=True)
-        server = start_server(settings)
-        # Postfix's unprivileged daemons cannot enter pytest's private temp dir: use one of its own.
-        pf_dir = Path(tempfile.mkdtemp(prefix="monsisra-postfix-"))
-        postfix = Postfix(pf_dir, pf_port, pki, DOMAIN, f"127.0.0.1:{settings.smtp_port}")
-        try:
-            server.call(demo_service.load, server.core)
-            server.call(trust.add, server.core, TRUSTED, "tests")
-            postfix.start()
-            yield Gateway(server, postfix, pki, client_cert)
-        finally:
-            postfix.stop()
-            server.stop()
-            shutil.rmtree(pf_dir, ignore_errors=True)
-
-
-def fixture(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
-def find(client, mailbox_id: int, subject: str, view: str = "all") -> list[dict]:
-    r = client.get(f"/api/v1/mailboxes/{mailbox_id}/messages", params={"view": view, "limit": 200})
-    assert r.status_code == 200, r.text
-    return [m for m in r.json()["items"] if m["subject"] == subject]
-
-
-def mailbox_id(client, address: str) -> int:
-    return next(m["id"] for m in client.get("/api/v1/mailboxes").json() if m["address"] == address)
-
-
-def unique_mail(sender: str, to: str, subject: str, body: str = "Bonjour", **headers: str) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Message-ID"] = f"<{uuid.uuid4().hex}@{sender.split('@')[1]}>"
-    for k, v in headers.items():
-        msg[k.replace("_", "-")] = v
-    msg.set_content(body)
-    return msg.as_bytes()
-
 
 # --- inbound ---------------------------------------------------------------------------------------
 
