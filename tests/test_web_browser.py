@@ -10,18 +10,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from monsisra.services.demo import minimal_pdf
+from tests.browser_support import browser_fixture, open_page, wait_live  # noqa: F401 (the browser fixture)
 from tests.support import unique
 from tests.web_support import insert_hostile_message
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-WAIT = 20_000  # upper bound of a wait in ms (never a timing assertion)
-expect.set_options(timeout=WAIT)
 PNG_1PX = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
                            "AAAABJRU5ErkJggg==")
 
@@ -31,17 +29,6 @@ UNLABELLED_JS = """() => [...document.querySelectorAll('input, select, textarea,
   .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !(e.textContent || '').trim()
                && !e.getAttribute('aria-labelledby') && !e.title)
   .map(e => e.outerHTML.slice(0, 120))"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Browser:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed at /usr/bin/chromium (.ci/run installs it)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM),
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -59,27 +46,6 @@ def shots(backend):
             (SHOTS / f"{name}.png").write_bytes(image)
 
     return save
-
-
-def open_page(browser: Browser, server, username: str, password: str = "demo", **context) -> Page:
-    ctx = browser.new_context(locale="fr-FR", timezone_id="Europe/Paris",
-                              **({"viewport": {"width": 1366, "height": 820}} | context))
-    page = ctx.new_page()
-    page.set_default_timeout(WAIT)
-    page.errors = []  # type: ignore[attr-defined]
-    page.on("pageerror", lambda e: page.errors.append(str(e)))  # type: ignore[attr-defined]
-    page.on("console", lambda m: page.errors.append(m.text)  # type: ignore[attr-defined]
-            if m.type == "error" and "Content Security Policy" in m.text else None)
-    page.goto(server.base_url + "/connexion")
-    page.fill("#username", username)
-    page.fill("#password", password)
-    page.click("button[type=submit]")
-    page.wait_for_url(re.compile(r"/boite"))
-    return page
-
-
-def wait_live(page: Page) -> None:
-    expect(page.locator("body")).to_have_attribute("data-live", "1")
 
 
 def directory_search_ready(server) -> None:
@@ -134,6 +100,9 @@ def test_write_with_picker_and_pdf_live_arrival_and_receipt(server, browser, tmp
     expect(alice.locator("#draft-status")).to_contain_text("Brouillon enregistré")
     shots(alice, "ecrire-un-message", full_page=True)
     alice.click("#send")
+    # Back to the inbox she wrote from, with a confirmation leading to the sent message.
+    expect(alice.locator("#confirmation")).to_contain_text("Message envoyé à Dr Bruno PETIT")
+    alice.locator("#confirmation a", has_text="Voir le message envoyé").click()
     alice.wait_for_url(re.compile(r"dossier=sent"))
     expect(alice.locator("#message .msg-subject")).to_have_text(subject)
     expect(alice.locator(".receipts")).to_contain_text("personne pour l'instant")

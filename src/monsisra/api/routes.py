@@ -75,7 +75,7 @@ async def list_mailboxes(core: CoreDep, actor: ActorDep) -> list[dict[str, Any]]
     return [m.as_dict() for m in await mailboxes.list_for(core, actor)]
 
 
-ViewName = Literal["inbox", "unread", "all", "sent", "drafts", "favorites", "todo", "archived"]
+ViewName = Literal["inbox", "unread", "all", "sent", "drafts", "favorites", "todo", "archived", "trash"]
 CategoryName = Literal["letter", "conversation", "mssante", "patient", "teleexpertise", "support", "result",
                        "event", "dgs_urgent"]
 
@@ -115,6 +115,27 @@ class StatePatch(BaseModel):
 async def patch_message(mailbox_id: int, message_id: int, body: StatePatch, core: CoreDep,
                         actor: ActorDep) -> dict[str, Any]:
     return await messages.update_state(core, actor, mailbox_id, message_id, body.model_dump())
+
+
+@router.delete("/mailboxes/{mailbox_id}/messages/{message_id}", status_code=204, tags=["messages"])
+async def delete_message(mailbox_id: int, message_id: int, core: CoreDep, actor: ActorDep) -> Response:
+    """« Supprimer »: to this mailbox's bin (``view=trash``), restorable for 30 days, then purged."""
+    await messages.trash(core, actor, mailbox_id, message_id)
+    return Response(status_code=204)
+
+
+@router.post("/mailboxes/{mailbox_id}/messages/{message_id}/restore", tags=["messages"])
+async def restore_message(mailbox_id: int, message_id: int, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+    """Out of the bin, back where it was; answers the message's state."""
+    return await messages.restore(core, actor, mailbox_id, message_id)
+
+
+@router.get("/addresses/check", tags=["messages"])
+async def check_address(core: CoreDep, actor: ActorDep,
+                        address: Annotated[str, Query(max_length=320)]) -> dict[str, Any]:
+    """May a message be sent to this address? ``{address, ok, reason, local}`` (reason in French):
+    a known mailbox here, or an address of the MSSanté trust space."""
+    return await messages.check_address(core, actor, address)
 
 
 @router.post("/attachments", status_code=201, tags=["attachments"])

@@ -39,6 +39,7 @@ class View(StrEnum):
     FAVORITES = "favorites"
     TODO = "todo"
     ARCHIVED = "archived"
+    TRASH = "trash"  # the bin (corbeille): deleted, restorable for 30 days
 
 
 class Role(StrEnum):

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from monsisra.domain.clock import utcnow
+from monsisra.domain.clock import as_utc, utcnow
 from monsisra.domain.model import Access, Category, MailboxKind, Role
 from monsisra.domain.text import preview
 from monsisra.services import accounts, attachments, mailboxes, messages, trust
 from monsisra.services.core import Actor, Core
-from monsisra.store.models import Account, Delivery, Mailbox, Message, Patient
+from monsisra.store.models import Account, Delivery, Mailbox, Message, Patient, Recipient
 
 PASSWORD = "demo"
+DAY, HOUR, MINUTE = timedelta(days=1), timedelta(hours=1), timedelta(minutes=1)
 TRUSTED_DEMO_DOMAINS = ("patient.mssante.fr", "ch-vichy.mssante.fr", "labo-dore.mssante.fr")
 
 
@@ -207,13 +208,30 @@ async def load(core: Core, progress=None) -> None:
         await _seed_messages(core, people, bar)
 
 
+def attachment_name(title: str) -> str:
+    """A whole, plausible file name for a document titled ``title`` (never cut mid-word)."""
+    return f"{title.replace(' — ', ' - ').strip()}.pdf"
+
+
+@dataclass
+class _Seed:
+    """One demo message: sent through the service (``compose``) or arrived from outside
+    (``external``), ``ago`` before now; ``trashed``: in the bin since that long."""
+
+    ago: timedelta
+    who: Actor | None = None
+    compose: messages.Compose | None = None
+    external: tuple[str, str, str, str, str] | None = None  # sender, name, subject, body, category
+    trashed: timedelta | None = None
+
+
 async def _seed_messages(core: Core, people: dict[str, Account], bar) -> None:
     domain = core.settings.domain
     alice, bruno, claire = people["alice.martin"], people["bruno.petit"], people["claire.roux"]
     box = {name: await _mailbox(core, f"{name}@{domain}") for name in
            ("alice.martin", "bruno.petit", "claire.roux", "secretariat.ch-aurillac", "laboratoire.biocantal",
             "dac63", "avis-hemostase.chu-clermont", "urgences.ch-aurillac", "dgs-urgent",
-            "radiologie.imagerie-volcans", "cardiologie.chu-clermont")}
+            "radiologie.imagerie-volcans", "cardiologie.chu-clermont", "cpts.aurillac")}
     async with core.write() as tx:
         for ins, family, given, born, sex in PATIENTS:
             if not await tx.session.scalar(sa.select(Patient.id).where(Patient.ins == ins)):
@@ -225,124 +243,144 @@ async def _seed_messages(core: Core, people: dict[str, Account], bar) -> None:
     assert admin is not None
     for name in ("secretariat.ch-aurillac", "laboratoire.biocantal", "urgences.ch-aurillac", "dgs-urgent",
                  "radiologie.imagerie-volcans", "cardiologie.chu-clermont", "dac63",
-                 "avis-hemostase.chu-clermont"):
+                 "avis-hemostase.chu-clermont", "cpts.aurillac"):
         await mailboxes.grant(core, box[name].id, admin.id, Access.MEMBER)
     adm = _actor(admin)
 
     async def pdf(title: str, lines: list[str], who: Actor) -> str:
-        data = minimal_pdf([title, "", *lines])
+        data = minimal_pdf([attachment_name(title).removesuffix(".pdf"), "", *lines])
         digest, size = core.blobs.put_bytes(data)
-        view = await attachments.register(core, who.account_id, digest, size, "application/pdf", f"{title}.pdf")
+        view = await attachments.register(core, who.account_id, digest, size, "application/pdf",
+                                          attachment_name(title))
         return view.id
 
-    sends = []
+    seeds: list[_Seed] = []
+
+    def send(ago: timedelta, who: Actor, trashed: timedelta | None = None, **compose) -> None:
+        seeds.append(_Seed(ago, who, messages.Compose(**compose), trashed=trashed))
+
+    def arrive(ago: timedelta, sender: str, name: str, subject: str, body: str, category: str) -> None:
+        seeds.append(_Seed(ago, external=(sender, name, subject, body, category)))
+
     a_alice = _actor(alice)
     a_bruno = _actor(bruno)
     a_claire = _actor(claire)
+    to_alice = [box["alice.martin"].address]
     p1 = messages.PatientRef(ins=PATIENTS[0][0], oid="1.2.250.1.213.1.4.11", family_name="DURAND",
                              given_names="Pierre Marie", birth_date="1980-01-01", sex="M")
     p2 = messages.PatientRef(ins=PATIENTS[1][0], oid="1.2.250.1.213.1.4.11", family_name="BERNARD",
                              given_names="Jeanne", birth_date="1975-08-14", sex="F")
-    subjects_letters = [
-        ("Compte rendu d'hospitalisation — M. DURAND Pierre", "Hospitalisé du 2 au 6 novembre pour décompensation "
-         "cardiaque. Traitement de sortie : furosémide 40 mg, bisoprolol 2,5 mg. Contrôle ionogramme à J7.", p1),
-        ("Compte rendu de consultation de cardiologie", "Patiente vue ce jour. ECG sans anomalie, échographie "
-         "cardiaque normale. Pas de contre-indication au sport.", p2),
-        ("Lettre de sortie — Urgences", "Passage aux urgences pour entorse de cheville droite. Immobilisation "
-         "par attelle 10 jours, antalgiques de palier 1.", None),
-        ("Compte rendu opératoire", "Cholécystectomie par cœlioscopie sans complication. Ablation des fils à J10.",
-         None),
+    # Dated over the last five weeks, so that every view and date format looks real: today,
+    # yesterday, this week, earlier this month, last month.
+    letters = [
+        (12 * DAY, "Compte rendu d'hospitalisation — M. DURAND Pierre", "Hospitalisé quatre jours pour "
+         "décompensation cardiaque. Traitement de sortie : furosémide 40 mg, bisoprolol 2,5 mg. Contrôle "
+         "ionogramme à J7.", p1),
+        (9 * DAY, "Compte rendu de consultation de cardiologie", "Patiente vue ce jour. ECG sans anomalie, "
+         "échographie cardiaque normale. Pas de contre-indication au sport.", p2),
+        (23 * DAY, "Lettre de sortie — Urgences", "Passage aux urgences pour entorse de cheville droite. "
+         "Immobilisation par attelle 10 jours, antalgiques de palier 1.", None),
+        (34 * DAY, "Compte rendu opératoire", "Cholécystectomie par cœlioscopie sans complication. Ablation des "
+         "fils à J10.", None),
     ]
-    for i, (subject, body, patient) in enumerate(subjects_letters):
-        att = await pdf(subject[:40], [body[:90]], adm)
-        sends.append((adm, messages.Compose(from_mailbox=box["secretariat.ch-aurillac"].id,
-                                            to=[box["alice.martin"].address], subject=subject, body=body,
-                                            category=Category.LETTER, attachments=[att], patient=patient)))
+    for i, (ago, subject, body, patient) in enumerate(letters):
+        att = await pdf(subject, [body[:90]], adm)
+        send(ago, adm, from_mailbox=box["secretariat.ch-aurillac"].id, to=to_alice, subject=subject, body=body,
+             category=Category.LETTER, attachments=[att], patient=patient)
         if i == 1:
-            sends.append((adm, messages.Compose(from_mailbox=box["cardiologie.chu-clermont"].id,
-                                                to=[box["alice.martin"].address], subject=subject, body=body,
-                                                category=Category.LETTER, patient=patient)))
-    for subject, body in [
-        ("Résultats d'analyses — BERNARD Jeanne", "NFS normale. Ferritine 12 µg/L (basse). Créatinine 68 µmol/L."),
-        ("Résultats — INR", "INR à 2,6 (zone cible 2-3)."),
-        ("Résultats d'imagerie — radiographie thoracique", "Pas d'anomalie pleuro-parenchymateuse."),
+            send(ago - 20 * MINUTE, adm, from_mailbox=box["cardiologie.chu-clermont"].id, to=to_alice,
+                 subject=subject, body=body, category=Category.LETTER, patient=patient)
+    for ago, subject, body in [
+        (2 * DAY, "Résultats d'analyses — BERNARD Jeanne", "NFS normale. Ferritine 12 µg/L (basse). "
+         "Créatinine 68 µmol/L."),
+        (3 * HOUR, "Résultats — INR", "INR à 2,6 (zone cible 2-3)."),
+        (6 * DAY, "Résultats d'imagerie — radiographie thoracique", "Pas d'anomalie pleuro-parenchymateuse."),
     ]:
-        att = await pdf(subject[:40], [body], adm)
+        att = await pdf(subject, [body], adm)
         src = box["radiologie.imagerie-volcans"] if "imagerie" in subject else box["laboratoire.biocantal"]
-        sends.append((adm, messages.Compose(from_mailbox=src.id, to=[box["alice.martin"].address], subject=subject,
-                                            body=body, category=Category.RESULT, attachments=[att], patient=p2)))
-    for subject, body in [
-        ("Admission aux urgences de votre patient", "M. DURAND Pierre a été admis aux urgences ce jour à 14 h 20."),
-        ("Sortie d'hospitalisation programmée", "Sortie prévue demain matin ; le compte rendu suivra."),
-    ]:
-        sends.append((adm, messages.Compose(from_mailbox=box["urgences.ch-aurillac"].id,
-                                            to=[box["alice.martin"].address], subject=subject, body=body,
-                                            category=Category.EVENT, patient=p1)))
-    sends.append((adm, messages.Compose(
-        from_mailbox=box["dgs-urgent"].id, category=Category.DGS_URGENT,
-        to=[box[n].address for n in ("alice.martin", "bruno.petit", "claire.roux")],
-        subject="DGS-Urgent n° 2026-17 : épidémie de grippe saisonnière",
-        body="Mesdames, Messieurs, l'épidémie de grippe est déclarée dans la région. Rappel des mesures barrières "
-             "et de la vaccination des personnes à risque.")))
-    sends.append((a_claire, messages.Compose(
-        from_mailbox=box["claire.roux"].id, to=[box["alice.martin"].address], category=Category.CONVERSATION,
-        subject="Plaie de M. DURAND", body="Bonjour Docteur, la plaie du talon évolue mal : écoulement et rougeur. "
-        "Je vous envoie une photo demain matin.", patient=p1)))
-    sends.append((a_alice, messages.Compose(
-        from_mailbox=box["alice.martin"].id, to=[box["claire.roux"].address], category=Category.CONVERSATION,
-        subject="Re: Plaie de M. DURAND", body="Merci Claire, je passe le voir jeudi. Poursuivez les soins.",
-        patient=p1)))
-    sends.append((a_alice, messages.Compose(
-        from_mailbox=box["alice.martin"].id, to=[box["bruno.petit"].address], category=Category.TELEEXPERTISE,
-        subject="Demande d'avis : souffle systolique", body="Cher confrère, patiente de 50 ans avec souffle "
-        "systolique 2/6 au foyer aortique. Un avis sur l'indication d'une échographie ?", patient=p2)))
-    sends.append((a_bruno, messages.Compose(
-        from_mailbox=box["bruno.petit"].id, to=[box["alice.martin"].address], category=Category.TELEEXPERTISE,
-        subject="Avis : souffle systolique", body="Chère consœur, une échocardiographie transthoracique est "
-        "indiquée ; je peux la recevoir sous 15 jours.", patient=p2)))
-    sends.append((a_alice, messages.Compose(
-        from_mailbox=box["alice.martin"].id, to=[box["dac63"].address], category=Category.SUPPORT,
-        subject="Demande d'appui — maintien à domicile", body="Patiente de 87 ans isolée, chutes répétées. "
-        "Besoin d'une évaluation à domicile et d'une coordination des aides.")))
-    sends.append((adm, messages.Compose(
-        from_mailbox=box["dac63"].id, to=[box["alice.martin"].address], category=Category.SUPPORT,
-        subject="Re: Demande d'appui — maintien à domicile", body="Bonjour Docteur, une coordinatrice passera "
-        "au domicile lundi. Nous vous tenons informée.")))
-    sends.append((adm, messages.Compose(
-        from_mailbox=box["avis-hemostase.chu-clermont"].id, to=[box["alice.martin"].address],
-        category=Category.TELEEXPERTISE, subject="Avis hémostase : relais AVK",
-        body="Relais par HBPM recommandé 5 jours avant le geste ; reprise de l'AVK le soir de l'intervention.")))
-    sends.append((a_bruno, messages.Compose(
-        from_mailbox=box["bruno.petit"].id, to=[box["alice.martin"].address], cc=[box["claire.roux"].address],
-        category=Category.LETTER, subject="Compte rendu d'échocardiographie",
-        body="Échocardiographie : FEVG 60 %, pas de valvulopathie significative.", patient=p2)))
-    sends.append((a_alice, messages.Compose(
-        from_mailbox=box["alice.martin"].id, to=[], category=Category.LETTER, draft=True,
-        subject="Courrier d'adressage — brouillon", body="Cher confrère, je vous adresse…")))
-    sends.append((a_alice, messages.Compose(
-        from_mailbox=box["alice.martin"].id, to=[box["bruno.petit"].address], category=Category.LETTER,
-        subject="Adressage pour bilan cardiologique", body="Cher confrère, je vous adresse M. DURAND pour un bilan "
-        "après décompensation cardiaque.", patient=p1)))
-    sent_ids = []
-    for who, compose in sends:
-        msg = await messages.send(core, who, compose)
-        sent_ids.append(msg["id"])
-        bar.advance(bar.task_ids[0], 0)
+        send(ago, adm, from_mailbox=src.id, to=to_alice, subject=subject, body=body, category=Category.RESULT,
+             attachments=[att], patient=p2)
+    send(50 * MINUTE, adm, from_mailbox=box["urgences.ch-aurillac"].id, to=to_alice, category=Category.EVENT,
+         subject="Admission aux urgences de votre patient", body="M. DURAND Pierre a été admis aux urgences "
+         "ce jour pour dyspnée.", patient=p1)
+    send(1 * DAY, adm, from_mailbox=box["urgences.ch-aurillac"].id, to=to_alice, category=Category.EVENT,
+         subject="Sortie d'hospitalisation programmée", body="Sortie prévue demain matin ; le compte rendu suivra.",
+         patient=p1)
+    send(16 * DAY, adm, from_mailbox=box["dgs-urgent"].id, category=Category.DGS_URGENT,
+         to=[box[n].address for n in ("alice.martin", "bruno.petit", "claire.roux")],
+         subject="DGS-Urgent n° 2026-17 : épidémie de grippe saisonnière",
+         body="Mesdames, Messieurs, l'épidémie de grippe est déclarée dans la région. Rappel des mesures barrières "
+              "et de la vaccination des personnes à risque.")
+    send(4 * DAY, a_claire, from_mailbox=box["claire.roux"].id, to=to_alice, category=Category.CONVERSATION,
+         subject="Plaie de M. DURAND", body="Bonjour Docteur, la plaie du talon évolue mal : écoulement et rougeur. "
+         "Je vous envoie une photo demain matin.", patient=p1)
+    send(4 * DAY - 2 * HOUR, a_alice, from_mailbox=box["alice.martin"].id, to=[box["claire.roux"].address],
+         category=Category.CONVERSATION, subject="Re: Plaie de M. DURAND",
+         body="Merci Claire, je passe le voir jeudi. Poursuivez les soins.", patient=p1)
+    send(8 * DAY, a_alice, from_mailbox=box["alice.martin"].id, to=[box["bruno.petit"].address],
+         category=Category.TELEEXPERTISE, subject="Demande d'avis : souffle systolique",
+         body="Cher confrère, patiente de 50 ans avec souffle systolique 2/6 au foyer aortique. Un avis sur "
+              "l'indication d'une échographie ?", patient=p2)
+    send(7 * DAY, a_bruno, from_mailbox=box["bruno.petit"].id, to=to_alice, category=Category.TELEEXPERTISE,
+         subject="Avis : souffle systolique", body="Chère consœur, une échocardiographie transthoracique est "
+         "indiquée ; je peux la recevoir sous 15 jours.", patient=p2)
+    send(20 * DAY, a_alice, from_mailbox=box["alice.martin"].id, to=[box["dac63"].address],
+         category=Category.SUPPORT, subject="Demande d'appui — maintien à domicile",
+         body="Patiente de 87 ans isolée, chutes répétées. Besoin d'une évaluation à domicile et d'une "
+              "coordination des aides.")
+    send(18 * DAY, adm, from_mailbox=box["dac63"].id, to=to_alice, category=Category.SUPPORT,
+         subject="Re: Demande d'appui — maintien à domicile", body="Bonjour Docteur, une coordinatrice passera "
+         "au domicile lundi. Nous vous tenons informée.")
+    send(27 * DAY, adm, from_mailbox=box["avis-hemostase.chu-clermont"].id, to=to_alice,
+         category=Category.TELEEXPERTISE, subject="Avis hémostase : relais AVK",
+         body="Relais par HBPM recommandé 5 jours avant le geste ; reprise de l'AVK le soir de l'intervention.")
+    send(5 * DAY, a_bruno, from_mailbox=box["bruno.petit"].id, to=to_alice, cc=[box["claire.roux"].address],
+         category=Category.LETTER, subject="Compte rendu d'échocardiographie",
+         body="Échocardiographie : FEVG 60 %, pas de valvulopathie significative.", patient=p2)
+    send(40 * MINUTE, a_alice, from_mailbox=box["alice.martin"].id, to=[], category=Category.LETTER, draft=True,
+         subject="Courrier d'adressage — brouillon", body="Cher confrère, je vous adresse…")
+    send(11 * DAY, a_alice, from_mailbox=box["alice.martin"].id, to=[box["bruno.petit"].address],
+         category=Category.LETTER, subject="Adressage pour bilan cardiologique",
+         body="Cher confrère, je vous adresse M. DURAND pour un bilan après décompensation cardiaque.", patient=p1)
+    # One in Dr MARTIN's bin, so that « Corbeille » shows what it is for.
+    send(14 * DAY, adm, trashed=2 * DAY, from_mailbox=box["cpts.aurillac"].id, to=to_alice,
+         category=Category.LETTER, subject="Invitation : soirée de formation sur l'insuffisance cardiaque",
+         body="La CPTS vous invite à une soirée de formation jeudi à 20 h, salle des fêtes d'Aurillac.")
     # Patient exchanges and MSSanté letters arrive from outside the platform.
-    await _external(core, box["alice.martin"], f"{PATIENTS[0][0]}@patient.mssante.fr", "DURAND Pierre",
-                    "Question sur mon traitement", "Bonjour Docteur, dois-je prendre le furosémide le matin ?",
-                    Category.PATIENT)
-    await _external(core, box["alice.martin"], "secretariat.cardiologie@ch-vichy.mssante.fr",
-                    "Secrétariat de cardiologie — CH Vichy", "Compte rendu de consultation — M. DURAND",
-                    "Veuillez trouver ci-joint le compte rendu de consultation du 12 novembre.", Category.MSSANTE)
-    await _external(core, box["alice.martin"], "contact@labo-dore.mssante.fr", "Laboratoire du Dore",
-                    "Résultats — ROBERT Monique", "HbA1c 7,2 %.", Category.RESULT)
+    arrive(2 * HOUR, f"{PATIENTS[0][0]}@patient.mssante.fr", "DURAND Pierre", "Question sur mon traitement",
+           "Bonjour Docteur, dois-je prendre le furosémide le matin ?", Category.PATIENT)
+    arrive(10 * DAY, "secretariat.cardiologie@ch-vichy.mssante.fr", "Secrétariat de cardiologie — CH Vichy",
+           "Compte rendu de consultation — M. DURAND",
+           "Veuillez trouver ci-joint le compte rendu de la consultation de cardiologie de M. DURAND.",
+           Category.MSSANTE)
+    arrive(26 * HOUR, "contact@labo-dore.mssante.fr", "Laboratoire du Dore", "Résultats — ROBERT Monique",
+           "HbA1c 7,2 %.", Category.RESULT)
+
+    # Oldest first: deliveries (and so the lists, newest first) follow the dates.
+    now = utcnow()
+    seeds.sort(key=lambda seed: seed.ago, reverse=True)
+    trashed: list[tuple[int, timedelta]] = []
+    seeded: list[int] = []
+    for seed in seeds:
+        at = now - seed.ago
+        if seed.compose is not None:
+            assert seed.who is not None
+            message_id = (await messages.send(core, seed.who, seed.compose))["id"]
+            await _backdate(core, message_id, at, draft=seed.compose.draft)
+        else:
+            assert seed.external is not None
+            message_id = await _external(core, box["alice.martin"], *seed.external, at=at)
+        seeded.append(message_id)
+        if seed.trashed is not None:
+            trashed.append((message_id, seed.trashed))
+        bar.advance(bar.task_ids[0], 0)
     # Vary states so that every view shows something.
     async with core.read() as s:
         rows = (await s.execute(sa.select(Delivery.id, Delivery.message_id, Delivery.category)
                                 .where(Delivery.mailbox_id == box["alice.martin"].id, Delivery.role == Role.IN)
                                 .order_by(Delivery.id))).all()
-    for i, row in enumerate(rows):
+    binned = {m for m, _ in trashed}
+    for i, row in enumerate(r for r in rows if r.message_id not in binned):
         flags = {}
         if i % 3 == 0:
             flags["read"] = True
@@ -355,21 +393,46 @@ async def _seed_messages(core: Core, people: dict[str, Account], bar) -> None:
             flags["read"] = True
         if flags:
             await messages.update_state(core, a_alice, box["alice.martin"].id, row.message_id, flags)
+    for message_id, _since in trashed:
+        await messages.trash(core, a_alice, box["alice.martin"].id, message_id)
+    async with core.write() as tx:
+        s = tx.session
+        for message_id, since in trashed:
+            await s.execute(sa.update(Delivery).where(Delivery.message_id == message_id,
+                                                      Delivery.mailbox_id == box["alice.martin"].id)
+                            .values(deleted_at=now - since))
+        # Read an hour after arrival (never in the future), as people do.
+        read = (await s.execute(sa.select(Delivery.id, Delivery.created_at)
+                                .where(Delivery.message_id.in_(seeded), Delivery.first_read_at.is_not(None)))).all()
+        for delivery_id, created_at in read:
+            await s.execute(sa.update(Delivery).where(Delivery.id == delivery_id)
+                            .values(first_read_at=min(now, as_utc(created_at) + timedelta(hours=1))))
+
+
+async def _backdate(core: Core, message_id: int, at: datetime, *, draft: bool) -> None:
+    """Date a message just sent through the service as if it had been sent at ``at``."""
+    async with core.write() as tx:
+        s = tx.session
+        await s.execute(sa.update(Message).where(Message.id == message_id)
+                        .values(created_at=at, sent_at=None if draft else at))
+        await s.execute(sa.update(Delivery).where(Delivery.message_id == message_id).values(created_at=at))
+        await s.execute(sa.update(Recipient).where(Recipient.message_id == message_id).values(status_at=at))
 
 
 async def _external(core: Core, mailbox: Mailbox, sender: str, sender_name: str, subject: str, body: str,
-                    category: str) -> None:
-    now = utcnow() - timedelta(minutes=5)
+                    category: str, *, at: datetime) -> int:
     async with core.write() as tx:
         message = Message(message_id=messages.new_message_id(sender.split("@")[1]), sender_address=sender,
                           sender_name=sender_name, subject=subject, body=body, preview=preview(body),
-                          category=category, created_at=now, sent_at=now, origin="smtp",
+                          category=category, created_at=at, sent_at=at, origin="smtp",
                           search_text=messages.build_search_text(subject, body, sender_name, sender, []))
         tx.session.add(message)
         await tx.session.flush()
         message.thread_id = message.id
-        from monsisra.store.models import Recipient
-
         tx.session.add(Recipient(message_id=message.id, kind="to", address=mailbox.address,
-                                 display_name=mailbox.display_name, mailbox_id=mailbox.id, status="delivered"))
+                                 display_name=mailbox.display_name, mailbox_id=mailbox.id, status="delivered",
+                                 status_at=at))
         await messages.deliver(tx, message, [(mailbox.id, Role.IN)])
+        # The delivery is dated by its placement (now); the message arrived at ``at``.
+        await tx.session.execute(sa.update(Delivery).where(Delivery.message_id == message.id).values(created_at=at))
+    return message.id

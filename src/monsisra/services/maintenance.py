@@ -1,4 +1,5 @@
-"""Housekeeping: expired tokens, stale throttling rows, uploads never attached to a message."""
+"""Housekeeping: expired tokens, stale throttling rows, the bins (messages deleted more than 30
+days ago), uploads never attached to a message."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from monsisra.domain.clock import utcnow
+from monsisra.services import messages
 from monsisra.services.core import Core
 from monsisra.store.models import Attachment, LoginThrottle, MessageAttachment, Token
 
@@ -24,6 +26,8 @@ class PurgeReport:
     throttles: int = 0
     uploads: int = 0
     blobs: int = 0
+    trashed: int = 0  # deliveries removed from bins after 30 days
+    messages: int = 0  # messages no mailbox held any more
 
 
 async def purge(core: Core) -> PurgeReport:
@@ -32,6 +36,8 @@ async def purge(core: Core) -> PurgeReport:
     report = PurgeReport()
     async with core.write() as tx:
         s = tx.session
+        # The bins first: the attachments of the messages they free are orphans just below.
+        report.trashed, report.messages = await messages.purge_trash(tx, now)
         report.tokens = (await s.execute(sa.delete(Token).where(Token.expires_at < now - timedelta(days=7)))).rowcount
         report.throttles = (await s.execute(sa.delete(LoginThrottle).where(
             LoginThrottle.window_start < now - timedelta(seconds=core.settings.login_window_seconds * 2),
@@ -77,7 +83,7 @@ async def run_periodically(core: Core, every_seconds: float = 3600) -> None:
     while True:
         try:
             report = await purge(core)
-            if report.tokens or report.uploads:
+            if report.tokens or report.uploads or report.trashed:
                 log.info("purge: %s", report)
         except Exception:
             log.exception("purge failed")

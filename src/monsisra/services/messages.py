@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,10 +33,11 @@ from monsisra.domain.text import (
     search_terms,
 )
 from monsisra.services import attachments as att_service
-from monsisra.services import audit, mailboxes
+from monsisra.services import audit, mailboxes, trust
 from monsisra.services.core import Actor, Core, Tx
 from monsisra.services.errors import Invalid, NotFound, TooLarge
 from monsisra.store.models import (
+    TRASH_VIEW,
     VIEW_SQL,
     Account,
     Attachment,
@@ -50,6 +51,9 @@ from monsisra.store.models import (
 )
 
 MAX_RECIPIENTS = 200
+OUTSIDE_TRUST = "hors de l'espace de confiance MSSanté"
+UNKNOWN_LOCAL = "boîte inconnue sur cette plateforme"
+TRASH_KEEP = timedelta(days=30)
 MAX_SUBJECT = 998
 MAX_BODY = 2_000_000
 PAGE_MAX = 200
@@ -94,9 +98,18 @@ def _check_address(raw: str, local_domain: str) -> tuple[str | None, str | None]
     return address, None
 
 
+async def _untrusted_domains(session: AsyncSession, domains: set[str], local_domain: str) -> set[str]:
+    """The external domains outside the MSSanté trust space (our own domain is handled apart)."""
+    return {d for d in sorted(domains) if d != local_domain and not await trust.is_trusted(session, d, local_domain)}
+
+
 async def _resolve_recipients(session: AsyncSession, core: Core, req: Compose
                               ) -> tuple[list[tuple[str, str, Mailbox | None]], list[dict[str, str]]]:
-    """[(kind, address, local mailbox or None)] and the list of bad addresses with reasons."""
+    """[(kind, address, local mailbox or None)] and the list of bad addresses with reasons.
+
+    An external address must belong to the trust space: refused now rather than bounced later.
+    A draft may keep it (a draft is not a send); sending that draft is refused.
+    """
     local_domain = core.settings.domain.lower()
     wanted: list[tuple[str, str]] = []
     bad: list[dict[str, str]] = []
@@ -110,13 +123,33 @@ async def _resolve_recipients(session: AsyncSession, core: Core, req: Compose
                 seen.add(address)
                 wanted.append((kind, address))
     locals_ = await mailboxes.by_address(session, [a for _, a in wanted if domain_of(a) == local_domain])
+    untrusted = set() if req.draft else await _untrusted_domains(
+        session, {domain_of(a) for _, a in wanted}, local_domain)
     resolved = []
     for kind, address in wanted:
         if domain_of(address) == local_domain and address not in locals_:
-            bad.append({"address": address, "reason": "boîte inconnue sur cette plateforme"})
+            bad.append({"address": address, "reason": UNKNOWN_LOCAL})
+        elif domain_of(address) in untrusted:
+            bad.append({"address": address, "reason": OUTSIDE_TRUST})
         else:
             resolved.append((kind, address, locals_.get(address)))
     return resolved, bad
+
+
+async def check_address(core: Core, actor: Actor, raw: str) -> dict[str, Any]:
+    """Could a message be sent to this address now? ``{address, ok, reason, local}``, with the
+    same rules (and French reasons) as :func:`send`; the picker asks before adding an address."""
+    local_domain = core.settings.domain.lower()
+    address, reason = _check_address(raw, local_domain)
+    if address is None:
+        return {"address": (raw or "").strip(), "ok": False, "reason": reason, "local": False}
+    local = domain_of(address) == local_domain
+    async with core.read() as s:
+        if local:
+            reason = None if address in await mailboxes.by_address(s, [address]) else UNKNOWN_LOCAL
+        elif await _untrusted_domains(s, {domain_of(address)}, local_domain):
+            reason = OUTSIDE_TRUST
+    return {"address": address, "ok": reason is None, "reason": reason, "local": local}
 
 
 async def _patient_for(session: AsyncSession, ref: PatientRef) -> Patient:
@@ -405,7 +438,8 @@ def _sent_view(message_pk: int, v: dict[str, Any], role: str, recipient_rows: li
         "context": {"type": v["context_type"], "id": v["context_id"]} if v["context_type"] else None,
         "draft": v["is_draft"],
         "no_reply": v["no_reply"],
-        "state": {"read": True, "favorite": False, "todo": False, "archived": False, "role": role},
+        "state": {"read": True, "favorite": False, "todo": False, "archived": False, "role": role,
+                  "deleted": False, "deleted_at": None},
         "body": v["body"],
         "html": v["html"],
         "message_id": v["message_id"],
@@ -453,6 +487,28 @@ def _encode_cursor(delivery_id: int) -> str:
     return base64.urlsafe_b64encode(f"d{delivery_id}".encode()).decode().rstrip("=")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _encode_trash_cursor(deleted_at: datetime | None, delivery_id: int) -> str:
+    # Whole microseconds (no float): a row deleted in the same microsecond must not be skipped.
+    micros = (as_utc(deleted_at) - _EPOCH) // _MICROSECOND if deleted_at else 0
+    return base64.urlsafe_b64encode(f"t{micros}.{delivery_id}".encode()).decode().rstrip("=")
+
+
+def _decode_trash_cursor(cursor: str) -> tuple[datetime, int]:
+    """(deleted_at, delivery id) of the last row of the previous page of the bin."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        micros, _, delivery_id = raw[1:].partition(".")
+        if not raw.startswith("t") or len(raw) > 40:
+            raise ValueError
+        return _EPOCH + int(micros) * _MICROSECOND, int(delivery_id)
+    except (ValueError, UnicodeDecodeError, OverflowError, OSError):
+        raise Invalid("curseur de pagination invalide") from None
+
+
 def _decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
@@ -468,6 +524,7 @@ _LIST_COLUMNS = (
     Delivery.role, Message.id, Message.subject, Message.preview, Message.sender_address, Message.sender_name,
     Message.category, Message.created_at, Message.has_attachments, Message.thread_id, Message.in_reply_to_id,
     Message.patient_id, Message.is_draft, Message.context_type, Message.context_id, Message.no_reply,
+    Delivery.deleted, Delivery.deleted_at,
 )
 
 
@@ -510,6 +567,7 @@ async def list_messages(core: Core, actor: Actor, mailbox_id: int, *, view: str 
         else:
             stmt = sa.select(*_LIST_COLUMNS).select_from(Delivery).join(Message, Message.id == Delivery.message_id)
             order_key = Delivery.id
+        by_deletion = view == TRASH_VIEW and not terms
         stmt = stmt.where(Delivery.mailbox_id == mailbox_id, sa.text(_qualified(VIEW_SQL[view])))
         if category:
             stmt = stmt.where(Delivery.category == category)
@@ -517,14 +575,26 @@ async def list_messages(core: Core, actor: Actor, mailbox_id: int, *, view: str 
             prefs = await s.scalar(sa.select(Account.inbox_categories).where(Account.id == actor.account_id))
             if prefs is not None and set(prefs) != {c.value for c in Category}:
                 stmt = stmt.where(Delivery.category.in_(prefs))
-        if cursor:
-            stmt = stmt.where(order_key < _decode_cursor(cursor))
-        rows = (await s.execute(stmt.order_by(order_key.desc()).limit(limit + 1))).all()
+        if by_deletion:
+            # The bin reads newest-deleted first (ix_deliveries_view_trash), paged on (deleted_at, id).
+            if cursor:
+                at, after = _decode_trash_cursor(cursor)
+                stmt = stmt.where(sa.or_(Delivery.deleted_at < at,
+                                         sa.and_(Delivery.deleted_at == at, Delivery.id < after)))
+            stmt = stmt.order_by(Delivery.deleted_at.desc(), Delivery.id.desc())
+        else:
+            if cursor:
+                stmt = stmt.where(order_key < _decode_cursor(cursor))
+            stmt = stmt.order_by(order_key.desc())
+        rows = (await s.execute(stmt.limit(limit + 1))).all()
         more = len(rows) > limit
         rows = rows[:limit]
         items = await _summaries(s, rows)
-    last = rows[-1].id if terms and rows else (rows[-1].delivery_id if rows else None)
-    return {"items": items, "next_cursor": _encode_cursor(last) if more else None}
+    if not (more and rows):
+        return {"items": items, "next_cursor": None}
+    if by_deletion:
+        return {"items": items, "next_cursor": _encode_trash_cursor(rows[-1].deleted_at, rows[-1].delivery_id)}
+    return {"items": items, "next_cursor": _encode_cursor(rows[-1].id if terms else rows[-1].delivery_id)}
 
 
 def _qualified(cond: str) -> str:
@@ -560,7 +630,8 @@ def _summary(r, recips, atts, patient) -> dict[str, Any]:
         "context": {"type": r.context_type, "id": r.context_id} if r.context_type else None,
         "draft": r.is_draft,
         "no_reply": r.no_reply,
-        "state": {"read": r.read, "favorite": r.favorite, "todo": r.todo, "archived": r.archived, "role": r.role},
+        "state": {"read": r.read, "favorite": r.favorite, "todo": r.todo, "archived": r.archived, "role": r.role,
+                  "deleted": r.deleted, "deleted_at": _iso(r.deleted_at)},
     }
 
 
@@ -603,20 +674,27 @@ def _patient_dict(p: Patient) -> dict[str, Any]:
             "given_names": p.given_names, "birth_date": p.birth_date, "sex": p.sex}
 
 
-async def get(core: Core, actor: Actor, mailbox_id: int, message_id: int, *, mark_read: bool = True
-              ) -> dict[str, Any]:
-    """The whole message as this mailbox sees it; reading marks it read and records the receipt."""
+async def get(core: Core, actor: Actor, mailbox_id: int, message_id: int, *, mark_read: bool = True,
+              include_deleted: bool = False, prefer_deleted: bool = False) -> dict[str, Any]:
+    """The whole message as this mailbox sees it; reading marks it read and records the receipt.
+
+    ``include_deleted``: also a message in the bin (shown so that it can be restored; never
+    marked read there); ``prefer_deleted``: the copy in the bin first (a message sent to oneself
+    has two copies in the mailbox: the one opened from « Corbeille » is the one in the bin)."""
     async with core.read() as s:
         await mailboxes.access_of(s, actor, mailbox_id)
         stmt = (sa.select(*_LIST_COLUMNS, Message.body, Message.html, Message.message_id.label("rfc_id"),
                           Message.headers, Message.receipt_requested)
                 .select_from(Delivery).join(Message, Message.id == Delivery.message_id)
-                .where(Delivery.mailbox_id == mailbox_id, Delivery.message_id == message_id,
-                       Delivery.deleted.is_(False)))
-        row = (await s.execute(stmt.order_by(Delivery.id.desc()).limit(1))).first()
+                .where(Delivery.mailbox_id == mailbox_id, Delivery.message_id == message_id))
+        if not include_deleted:
+            stmt = stmt.where(Delivery.deleted.is_(False))
+        first = Delivery.deleted.desc() if prefer_deleted else Delivery.deleted
+        row = (await s.execute(stmt.order_by(first, Delivery.id.desc()).limit(1))).first()
         if row is None:
             raise NotFound("message introuvable")
         item = (await _summaries(s, [row]))[0]
+    mark_read = mark_read and not row.deleted
     item.update(body=row.body, html=row.html, message_id=row.rfc_id, receipt_requested=row.receipt_requested,
                 on_behalf_of=(row.headers or {}).get("on_behalf_of"))
     if mark_read and row.role == Role.IN and not row.read:
@@ -650,6 +728,8 @@ async def _set_flags(core: Core, actor: Actor, delivery_id: int, flags: dict[str
             return
         for k, v in changed.items():
             setattr(d, k, v)
+        if "deleted" in changed:
+            d.deleted_at = now if d.deleted else None
         d.modseq = await bump_modseq(s, d.mailbox_id)
         first_read = changed.get("read") is True and d.first_read_at is None and d.role == Role.IN
         if first_read:
@@ -674,17 +754,29 @@ async def _set_flags(core: Core, actor: Actor, delivery_id: int, flags: dict[str
 
 
 async def update_state(core: Core, actor: Actor, mailbox_id: int, message_id: int,
-                       changes: dict[str, bool | None]) -> dict[str, Any]:
-    """Set read/favorite/todo/archived/deleted of a message in one mailbox."""
+                       changes: dict[str, bool | None], *, role: str | None = None) -> dict[str, Any]:
+    """Set read/favorite/todo/archived/deleted of a message in one mailbox.
+
+    ``deleted`` moves it to the bin (corbeille) or back where it was: its role and flags are
+    untouched, so it returns to the same views. A message in the bin takes no other change.
+    ``role`` picks the copy when the mailbox holds two (a message sent to oneself: in and sent).
+    """
     flags = {k: bool(v) for k, v in changes.items() if v is not None}
     unknown = set(flags) - {"read", "favorite", "todo", "archived", "deleted"}
     if unknown:
         raise Invalid(f"états inconnus : {', '.join(sorted(unknown))}")
+    stmt = sa.select(Delivery.id).where(Delivery.mailbox_id == mailbox_id, Delivery.message_id == message_id)
+    if role in {r.value for r in Role}:
+        stmt = stmt.where(Delivery.role == role)
+    if "deleted" not in flags:
+        stmt = stmt.where(Delivery.deleted.is_(False)).order_by(Delivery.id.desc())
+    elif flags["deleted"]:  # to the bin: a copy still out of it first (sent to oneself: two copies)
+        stmt = stmt.order_by(Delivery.deleted, Delivery.id.desc())
+    else:  # restore: the copy in the bin first
+        stmt = stmt.order_by(Delivery.deleted.desc(), Delivery.id.desc())
     async with core.read() as s:
         await mailboxes.access_of(s, actor, mailbox_id)
-        delivery_id = await s.scalar(
-            sa.select(Delivery.id).where(Delivery.mailbox_id == mailbox_id, Delivery.message_id == message_id,
-                                         Delivery.deleted.is_(False)).order_by(Delivery.id.desc()).limit(1))
+        delivery_id = await s.scalar(stmt.limit(1))
     if delivery_id is None:
         raise NotFound("message introuvable")
     await _set_flags(core, actor, delivery_id, flags)
@@ -692,7 +784,54 @@ async def update_state(core: Core, actor: Actor, mailbox_id: int, message_id: in
         d = await s.get(Delivery, delivery_id)
         assert d is not None
         return {"read": d.read, "favorite": d.favorite, "todo": d.todo, "archived": d.archived,
-                "deleted": d.deleted}
+                "deleted": d.deleted, "deleted_at": _iso(d.deleted_at)}
+
+
+async def trash(core: Core, actor: Actor, mailbox_id: int, message_id: int, *, role: str | None = None
+                ) -> dict[str, Any]:
+    """« Supprimer »: put a message (or a draft) of this mailbox in its bin, restorable for 30 days."""
+    return await update_state(core, actor, mailbox_id, message_id, {"deleted": True}, role=role)
+
+
+async def restore(core: Core, actor: Actor, mailbox_id: int, message_id: int) -> dict[str, Any]:
+    """Take a message out of the bin, back to where it was (same role and flags)."""
+    return await update_state(core, actor, mailbox_id, message_id, {"deleted": False})
+
+
+async def purge_trash(tx: Tx, now: datetime, batch: int = 10_000) -> tuple[int, int]:
+    """Remove what has been in a bin for more than 30 days, then the messages no mailbox holds
+    any more (with their recipients and attachment links; attachments that nothing names are
+    the orphan purge's). Returns (deliveries, messages) removed.
+
+    Only messages that lost a delivery here are candidates: a message with no delivery for
+    another reason is not this function's to judge. One still in the outbox stays.
+    """
+    s = tx.session
+    rows = (await s.execute(
+        sa.select(Delivery.id, Delivery.mailbox_id, Delivery.message_id)
+        .where(sa.text(VIEW_SQL[TRASH_VIEW]), Delivery.deleted_at < now - TRASH_KEEP)
+        .order_by(Delivery.deleted_at).limit(batch))).all()
+    if not rows:
+        return 0, 0
+    await s.execute(sa.delete(Delivery).where(Delivery.id.in_([r.id for r in rows])))
+    boxes = sorted({r.mailbox_id for r in rows})
+    for mailbox_id in boxes:  # a removal is a change of the mailbox (counts cache, IMAP expunge)
+        await bump_modseq(s, mailbox_id)
+    candidates = {r.message_id for r in rows}
+    held = set(await s.scalars(sa.select(Delivery.message_id).where(Delivery.message_id.in_(candidates))))
+    in_flight = set(await s.scalars(sa.select(Recipient.message_id).where(
+        Recipient.message_id.in_(candidates), Recipient.status.in_(("queued", "retrying")))))
+    gone = sorted(candidates - held - in_flight)
+    if gone:
+        # Replies keep their thread (thread_id); only the link to the vanished parent goes.
+        await s.execute(sa.update(Message).where(Message.in_reply_to_id.in_(gone)).values(in_reply_to_id=None))
+        await s.execute(sa.delete(Recipient).where(Recipient.message_id.in_(gone)))
+        await s.execute(sa.delete(MessageAttachment).where(MessageAttachment.message_id.in_(gone)))
+        await s.execute(sa.delete(Message).where(Message.id.in_(gone)))
+    owners = await mailboxes.accounts_of(s, boxes)
+    for mailbox_id in boxes:
+        tx.emit("counts", owners.get(mailbox_id, []), mailbox_ids=[mailbox_id])
+    return len(rows), len(gone)
 
 
 async def counts(core: Core, actor: Actor, mailbox_id: int) -> dict[str, Any]:
@@ -709,11 +848,11 @@ async def counts(core: Core, actor: Actor, mailbox_id: int) -> dict[str, Any]:
         rows = _COUNTS_CACHE.get(key)
         if rows is None:
             rows = (await s.execute(
-                sa.select(Delivery.role, Delivery.category, Delivery.read, Delivery.archived, Delivery.favorite,
-                          Delivery.todo, sa.func.count())
-                .where(Delivery.mailbox_id == mailbox_id, Delivery.deleted.is_(False))
-                .group_by(Delivery.role, Delivery.category, Delivery.read, Delivery.archived, Delivery.favorite,
-                          Delivery.todo)
+                sa.select(Delivery.deleted, Delivery.role, Delivery.category, Delivery.read, Delivery.archived,
+                          Delivery.favorite, Delivery.todo, sa.func.count())
+                .where(Delivery.mailbox_id == mailbox_id)
+                .group_by(Delivery.deleted, Delivery.role, Delivery.category, Delivery.read, Delivery.archived,
+                          Delivery.favorite, Delivery.todo)
             )).all()
             _COUNTS_CACHE[key] = rows
             while len(_COUNTS_CACHE) > _COUNTS_CACHE_SIZE:
@@ -735,8 +874,11 @@ def tally(rows, prefs: list[str] | None) -> dict[str, Any]:
         if unread:
             bucket["unread"] += n
 
-    for role, category, read, archived, favorite, todo, n in rows:
+    for deleted, role, category, read, archived, favorite, todo, n in rows:
         unread = role == Role.IN and not read
+        if deleted:  # in the bin: counted there only
+            add(views[View.TRASH], n, unread)
+            continue
         if role == Role.IN:
             add(views["all"], n, unread)
             add(cats[category], n, unread)
@@ -766,12 +908,24 @@ async def require_sender_access(s: AsyncSession, actor: Actor, message_id: int) 
     return sender_mailbox
 
 
+# Stored recipient status -> what the sender is told (``sent``: the other operator accepted it).
+_RECEIPT_STATES = {"delivered": "delivered", "sent": "delivered", "queued": "queued", "retrying": "retrying",
+                   "failed": "failed", "draft": "draft"}
+
+
 async def receipts(core: Core, actor: Actor, message_id: int) -> list[dict[str, Any]]:
-    """Who read a message, per recipient mailbox: only the sending mailbox's users may ask."""
+    """Each recipient of a message and where it stands: delivered (locally, or accepted by the
+    other operator's server), read (and when), waiting, retrying (and when), failed (and why).
+    Only the sending mailbox's users may ask.
+
+    ``state`` sums it up: ``read``, ``delivered``, ``queued``, ``retrying``, ``failed`` (or
+    ``draft``); ``status`` is the stored delivery status, ``detail`` its reason.
+    """
     async with core.read() as s:
         await require_sender_access(s, actor, message_id)
         rows = await s.execute(
             sa.select(Recipient.address, Recipient.display_name, Recipient.kind, Recipient.status,
+                      Recipient.status_detail, Recipient.next_attempt_at,
                       Recipient.read_at, Delivery.first_read_at, Account.first_name, Account.last_name,
                       Account.username, Mailbox.kind.label("mailbox_kind"))
             .outerjoin(Delivery, sa.and_(Delivery.message_id == Recipient.message_id,
@@ -792,6 +946,9 @@ async def receipts(core: Core, actor: Actor, message_id: int) -> list[dict[str, 
                 "initials": "".join(p[:1] for p in ini_src if p).upper() or r.address[:2].upper(),
                 "kind": r.kind,
                 "status": r.status,
+                "state": "read" if read_at else _RECEIPT_STATES.get(r.status, r.status),
+                "detail": r.status_detail,
+                "next_attempt_at": _iso(r.next_attempt_at) if r.status == "retrying" else None,
                 "read_at": _iso(read_at),
                 "read_by": reader if r.mailbox_kind and r.mailbox_kind != "PER" else (reader if reader else None),
             })
@@ -825,5 +982,5 @@ async def access_kind(core: Core, actor: Actor, mailbox_id: int) -> str:
         return await mailboxes.access_of(s, actor, mailbox_id)
 
 
-__all__ = ["Access", "Compose", "PatientRef", "counts", "get", "list_messages", "receipts", "send",
-           "update_state"]
+__all__ = ["Access", "Compose", "PatientRef", "check_address", "counts", "get", "list_messages", "purge_trash",
+           "receipts", "restore", "send", "trash", "update_state"]

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from monsisra.config import Settings
 from monsisra.domain.addresses import domain_of
-from monsisra.domain.clock import as_utc, utcnow
+from monsisra.domain.clock import as_utc, in_paris, utcnow
 from monsisra.domain.ins import OID_NIA, OID_NIR
 from monsisra.domain.model import Category, Role
 from monsisra.domain.text import preview
@@ -342,10 +342,10 @@ async def _record(core: Core, message_id: int, results: list[tuple[int, Outcome]
 async def _non_delivery_notice(tx: Tx, settings: Settings, original: Message, failures: list[tuple[str, str]]) -> None:
     """A clear French notice in the sender's mailbox, threaded under the original."""
     s = tx.session
-    sent = as_utc(original.sent_at or original.created_at).strftime("%d/%m/%Y à %H:%M")
+    sent = in_paris(original.sent_at or original.created_at).strftime("%d/%m/%Y à %H:%M")
     one = len(failures) == 1
     lines = "\n".join(f"- {address} : {reason}" for address, reason in failures)
-    body = (f"Votre message « {original.subject} » envoyé le {sent} (UTC) n'a pas pu être remis "
+    body = (f"Votre message « {original.subject} » envoyé le {sent} n'a pas pu être remis "
             f"{'au destinataire suivant' if len(failures) == 1 else 'aux destinataires suivants'} :\n\n"
             f"{lines}\n\nLe message n'a pas été distribué à {'cette adresse' if one else 'ces adresses'}. "
             "Vérifiez l'adresse dans l'annuaire, ou joignez le destinataire par un autre moyen.\n"
@@ -368,6 +368,18 @@ async def _non_delivery_notice(tx: Tx, settings: Settings, original: Message, fa
                     display_name=mailbox.display_name if mailbox else "", mailbox_id=original.from_mailbox_id,
                     status="delivered", status_at=now))
     await messages.deliver(tx, notice, [(original.from_mailbox_id, Role.IN)])
+
+
+async def record_outcomes(core: Core, message_id: int, outcomes: dict[str, Outcome]) -> None:
+    """Record what the other operators answered for some external recipients of one of our
+    messages (by address): exactly what the worker does after a delivery attempt — new status,
+    next attempt or non-delivery notice, and the ``message.delivery`` event to the sender's pages.
+    Recipients already settled (sent, failed) are left as they are."""
+    async with core.read() as s:
+        rows = (await s.execute(sa.select(Recipient.id, Recipient.address).where(
+            Recipient.message_id == message_id, Recipient.mailbox_id.is_(None),
+            Recipient.address.in_(list(outcomes))))).all()
+    await _record(core, message_id, [(rid, outcomes[address]) for rid, address in rows])
 
 
 # --- read receipts we send ---------------------------------------------------------------------

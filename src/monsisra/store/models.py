@@ -25,7 +25,10 @@ VIEW_SQL = {
     "favorites": "favorite = true AND deleted = false",
     "todo": "todo = true AND deleted = false",
     "archived": "archived = true AND deleted = false",
+    # The bin (corbeille): listed newest-deleted first, through its own index (see Delivery).
+    "trash": "deleted = true",
 }
+TRASH_VIEW = "trash"
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -226,6 +229,7 @@ class Delivery(Base):
     todo: Mapped[bool] = mapped_column(default=False)
     archived: Mapped[bool] = mapped_column(default=False)
     deleted: Mapped[bool] = mapped_column(default=False)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTC)  # when it went to the bin (purged after 30 days)
     modseq: Mapped[int] = mapped_column(sa.BigInteger, default=1)
     first_read_at: Mapped[datetime | None] = mapped_column(UTC)
     first_read_by: Mapped[int | None] = mapped_column(sa.ForeignKey("accounts.id"))
@@ -241,7 +245,16 @@ class Delivery(Base):
                 sqlite_where=sa.text(cond),
                 postgresql_where=sa.text(cond),
             )
-            for view, cond in VIEW_SQL.items()
+            for view, cond in VIEW_SQL.items() if view != TRASH_VIEW
+        ),
+        # The bin, newest-deleted first; the hourly purge walks it by date too.
+        sa.Index(
+            "ix_deliveries_view_trash",
+            "mailbox_id",
+            "deleted_at",
+            "id",
+            sqlite_where=sa.text(VIEW_SQL[TRASH_VIEW]),
+            postgresql_where=sa.text(VIEW_SQL[TRASH_VIEW]),
         ),
         sa.Index(
             "ix_deliveries_category",

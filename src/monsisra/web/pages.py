@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
 from starlette.background import BackgroundTask
@@ -26,7 +27,7 @@ from monsisra.domain.model import CATEGORY_LABELS, Category, View
 from monsisra.services import accounts, attachments, mailboxes, mdn, messages
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed, NotFound, ServiceError
-from monsisra.web.session import CSRF_FIELD, CSRF_HEADER, Sessions
+from monsisra.web.session import CSRF_FIELD, CSRF_HEADER, Sessions, is_tls
 
 TEMPLATES = Jinja2Templates(env=Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                                            autoescape=True, trim_blocks=True, lstrip_blocks=True))
@@ -54,6 +55,7 @@ FOLDERS: list[tuple[str, str, str, str | None]] = [
     ("todo", "À traiter", View.TODO, None),
     ("sent", "Envoyés", View.SENT, None),
     ("archived", "Archivés", View.ARCHIVED, None),
+    ("trash", "Corbeille", View.TRASH, None),
 ]
 FOLDER_BY_KEY = {f[0]: f for f in FOLDERS}
 COMPOSE_KINDS = {
@@ -127,7 +129,81 @@ def is_htmx(request: Request) -> bool:
 def render(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
     ctx.setdefault("csrf", getattr(request.state, "csrf", ""))
     ctx.setdefault("version", __version__)
-    return TEMPLATES.TemplateResponse(request, name, ctx, status_code=status)
+    flash = None if is_htmx(request) else take_flash(request)
+    if flash:
+        ctx["flash"] = flash
+    response = TEMPLATES.TemplateResponse(request, name, ctx, status_code=status)
+    if flash is not None:
+        response.delete_cookie(FLASH_COOKIE, path="/", httponly=True, samesite="lax", secure=is_tls(request))
+    return response
+
+
+# --- confirmations ("Message envoyé à …") shown once on the next page ----------------------
+
+FLASH_COOKIE = "monsisra_flash"
+FLASH_TTL = 300
+
+
+def _flash_signer(request: Request) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(request.app.state.settings.effective_secret_key, salt="monsisra.web.flash")
+
+
+def set_flash(request: Request, response: Response, text: str, link: str | None = None,
+              link_label: str | None = None) -> None:
+    """A confirmation for the page the browser goes to next (signed: only we write it)."""
+    value = _flash_signer(request).dumps({"m": text[:500], "l": link, "ll": link_label})
+    response.set_cookie(FLASH_COOKIE, value, max_age=FLASH_TTL, httponly=True, samesite="lax",
+                        secure=is_tls(request), path="/")
+
+
+def take_flash(request: Request) -> dict[str, str | None] | None:
+    """The pending confirmation ({} when the cookie is there but unusable: it is cleared too)."""
+    raw = request.cookies.get(FLASH_COOKIE)
+    if not raw:
+        return None
+    try:
+        data = _flash_signer(request).loads(raw, max_age=FLASH_TTL)
+    except BadSignature:
+        return {}
+    if not isinstance(data, dict) or not isinstance(data.get("m"), str):
+        return {}
+    link = data.get("l")
+    return {"text": data["m"], "link": link if isinstance(link, str) and _return_url(link) else None,
+            "link_label": str(data.get("ll") or "Voir")}
+
+
+def _return_url(value: Any) -> str | None:
+    """A local page to go back to (``retour``), validated like ``_next_url``: never an open redirect,
+    never the writing page itself; None when unusable."""
+    if not isinstance(value, str) or not value or len(value) > 2000:
+        return None
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in value) or _next_url(value) != value:
+        return None
+    if urlsplit(value).path.startswith(("/ecrire", "/connexion", "/deconnexion", "/api/", "/static/")):
+        return None
+    return value
+
+
+def _came_from(request: Request) -> str | None:
+    """``retour`` of the query, else the page of our own site that linked here (no-JS fallback)."""
+    explicit = _return_url(request.query_params.get("retour"))
+    if explicit:
+        return explicit
+    referer = urlsplit(request.headers.get("referer") or "")
+    if referer.netloc and referer.netloc == request.headers.get("host"):
+        return _return_url(referer.path + (f"?{referer.query}" if referer.query else ""))
+    return None
+
+
+def _names(recipients: list[dict[str, Any]]) -> str:
+    """"Dr Bruno PETIT", "A et B", "A, B, C et 2 autres destinataires"."""
+    names = [r.get("name") or r.get("address") or "" for r in recipients]
+    if len(names) <= 1:
+        return "".join(names)
+    if len(names) <= 3:
+        return f"{', '.join(names[:-1])} et {names[-1]}"
+    rest, s = len(names) - 3, "s" if len(names) > 4 else ""
+    return f"{', '.join(names[:3])} et {rest} autre{s} destinataire{s}"
 
 
 def short_date(value: str | None) -> str:
@@ -141,6 +217,28 @@ def short_date(value: str | None) -> str:
     if when.year == now.year:
         return f"{when.day:02d} {MONTHS[when.month - 1]}"
     return when.strftime("%d/%m/%Y")
+
+
+def at_time(value: str | None) -> str:
+    """"à 14:20" today (Paris), "le 3 nov. à 14:20" another day."""
+    if not value:
+        return ""
+    when = datetime.fromisoformat(value).astimezone(PARIS)
+    if when.date() == datetime.now(PARIS).date():
+        return f"à {when.strftime('%H:%M')}"
+    return f"le {when.day} {MONTHS[when.month - 1]} à {when.strftime('%H:%M')}"
+
+
+def delivery_label(r: dict[str, Any]) -> str:
+    """What the sender reads about one recipient (``messages.receipts`` row)."""
+    state = r.get("state")
+    if state == "read":
+        return f"lu {at_time(r.get('read_at'))}".strip()
+    if state == "retrying":
+        return f"nouvel essai {at_time(r['next_attempt_at'])}" if r.get("next_attempt_at") else "nouvel essai prévu"
+    if state == "failed":
+        return f"échec : {r.get('detail') or 'raison inconnue'}"
+    return {"delivered": "remis", "queued": "en attente", "draft": "brouillon"}.get(state or "", state or "")
 
 
 def long_date(value: str | None) -> str:
@@ -172,7 +270,7 @@ def safe_body(html: str | None) -> Markup:
 
 
 TEMPLATES.env.filters.update(short_date=short_date, long_date=long_date, file_size=file_size,
-                             attachment_kind=attachment_kind)
+                             attachment_kind=attachment_kind, delivery_label=delivery_label)
 TEMPLATES.env.globals.update(safe_body=safe_body, FOLDERS=FOLDERS, COMPOSE_KINDS=COMPOSE_KINDS, ALL=ALL,
                              CATEGORY_LABELS={str(k): v for k, v in CATEGORY_LABELS.items()})
 
@@ -283,8 +381,10 @@ def _int(value: str | None, default: int | None = None) -> int | None:
         return default
 
 
-async def load_message(core: Core, actor: Actor, mailbox_id: int, message_id: int) -> dict[str, Any]:
-    msg = await messages.get(core, actor, mailbox_id, message_id)
+async def load_message(core: Core, actor: Actor, mailbox_id: int, message_id: int, *,
+                       from_trash: bool = False) -> dict[str, Any]:
+    # A message in the bin opens too (read-only), so that one can see what to restore.
+    msg = await messages.get(core, actor, mailbox_id, message_id, include_deleted=True, prefer_deleted=from_trash)
     msg["mailbox_id"] = mailbox_id
     msg["receipts"] = await _receipts(core, actor, msg)
     # The thread is shown where exchanges happen: a reply, or a conversation, expertise or
@@ -404,7 +504,7 @@ async def inbox(request: Request) -> Response:
     open_box = _int(request.query_params.get("ouvrir_bal")) or (scope.ids[0] if len(scope.ids) == 1 else None)
     if open_id and open_box:
         try:
-            opened = await load_message(core, actor, open_box, open_id)
+            opened = await load_message(core, actor, open_box, open_id, from_trash=scope.folder == "trash")
         except NotFound:
             opened = None
     response = render(request, "inbox.html", scope=scope, account=account, counts=counts, items=items,
@@ -448,7 +548,8 @@ async def read_message(request: Request, mailbox_id: int, message_id: int) -> Re
     if not is_htmx(request) and not full:
         return RedirectResponse(f"/boite?{urlencode({'bal': mailbox_id, 'ouvrir': message_id})}", status_code=303)
     try:
-        msg = await load_message(core, actor, mailbox_id, message_id)
+        msg = await load_message(core, actor, mailbox_id, message_id,
+                                 from_trash=request.query_params.get("corbeille") == "1")
     except NotFound as exc:
         return render(request, "_pane_error.html", status=404, error=exc.detail)
     if full:
@@ -481,10 +582,17 @@ async def message_mdn(request: Request, mailbox_id: int, message_id: int) -> Res
 @router.post("/message/{mailbox_id}/{message_id}/etat")
 async def message_state(request: Request, mailbox_id: int, message_id: int) -> Response:
     actor, form = await form_actor(request)
-    changes = {k: form.get(k) == "1" for k in ("read", "favorite", "todo", "archived") if k in form}
-    state = await messages.update_state(_core(request), actor, mailbox_id, message_id, changes)
-    response = render(request, "_actions.html", msg={"id": message_id, "mailbox_id": mailbox_id,
-                                                      "state": {**state, "role": form.get("role", "in")}})
+    changes = {k: form.get(k) == "1" for k in ("read", "favorite", "todo", "archived", "deleted") if k in form}
+    # The role names the copy shown (a message sent to oneself is both in Envoyés and received).
+    state = await messages.update_state(_core(request), actor, mailbox_id, message_id, changes,
+                                        role=str(form.get("role") or "") or None)
+    if "deleted" in changes:
+        # To the bin or back: the whole pane changes (banner, actions, reply bar).
+        msg = await load_message(_core(request), actor, mailbox_id, message_id, from_trash=changes["deleted"])
+        response = render(request, "_message.html", msg=msg)
+    else:
+        response = render(request, "_actions.html", msg={"id": message_id, "mailbox_id": mailbox_id,
+                                                          "state": {**state, "role": form.get("role", "in")}})
     response.headers["HX-Trigger"] = "monsisra:refresh"
     return response
 
@@ -537,7 +645,7 @@ async def _compose_context(request: Request, actor: Actor) -> dict[str, Any]:
         draft["from_mailbox"] = boxes[0].id if boxes else None
     title, category, picker_kind = COMPOSE_KINDS[kind]
     return {"boxes": boxes, "kind": kind, "title": title, "category": category, "picker_kind": picker_kind,
-            "draft": draft, "patient_domain": PATIENT_DOMAIN}
+            "draft": draft, "patient_domain": PATIENT_DOMAIN, "retour": _came_from(request)}
 
 
 def _quote(src: dict[str, Any], prefix: str = "> ") -> str:
@@ -590,9 +698,37 @@ async def compose_send(request: Request) -> Response:
     except ServiceError as exc:
         bad = exc.extra.get("invalid_addresses") or []
         return render(request, "compose.html", status=exc.status, error=exc.detail, bad=bad,
+                      bad_addresses={b.get("address") for b in bad},
                       **await _compose_state_from_form(request, actor, form))
-    target = f"/boite?{urlencode({'bal': compose.from_mailbox, 'dossier': 'sent', 'ouvrir': sent['id']})}"
-    return RedirectResponse(target, status_code=303)
+    # Back where the user was (the inbox they answered from, the drafts…), with a confirmation
+    # and a way to the sent message; without a known origin, to the sent message itself.
+    shown = f"/boite?{urlencode({'bal': compose.from_mailbox, 'dossier': 'sent', 'ouvrir': sent['id']})}"
+    retour = _return_url(form.get("retour"))
+    response = RedirectResponse(retour or shown, status_code=303)
+    set_flash(request, response, f"Message envoyé à {_names(sent['to'] + sent['cc'])}.",
+              link=shown if retour else None, link_label="Voir le message envoyé")
+    return response
+
+
+@router.post("/ecrire/supprimer")
+async def compose_discard(request: Request) -> Response:
+    """« Supprimer le brouillon »: the saved draft goes to the bin; back where the user was."""
+    actor, form = await form_actor(request)
+    mailbox_id = _int(str(form.get("from_mailbox") or "")) or 0
+    draft_id = _int(str(form.get("draft_id") or "") or None)
+    retour = _return_url(form.get("retour")) or f"/boite?{urlencode({'bal': mailbox_id, 'dossier': 'drafts'})}"
+    response = RedirectResponse(retour, status_code=303)
+    if draft_id is None:
+        set_flash(request, response, "Message abandonné : aucun brouillon n'avait été enregistré.")
+        return response
+    try:
+        await messages.trash(_core(request), actor, mailbox_id, draft_id, role="draft")
+    except NotFound:
+        set_flash(request, response, "Ce brouillon n'existe plus (envoyé ou déjà supprimé).")
+        return response
+    set_flash(request, response, "Brouillon placé dans la corbeille.",
+              link=f"/boite?{urlencode({'bal': mailbox_id, 'dossier': 'trash'})}", link_label="Voir la corbeille")
+    return response
 
 
 async def _compose_state_from_form(request: Request, actor: Actor, form: Any) -> dict[str, Any]:
@@ -614,7 +750,7 @@ async def _compose_state_from_form(request: Request, actor: Actor, form: Any) ->
         "from_mailbox": _int(str(form.get("from_mailbox", ""))),
     }
     return {"boxes": boxes, "kind": kind, "title": title, "category": category, "picker_kind": picker_kind,
-            "draft": draft, "patient_domain": PATIENT_DOMAIN}
+            "draft": draft, "patient_domain": PATIENT_DOMAIN, "retour": _return_url(form.get("retour"))}
 
 
 @router.post("/ecrire/brouillon")

@@ -65,6 +65,17 @@
     var box = $('.receipts[data-message-id="' + messageId + '"]');
     if (box && window.htmx) htmx.ajax("GET", box.dataset.url, { target: box, swap: "outerHTML" });
   }
+  function paneUrl(mailboxId, messageId, binned) {
+    // A message sent to oneself has two copies here: from the bin, open the one in the bin.
+    return "/message/" + mailboxId + "/" + messageId + (binned ? "?corbeille=1" : "");
+  }
+  function refreshPane(mailboxId, messageId, binned) {
+    // Moved to or out of the bin from another page: the open pane shows it at once.
+    var open = $("#message");
+    if (open && window.htmx && open.dataset.id === String(messageId) && open.dataset.mb === String(mailboxId)) {
+      htmx.ajax("GET", paneUrl(mailboxId, messageId, binned), { target: "#lecture" });
+    }
+  }
   var listSoon = debounce(refreshList, 150);
   var countsSoon = debounce(refreshCounts, 150);
   document.body.addEventListener("monsisra:refresh", function () { listSoon(); });
@@ -90,9 +101,11 @@
       announce("Nouveau message de " + (ev.sender || "") + " : " + (ev.subject || ""));
     } else if (ev.type === "message.stored" || ev.type === "message.flags") {
       if (inScope(ev.mailbox_id)) listSoon();
+      if (ev.flags && "deleted" in ev.flags) refreshPane(ev.mailbox_id, ev.message_id, ev.flags.deleted);
     } else if (ev.type === "counts") {
       countsSoon();
-    } else if (ev.type === "message.read") {
+    } else if (ev.type === "message.read" || ev.type === "message.delivery") {
+      // A reader, or what the other operator's server answered: the recipients' states change.
       refreshReceipts(ev.message_id);
     }
   }
@@ -124,8 +137,10 @@
   var menu = null, menuItem = null;
   var LABELS = {
     archived: ["Archiver", "Désarchiver"], read: ["Marquer comme lu", "Marquer comme non lu"],
-    favorite: ["Ajouter aux favoris", "Retirer des favoris"], todo: ["À traiter", "Ne plus traiter"]
+    favorite: ["Ajouter aux favoris", "Retirer des favoris"], todo: ["À traiter", "Ne plus traiter"],
+    deleted: ["Supprimer", "Restaurer"]
   };
+  var DONE = { deleted: ["Message placé dans la corbeille.", "Message restauré."] };
   function hasFlag(li, key) { return (li.dataset.flags || "").split(" ").indexOf(key) >= 0; }
   function closeMenu(restoreFocus) {
     if (!menu || menu.hidden) return;
@@ -139,7 +154,10 @@
     $$("button", menu).forEach(function (b) {
       var key = b.dataset.action;
       if (LABELS[key]) b.textContent = LABELS[key][hasFlag(li, key) ? 1 : 0];
-      b.hidden = (key === "read" && li.dataset.role !== "in") || (key === "open" && li.dataset.role === "draft");
+      var binned = hasFlag(li, "deleted");
+      // In the bin a message only opens (read-only) or goes back where it was.
+      b.hidden = (binned && key !== "open" && key !== "deleted") ||
+                 (key === "read" && li.dataset.role !== "in") || (key === "open" && li.dataset.role === "draft" && !binned);
     });
     menu.hidden = false;
     var w = menu.offsetWidth, h = menu.offsetHeight;
@@ -163,20 +181,36 @@
     var li = menuItem, key = b.dataset.action;
     closeMenu(true);
     if (key === "open") { var a = $(".item-link", li); if (a) a.click(); return; }
+    act(li, key, b.textContent);
+  });
+  function act(li, key, label) {
     var data = { role: li.dataset.role };
-    data[key] = hasFlag(li, key) ? "0" : "1";
-    if (key === "archived" && data[key] === "1") li.classList.add("leaving");
+    var on = !hasFlag(li, key);
+    data[key] = on ? "1" : "0";
+    if ((key === "archived" && on) || key === "deleted") li.classList.add("leaving");
     post("/message/" + li.dataset.mb + "/" + li.dataset.id + "/etat", data).then(function (r) {
       if (!r.ok) { li.classList.remove("leaving"); announce("L'action a échoué."); return; }
-      announce(b.textContent + " : fait.");
-      listSoon();
-      var open = $("#message");
-      if (open && open.dataset.id === li.dataset.id && window.htmx) {
-        htmx.ajax("GET", "/message/" + li.dataset.mb + "/" + li.dataset.id, { target: "#lecture" });
+      announce(DONE[key] ? DONE[key][on ? 0 : 1] : label + " : fait.");
+      if (key === "deleted") {
+        // Focus moves on to the next message rather than getting lost with the removed one.
+        var next = li.nextElementSibling || li.previousElementSibling;
+        var link = next && $(".item-link", next);
+        if (link) link.focus();
       }
-    });
-  });
+      listSoon();
+      refreshPane(li.dataset.mb, li.dataset.id, key === "deleted" && on);
+    }).catch(function () { li.classList.remove("leaving"); announce("L'action a échoué (hors ligne)."); });
+  }
   // Arrow keys move between the messages of the list.
+  document.addEventListener("keydown", function (e) {
+    if (e.key !== "Delete") return;
+    var cur = e.target.closest && e.target.closest(".messages .item-link");
+    if (!cur || (menu && !menu.hidden)) return;
+    var li = cur.closest(".item");
+    if (hasFlag(li, "deleted")) return;  // restoring is explicit (menu or pane), never a stray key
+    e.preventDefault();
+    act(li, "deleted", "Supprimer");
+  });
   document.addEventListener("keydown", function (e) {
     if (e.key !== "ArrowDown" && e.key !== "ArrowUp") return;
     var cur = e.target.closest && e.target.closest(".messages .item-link");
@@ -195,6 +229,47 @@
     else if (e.key === "Tab") { closeMenu(false); }
   });
 
+  /* ---- skip link: focus lands on the target (a hash change would also reload the inbox) */
+  document.addEventListener("click", function (e) {
+    var skip = e.target.closest && e.target.closest("a.skip");
+    if (!skip) return;
+    var target = document.querySelector(skip.getAttribute("href"));
+    if (!target) return;
+    e.preventDefault();
+    if (!target.hasAttribute("tabindex")) target.setAttribute("tabindex", "-1");
+    target.focus();
+  });
+
+  /* ---- writing: remember the page to come back to after sending ------------------------ */
+  function withReturn(link) {
+    var url = new URL(link.href, location.href);
+    if (url.origin !== location.origin || url.pathname !== "/ecrire" || url.searchParams.has("retour")) return;
+    var here = location.pathname === "/ecrire" ? ($("#retour") ? $("#retour").value : "")
+                                               : location.pathname + location.search;
+    if (here) { url.searchParams.set("retour", here); link.href = url.pathname + url.search; }
+  }
+  ["click", "auxclick", "contextmenu"].forEach(function (type) {
+    document.addEventListener(type, function (e) {
+      var link = e.target.closest && e.target.closest('a[href^="/ecrire"]');
+      if (link) withReturn(link);
+    }, true);
+  });
+
+  /* ---- confirmations ("Message envoyé à …"): announced, dismissable -------------------- */
+  var flash = $("#confirmation");
+  if (flash) {
+    var flashText = $(".flash-text", flash);
+    var said = flashText.textContent;
+    // Content present at load is not read out: put it back once the page is there.
+    flashText.textContent = "";
+    setTimeout(function () { flashText.textContent = said; }, 100);
+    $(".flash-close", flash).addEventListener("click", function () {
+      flash.remove();
+      var main = $("#contenu");
+      if (main) main.focus({ preventScroll: true });
+    });
+  }
+
   /* ---- inbox: navigation ------------------------------------------------------------- */
   document.addEventListener("click", function (e) {
     var t = e.target.closest && e.target.closest(".folders-toggle");
@@ -211,7 +286,7 @@
       $$(".messages .item.selected").forEach(function (x) { x.classList.remove("selected"); });
       li.classList.add("selected");
       li.classList.remove("unread");
-      htmx.ajax("GET", "/message/" + li.dataset.mb + "/" + li.dataset.id, { target: "#lecture" }).then(function () {
+      htmx.ajax("GET", li.dataset.paneUrl || paneUrl(li.dataset.mb, li.dataset.id), { target: "#lecture" }).then(function () {
         history.pushState({}, "", link.getAttribute("href"));
       });
     }
@@ -282,6 +357,14 @@
     var label = el("label");
     var box = el("input", { type: "checkbox", value: entry.address || "" });
     box.dataset.name = entry.name || "";
+    // The name and what kind of entry it is name the box (« Dr Bruno PETIT, expert »); the rest
+    // describes it. Visible tags are only pictures of those words.
+    var kinds = [[entry.is_expert, "Expert", "expert"], [entry.is_resource_team, "Équipe ressource", "équipe ressource"]]
+      .filter(function (t) { return t[0]; });
+    var uid = "entry-" + (++entrySeq);
+    box.setAttribute("aria-label", [entry.name || entry.address || ""].concat(kinds.map(function (t) { return t[2]; }))
+                                     .join(", "));
+    box.setAttribute("aria-describedby", uid + "-sub " + uid + "-addr " + uid + "-act");
     box.checked = chosen.has(entry.address);
     if (!entry.address) box.disabled = true;
     label.appendChild(box);
@@ -290,15 +373,17 @@
     label.appendChild(dot);
     var text = el("span", { "class": "entry-text" });
     var nameLine = el("span", { "class": "entry-name" }, entry.name || entry.address);
-    if (entry.is_expert) nameLine.appendChild(el("span", { "class": "tag" }, "Expert"));
-    if (entry.is_resource_team) nameLine.appendChild(el("span", { "class": "tag" }, "Équipe ressource"));
+    kinds.forEach(function (t) {
+      nameLine.appendChild(document.createTextNode(" "));  // read as two words, never « PETITExpert »
+      nameLine.appendChild(el("span", { "class": "tag" }, t[1]));
+    });
     text.appendChild(nameLine);
     var details = [entry.profession, entry.specialty].filter(Boolean).join(" · ");
     var place = [entry.commune, entry.postcode ? "(" + entry.postcode + ")" : ""].filter(Boolean).join(" ");
-    text.appendChild(el("span", { "class": "entry-sub" }, [details, place].filter(Boolean).join(" — ")));
-    text.appendChild(el("span", { "class": "entry-addr muted" }, entry.address || "pas de messagerie"));
+    text.appendChild(el("span", { "class": "entry-sub", id: uid + "-sub" }, [details, place].filter(Boolean).join(" — ")));
+    text.appendChild(el("span", { "class": "entry-addr muted", id: uid + "-addr" }, entry.address || "pas de messagerie"));
     label.appendChild(text);
-    label.appendChild(el("span", { "class": "sr-only" }, entry.active ? " (actif)" : " (inactif)"));
+    label.appendChild(el("span", { "class": "sr-only", id: uid + "-act" }, entry.active ? " (actif)" : " (inactif)"));
     li.appendChild(label);
     return li;
   }
@@ -314,7 +399,7 @@
     $(".more", sec).hidden = !(data && data.next_offset !== null && data.next_offset !== undefined);
     return ul.children.length;
   }
-  var pickerSeq = 0;
+  var pickerSeq = 0, entrySeq = 0;
   function runSearch(section, offset) {
     search.q = $("#picker-q").value.trim();
     search.where = $("#picker-where").value.trim();
@@ -400,9 +485,28 @@
       updateCount();
     });
     $(".picker-free button", picker).addEventListener("click", function () {
-      var addr = $("#picker-q").value.trim().toLowerCase();
-      chosen.set(addr, "");
-      updateCount();
+      var addr = $("#picker-q").value.trim();
+      var button = this;
+      button.disabled = true;
+      checkAddress(addr).then(function (res) {
+        var err = $("#picker-q-error");
+        if (!res.ok) {
+          // Refused now, with its reason, rather than bounced later.
+          err.textContent = "« " + addr + " » refusée : " + res.reason + ".";
+          err.hidden = false;
+          $("#picker-q").setAttribute("aria-invalid", "true");
+          return;
+        }
+        err.hidden = true; err.textContent = "";
+        $("#picker-q").removeAttribute("aria-invalid");
+        chosen.set(res.address, "");
+        updateCount();
+        announce("Adresse ajoutée à la sélection : " + res.address);
+      }).then(function () { button.disabled = false; });
+    });
+    $("#picker-q").addEventListener("input", function () {
+      var err = $("#picker-q-error");
+      if (!err.hidden) { err.hidden = true; err.textContent = ""; this.removeAttribute("aria-invalid"); }
     });
     $("#picker-validate").addEventListener("click", function () {
       chosen.forEach(function (name, address) { addRecipient(address, name); });
@@ -414,13 +518,23 @@
     $("#picker-q").addEventListener("keydown", function (e) { if (e.key === "Enter") { e.preventDefault(); runSearch(null, 0); } });
     $("#picker-where").addEventListener("keydown", function (e) { if (e.key === "Enter") { e.preventDefault(); runSearch(null, 0); } });
   }
+  function checkAddress(address) {
+    /* The server's verdict on an address (same rules as sending): {address, ok, reason, local}. */
+    return fetch("/api/v1/addresses/check?" + new URLSearchParams({ address: address }).toString(),
+                 { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { return r.json().then(function (b) { return r.ok ? b : { ok: false, reason: b.detail || "vérification impossible" }; }); })
+      .catch(function () { return { ok: false, reason: "vérification impossible (hors ligne)" }; });
+  }
   var patientBtn = $("#add-patient");
   if (patientBtn) patientBtn.addEventListener("click", function () {
     var input = $("#patient-ins");
     var ins = input.value.replace(/\s/g, "").toUpperCase();
     if (!/^[12][0-9]{4}(2A|2B|[0-9]{2})[0-9]{8}$/.test(ins)) { announce("INS invalide : 15 caractères attendus."); input.focus(); return; }
-    addRecipient(ins + "@" + input.dataset.domain, "Patient " + ins);
-    input.value = "";
+    checkAddress(ins + "@" + input.dataset.domain).then(function (res) {
+      if (!res.ok) { announce("Adresse du patient refusée : " + res.reason + "."); input.focus(); return; }
+      addRecipient(res.address, "Patient " + ins);
+      input.value = "";
+    });
   });
 
   /* ---- compose: attachments ---------------------------------------------------------- */
@@ -509,12 +623,15 @@
   if (form) {
     form.addEventListener("input", function (e) { if (!e.target.closest("#picker")) autosaveSoon(); });
     form.addEventListener("submit", function (e) {
-      if (uploading > 0) { e.preventDefault(); announce("Patientez : envoi des pièces jointes en cours."); return; }
+      var discard = e.submitter && e.submitter.id === "discard";
+      if (uploading > 0 && !discard) { e.preventDefault(); announce("Patientez : envoi des pièces jointes en cours."); return; }
       autosaveSoon.cancel();
       if (saving) {
         e.preventDefault();
         submitting = true;
-        saving.then(function () { form.submit(); });
+        // form.submit() ignores the button pressed: carry its target (« Supprimer le brouillon »).
+        var action = e.submitter && e.submitter.getAttribute("formaction");
+        saving.then(function () { if (action) form.action = action; form.submit(); });
         return;
       }
       submitting = true;
