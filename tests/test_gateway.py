@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from monsisra.gateway import xdm
+from monsisra.domain.mail import xdm
 from monsisra.services import demo as demo_service
 from tests.gateway_support import (
     DOMAIN,

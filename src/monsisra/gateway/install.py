@@ -48,9 +48,10 @@ async def _smtp_hook(app: FastAPI, core: Core):
 
 
 async def _worker_hook(app: FastAPI, core: Core):
+    from monsisra.gateway.smtp_client import smtp_send
     from monsisra.services import outbound
 
-    worker = outbound.Worker(core)
+    worker = outbound.Worker(core, smtp_send)
     task = asyncio.create_task(worker.run(), name="monsisra-outbound")
     app.state.outbound = worker
     core.outbox_listeners.append(worker.wake)  # a send is delivered at once, not at the next poll

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from monsisra.domain.html import sanitize_html
+from monsisra.domain.mail import mime
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Invalid, NotFound, TooLarge
 from monsisra.store import blobs
@@ -134,8 +135,6 @@ EMBEDDED_MAX = 25 * 1024 * 1024
 
 
 async def _embedded(core: Core, actor: Actor, attachment_id: str):
-    from monsisra.gateway import mime  # the message format (moves below services with issue 12)
-
     meta = await open_for(core, actor, attachment_id)
     if meta.content_type not in EML_TYPES:
         raise NotFound("cette pièce jointe n'est pas un message")

@@ -41,10 +41,10 @@ from sqlalchemy.orm import Session
 from monsisra.domain.addresses import PATIENT_DOMAIN, domain_of, normalize_address
 from monsisra.domain.clock import utcnow
 from monsisra.domain.ins import KNOWN_OIDS, is_valid_ins
+from monsisra.domain.mail import mime, xdm
 from monsisra.domain.model import Category, Role
 from monsisra.domain.text import fold, preview
 from monsisra.events import Event
-from monsisra.gateway import mime, xdm
 from monsisra.services import attachments as att_service
 from monsisra.services import audit, mailboxes, messages, trust
 from monsisra.services.core import Core

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import aiosmtplib
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,11 +26,11 @@ from monsisra.config import Settings
 from monsisra.domain.addresses import domain_of
 from monsisra.domain.clock import as_utc, in_paris, utcnow
 from monsisra.domain.ins import OID_NIA, OID_NIR
+from monsisra.domain.mail import mime, xdm
+from monsisra.domain.mail import reports as mdn_mime
+from monsisra.domain.mail.headers import HeaderError
 from monsisra.domain.model import Category, Role
 from monsisra.domain.text import preview
-from monsisra.gateway import mdn as mdn_mime
-from monsisra.gateway import mime, tls, xdm
-from monsisra.gateway.headers import HeaderError
 from monsisra.services import mailboxes, messages, trust
 from monsisra.services.core import Actor, Core, Tx
 from monsisra.services.errors import Forbidden, NotFound
@@ -60,11 +59,18 @@ class Outcome:
         return self.permanent or (self.code is not None and 500 <= self.code < 600)
 
 
+# How mail leaves: (settings, domain, envelope sender, recipients, bytes) → outcome per recipient.
+# The gateway's SMTP client (``gateway/smtp_client.py``) is the one the server installs; the rules
+# here never depend on the transport above them.
+Send = Callable[[Settings, str, str, list[str], bytes], Awaitable[dict[str, Outcome]]]
+
+
 class Worker:
     """The delivery loop of one process; several processes may run one each (PostgreSQL)."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, send: Send) -> None:
         self.core = core
+        self.send = send
         self._wake = asyncio.Event()
         self._stopped = False
 
@@ -79,7 +85,7 @@ class Worker:
         while not self._stopped:
             self._wake.clear()  # a wake-up during the pass below is kept for the wait after it
             try:
-                done = await process_due(self.core)
+                done = await process_due(self.core, self.send)
             except Exception:
                 log.exception("outbound worker pass failed")
                 done = 0
@@ -88,7 +94,7 @@ class Worker:
                     await asyncio.wait_for(self._wake.wait(), self.core.settings.outbound_poll_seconds)
 
 
-async def process_due(core: Core) -> int:
+async def process_due(core: Core, send: Send) -> int:
     """One pass: deliver what is due; returns how many recipients and receipts were handled."""
     recipients = await _claim(core, Recipient)
     by_message: dict[tuple[int, str], list[tuple[int, str]]] = defaultdict(list)
@@ -98,14 +104,14 @@ async def process_due(core: Core) -> int:
     # each group is attempted on its own, and an unexpected error fails it alone, with its reason.
     for (message_id, domain), group in by_message.items():
         try:
-            await _deliver_group(core, message_id, domain, group)
+            await _deliver_group(core, send, message_id, domain, group)
         except Exception as exc:
             log.exception("outbound message %s to %s failed", message_id, domain)
             await _record(core, message_id, [(rid, _unexpected(exc)) for rid, _ in group])
     jobs = await _claim(core, MdnJob)
     for job_id, _message_id, _address in jobs:
         try:
-            await _deliver_mdn(core, job_id)
+            await _deliver_mdn(core, send, job_id)
         except Exception as exc:
             log.exception("read receipt %s failed", job_id)
             await _record_mdn(core, job_id, _unexpected(exc))
@@ -189,91 +195,6 @@ async def render(core: Core, message_id: int) -> tuple[str, bytes]:
     return m.sender_address, data
 
 
-# --- SMTP --------------------------------------------------------------------------------------
-
-
-async def routes(settings: Settings, domain: str) -> list[tuple[str, int]]:
-    """Where to deliver mail for ``domain``: the configured relay, else its MX hosts."""
-    if settings.smtp_relay:
-        host, _, port = settings.smtp_relay.rpartition(":")
-        return [(host or settings.smtp_relay, int(port) if port.isdigit() else 25)]
-    import dns.asyncresolver
-    import dns.exception
-    import dns.resolver
-
-    try:
-        answer = await dns.asyncresolver.resolve(domain, "MX", lifetime=15)
-    except dns.resolver.NXDOMAIN:
-        raise _Permanent(f"domaine {domain} inexistant") from None
-    except dns.resolver.NoAnswer:
-        return [(domain, 25)]
-    except dns.exception.DNSException as exc:
-        raise _Temporary(f"résolution DNS de {domain} impossible ({type(exc).__name__})") from None
-    hosts = sorted(answer, key=lambda r: r.preference)
-    return [(str(r.exchange).rstrip("."), 25) for r in hosts if str(r.exchange) != "."] or [(domain, 25)]
-
-
-class _Permanent(Exception):
-    pass
-
-
-class _Temporary(Exception):
-    pass
-
-
-async def smtp_send(settings: Settings, domain: str, mail_from: str, rcpts: list[str],
-                    data: bytes) -> dict[str, Outcome]:
-    """Deliver to the first reachable host of the domain; STARTTLS with a verified peer is required."""
-    try:
-        hosts = await routes(settings, domain)
-    except _Permanent as exc:
-        return {r: Outcome(None, str(exc), permanent=True) for r in rcpts}
-    except _Temporary as exc:
-        return {r: Outcome(None, str(exc)) for r in rcpts}
-    last: dict[str, Outcome] = {}
-    for host, port in hosts:
-        last = await _send_to_host(settings, host, port, mail_from, rcpts, data)
-        if any(o.code is not None for o in last.values()):
-            return last  # the host answered: its verdict stands
-    return last
-
-
-async def _send_to_host(settings: Settings, host: str, port: int, mail_from: str, rcpts: list[str],
-                        data: bytes) -> dict[str, Outcome]:
-    where = f"{host}:{port}"
-    ctx = tls.client_context(settings)
-    client = aiosmtplib.SMTP(hostname=host, port=port, local_hostname=settings.domain, start_tls=False,
-                             timeout=settings.outbound_timeout_seconds, tls_context=ctx)
-    try:
-        await client.connect()
-        await client.ehlo()
-        if not client.supports_extension("starttls"):
-            return {r: Outcome(None, f"{where} ne propose pas STARTTLS (chiffrement exigé)", where) for r in rcpts}
-        await client.starttls(tls_context=ctx, server_hostname=host)
-        errors, response = await client.sendmail(mail_from, rcpts, data)
-        out = {}
-        for r in rcpts:
-            err = errors.get(r)
-            out[r] = Outcome(err.code, err.message, where) if err else Outcome(250, str(response), where)
-        return out
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        refused = {e.recipient: Outcome(e.code, e.message, where) for e in exc.recipients}
-        return {r: refused.get(r, Outcome(None, "refusé", where)) for r in rcpts}
-    except aiosmtplib.SMTPResponseException as exc:
-        return {r: Outcome(exc.code, exc.message, where) for r in rcpts}
-    except (ssl.SSLError, ssl.CertificateError) as exc:
-        return {r: Outcome(None, f"{where} : échec TLS ({exc})", where) for r in rcpts}
-    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        reason = str(exc) or type(exc).__name__
-        return {r: Outcome(None, f"{where} injoignable ({reason})", where) for r in rcpts}
-    finally:
-        with contextlib.suppress(Exception):
-            if client.is_connected:
-                await client.quit()
-        with contextlib.suppress(Exception):
-            client.close()
-
-
 # --- one message to one domain -------------------------------------------------------------------
 
 
@@ -281,7 +202,8 @@ def backoff(settings: Settings, attempts: int) -> timedelta:
     return timedelta(seconds=min(settings.outbound_retry_base_seconds * 2 ** max(attempts - 1, 0), 3600))
 
 
-async def _deliver_group(core: Core, message_id: int, domain: str, group: list[tuple[int, str]]) -> None:
+async def _deliver_group(core: Core, send: Send, message_id: int, domain: str, group: list[tuple[int, str]]
+                         ) -> None:
     settings = core.settings
     async with core.read() as s:
         trusted = await trust.is_trusted(s, domain, settings.domain)
@@ -297,7 +219,7 @@ async def _deliver_group(core: Core, message_id: int, domain: str, group: list[t
         except HeaderError as exc:
             await _record(core, message_id, [(rid, _unexpected(exc)) for rid, _ in group])
             return
-        outcomes = await smtp_send(settings, domain, mail_from, rcpts, data)
+        outcomes = await send(settings, domain, mail_from, rcpts, data)
     await _record(core, message_id, [(rid, outcomes[a]) for rid, a in group])
 
 
@@ -385,7 +307,7 @@ async def record_outcomes(core: Core, message_id: int, outcomes: dict[str, Outco
 # --- read receipts we send ---------------------------------------------------------------------
 
 
-async def _deliver_mdn(core: Core, job_id: int) -> None:
+async def _deliver_mdn(core: Core, send: Send, job_id: int) -> None:
     settings = core.settings
     async with core.read() as s:
         job = await s.get(MdnJob, job_id)
@@ -404,7 +326,7 @@ async def _deliver_mdn(core: Core, job_id: int) -> None:
                               final_recipient=mailbox.address, reporting_ua=f"{settings.domain}; {settings.nil}",
                               message_id=messages.new_message_id(settings.domain), date=utcnow())
         # RFC 8098 §2.1: an MDN is sent with a null reverse path.
-        outcome = (await smtp_send(settings, domain_of(job.notify_to), "", [job.notify_to], data))[job.notify_to]
+        outcome = (await send(settings, domain_of(job.notify_to), "", [job.notify_to], data))[job.notify_to]
     await _record_mdn(core, job_id, outcome)
 
 

@@ -5,7 +5,7 @@ and part limits, headers decoded and flattened to one line, bodies with "\\n" li
 control characters, HTML-only mail turned into readable text. It never drops what it cannot
 structure: an empty or boundary-less multipart keeps its text, and an attached message
 (``message/rfc822``) stays one attachment holding its original bytes. :func:`build` renders one of
-our messages for SMTP with headers made by :mod:`monsisra.gateway.headers` (no value can add a line).
+our messages for SMTP with headers made by :mod:`monsisra.domain.mail.headers` (no value can add a line).
 """
 
 from __future__ import annotations
@@ -14,16 +14,14 @@ import email
 import email.policy
 import email.utils
 import functools
-import html as html_lib
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage, Message
-from html.parser import HTMLParser
 
+from monsisra.domain.html import html_to_text
+from monsisra.domain.mail import headers as hdr
+from monsisra.domain.mail import reports as mdn_mod
 from monsisra.domain.text import clean_multiline, flatten_line
-from monsisra.gateway import headers as hdr
-from monsisra.gateway import mdn as mdn_mod
 
 MAX_DEPTH = 16
 MAX_PARTS = 300
@@ -383,72 +381,6 @@ def parse_embedded(data: bytes) -> EmbeddedMail:
     return EmbeddedMail(subject=_header(msg, "Subject")[:998], sender_name=name, sender_address=address,
                         date=_date(msg), to=_addresses(msg, "To"), cc=_addresses(msg, "Cc"), text=holder.text,
                         html=holder.html, parts=holder.attachments)
-
-
-# --- HTML to text ----------------------------------------------------------------------------------
-
-_SKIPPED = {"head", "title", "style", "script", "template", "noscript", "svg", "math", "object", "iframe"}
-_BLOCKS = {"p", "div", "section", "article", "header", "footer", "table", "tr", "ul", "ol", "dl", "dt", "dd",
-           "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "address", "hr", "form", "fieldset",
-           "figure", "figcaption", "main", "nav", "aside", "center"}
-
-
-_SPACES = re.compile(r"[ \t\r\n\f\v]+")  # not U+00A0: a non-breaking space is text
-
-
-class _TextOf(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self.skip = 0
-        self.pre = 0
-
-    def handle_starttag(self, tag: str, attrs) -> None:
-        if tag in _SKIPPED:
-            self.skip += 1
-        elif tag == "br":
-            self.out.append("\n")
-        elif tag == "li":
-            self.out.append("\n- ")
-        elif tag in ("td", "th"):
-            self.out.append(" ")
-        elif tag in _BLOCKS:
-            self.out.append("\n\n" if tag in ("p", "table", "h1", "h2", "h3", "blockquote") else "\n")
-            if tag == "pre":
-                self.pre += 1
-
-    def handle_startendtag(self, tag: str, attrs) -> None:
-        if tag == "br":
-            self.out.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIPPED:
-            self.skip = max(0, self.skip - 1)
-        elif tag in _BLOCKS:
-            self.out.append("\n")
-            if tag == "pre":
-                self.pre = max(0, self.pre - 1)
-
-    def handle_data(self, data: str) -> None:
-        if not self.skip:
-            self.out.append(data if self.pre else _SPACES.sub(" ", data))
-
-
-def html_to_text(markup: str) -> str:
-    """Readable text of an HTML body: entities decoded, head/title/style/script left out, blocks
-    and line breaks kept as lines."""
-    parser = _TextOf()
-    try:
-        parser.feed(markup)
-        parser.close()
-        text = "".join(parser.out)
-    except Exception:  # HTMLParser is lenient; a pathological input still yields some text
-        text = html_lib.unescape(markup)
-    lines = [" ".join(w for w in line.split(" ") if w) for line in clean_multiline(text).split("\n")]
-    return _BLANKS.sub("\n\n", "\n".join(lines)).strip()
-
-
-_BLANKS = re.compile(r"\n{3,}")
 
 
 # --- building ----------------------------------------------------------------------------------

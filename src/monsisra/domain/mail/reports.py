@@ -12,8 +12,8 @@ from email.message import EmailMessage, Message
 from email.parser import HeaderParser
 from zoneinfo import ZoneInfo
 
+from monsisra.domain.mail import headers as hdr
 from monsisra.domain.text import flatten_line
-from monsisra.gateway import headers as hdr
 
 PARIS = ZoneInfo("Europe/Paris")
 
