@@ -24,12 +24,14 @@ class PurgeReport:
     throttles: int = 0
     uploads: int = 0
     blobs: int = 0
+    partial_uploads: int = 0
 
 
 async def purge(core: Core) -> PurgeReport:
     """Delete what nobody can use any more; a blob goes only when no attachment row names it."""
     now = utcnow()
     report = PurgeReport()
+    report.partial_uploads = await asyncio.to_thread(core.blobs.sweep_tmp)
     async with core.write() as tx:
         s = tx.session
         report.tokens = (await s.execute(sa.delete(Token).where(Token.expires_at < now - timedelta(days=7)))).rowcount
@@ -77,7 +79,7 @@ async def run_periodically(core: Core, every_seconds: float = 3600) -> None:
     while True:
         try:
             report = await purge(core)
-            if report.tokens or report.uploads:
+            if report.tokens or report.uploads or report.partial_uploads:
                 log.info("purge: %s", report)
         except Exception:
             log.exception("purge failed")
