@@ -236,8 +236,14 @@ class CatchAllMiddleware:
         except Exception as exc:
             request = Request(scope)
             if started:
-                # Half a response is out: nothing to answer; uvicorn closes this connection.
-                log.error("error after the response began on %s %s", request.method, request.url.path, exc_info=exc)
+                # The response is out (or half out: uvicorn then closes this connection); what
+                # failed is after it, such as a background task: only the log can say so.
+                if is_unavailable(exc):
+                    log.warning("database unavailable after the response on %s %s: %s", request.method,
+                                request.url.path, type(exc).__name__)
+                else:
+                    log.error("error after the response began on %s %s", request.method, request.url.path,
+                              exc_info=exc)
                 return
             response = crashed(request, exc)
             await response(scope, receive, send)
