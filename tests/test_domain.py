@@ -111,7 +111,8 @@ def test_sanitize_removes_scripts_handlers_and_remote_images():
 def test_safe_filename():
     assert safe_filename("../../etc/passwd") == "passwd"
     assert safe_filename("C:\\Users\\x\\compte rendu.pdf") == "compte rendu.pdf"
-    assert safe_filename("a\x00b\nc.pdf") == "a_b_c.pdf"
+    # Control characters are removed (issue 11); a line break or tab reads as the space it stood for.
+    assert safe_filename("a\x00b\nc.pdf") == "ab c.pdf"
     assert safe_filename("...") == "piece-jointe"
     long = safe_filename("x" * 300 + ".pdf")
     assert len(long) == 200 and long.endswith(".pdf")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
@@ -28,6 +29,12 @@ app.add_typer(trust_app, name="trust")
 app.add_typer(directory_app, name="directory")
 console = Console(stderr=True)
 T = TypeVar("T")
+
+
+@app.callback()
+def _private_files() -> None:
+    # Every file this process creates (database, journal, keys, blobs) is the owner's only.
+    os.umask(0o077)
 
 
 def run_with_core(fn: Callable[..., Awaitable[T]], settings: Settings | None = None) -> T:

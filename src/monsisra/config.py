@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from functools import cached_property
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from monsisra.store.files import private_dir, private_file
 
 
 class Settings(BaseSettings):
@@ -30,6 +33,9 @@ class Settings(BaseSettings):
 
     # Limits and policies (not in the DESIGN contract, but configurable).
     max_message_bytes: int = 25 * 1024 * 1024
+    # Seconds a statement waits for a lock held elsewhere (SQLite busy timeout, PostgreSQL
+    # lock_timeout) before the request is answered 503 with Retry-After.
+    database_busy_timeout: float = 30.0
     token_ttl_seconds: int = 12 * 3600
     login_max_failures: int = 5
     login_window_seconds: int = 15 * 60
@@ -54,14 +60,17 @@ class Settings(BaseSettings):
         """The configured key, or one generated once into the data dir and reused after."""
         if self.secret_key:
             return self.secret_key
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         path = self.data_dir / "secret_key"
         if path.exists():
+            private_file(path)
             return path.read_text().strip()
         key = secrets.token_urlsafe(48)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(key)
-        tmp.chmod(0o600)
+        # Owner-only from its creation: never readable by others, not even for a moment.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
         tmp.replace(path)
         return key
 

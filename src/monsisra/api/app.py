@@ -45,7 +45,8 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
             if core is None:
                 await the_core.close()
 
-    app = FastAPI(title="MonSisra API", version=__version__, lifespan=lifespan,
+    # /docs is the web application's page (vendored Swagger UI, strict CSP); no CDN-based /redoc.
+    app = FastAPI(title="MonSisra API", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Messagerie sécurisée de santé MSSanté et télémédecine.")
     app.state.settings = settings
     app.state.startup_hooks = [_maintenance]

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Path, Request
 from fastapi.security import OAuth2PasswordBearer
+from pydantic import Field
 
 from monsisra.services import accounts
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed
+
+# Ids are INTEGER columns (int4 on PostgreSQL): a larger number cannot name a row, and sent to
+# the engine it would overflow. Every id that comes from a client is bounded by this type.
+MAX_ID = 2**31 - 1
+PathId = Annotated[int, Path(ge=1, le=MAX_ID)]
+BodyId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from pydantic import BaseModel, ConfigDict
 
 from monsisra.api.deps import current_actor, get_core
@@ -17,19 +17,21 @@ router = APIRouter(prefix="/api/v1/directory", tags=["directory"])
 fhir = APIRouter(prefix="/fhir", tags=["fhir"])
 ActorDep = Annotated[Actor, Depends(current_actor)]
 CoreDep = Annotated[Core, Depends(get_core)]
+EntryRef = Annotated[str, Path(max_length=40)]
+SearchText = Annotated[str, Query(max_length=1000)]
 Kind = Literal["all", "professionals", "services", "experts", "resource_teams"]
 
 
 @router.get("/search")
-async def search(core: CoreDep, actor: ActorDep, q: str = "", where: str = "", kind: Kind = "all",
+async def search(core: CoreDep, actor: ActorDep, q: SearchText = "", where: SearchText = "", kind: Kind = "all",
                  limit: Annotated[int, Query(ge=1, le=100)] = 20, offset: Annotated[int, Query(ge=0, le=1000)] = 0,
-                 near: str = "") -> dict[str, Any]:
+                 near: SearchText = "") -> dict[str, Any]:
     """Find professionals and services by fragments of names, specialties and places (typos forgiven)."""
     return await directory.search(core, actor, q=q, where=where, kind=kind, limit=limit, offset=offset, near=near)
 
 
 @router.get("/communes")
-async def list_communes(actor: ActorDep, core: CoreDep, q: str = "",
+async def list_communes(actor: ActorDep, core: CoreDep, q: SearchText = "",
                         limit: Annotated[int, Query(ge=1, le=50)] = 10) -> list[dict[str, Any]]:
     """Commune autocompletion for the "où" field."""
     return await communes.list_communes(core, q, limit)
@@ -73,12 +75,12 @@ async def update_my_card(body: ProfileChanges, core: CoreDep, actor: ActorDep) -
 
 
 @router.get("/entries/{entry_id}")
-async def entry(entry_id: str, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+async def entry(entry_id: EntryRef, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
     return await directory.get_entry(core, actor, entry_id)
 
 
 @router.patch("/entries/{entry_id}")
-async def update_entry(entry_id: str, body: ProfileChanges, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+async def update_entry(entry_id: EntryRef, body: ProfileChanges, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
     """Change a card by its entry id: only its owner may."""
     return await directory.update_entry(core, actor, entry_id, _changes(body))
 

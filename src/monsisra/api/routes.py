@@ -7,12 +7,11 @@ import contextlib
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile, WebSocket, WebSocketDisconnect
-from fastapi import Path as FastPath
+from fastapi import APIRouter, Depends, Form, Path, Query, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from monsisra.api.deps import client_address, current_actor, get_core, resolve_actor
+from monsisra.api.deps import BodyId, PathId, client_address, current_actor, get_core, resolve_actor
 from monsisra.domain.ins import OID_NIR
 from monsisra.services import accounts, attachments, mailboxes, messages
 from monsisra.services.core import Actor, Core
@@ -20,6 +19,7 @@ from monsisra.services.errors import AuthFailed, ServiceError, TooLarge
 
 router = APIRouter(prefix="/api/v1")
 ActorDep = Annotated[Actor, Depends(current_actor)]
+AttachmentId = Annotated[str, Path(min_length=1, max_length=64)]
 CoreDep = Annotated[Core, Depends(get_core)]
 
 
@@ -81,25 +81,26 @@ CategoryName = Literal["letter", "conversation", "mssante", "patient", "teleexpe
 
 
 @router.get("/mailboxes/{mailbox_id}/messages", tags=["messages"])
-async def list_messages(mailbox_id: int, core: CoreDep, actor: ActorDep, view: ViewName = "inbox",
+async def list_messages(mailbox_id: PathId, core: CoreDep, actor: ActorDep, view: ViewName = "inbox",
                         category: CategoryName | None = None, q: Annotated[str | None, Query(max_length=200)] = None,
-                        cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
+                        cursor: Annotated[str | None, Query(max_length=200)] = None,
+                        limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
     return await messages.list_messages(core, actor, mailbox_id, view=view, category=category, q=q,
                                         cursor=cursor, limit=limit)
 
 
 @router.get("/mailboxes/{mailbox_id}/counts", tags=["messages"])
-async def counts(mailbox_id: int, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+async def counts(mailbox_id: PathId, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
     return await messages.counts(core, actor, mailbox_id)
 
 
 @router.get("/mailboxes/{mailbox_id}/messages/{message_id}", tags=["messages"])
-async def get_message(mailbox_id: int, message_id: int, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+async def get_message(mailbox_id: PathId, message_id: PathId, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
     return await messages.get(core, actor, mailbox_id, message_id)
 
 
 @router.get("/mailboxes/{mailbox_id}/threads/{thread_id}", tags=["messages"])
-async def get_thread(mailbox_id: int, thread_id: int, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+async def get_thread(mailbox_id: PathId, thread_id: PathId, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
     return {"items": await messages.thread(core, actor, mailbox_id, thread_id)}
 
 
@@ -112,20 +113,20 @@ class StatePatch(BaseModel):
 
 
 @router.patch("/mailboxes/{mailbox_id}/messages/{message_id}", tags=["messages"])
-async def patch_message(mailbox_id: int, message_id: int, body: StatePatch, core: CoreDep,
+async def patch_message(mailbox_id: PathId, message_id: PathId, body: StatePatch, core: CoreDep,
                         actor: ActorDep) -> dict[str, Any]:
     return await messages.update_state(core, actor, mailbox_id, message_id, body.model_dump())
 
 
 @router.delete("/mailboxes/{mailbox_id}/messages/{message_id}", status_code=204, tags=["messages"])
-async def delete_message(mailbox_id: int, message_id: int, core: CoreDep, actor: ActorDep) -> Response:
+async def delete_message(mailbox_id: PathId, message_id: PathId, core: CoreDep, actor: ActorDep) -> Response:
     """« Supprimer »: to this mailbox's bin (``view=trash``), restorable for 30 days, then purged."""
     await messages.trash(core, actor, mailbox_id, message_id)
     return Response(status_code=204)
 
 
 @router.post("/mailboxes/{mailbox_id}/messages/{message_id}/restore", tags=["messages"])
-async def restore_message(mailbox_id: int, message_id: int, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+async def restore_message(mailbox_id: PathId, message_id: PathId, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
     """Out of the bin, back where it was; answers the message's state."""
     return await messages.restore(core, actor, mailbox_id, message_id)
 
@@ -154,7 +155,7 @@ async def upload(request: Request, file: UploadFile, core: CoreDep, actor: Actor
 
 
 @router.get("/attachments/{attachment_id}", tags=["attachments"])
-async def download(attachment_id: str, core: CoreDep, actor: ActorDep,
+async def download(attachment_id: AttachmentId, core: CoreDep, actor: ActorDep,
                    disposition: Literal["inline", "attachment"] = "attachment") -> Response:
     meta = await attachments.open_for(core, actor, attachment_id)
     headers = file_headers(meta.filename, meta.content_type, meta.size, disposition)
@@ -163,12 +164,14 @@ async def download(attachment_id: str, core: CoreDep, actor: ActorDep,
 
 def file_headers(filename: str, content_type: str, size: int, disposition: str) -> dict[str, str]:
     """Served files: a safe disposition (inline only for types a browser shows harmlessly), no
-    sniffing, a sandbox, and both forms of the (already safe) file name."""
+    sniffing, a sandbox, and both forms of the file name."""
     inline = disposition == "inline" and content_type in attachments.INLINE_TYPES
-    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
+    # Sanitised again: a name stored before today's rules must not lie either.
+    name = attachments.safe_filename(filename)
+    ascii_name = name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
     return {
         "Content-Disposition": f"{'inline' if inline else 'attachment'}; filename=\"{ascii_name}\"; "
-                               f"filename*=UTF-8''{quote(filename)}",
+                               f"filename*=UTF-8''{quote(name)}",
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "default-src 'none'; sandbox",
         "Cache-Control": "private, max-age=3600",
@@ -187,7 +190,7 @@ class PatientIn(BaseModel):
 
 
 class MessageIn(BaseModel):
-    from_mailbox: int
+    from_mailbox: BodyId
     to: list[str] = Field(default_factory=list)
     cc: list[str] = Field(default_factory=list)
     subject: str = ""
@@ -197,8 +200,8 @@ class MessageIn(BaseModel):
     attachments: list[str] = Field(default_factory=list)
     patient: PatientIn | None = None
     draft: bool = False
-    draft_id: int | None = None
-    in_reply_to: int | None = None
+    draft_id: BodyId | None = None
+    in_reply_to: BodyId | None = None
     receipt_requested: bool = False
     no_reply: bool = False
 
@@ -212,7 +215,7 @@ async def send(body: MessageIn, core: CoreDep, actor: ActorDep) -> dict[str, Any
 
 
 @router.get("/messages/{message_id}/receipts", tags=["messages"])
-async def receipts(message_id: int, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+async def receipts(message_id: PathId, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
     return {"items": await messages.receipts(core, actor, message_id)}
 
 
@@ -258,15 +261,15 @@ async def events(websocket: WebSocket) -> None:
 
 
 @router.get("/attachments/{attachment_id}/message", tags=["attachments"])
-async def attached_message(attachment_id: str, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+async def attached_message(attachment_id: AttachmentId, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
     """An attached message (``.eml``): its sender, date, subject, text and its own attachments."""
     return await attachments.embedded_message(core, actor, attachment_id)
 
 
 @router.get("/attachments/{attachment_id}/parts/{index}", tags=["attachments"])
-async def attached_message_part(attachment_id: str, index: Annotated[int, FastPath(ge=0, le=1000)], core: CoreDep,
-                                actor: ActorDep, disposition: Literal["inline", "attachment"] = "attachment"
-                                ) -> Response:
+async def attached_message_part(attachment_id: AttachmentId, index: Annotated[int, Path(ge=0, le=1000)],
+                                core: CoreDep, actor: ActorDep,
+                                disposition: Literal["inline", "attachment"] = "attachment") -> Response:
     """One attachment of an attached message, by its index in ``…/message``."""
     filename, content_type, data = await attachments.embedded_part(core, actor, attachment_id, index)
     return Response(data, media_type=content_type,

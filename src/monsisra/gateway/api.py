@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, Field
 
-from monsisra.api.deps import current_actor, get_core
+from monsisra.api.deps import PathId, current_actor, get_core
 from monsisra.services import mdn, outbound, trust
 from monsisra.services.core import Actor, Core
 
@@ -39,32 +39,32 @@ async def trust_add(body: TrustIn, core: CoreDep, actor: ActorDep) -> dict[str, 
 
 
 @router.delete("/admin/trust/{domain}", status_code=204)
-async def trust_remove(domain: str, core: CoreDep, actor: ActorDep) -> None:
+async def trust_remove(domain: Annotated[str, Path(max_length=255)], core: CoreDep, actor: ActorDep) -> None:
     await trust.remove(core, domain, actor)
 
 
 @router.get("/admin/outbox")
 async def outbox(core: CoreDep, actor: ActorDep,
                  status: Annotated[str | None, Query(pattern="^(queued|retrying|failed|sent)$")] = None,
-                 limit: int = 200) -> dict[str, Any]:
+                 limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> dict[str, Any]:
     """File d'envoi MSSanté : destinataires externes en attente, en nouvel essai ou en échec."""
     return {"items": await outbound.outbox(core, actor, status, limit)}
 
 
 @router.get("/messages/{message_id}/delivery")
-async def delivery(message_id: int, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+async def delivery(message_id: PathId, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
     """État de remise par destinataire externe (envoyé, en attente, en échec, lu)."""
     return {"items": await outbound.delivery(core, actor, message_id)}
 
 
 @router.get("/mailboxes/{mailbox_id}/messages/{message_id}/mdn")
-async def mdn_status(mailbox_id: int, message_id: int, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+async def mdn_status(mailbox_id: PathId, message_id: PathId, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
     """L'accusé de lecture demandé par l'expéditeur : ``mdn_pending`` quand l'utilisateur doit accepter."""
     return await mdn.status(core, actor, mailbox_id, message_id)
 
 
 @router.post("/mailboxes/{mailbox_id}/messages/{message_id}/mdn")
-async def mdn_send(mailbox_id: int, message_id: int, core: CoreDep, actor: ActorDep,
+async def mdn_send(mailbox_id: PathId, message_id: PathId, core: CoreDep, actor: ActorDep,
                    body: MdnIn | None = None) -> dict[str, Any]:
     """Envoie (``send: true``) ou refuse l'accusé de lecture demandé."""
     result = await mdn.respond(core, actor, mailbox_id, message_id, send=body.send if body else True)

@@ -41,20 +41,51 @@ def view(a: Attachment) -> AttachmentView:
     return AttachmentView(a.id, a.filename, a.content_type, a.size, a.sha256)
 
 
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
+_UNSAFE = re.compile(r'[/\\:*?"<>|]+')
+_SPACES = re.compile(r"\s+")
+# Characters drawn as nothing that are not format characters (Hangul fillers, braille blank).
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# Characters drawn as a full stop: "photo.exe\u2024jpg" must not read as a .jpg.
+_DOT_LOOKALIKES = frozenset("\u2024\ufe52\uff0e\u0701\u0702\ua60e\U00010a50")
+# Names Windows keeps for devices, whatever the extension ("con.txt", "Com1.tar.gz").
+_RESERVED = re.compile(r"(con|prn|aux|nul|conin\$|conout\$|com[0-9¹²³]|lpt[0-9¹²³])", re.IGNORECASE)
+MAX_FILENAME = 200
+
+
+def _visible(ch: str) -> str:
+    """What one character becomes in a display filename: format and control characters (bidi
+    overrides, embeddings and isolates, marks, zero-width characters), line separators and
+    unpaired surrogates are dropped; any other space is a plain space."""
+    category = unicodedata.category(ch)
+    if category in ("Cc", "Cf", "Cs", "Zl", "Zp") or ch in _INVISIBLE or "\ue000" <= ch <= "\uf8ff":
+        return "" if category != "Cc" or ch not in "\t\n\r" else " "
+    if category == "Zs":
+        return " "
+    if ch in _DOT_LOOKALIKES:
+        return "_"
+    return ch
 
 
 def safe_filename(name: str | None, default: str = "piece-jointe") -> str:
-    """A display filename: no directories, no control or shell characters, at most 200 chars."""
+    """A display filename that says what the file is: no directories, no control, format or
+    shell characters, no Windows device name, and its last extension is the one shown at its end
+    (at most 200 characters)."""
     name = unicodedata.normalize("NFC", name or "")
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = _UNSAFE.sub("_", name).strip(" .")
+    name = "".join(_visible(ch) for ch in name)
+    name = _SPACES.sub(" ", _UNSAFE.sub("_", name)).strip(" .")
     if not name:
         return default
-    if len(name) > 200:
+    if len(name) > MAX_FILENAME:
         stem, dot, ext = name.rpartition(".")
-        name = (stem[: 200 - len(ext) - 1] + "." + ext) if dot and len(ext) <= 10 else name[:200]
-    return name
+        if dot and 0 < len(ext) <= 10:
+            name = stem[: MAX_FILENAME - len(ext) - 1].rstrip(" .") + "." + ext
+        else:
+            name = name[:MAX_FILENAME].rstrip(" .")
+    # Windows ignores what follows the first dot and trailing spaces when it looks for a device.
+    if _RESERVED.fullmatch(unicodedata.normalize("NFKC", name.split(".", 1)[0]).rstrip(" ")):
+        name = "_" + name
+    return name or default
 
 
 def sniff(head: bytes, filename: str) -> str:

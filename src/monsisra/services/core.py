@@ -6,6 +6,7 @@ are published only once it has committed (DESIGN: events after commit).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from monsisra.config import Settings
 from monsisra.events import Event, EventBus, make_bus
 from monsisra.store.blobs import BlobStore
 from monsisra.store.db import Database
+from monsisra.store.files import secure_data_dir
 
 
 @dataclass
@@ -49,7 +51,8 @@ class Actor:
 class Core:
     def __init__(self, settings: Settings, bus: EventBus | None = None) -> None:
         self.settings = settings
-        self.db = Database(settings.database_url)
+        secure_data_dir(settings.data_dir, keys=[settings.tls_key] if settings.tls_key else [])
+        self.db = Database(settings.database_url, busy_timeout=settings.database_busy_timeout)
         self.blobs = BlobStore(settings.blob_dir)
         self.bus = bus or make_bus(settings.redis_url)
         # Called after a commit that queued outbound mail (the delivery worker of this process
@@ -74,6 +77,8 @@ class Core:
             yield session
 
     async def start(self) -> None:
+        # Partial uploads a crash left behind: gone at start, whether or not this process runs workers.
+        await asyncio.to_thread(self.blobs.sweep_tmp)
         await self.bus.start()
 
     async def close(self) -> None:

@@ -1672,6 +1672,9 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
         sections = [n for n in SECTIONS if wanted[n]] if tier_queries else []
 
         async def first_pass() -> tuple[list, dict[str, tuple[list[int], int] | None], dict[str, int]]:
+            if not sections:
+                # Nothing to match (a query of punctuation or spaces only): no query to build.
+                return [], {}, {}
             levels = [(lv, (bool(rings) and lv[0][-1] == rings[-1]) or not rings)
                       for lv in ds.levels(tier_queries, rings)]
             widest = ds.widest(tier_queries, rings)

@@ -28,12 +28,14 @@ class PurgeReport:
     blobs: int = 0
     trashed: int = 0  # deliveries removed from bins after 30 days
     messages: int = 0  # messages no mailbox held any more
+    partial_uploads: int = 0
 
 
 async def purge(core: Core) -> PurgeReport:
     """Delete what nobody can use any more; a blob goes only when no attachment row names it."""
     now = utcnow()
     report = PurgeReport()
+    report.partial_uploads = await asyncio.to_thread(core.blobs.sweep_tmp)
     async with core.write() as tx:
         s = tx.session
         # The bins first: the attachments of the messages they free are orphans just below.
@@ -83,7 +85,7 @@ async def run_periodically(core: Core, every_seconds: float = 3600) -> None:
     while True:
         try:
             report = await purge(core)
-            if report.tokens or report.uploads or report.trashed:
+            if report.tokens or report.uploads or report.trashed or report.partial_uploads:
                 log.info("purge: %s", report)
         except Exception:
             log.exception("purge failed")

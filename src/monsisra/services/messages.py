@@ -509,12 +509,20 @@ def _decode_trash_cursor(cursor: str) -> tuple[datetime, int]:
         raise Invalid("curseur de pagination invalide") from None
 
 
+MAX_CURSOR = 2**63 - 1  # a cursor is compared with BIGINT ids: anything wider overflows the engine
+
+
 def _decode_cursor(cursor: str) -> int:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("d"):
+        if len(cursor) > 40:
             raise ValueError
-        return int(raw[1:])
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("d") or not raw[1:].isdigit():
+            raise ValueError
+        value = int(raw[1:])
+        if value > MAX_CURSOR:
+            raise ValueError
+        return value
     except (ValueError, UnicodeDecodeError):
         raise Invalid("curseur de pagination invalide") from None
 
@@ -584,7 +592,8 @@ async def list_messages(core: Core, actor: Actor, mailbox_id: int, *, view: str 
             stmt = stmt.order_by(Delivery.deleted_at.desc(), Delivery.id.desc())
         else:
             if cursor:
-                stmt = stmt.where(order_key < _decode_cursor(cursor))
+                # Typed BIGINT: a cursor beyond the INTEGER message ids must not overflow PostgreSQL's int4.
+                stmt = stmt.where(order_key < sa.literal(_decode_cursor(cursor), sa.BigInteger))
             stmt = stmt.order_by(order_key.desc())
         rows = (await s.execute(stmt.limit(limit + 1))).all()
         more = len(rows) > limit
@@ -900,11 +909,18 @@ def tally(rows, prefs: list[str] | None) -> dict[str, Any]:
 
 
 async def require_sender_access(s: AsyncSession, actor: Actor, message_id: int) -> int:
-    """The sending mailbox of a message, when the actor may use it (receipts, delivery status)."""
+    """The sending mailbox of a message, when the actor may use it (receipts, delivery status).
+
+    Someone else's message and a message that does not exist get the same answer: the error
+    must not tell which ids exist.
+    """
     sender_mailbox = await s.scalar(sa.select(Message.from_mailbox_id).where(Message.id == message_id))
     if sender_mailbox is None:
         raise NotFound("message introuvable")
-    await mailboxes.access_of(s, actor, sender_mailbox)
+    try:
+        await mailboxes.access_of(s, actor, sender_mailbox)
+    except NotFound:
+        raise NotFound("message introuvable") from None
     return sender_mailbox
 
 

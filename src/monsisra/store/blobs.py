@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 _CHUNK = 1 << 16
+# An upload still being written is touched at every chunk; one untouched this long was left
+# by a crash (or a killed process) and will never be committed.
+STALE_TMP_SECONDS = 3600
 
 
 class TooLarge(Exception):
@@ -85,6 +90,19 @@ class BlobStore:
             _discard(fd, tmp_name)
             raise
         return hasher.hexdigest(), size, head
+
+    def sweep_tmp(self, older_than: float = STALE_TMP_SECONDS) -> int:
+        """Delete partial uploads not written to for ``older_than`` seconds; returns how many."""
+        if not self.tmp.is_dir():
+            return 0
+        limit = time.time() - older_than
+        removed = 0
+        for entry in os.scandir(self.tmp):
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < limit:
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
 
     def open(self, sha256: str):
         return self.path(sha256).open("rb")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,20 +12,44 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from monsisra.store.files import private_dir, private_file
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An async engine; SQLite gets WAL, foreign keys, a busy timeout and explicit BEGINs."""
+DEFAULT_BUSY_TIMEOUT = 30.0
+
+
+def prepare_sqlite_file(url: str) -> None:
+    """Create the SQLite file owner-only before SQLite does (SQLite gives its ``-wal`` and
+    ``-shm`` files the database's mode), and take back modes an older install left open."""
+    path = sa.engine.make_url(url).database
+    if not url.startswith("sqlite") or not path or path == ":memory:" or path.startswith("file:"):
+        return
+    db = Path(path)
+    if not db.parent.exists():
+        private_dir(db.parent)
+    if not db.exists():
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
+    for sibling in (db, *(db.with_name(db.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
+        private_file(sibling)
+
+
+def make_engine(url: str, *, pool_size: int = 10, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> AsyncEngine:
+    """An async engine; SQLite gets WAL, foreign keys, a busy timeout and explicit BEGINs.
+
+    ``busy_timeout`` (seconds) bounds how long a statement waits for a lock another process holds:
+    SQLite's busy timeout, PostgreSQL's ``lock_timeout``. Past it the statement fails, and the
+    HTTP layer answers 503 with ``Retry-After`` (see :func:`is_unavailable`).
+    """
     if url.startswith("sqlite"):
-        path = sa.engine.make_url(url).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
-        _configure_sqlite(engine)
+        prepare_sqlite_file(url)
+        engine = create_async_engine(url, connect_args={"timeout": busy_timeout})
+        _configure_sqlite(engine, busy_timeout)
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    lock_timeout = f"{max(1, round(busy_timeout * 1000))}ms"
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                               connect_args={"server_settings": {"lock_timeout": lock_timeout}})
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
     @sa.event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
         # Let us issue BEGIN ourselves (pysqlite's implicit transactions are unreliable).
@@ -34,7 +59,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # FULL: a commit is on disk before we acknowledge it, even across a power cut.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={max(1, round(busy_timeout * 1000))}")
         cursor.execute("PRAGMA cache_size=-65536")
         cursor.execute("PRAGMA temp_store=MEMORY")
         cursor.close()
@@ -52,10 +77,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 class Database:
     """The engine with a read session factory and a serialised write session factory."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, busy_timeout=busy_timeout)
         self._read = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write = async_sessionmaker(
             self.engine.execution_options(write=True), expire_on_commit=False
@@ -95,3 +120,48 @@ def among(column: sa.ColumnElement, values, postgres: bool) -> sa.ColumnElement[
         return column == sa.any_(sa.bindparam(None, values, type_=ARRAY(column.type)))
     each = sa.func.json_each(sa.bindparam(None, json.dumps(values), type_=sa.String)).table_valued("value")
     return column.in_(sa.select(each.c.value))
+
+
+# SQLSTATEs of a PostgreSQL that is busy or going away: waiting a little and retrying will do.
+_TRANSIENT_SQLSTATES = {
+    "55P03",  # lock_not_available (lock_timeout)
+    "40P01",  # deadlock_detected
+    "40001",  # serialization_failure
+    "57014",  # query_canceled (statement_timeout)
+    "57P01", "57P02", "57P03",  # admin_shutdown, crash_shutdown, cannot_connect_now
+    "53300",  # too_many_connections
+}
+_SQLITE_BUSY = ("database is locked", "database is busy", "database table is locked", "database schema is locked")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is s for s in seen) or len(seen) > 20:
+            continue
+        seen.append(e)
+        todo += [getattr(e, "orig", None), e.__cause__, e.__context__]
+    return seen
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is locked, busy or unreachable (on either engine), as
+    opposed to a fault of the request or of the code. Its transaction was rolled back."""
+    for e in _chain(exc):
+        if isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated:
+            return True
+        if isinstance(e, sa.exc.TimeoutError | sa.exc.DisconnectionError | ConnectionError):
+            return True  # no connection free in the pool, or the server went away
+        state = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
+        if isinstance(state, str) and (state in _TRANSIENT_SQLSTATES or state.startswith("08")):
+            return True
+        module = type(e).__module__ or ""
+        if module.startswith("asyncpg") and "connection is closed" in str(e).lower():
+            return True
+        if module.startswith(("sqlite3", "aiosqlite")) or isinstance(e, sa.exc.OperationalError):
+            text = str(e).lower()
+            if any(words in text for words in _SQLITE_BUSY):
+                return True
+    return False

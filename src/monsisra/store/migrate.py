@@ -7,6 +7,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from monsisra.store.db import prepare_sqlite_file
+
 HERE = Path(__file__).parent
 
 
@@ -19,4 +21,5 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "heads") -> None:
     """Bring the database at ``url`` to the newest schema (every branch head)."""
+    prepare_sqlite_file(url)
     command.upgrade(alembic_config(url), revision)

@@ -22,6 +22,7 @@ from markupsafe import Markup
 from starlette.background import BackgroundTask
 
 from monsisra import __version__
+from monsisra.api.deps import MAX_ID, PathId
 from monsisra.domain.addresses import PATIENT_DOMAIN
 from monsisra.domain.model import CATEGORY_LABELS, Category, View
 from monsisra.services import accounts, attachments, mailboxes, mdn, messages
@@ -206,6 +207,17 @@ def _names(recipients: list[dict[str, Any]]) -> str:
     return f"{', '.join(names[:3])} et {rest} autre{s} destinataire{s}"
 
 
+def error_page(request: Request, status: int, title: str, detail: str) -> HTMLResponse:
+    """A French error page (a fragment for htmx), the same for every failure a browser meets:
+    unknown address, missing message, busy database, internal error. It reads no database."""
+    detail = detail[:1].upper() + detail[1:]
+    name = "_pane_error.html" if is_htmx(request) else "error_page.html"
+    return render(request, name, status=status, title=title, detail=detail if detail != title else "")
+
+
+MESSAGE_NOT_FOUND = "Message introuvable"
+
+
 def short_date(value: str | None) -> str:
     """"14:20" today, "02 nov." this year, "02/11/2025" before."""
     if not value:
@@ -327,8 +339,9 @@ async def make_scope(request: Request, actor: Actor, *, light: bool = False) -> 
     if folder not in FOLDER_BY_KEY:
         folder = "inbox"
     q = (qp.get("q") or "").strip()[:200]
-    if light and (qp.get("bal") or "").isdigit() and len(qp["bal"]) < 19:
-        return Scope([], qp["bal"], folder, q)
+    named = _int(qp.get("bal"))
+    if light and named is not None and named > 0:
+        return Scope([], str(named), folder, q)
     boxes = await mailboxes.list_for(_core(request), actor)
     selected = qp.get("bal") or (str(boxes[0].id) if boxes else ALL)
     if selected != ALL and selected not in {str(b.id) for b in boxes}:
@@ -375,10 +388,12 @@ async def load_list(core: Core, actor: Actor, scope: Scope, cursor: str | None, 
 
 
 def _int(value: str | None, default: int | None = None) -> int | None:
+    """A number from a form or query string; ``default`` unless it fits an id column."""
     try:
-        return int(value) if value is not None else default
+        number = int(value) if value is not None and len(value) <= 20 else None
     except ValueError:
         return default
+    return number if number is not None and -MAX_ID <= number <= MAX_ID else default
 
 
 async def load_message(core: Core, actor: Actor, mailbox_id: int, message_id: int, *,
@@ -500,15 +515,17 @@ async def inbox(request: Request) -> Response:
         accounts.get_account(core, actor), load_counts(core, actor, scope),
         load_list(core, actor, scope, None, limit))
     opened = None
+    missing = False
     open_id = _int(request.query_params.get("ouvrir"))
     open_box = _int(request.query_params.get("ouvrir_bal")) or (scope.ids[0] if len(scope.ids) == 1 else None)
     if open_id and open_box:
         try:
             opened = await load_message(core, actor, open_box, open_id, from_trash=scope.folder == "trash")
         except NotFound:
-            opened = None
+            missing = True
     response = render(request, "inbox.html", scope=scope, account=account, counts=counts, items=items,
-                      cursor=cursor, more=more, msg=opened, unread=counts["inbox"]["unread"])
+                      cursor=cursor, more=more, msg=opened, unread=counts["inbox"]["unread"], missing=missing,
+                      missing_title=MESSAGE_NOT_FOUND)
     # The directory's "active" dot: noted after the response, the user does not wait for it.
     response.background = BackgroundTask(_mark_opened, core, actor, scope.ids)
     return response
@@ -541,7 +558,7 @@ async def inbox_counts(request: Request) -> Response:
 
 
 @router.get("/message/{mailbox_id}/{message_id}")
-async def read_message(request: Request, mailbox_id: int, message_id: int) -> Response:
+async def read_message(request: Request, mailbox_id: PathId, message_id: PathId) -> Response:
     actor = await page_actor(request)
     core = _core(request)
     full = request.query_params.get("plein") == "1"
@@ -550,8 +567,9 @@ async def read_message(request: Request, mailbox_id: int, message_id: int) -> Re
     try:
         msg = await load_message(core, actor, mailbox_id, message_id,
                                  from_trash=request.query_params.get("corbeille") == "1")
-    except NotFound as exc:
-        return render(request, "_pane_error.html", status=404, error=exc.detail)
+    except NotFound:
+        # Someone else's mailbox, someone else's message or no message: one answer for all.
+        return error_page(request, 404, MESSAGE_NOT_FOUND, "il n'existe pas ou n'est pas dans vos boîtes")
     if full:
         boxes = await mailboxes.list_for(core, actor)
         return render(request, "message_full.html", msg=msg, box_name=next(
@@ -560,7 +578,7 @@ async def read_message(request: Request, mailbox_id: int, message_id: int) -> Re
 
 
 @router.get("/message/{mailbox_id}/{message_id}/accuses")
-async def message_receipts(request: Request, mailbox_id: int, message_id: int) -> Response:
+async def message_receipts(request: Request, mailbox_id: PathId, message_id: PathId) -> Response:
     actor = await page_actor(request)
     core = _core(request)
     await messages.access_kind(core, actor, mailbox_id)
@@ -572,7 +590,7 @@ async def message_receipts(request: Request, mailbox_id: int, message_id: int) -
 
 
 @router.post("/message/{mailbox_id}/{message_id}/accuse")
-async def message_mdn(request: Request, mailbox_id: int, message_id: int) -> Response:
+async def message_mdn(request: Request, mailbox_id: PathId, message_id: PathId) -> Response:
     """The user's answer to "send a read receipt to that other address?" (RFC 8098)."""
     actor, form = await form_actor(request)
     state = await mdn.respond(_core(request), actor, mailbox_id, message_id, send=form.get("send") == "1")
@@ -580,7 +598,7 @@ async def message_mdn(request: Request, mailbox_id: int, message_id: int) -> Res
 
 
 @router.post("/message/{mailbox_id}/{message_id}/etat")
-async def message_state(request: Request, mailbox_id: int, message_id: int) -> Response:
+async def message_state(request: Request, mailbox_id: PathId, message_id: PathId) -> Response:
     actor, form = await form_actor(request)
     changes = {k: form.get(k) == "1" for k in ("read", "favorite", "todo", "archived", "deleted") if k in form}
     # The role names the copy shown (a message sent to oneself is both in Envoyés and received).
@@ -659,8 +677,8 @@ async def compose_page(request: Request) -> Response:
     actor = await page_actor(request)
     try:
         ctx = await _compose_context(request, actor)
-    except NotFound as exc:
-        return render(request, "error.html", status=404, error=exc.detail)
+    except NotFound:
+        return error_page(request, 404, MESSAGE_NOT_FOUND, "il n'existe pas ou n'est pas dans vos boîtes")
     return render(request, "compose.html", **ctx)
 
 
@@ -849,6 +867,7 @@ async def profile_save(request: Request) -> Response:
 
 def install(app: FastAPI) -> None:
     app.include_router(router)
+    app.state.error_page = error_page
 
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, exc: LoginRequired) -> Response:

@@ -318,6 +318,15 @@
   window.addEventListener("popstate", function (e) {
     if (!(e.state && e.state.htmx) && document.body.classList.contains("inbox-page")) location.reload();
   });
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    // "Message introuvable" (404) is an answer to show in the reading pane, not a failure.
+    var xhr = e.detail.xhr;
+    if (xhr.status === 404 && e.detail.target && e.detail.target.id === "lecture" &&
+        (xhr.getResponseHeader("content-type") || "").indexOf("text/html") === 0) {
+      e.detail.shouldSwap = true;
+      e.detail.isError = false;
+    }
+  });
   document.addEventListener("htmx:responseError", function (e) {
     announce("Erreur " + e.detail.xhr.status + " : l'action n'a pas abouti.");
   });
