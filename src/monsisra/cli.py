@@ -41,6 +41,7 @@ def run_with_core(fn: Callable[..., Awaitable[T]], settings: Settings | None = N
         try:
             return await fn(core)
         finally:
+            await core.bus.stop()
             await core.db.dispose()
 
     try:
@@ -114,6 +115,24 @@ def account_password(username: str, password: Annotated[str | None, typer.Option
         password = typer.prompt("Nouveau mot de passe", hide_input=True, confirmation_prompt=True)
     run_with_core(lambda core: accounts.set_password(core, username, password))
     console.print("[green]Mot de passe changé.[/green]")
+
+
+@account_app.command("deactivate")
+def account_deactivate(username: str) -> None:
+    """Désactive un compte : plus de connexion, ses sessions et connexions temps réel se ferment."""
+    from monsisra.services import accounts
+
+    run_with_core(lambda core: accounts.set_active(core, username, False))
+    console.print(f"[green]Compte désactivé :[/green] {username}")
+
+
+@account_app.command("activate")
+def account_activate(username: str) -> None:
+    """Réactive un compte désactivé."""
+    from monsisra.services import accounts
+
+    run_with_core(lambda core: accounts.set_active(core, username, True))
+    console.print(f"[green]Compte réactivé :[/green] {username}")
 
 
 @mailbox_app.command("create")

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     login_window_seconds: int = 15 * 60
     login_lockout_seconds: int = 15 * 60
     ip_max_failures: int = 30
+    # Live sockets (WebSocket /api/v1/events).
+    ws_max_per_account: int = 20  # per process
+    ws_recheck_seconds: float = 60.0  # each socket re-reads its token this often
     run_workers: bool = True
     smtp_enabled: bool = True
     outbound_retry_seconds: int = 4 * 24 * 3600

@@ -1,4 +1,5 @@
-"""Accounts: creation (with the PER mailbox), password login with throttling, bearer tokens."""
+"""Accounts: creation (with the PER mailbox), password login with throttling, bearer tokens
+and the sessions they stand for (ending one closes its live sockets on every process)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from monsisra.domain.clock import as_utc, utcnow
 from monsisra.domain.model import Category
+from monsisra.events import SESSION_ENDED
 from monsisra.services import audit, mailboxes
-from monsisra.services.core import Actor, Core
+from monsisra.services.core import Actor, Core, Tx
 from monsisra.services.errors import AuthFailed, Conflict, Invalid, NotFound, Throttled
 from monsisra.store.models import Account, LoginThrottle, Mailbox, Token
 
@@ -57,13 +59,14 @@ def _validate_new(new: NewAccount) -> None:
 async def create_account(core: Core, new: NewAccount, actor: Actor | None = None) -> tuple[Account, Mailbox | None]:
     """Create an account and, for a professional, the PER mailbox ``prenom.nom@domain``."""
     _validate_new(new)
+    password_hash = hash_password(new.password) if new.password else None
     async with core.write() as tx:
         s = tx.session
         if await s.scalar(sa.select(Account.id).where(Account.username == new.username)):
             raise Conflict(f"l'identifiant {new.username} est déjà pris")
         account = Account(
             username=new.username,
-            password_hash=hash_password(new.password) if new.password else None,
+            password_hash=password_hash,
             first_name=new.first_name.strip(),
             last_name=new.last_name.strip(),
             civility=new.civility,
@@ -83,18 +86,31 @@ async def create_account(core: Core, new: NewAccount, actor: Actor | None = None
 
 
 async def set_password(core: Core, username: str, password: str) -> None:
+    """Change the password; every session of the account ends (its live sockets close)."""
     if len(password) < 4:
         raise Invalid("mot de passe trop court")
+    password_hash = hash_password(password)
     async with core.write() as tx:
         account = await tx.session.scalar(sa.select(Account).where(Account.username == username))
         if account is None:
             raise NotFound(f"compte {username} introuvable")
-        account.password_hash = hash_password(password)
-        await tx.session.execute(
-            sa.update(Token).where(Token.account_id == account.id, Token.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
-        )
+        account.password_hash = password_hash
+        await _end_sessions(tx, account.id, None, "session terminée : le mot de passe a changé")
         audit.record(tx.session, account.id, "account.password")
+
+
+async def set_active(core: Core, username: str, active: bool, actor: Actor | None = None) -> None:
+    """Deactivate (every session ends at once) or reactivate an account."""
+    async with core.write() as tx:
+        account = await tx.session.scalar(sa.select(Account).where(Account.username == username))
+        if account is None:
+            raise NotFound(f"compte {username} introuvable")
+        account.active = active
+        if not active:
+            await _end_sessions(tx, account.id, None, "session terminée : le compte a été désactivé")
+        audit.record(tx.session, actor.account_id if actor else None,
+                     "account.activate" if active else "account.deactivate", object_type="account",
+                     object_id=account.id)
 
 
 # --- throttling ---------------------------------------------------------------------------
@@ -186,22 +202,57 @@ async def actor_for_token(core: Core, token: str, client: str | None = None) -> 
     now = utcnow()
     async with core.read() as session:
         row = (await session.execute(
-            sa.select(Token.expires_at, Token.revoked_at, Account.id, Account.username, Account.is_admin,
-                      Account.active)
+            sa.select(Token.id.label("token_id"), Token.expires_at, Token.revoked_at, Account.id, Account.username,
+                      Account.is_admin, Account.active)
             .join(Account, Account.id == Token.account_id)
             .where(Token.token_hash == _digest(token))
         )).first()
     if row is None or row.revoked_at is not None or as_utc(row.expires_at) <= now or not row.active:
         raise AuthFailed("jeton absent, expiré ou révoqué ; reconnectez-vous")
-    return Actor(row.id, row.username, row.is_admin, client)
+    return Actor(row.id, row.username, row.is_admin, client, token_id=row.token_id,
+                 expires_at=as_utc(row.expires_at))
 
 
-async def revoke_token(core: Core, token: str) -> None:
+async def token_alive(core: Core, token_id: int) -> bool:
+    """Whether the session ``token_id`` may still act: not revoked, not expired, account active."""
+    async with core.read() as session:
+        row = (await session.execute(
+            sa.select(Token.expires_at, Token.revoked_at, Account.active)
+            .join(Account, Account.id == Token.account_id).where(Token.id == token_id))).first()
+    return row is not None and row.revoked_at is None and as_utc(row.expires_at) > utcnow() and bool(row.active)
+
+
+async def _end_sessions(tx: Tx, account_id: int, token_ids: list[int] | None, reason: str) -> None:
+    """Revoke the account's given tokens (all of them when ``None``) and, once this commits,
+    tell every process to close the live sockets bound to them."""
+    query = sa.update(Token).where(Token.account_id == account_id, Token.revoked_at.is_(None))
+    if token_ids is not None:
+        if not token_ids:
+            return
+        query = query.where(Token.id.in_(token_ids))
+    await tx.session.execute(query.values(revoked_at=utcnow()))
+    tx.emit(SESSION_ENDED, [account_id], token_ids=token_ids, reason=reason)
+
+
+async def end_session(core: Core, actor: Actor, reason: str = "session terminée : déconnexion") -> None:
+    """Log out: the session the actor came with ends, and its live sockets close, everywhere."""
+    if actor.token_id is None:
+        return
     async with core.write() as tx:
-        await tx.session.execute(
-            sa.update(Token).where(Token.token_hash == _digest(token), Token.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
-        )
+        await _end_sessions(tx, actor.account_id, [actor.token_id], reason)
+        audit.record(tx.session, actor.account_id, "logout", client=actor.client, object_type="token",
+                     object_id=actor.token_id)
+
+
+async def revoke_token(core: Core, token: str, reason: str = "session terminée : jeton révoqué") -> None:
+    """Revoke a bearer token given by value (unknown or already revoked: nothing happens)."""
+    async with core.write() as tx:
+        row = (await tx.session.execute(
+            sa.select(Token.id, Token.account_id).where(Token.token_hash == _digest(token),
+                                                        Token.revoked_at.is_(None)))).first()
+        if row is not None:
+            await _end_sessions(tx, row.account_id, [row.id], reason)
+            audit.record(tx.session, row.account_id, "logout", object_type="token", object_id=row.id)
 
 
 # --- profile ------------------------------------------------------------------------------

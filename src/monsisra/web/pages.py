@@ -370,14 +370,15 @@ async def login(request: Request) -> Response:
 
 @router.post("/deconnexion")
 async def logout(request: Request) -> Response:
-    try:
-        await form_actor(request)
-        await accounts.revoke_token(_core(request), request.state.token)
-        _sessions(request).forget(request.state.token)
-    except (LoginRequired, CsrfFailed):
-        pass
+    """Always ends the session this browser holds, even without the CSRF token (a stale page)
+    or from elsewhere: logging out is harmless, and leaving a session alive is not."""
+    sessions = _sessions(request)
+    token = sessions.token_of(request)
+    if token is not None:
+        await accounts.revoke_token(_core(request), token, "session terminée : déconnexion")
+        sessions.forget(token)
     response = RedirectResponse("/connexion", status_code=303)
-    _sessions(request).clear_cookie(response, request)
+    sessions.clear_cookie(response, request)
     return response
 
 

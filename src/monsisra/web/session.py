@@ -19,6 +19,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from monsisra.config import Settings
+from monsisra.domain.clock import utcnow
 from monsisra.services import accounts
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed
@@ -36,6 +37,7 @@ class Sessions:
         self._secret = settings.effective_secret_key.encode()
         self._signer = URLSafeTimedSerializer(settings.effective_secret_key, salt="monsisra.web.session")
         self._actors: dict[str, tuple[Actor, float]] = {}
+        self._ended = 0  # bumped by every session.ended
 
     # --- cookie ---------------------------------------------------------------------------
 
@@ -71,13 +73,17 @@ class Sessions:
 
     async def resolve(self, core: Core, token: str, client: str | None) -> Actor:
         """``accounts.actor_for_token``, remembered for ``ACTOR_TTL`` seconds: a page and the
-        fragments and live refreshes that follow it check the token once. A revocation on
-        another process takes effect within that time; logging out here at once."""
+        fragments and live refreshes that follow it check the token once. An ended session
+        leaves the cache through the ``session.ended`` event, on every process; were that event
+        lost (Redis down), within ``ACTOR_TTL``."""
         now = time.monotonic()
         hit = self._actors.get(token)
-        if hit is not None and hit[1] > now:
+        if hit is not None and hit[1] > now and (hit[0].expires_at is None or hit[0].expires_at > utcnow()):
             return hit[0]
+        generation = self._ended
         actor = await accounts.actor_for_token(core, token, client)
+        if generation != self._ended:
+            return actor  # a session ended meanwhile: what was read may be stale, don't keep it
         if len(self._actors) > 10_000:
             self._actors.clear()
         self._actors[token] = (actor, now + ACTOR_TTL)
@@ -85,6 +91,16 @@ class Sessions:
 
     def forget(self, token: str) -> None:
         self._actors.pop(token, None)
+
+    def session_ended(self, account_ids: list[int], token_ids: list[int] | None) -> None:
+        """Listener of the bus's ``session.ended`` (from any process): drop those sessions from
+        the cache at once, so a revoked token stops acting here before ACTOR_TTL runs out."""
+        self._ended += 1
+        accounts_ = set(account_ids)
+        tokens = set(token_ids) if token_ids is not None else None
+        for key, (actor, _) in list(self._actors.items()):
+            if actor.account_id in accounts_ and (tokens is None or actor.token_id in tokens):
+                self._actors.pop(key, None)
 
     # --- the hook of api/deps.py ------------------------------------------------------------
 
