@@ -31,10 +31,15 @@ class Settings(BaseSettings):
     # Limits and policies (not in the DESIGN contract, but configurable).
     max_message_bytes: int = 25 * 1024 * 1024
     token_ttl_seconds: int = 12 * 3600
+    # Login throttling: attempts per window, per (account, address), per address, per known
+    # browser (device cookie) and, for browsers not known to the account, per account.
     login_max_failures: int = 5
     login_window_seconds: int = 15 * 60
     login_lockout_seconds: int = 15 * 60
     ip_max_failures: int = 30
+    account_max_failures: int = 100
+    device_cookie_days: int = 180
+    password_threads: int = 2  # argon2 runs in this many threads, off the event loop
     # Live sockets (WebSocket /api/v1/events).
     ws_max_per_account: int = 20  # per process
     ws_recheck_seconds: float = 60.0  # each socket re-reads its token this often

@@ -1,16 +1,21 @@
 """Web sessions: a bearer token (``accounts.issue_token(kind="web")``) kept in a signed cookie,
-and a CSRF token derived from it.
+and a CSRF token derived from it; and the « device » cookie of browsers that logged in before.
 
-The cookie is HttpOnly, SameSite=Lax and Secure when the request came over TLS. Every unsafe
-request made with the cookie (web forms, htmx, the API called from the pages) must carry the
-CSRF token, as the ``csrf`` form field or the ``X-CSRF-Token`` header; the WebSocket must come
-from our own origin.
+The cookie is HttpOnly, SameSite=Lax and Secure when the request came over TLS (directly, or
+from a trusted proxy that says so). Every unsafe request made with the cookie (web forms, htmx,
+the API called from the pages) must carry the CSRF token, as the ``csrf`` form field or the
+``X-CSRF-Token`` header; the WebSocket must come from our own origin.
+
+The device cookie (OWASP "device cookies") names, per login, a random id given at a successful
+login from this browser; login throttling counts that browser's failures on their own, so a
+guesser elsewhere cannot lock the owner out of her own browser.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import time
 from urllib.parse import urlsplit
 
@@ -25,6 +30,8 @@ from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed
 
 COOKIE = "monsisra_session"
+DEVICE_COOKIE = "monsisra_device"
+DEVICES_PER_BROWSER = 8  # logins remembered by one browser (a shared practice computer)
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -36,6 +43,7 @@ class Sessions:
         self.settings = settings
         self._secret = settings.effective_secret_key.encode()
         self._signer = URLSafeTimedSerializer(settings.effective_secret_key, salt="monsisra.web.session")
+        self._device_signer = URLSafeTimedSerializer(settings.effective_secret_key, salt="monsisra.web.device")
         self._actors: dict[str, tuple[Actor, float]] = {}
         self._ended = 0  # bumped by every session.ended
 
@@ -59,6 +67,35 @@ class Sessions:
 
     def clear_cookie(self, response: Response, conn: HTTPConnection) -> None:
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax", secure=is_tls(conn))
+
+    # --- device cookie ----------------------------------------------------------------------
+
+    def _devices(self, conn: HTTPConnection) -> dict[str, str]:
+        raw = conn.cookies.get(DEVICE_COOKIE)
+        if not raw:
+            return {}
+        try:
+            data = self._device_signer.loads(raw, max_age=self.settings.device_cookie_days * 86400)
+        except BadSignature:
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+
+    def device_of(self, conn: HTTPConnection, username: str) -> str | None:
+        """The id this browser was given when ``username`` logged in from it, if any."""
+        return self._devices(conn).get(username.strip().lower())
+
+    def remember_device(self, response: Response, conn: HTTPConnection, username: str) -> None:
+        """After a successful login: this browser is now known to that login (id kept if it was)."""
+        devices = self._devices(conn)
+        login = username.strip().lower()
+        device = devices.pop(login, None) or secrets.token_urlsafe(18)
+        devices[login] = device  # most recent last; the oldest are forgotten first
+        devices = dict(list(devices.items())[-DEVICES_PER_BROWSER:])
+        response.set_cookie(DEVICE_COOKIE, self._device_signer.dumps(devices),
+                            max_age=self.settings.device_cookie_days * 86400, httponly=True, samesite="lax",
+                            secure=is_tls(conn), path="/")
 
     # --- CSRF -----------------------------------------------------------------------------
 
