@@ -190,6 +190,7 @@ def serve(
     """Sert l'application web, l'API, les évènements temps réel, la passerelle SMTP et les tâches."""
     import uvicorn
 
+    from monsisra import redaction
     from monsisra.api.app import create_app
     from monsisra.store.migrate import upgrade
 
@@ -200,8 +201,10 @@ def serve(
     application = create_app(settings)
     console.print(f"MonSisra sur http://{host or settings.http_host}:{port or settings.http_port}"
                   f" — SMTP sur {settings.smtp_host}:{settings.smtp_port}")
-    uvicorn.run(application, host=host or settings.http_host, port=port or settings.http_port,
-                log_level="info", proxy_headers=False, ws="websockets-sansio")
+    config = uvicorn.Config(application, host=host or settings.http_host, port=port or settings.http_port,
+                            log_level="info", proxy_headers=False, ws="websockets-sansio")
+    redaction.install()  # after uvicorn configured its loggers
+    uvicorn.Server(config).run()
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI
 
-from monsisra import __version__
+from monsisra import __version__, redaction
 from monsisra.api import problems
 from monsisra.api.limits import BodyLimitMiddleware
 from monsisra.api.routes import router
@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redaction.install()  # whoever configured logging (serve, tests, an embedding), no secret in it
         the_core = core or Core(settings)
         app.state.core = the_core
         await the_core.start()
