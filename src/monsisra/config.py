@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     domain: str = "monsisra.localhost"
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    https_port: int = 8443  # 0: no HTTPS listener
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525
     redis_url: str | None = None
@@ -27,6 +28,9 @@ class Settings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_trust: Path | None = None
+    # Addresses (or networks) of reverse proxies whose X-Forwarded-Proto/-For are believed,
+    # comma-separated; empty: no proxy is trusted and those headers are ignored.
+    trusted_proxies: str = ""
 
     # Limits and policies (not in the DESIGN contract, but configurable).
     max_message_bytes: int = 25 * 1024 * 1024
@@ -72,6 +76,10 @@ class Settings(BaseSettings):
         tmp.chmod(0o600)
         tmp.replace(path)
         return key
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [p for p in self.trusted_proxies.replace(",", " ").split() if p]
 
     @property
     def blob_dir(self) -> Path:

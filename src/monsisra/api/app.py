@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi import FastAPI
 
 from monsisra import __version__, redaction
-from monsisra.api import problems
+from monsisra.api import problems, transport
 from monsisra.api.limits import BodyLimitMiddleware
 from monsisra.api.routes import router
 from monsisra.config import Settings
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_message_bytes)
     app.include_router(router)
     _install_components(app, settings)
+    transport.install(app, settings)  # last: outermost
     return app
 
 
