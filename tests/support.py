@@ -118,8 +118,9 @@ def start_server(settings: Settings) -> RunningServer:
         return None
 
     app.state.startup_hooks.insert(0, remember_loop)
+    # proxy_headers off, as in ``monsisra serve``: forwarded headers are the app's to believe or not.
     config = uvicorn.Config(app, host="127.0.0.1", port=settings.http_port, log_level="warning",
-                            ws="websockets-sansio", lifespan="on")
+                            ws="websockets-sansio", lifespan="on", proxy_headers=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="monsisra-test-server", daemon=True)
     thread.start()

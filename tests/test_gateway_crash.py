@@ -102,6 +102,7 @@ def test_sigkill_during_a_burst_loses_no_acknowledged_message(backend, tmp_path)
     with fresh_database(backend, tmp_path / "db") as url:
         env = {**os.environ, "MONSISRA_DATABASE_URL": url, "MONSISRA_DATA_DIR": str(tmp_path / "data"),
                "MONSISRA_HTTP_PORT": str(http_port), "MONSISRA_SMTP_PORT": str(smtp_port),
+               "MONSISRA_HTTPS_PORT": str(free_port()),
                "MONSISRA_DOMAIN": DOMAIN, "MONSISRA_TLS_CERT": str(cert), "MONSISRA_TLS_KEY": str(key),
                "MONSISRA_TLS_TRUST": str(pki.ca_cert), "MONSISRA_RUN_WORKERS": "false",
                "MONSISRA_SECRET_KEY": "crash-test-secret-" + "x" * 32}

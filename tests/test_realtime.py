@@ -81,8 +81,9 @@ def test_events_refuse_anonymous(server):
 
 
 def _serve(env: dict[str, str], port: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "monsisra.cli", "serve", "--port", str(port), "--no-migrate"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = ["serve", "--port", str(port), "--https-port", str(free_port()), "--no-migrate"]
+    return subprocess.Popen([sys.executable, "-m", "monsisra.cli", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
 
 
 def _wait_up(port: int, proc: subprocess.Popen) -> None:

@@ -48,6 +48,7 @@ def run_with_core(fn: Callable[..., Awaitable[T]], settings: Settings | None = N
         try:
             return await fn(core)
         finally:
+            await core.bus.stop()
             await core.db.dispose()
 
     try:
@@ -123,6 +124,24 @@ def account_password(username: str, password: Annotated[str | None, typer.Option
     console.print("[green]Mot de passe changé.[/green]")
 
 
+@account_app.command("deactivate")
+def account_deactivate(username: str) -> None:
+    """Désactive un compte : plus de connexion, ses sessions et connexions temps réel se ferment."""
+    from monsisra.services import accounts
+
+    run_with_core(lambda core: accounts.set_active(core, username, False))
+    console.print(f"[green]Compte désactivé :[/green] {username}")
+
+
+@account_app.command("activate")
+def account_activate(username: str) -> None:
+    """Réactive un compte désactivé."""
+    from monsisra.services import accounts
+
+    run_with_core(lambda core: accounts.set_active(core, username, True))
+    console.print(f"[green]Compte réactivé :[/green] {username}")
+
+
 @mailbox_app.command("create")
 def mailbox_create(
     local: Annotated[str, typer.Argument(help="Partie locale de l'adresse, ex. cardiologie.chu-clermont")],
@@ -171,13 +190,14 @@ def mailbox_grant(
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Adresse d'écoute HTTP")] = None,
+    host: Annotated[str | None, typer.Option(help="Adresse d'écoute HTTP et HTTPS")] = None,
     port: Annotated[int | None, typer.Option(help="Port HTTP (MONSISRA_HTTP_PORT)")] = None,
+    https_port: Annotated[int | None, typer.Option("--https-port",
+                                                   help="Port HTTPS (MONSISRA_HTTPS_PORT ; 0 : pas de HTTPS)")] = None,
     migrate: Annotated[bool, typer.Option(help="Met le schéma à jour avant de démarrer")] = True,
 ) -> None:
     """Sert l'application web, l'API, les évènements temps réel, la passerelle SMTP et les tâches."""
-    import uvicorn
-
+    from monsisra import serving
     from monsisra.api.app import create_app
     from monsisra.store.migrate import upgrade
 
@@ -186,10 +206,14 @@ def serve(
     if migrate:
         upgrade(settings.database_url)
     application = create_app(settings)
-    console.print(f"MonSisra sur http://{host or settings.http_host}:{port or settings.http_port}"
-                  f" — SMTP sur {settings.smtp_host}:{settings.smtp_port}")
-    uvicorn.run(application, host=host or settings.http_host, port=port or settings.http_port,
-                log_level="info", proxy_headers=False, ws="websockets-sansio")
+    host = host or settings.http_host
+    port = port or settings.http_port
+    https_port = settings.https_port if https_port is None else https_port
+    console.print(f"MonSisra sur http://{host}:{port}" + (f" et https://{host}:{https_port}" if https_port else "")
+                  + f" — SMTP sur {settings.smtp_host}:{settings.smtp_port}")
+    code = serving.run(application, settings, host=host, port=port, https_port=https_port)
+    if code:
+        raise typer.Exit(code)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     domain: str = "monsisra.localhost"
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    https_port: int = 8443  # 0: no HTTPS listener
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525
     redis_url: str | None = None
@@ -30,6 +31,9 @@ class Settings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_trust: Path | None = None
+    # Addresses (or networks) of reverse proxies whose X-Forwarded-Proto/-For are believed,
+    # comma-separated; empty: no proxy is trusted and those headers are ignored.
+    trusted_proxies: str = ""
 
     # Limits and policies (not in the DESIGN contract, but configurable).
     max_message_bytes: int = 25 * 1024 * 1024
@@ -37,10 +41,18 @@ class Settings(BaseSettings):
     # lock_timeout) before the request is answered 503 with Retry-After.
     database_busy_timeout: float = 30.0
     token_ttl_seconds: int = 12 * 3600
+    # Login throttling: attempts per window, per (account, address), per address, per known
+    # browser (device cookie) and, for browsers not known to the account, per account.
     login_max_failures: int = 5
     login_window_seconds: int = 15 * 60
     login_lockout_seconds: int = 15 * 60
     ip_max_failures: int = 30
+    account_max_failures: int = 100
+    device_cookie_days: int = 180
+    password_threads: int = 2  # argon2 runs in this many threads, off the event loop
+    # Live sockets (WebSocket /api/v1/events).
+    ws_max_per_account: int = 20  # per process
+    ws_recheck_seconds: float = 60.0  # each socket re-reads its token this often
     run_workers: bool = True
     smtp_enabled: bool = True
     outbound_retry_seconds: int = 4 * 24 * 3600
@@ -73,6 +85,10 @@ class Settings(BaseSettings):
             f.write(key)
         tmp.replace(path)
         return key
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [p for p in self.trusted_proxies.replace(",", " ").split() if p]
 
     @property
     def blob_dir(self) -> Path:

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI
 
-from monsisra import __version__
-from monsisra.api import problems
+from monsisra import __version__, redaction
+from monsisra.api import problems, transport
 from monsisra.api.limits import BodyLimitMiddleware
 from monsisra.api.routes import router
 from monsisra.config import Settings
@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redaction.install()  # whoever configured logging (serve, tests, an embedding), no secret in it
         the_core = core or Core(settings)
         app.state.core = the_core
         await the_core.start()
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_message_bytes)
     app.include_router(router)
     _install_components(app, settings)
+    transport.install(app, settings)  # last: outermost
     return app
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -12,11 +13,14 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from monsisra.api.deps import BodyId, PathId, client_address, current_actor, get_core, resolve_actor
+from monsisra.domain.clock import utcnow
 from monsisra.domain.ins import OID_NIR
+from monsisra.events import Subscription, TooManySubscriptions
 from monsisra.services import accounts, attachments, mailboxes, messages
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed, ServiceError, TooLarge
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1")
 ActorDep = Annotated[Actor, Depends(current_actor)]
 AttachmentId = Annotated[str, Path(min_length=1, max_length=64)]
@@ -44,9 +48,8 @@ async def token(request: Request, core: CoreDep, username: Annotated[str, Form()
 
 @router.post("/auth/revoke", status_code=204, tags=["auth"])
 async def revoke(request: Request, core: CoreDep, actor: ActorDep) -> Response:
-    """Revoke the bearer token of this request (log out)."""
-    _, _, value = request.headers.get("authorization", "").partition(" ")
-    await accounts.revoke_token(core, value.strip())
+    """Revoke the token (or web session) of this request: log out; its live sockets close."""
+    await accounts.end_session(core, actor, "session terminée : jeton révoqué")
     return Response(status_code=204)
 
 
@@ -219,11 +222,19 @@ async def receipts(message_id: PathId, core: CoreDep, actor: ActorDep) -> dict[s
     return {"items": await messages.receipts(core, actor, message_id)}
 
 
+# Close codes of /api/v1/events beyond RFC 6455's (4000-4999 are the application's).
+WS_SESSION_ENDED = 4401  # authentication missing, or the session ended: log in again
+WS_TOO_MANY = 4429  # the account holds too many live sockets
+EXPIRED = "session expirée : reconnectez-vous"
+
+
 @router.websocket("/events")
 async def events(websocket: WebSocket) -> None:
     """Live events of the account: message.new, message.read, message.flags, counts…
 
     Authenticate with ``Authorization: Bearer``, ``?access_token=`` or the web session cookie.
+    The socket lives as long as that session: logout, revocation, password change, account
+    deactivation or expiry close it (code 4401, reason in French), on whichever process holds it.
     """
     header = websocket.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
@@ -231,33 +242,80 @@ async def events(websocket: WebSocket) -> None:
     try:
         actor = await resolve_actor(websocket, value)  # type: ignore[arg-type]
     except (AuthFailed, ServiceError):
-        await websocket.close(code=4401, reason="authentification requise")
+        await websocket.close(code=WS_SESSION_ENDED, reason="authentification requise")
         return
     core: Core = websocket.app.state.core
-    subscription = core.bus.subscribe(actor.account_id)
-    await websocket.accept()
-    await websocket.send_json({"type": "hello", "account_id": actor.account_id})
+    cap = core.settings.ws_max_per_account
+    try:
+        subscription = core.bus.subscribe(actor.account_id, token_id=actor.token_id, limit=cap)
+    except TooManySubscriptions:
+        # Accepted then closed, so that the client reads the code and the reason.
+        await websocket.accept()
+        await websocket.close(code=WS_TOO_MANY, reason=f"trop de connexions temps réel ouvertes pour ce compte "
+                                                       f"({cap} au plus) : fermez un onglet ou une application")
+        return
+    try:
+        await websocket.accept()
+        await websocket.send_json({"type": "hello", "account_id": actor.account_id})
+        reason = await _serve_events(websocket, core, actor, subscription)
+        if reason:
+            with contextlib.suppress(Exception):
+                await websocket.close(code=WS_SESSION_ENDED, reason=reason)
+    finally:
+        subscription.close()
+
+
+async def _serve_events(websocket: WebSocket, core: Core, actor: Actor, subscription: Subscription) -> str | None:
+    """Pump events until the client leaves (None) or the session ends (the reason)."""
 
     async def pump_out() -> None:
         while True:
-            await websocket.send_json(await subscription.get())
+            payload = await subscription.get()
+            if subscription.ended.is_set():
+                return
+            await websocket.send_json(payload)
 
     async def pump_in() -> None:
         while True:
             await websocket.receive_text()  # pings from the client; nothing else expected yet
 
-    tasks = [asyncio.create_task(pump_out()), asyncio.create_task(pump_in())]
+    async def ended() -> str:
+        await subscription.ended.wait()
+        return subscription.end_reason or "session terminée : reconnectez-vous"
+
+    async def watch() -> str:
+        # The session's own end (expires_at), and a look at its token now (it may have ended
+        # between authentication and subscription) and then periodically, in case a
+        # session.ended event was missed (Redis down, a revocation made by another tool).
+        recheck = max(core.settings.ws_recheck_seconds, 0.05)
+        while True:
+            try:
+                alive = actor.token_id is None or await accounts.token_alive(core, actor.token_id)
+            except Exception:
+                log.warning("session check of a live socket failed; trying again later", exc_info=True)
+                alive = True
+            if actor.expires_at and actor.expires_at <= utcnow():
+                return EXPIRED
+            if not alive:
+                return "session terminée : reconnectez-vous"
+            remaining = (actor.expires_at - utcnow()).total_seconds() if actor.expires_at else recheck
+            await asyncio.sleep(min(remaining + 0.01, recheck))
+
+    tasks = [asyncio.create_task(pump_out()), asyncio.create_task(pump_in()), asyncio.create_task(ended()),
+             asyncio.create_task(watch())]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    except WebSocketDisconnect:
-        pass
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        subscription.close()
         for t in tasks:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
                 await t
+    for t in done:
+        if t in tasks[2:] and not t.cancelled() and t.exception() is None:
+            subscription.end(t.result())
+            return t.result()
+    return None
 
 
 @router.get("/attachments/{attachment_id}/message", tags=["attachments"])

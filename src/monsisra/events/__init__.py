@@ -1,5 +1,5 @@
 """Real-time events, published after commit: in-process bus, Redis pub/sub when configured."""
 
-from monsisra.events.bus import Event, EventBus, make_bus
+from monsisra.events.bus import SESSION_ENDED, Event, EventBus, Subscription, TooManySubscriptions, make_bus
 
-__all__ = ["Event", "EventBus", "make_bus"]
+__all__ = ["SESSION_ENDED", "Event", "EventBus", "Subscription", "TooManySubscriptions", "make_bus"]

@@ -3,6 +3,12 @@
 Each process keeps its local subscribers. Without Redis, ``publish`` hands events to them
 directly; with Redis, every process publishes to one channel and delivers what it reads from
 it, so a message sent through process A reaches a socket held by process B.
+
+One event is not for the client but for the bus itself: ``session.ended`` (published when a
+token is revoked, a password changed, an account deactivated) ends the subscriptions bound to
+those tokens — every process, Redis included — and is handed to the control listeners (the web
+sessions' actor cache). It travels the same channel as the other events, so anything published
+after it can never reach a socket it ended.
 """
 
 from __future__ import annotations
@@ -13,11 +19,18 @@ import json
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
 CHANNEL = "monsisra:events"
+SESSION_ENDED = "session.ended"
+# data of a SESSION_ENDED event: {"token_ids": [ids] or None (every session of the accounts), "reason": str}
+
+
+class TooManySubscriptions(Exception):
+    """The account already holds the maximum number of live subscriptions in this process."""
 
 
 @dataclass
@@ -31,12 +44,28 @@ class Event:
 
 
 class Subscription:
-    def __init__(self, bus: EventBus, account_id: int) -> None:
+    """One live socket's feed, bound to the token (``tokens.id``) it authenticated with."""
+
+    def __init__(self, bus: EventBus, account_id: int, token_id: int | None = None) -> None:
         self.bus = bus
         self.account_id = account_id
+        self.token_id = token_id
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self.ended = asyncio.Event()
+        self.end_reason = ""
+
+    def end(self, reason: str) -> None:
+        """Stop the feed at once: nothing queued or offered after this is handed out."""
+        if self.ended.is_set():
+            return
+        self.end_reason = reason
+        self.ended.set()
+        while not self.queue.empty():
+            self.queue.get_nowait()
 
     def offer(self, payload: dict[str, Any]) -> None:
+        if self.ended.is_set():
+            return
         try:
             self.queue.put_nowait(payload)
         except asyncio.QueueFull:
@@ -55,11 +84,23 @@ class EventBus:
 
     def __init__(self) -> None:
         self._subs: dict[int, set[Subscription]] = defaultdict(set)
+        self._control_listeners: list[Callable[[list[int], list[int] | None], None]] = []
 
-    def subscribe(self, account_id: int) -> Subscription:
-        sub = Subscription(self, account_id)
+    def subscribe(self, account_id: int, token_id: int | None = None, limit: int | None = None) -> Subscription:
+        """A new subscription; :class:`TooManySubscriptions` when the account holds ``limit`` already."""
+        if limit is not None and len(self._subs.get(account_id, ())) >= limit:
+            raise TooManySubscriptions(account_id)
+        sub = Subscription(self, account_id, token_id)
         self._subs[account_id].add(sub)
         return sub
+
+    def count(self, account_id: int) -> int:
+        """Live subscriptions of the account in this process."""
+        return len(self._subs.get(account_id, ()))
+
+    def on_session_ended(self, listener: Callable[[list[int], list[int] | None], None]) -> None:
+        """Call ``listener(account_ids, token_ids)`` on every ``session.ended`` event, from any process."""
+        self._control_listeners.append(listener)
 
     def _unsubscribe(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.account_id)
@@ -69,9 +110,24 @@ class EventBus:
                 del self._subs[sub.account_id]
 
     def _deliver(self, account_ids: list[int], payload: dict[str, Any]) -> None:
+        if payload.get("type") == SESSION_ENDED:
+            self._end_sessions(account_ids, payload.get("token_ids"), str(payload.get("reason") or ""))
+            return
         for account_id in account_ids:
             for sub in list(self._subs.get(account_id, ())):
                 sub.offer(payload)
+
+    def _end_sessions(self, account_ids: list[int], token_ids: list[int] | None, reason: str) -> None:
+        wanted = set(token_ids) if token_ids is not None else None
+        for account_id in account_ids:
+            for sub in list(self._subs.get(account_id, ())):
+                if wanted is None or sub.token_id in wanted:
+                    sub.end(reason)
+        for listener in self._control_listeners:
+            try:
+                listener(account_ids, token_ids)
+            except Exception:
+                log.exception("session.ended listener failed")
 
     async def publish(self, events: list[Event]) -> None:
         for event in events:
@@ -98,13 +154,19 @@ class RedisEventBus(EventBus):
 
     async def publish(self, events: list[Event]) -> None:
         for event in events:
+            if event.type == SESSION_ENDED:
+                # Here at once (ending twice is harmless when it comes back from Redis): the
+                # caller's next request must not find the session alive in this process.
+                self._deliver(event.account_ids, event.payload())
             message = json.dumps({"accounts": event.account_ids, "payload": event.payload()})
             try:
                 await self._redis.publish(CHANNEL, message)
             except Exception:
-                # Redis down: local sessions still get the event; remote ones resync on reconnect.
+                # Redis down: local sessions still get the event; remote ones resync on reconnect
+                # (and remote sockets find an ended session at their next token check).
                 log.exception("redis publish failed; delivering locally only")
-                self._deliver(event.account_ids, event.payload())
+                if event.type != SESSION_ENDED:
+                    self._deliver(event.account_ids, event.payload())
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen())

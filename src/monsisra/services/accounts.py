@@ -1,11 +1,17 @@
-"""Accounts: creation (with the PER mailbox), password login with throttling, bearer tokens."""
+"""Accounts: creation (with the PER mailbox), password login with throttling, bearer tokens
+and the sessions they stand for (ending one closes its live sockets on every process)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import math
 import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
@@ -14,14 +20,16 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from monsisra.domain.clock import as_utc, utcnow
 from monsisra.domain.model import Category
 from monsisra.domain.text import TextRefused, check_line
+from monsisra.events import SESSION_ENDED
 from monsisra.services import audit, mailboxes
-from monsisra.services.core import Actor, Core
+from monsisra.services.core import Actor, Core, Tx
 from monsisra.services.errors import AuthFailed, Conflict, Invalid, NotFound, Throttled
 from monsisra.store.models import Account, LoginThrottle, Mailbox, Token
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 # Verified against when the username is unknown, so that timing does not reveal accounts.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -65,13 +73,14 @@ def _validate_new(new: NewAccount) -> None:
 async def create_account(core: Core, new: NewAccount, actor: Actor | None = None) -> tuple[Account, Mailbox | None]:
     """Create an account and, for a professional, the PER mailbox ``prenom.nom@domain``."""
     _validate_new(new)
+    password_hash = await _off_loop(core, hash_password, new.password) if new.password else None
     async with core.write() as tx:
         s = tx.session
         if await s.scalar(sa.select(Account.id).where(Account.username == new.username)):
             raise Conflict(f"l'identifiant {new.username} est déjà pris")
         account = Account(
             username=new.username,
-            password_hash=hash_password(new.password) if new.password else None,
+            password_hash=password_hash,
             first_name=new.first_name.strip(),
             last_name=new.last_name.strip(),
             civility=new.civility,
@@ -91,76 +100,164 @@ async def create_account(core: Core, new: NewAccount, actor: Actor | None = None
 
 
 async def set_password(core: Core, username: str, password: str) -> None:
+    """Change the password; every session of the account ends (its live sockets close)."""
     if len(password) < 4:
         raise Invalid("mot de passe trop court")
+    password_hash = await _off_loop(core, hash_password, password)
     async with core.write() as tx:
         account = await tx.session.scalar(sa.select(Account).where(Account.username == username))
         if account is None:
             raise NotFound(f"compte {username} introuvable")
-        account.password_hash = hash_password(password)
-        await tx.session.execute(
-            sa.update(Token).where(Token.account_id == account.id, Token.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
-        )
+        account.password_hash = password_hash
+        await _end_sessions(tx, account.id, None, "session terminée : le mot de passe a changé")
         audit.record(tx.session, account.id, "account.password")
 
 
+async def set_active(core: Core, username: str, active: bool, actor: Actor | None = None) -> None:
+    """Deactivate (every session ends at once) or reactivate an account."""
+    async with core.write() as tx:
+        account = await tx.session.scalar(sa.select(Account).where(Account.username == username))
+        if account is None:
+            raise NotFound(f"compte {username} introuvable")
+        account.active = active
+        if not active:
+            await _end_sessions(tx, account.id, None, "session terminée : le compte a été désactivé")
+        audit.record(tx.session, actor.account_id if actor else None,
+                     "account.activate" if active else "account.deactivate", object_type="account",
+                     object_id=account.id)
+
+
+# --- password hashing, off the event loop ---------------------------------------------------
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+async def _off_loop(core: Core, fn: Callable[..., T], *args: Any) -> T:
+    """Run argon2 in a small bounded pool: it releases the GIL, so the loop keeps serving
+    other requests while guesses are checked (on the loop, 100 of them stalled it for 10 s)."""
+    size = max(1, core.settings.password_threads)
+    pool = _pools.get(size)
+    if pool is None:
+        pool = _pools[size] = ThreadPoolExecutor(max_workers=size, thread_name_prefix="argon2")
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
 # --- throttling ---------------------------------------------------------------------------
+#
+# Attempts are counted *before* the password is checked, by one statement per key that
+# increments and returns the count (INSERT … ON CONFLICT DO UPDATE … RETURNING), so parallel
+# guesses cannot all slip under the limit; over it, the attempt is refused without checking.
+# A success takes its own attempt back. Keys slow down the guesser, not the owner:
+#   pair:<login>|<addr>   this login from this address          login_max_failures
+#   ip:<addr>             any login from this address           ip_max_failures
+#   account:<login>       this login from browsers it does not know (and the API): account_max_failures
+#   device:<id>           this login from a browser it logged in from before (device cookie):
+#                         login_max_failures, and none of the others — an attacker elsewhere
+#                         cannot lock the owner's own browser out.
 
 
-async def _check_throttle(core: Core, keys: list[str]) -> None:
-    now = utcnow()
-    async with core.read() as session:
-        rows = await session.scalars(sa.select(LoginThrottle).where(LoginThrottle.key.in_(keys)))
-        for row in rows:
-            if row.locked_until and as_utc(row.locked_until) > now:
-                wait = int((as_utc(row.locked_until) - now).total_seconds() // 60) + 1
-                raise Throttled(
-                    f"trop de tentatives de connexion ; réessayez dans {wait} minute{'s' if wait > 1 else ''}",
-                    retry_after=int((as_utc(row.locked_until) - now).total_seconds()) + 1,
-                )
+@dataclass(frozen=True)
+class _Limit:
+    key: str
+    limit: int
+    forgiven: str  # on success: "clear" the counter, or "decrement" it by this attempt
 
 
-async def _note_failure(core: Core, keys_limits: list[tuple[str, int]]) -> None:
+def _limits(settings: Any, username: str, client: str | None, device: str | None) -> list[_Limit]:
+    login = username.strip().lower()[:120]
+    if device:
+        return [_Limit(f"device:{device}"[:200], settings.login_max_failures, "clear")]
+    addr = (client or "-")[:64]
+    # Narrowest first: an attempt refused by its own pair counter is not charged to the wider
+    # ones, so one noisy address cannot push the account-wide count over for everyone.
+    return [_Limit(f"pair:{login}|{addr}"[:200], settings.login_max_failures, "clear"),
+            _Limit(f"ip:{addr}", settings.ip_max_failures, "decrement"),
+            _Limit(f"account:{login}"[:200], settings.account_max_failures, "decrement")]
+
+
+def _upsert(dialect_insert: Any, key: str, now: datetime, cutoff: datetime) -> Any:
+    t = LoginThrottle
+    stmt = dialect_insert(t).values(key=key, failures=1, window_start=now, locked_until=None)
+    # A new window once the old one is over (and no lock is running), or once a lock has ended.
+    fresh = sa.or_(sa.and_(t.locked_until.is_(None), t.window_start < cutoff),
+                   sa.and_(t.locked_until.is_not(None), t.locked_until <= now))
+    stmt = stmt.on_conflict_do_update(index_elements=[t.key], set_={
+        "failures": sa.case((fresh, 1), else_=t.failures + 1),
+        "window_start": sa.case((fresh, now), else_=t.window_start),
+        "locked_until": sa.case((fresh, None), else_=t.locked_until),
+    })
+    return stmt.returning(t.failures, t.locked_until)
+
+
+async def _count_attempt(core: Core, limits: list[_Limit], username: str, client: str | None) -> None:
+    """Count this attempt on each key; :class:`Throttled` (nothing checked) once one is over."""
     st = core.settings
     now = utcnow()
+    cutoff = now - timedelta(seconds=st.login_window_seconds)
+    if core.db.is_sqlite:
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    refused_until: datetime | None = None
     async with core.write() as tx:
-        for key, limit in keys_limits:
-            row = await tx.session.get(LoginThrottle, key)
-            if row is None or (now - as_utc(row.window_start)).total_seconds() > st.login_window_seconds:
-                if row is None:
-                    row = LoginThrottle(key=key, failures=0, window_start=now)
-                    tx.session.add(row)
-                row.failures, row.window_start, row.locked_until = 0, now, None
-            row.failures += 1
-            if row.failures >= limit:
-                row.locked_until = now + timedelta(seconds=st.login_lockout_seconds)
+        for lim in limits:
+            failures, locked_until = (await tx.session.execute(_upsert(insert, lim.key, now, cutoff))).one()
+            if failures <= lim.limit:
+                continue
+            if locked_until is None or as_utc(locked_until) <= now:
+                locked_until = now + timedelta(seconds=max(st.login_lockout_seconds, 1))
+                await tx.session.execute(sa.update(LoginThrottle).where(LoginThrottle.key == lim.key)
+                                         .values(locked_until=locked_until))
+            refused_until = as_utc(locked_until)
+            audit.record(tx.session, None, "login.throttled", client=client,
+                         detail={"username": username[:120], "key": lim.key.partition(":")[0]})
+            break
+    if refused_until is not None:
+        seconds = max(1, math.ceil((refused_until - now).total_seconds()))
+        minutes = (seconds + 59) // 60
+        plural = "s" if minutes > 1 else ""
+        raise Throttled(f"trop de tentatives de connexion ; réessayez dans {minutes} minute{plural}",
+                        retry_after=seconds)
 
 
-async def _clear_failures(core: Core, key: str) -> None:
+async def _forgive(core: Core, limits: list[_Limit]) -> None:
+    """A success: its own counters start again, and the shared ones forget this attempt."""
+    cleared = [lim.key for lim in limits if lim.forgiven == "clear"]
+    decremented = [lim.key for lim in limits if lim.forgiven == "decrement"]
     async with core.write() as tx:
-        await tx.session.execute(sa.delete(LoginThrottle).where(LoginThrottle.key == key))
+        if cleared:
+            await tx.session.execute(sa.delete(LoginThrottle).where(LoginThrottle.key.in_(cleared)))
+        if decremented:
+            await tx.session.execute(
+                sa.update(LoginThrottle).where(LoginThrottle.key.in_(decremented), LoginThrottle.failures > 0,
+                                               LoginThrottle.locked_until.is_(None))
+                .values(failures=LoginThrottle.failures - 1))
 
 
-async def authenticate(core: Core, username: str, password: str, client: str | None = None) -> Account:
-    """Check a password; failures are counted per account and per client address."""
-    st = core.settings
-    account_key, ip_key = f"account:{username.lower()}", f"ip:{client or '-'}"
-    await _check_throttle(core, [account_key, ip_key])
+async def authenticate(core: Core, username: str, password: str, client: str | None = None,
+                       device: str | None = None) -> Account:
+    """Check a password, throttled (see above). ``device`` is the id of a device cookie the
+    caller has verified as issued to this very login; without one the attempt is untrusted."""
+    limits = _limits(core.settings, username, client, device)
+    await _count_attempt(core, limits, username, client)
     async with core.read() as session:
         account = await session.scalar(sa.select(Account).where(Account.username == username))
-    ok = False
-    try:
-        ok = _hasher.verify(account.password_hash if account and account.password_hash else _DUMMY_HASH, password)
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        ok = False
+    # Unknown logins are checked against a dummy hash, so that timing does not reveal accounts.
+    stored = account.password_hash if account is not None and account.password_hash else _DUMMY_HASH
+    ok = await _off_loop(core, _verify, stored, password)
     if not ok or account is None or not account.active or not account.password_hash:
-        await _note_failure(core, [(account_key, st.login_max_failures), (ip_key, st.ip_max_failures)])
         async with core.write() as tx:
             audit.record(tx.session, account.id if account else None, "login.failure", client=client,
                          detail={"username": username[:120]})
         raise AuthFailed("identifiant ou mot de passe incorrect")
-    await _clear_failures(core, account_key)
+    await _forgive(core, limits)
     return account
 
 
@@ -194,22 +291,57 @@ async def actor_for_token(core: Core, token: str, client: str | None = None) -> 
     now = utcnow()
     async with core.read() as session:
         row = (await session.execute(
-            sa.select(Token.expires_at, Token.revoked_at, Account.id, Account.username, Account.is_admin,
-                      Account.active)
+            sa.select(Token.id.label("token_id"), Token.expires_at, Token.revoked_at, Account.id, Account.username,
+                      Account.is_admin, Account.active)
             .join(Account, Account.id == Token.account_id)
             .where(Token.token_hash == _digest(token))
         )).first()
     if row is None or row.revoked_at is not None or as_utc(row.expires_at) <= now or not row.active:
         raise AuthFailed("jeton absent, expiré ou révoqué ; reconnectez-vous")
-    return Actor(row.id, row.username, row.is_admin, client)
+    return Actor(row.id, row.username, row.is_admin, client, token_id=row.token_id,
+                 expires_at=as_utc(row.expires_at))
 
 
-async def revoke_token(core: Core, token: str) -> None:
+async def token_alive(core: Core, token_id: int) -> bool:
+    """Whether the session ``token_id`` may still act: not revoked, not expired, account active."""
+    async with core.read() as session:
+        row = (await session.execute(
+            sa.select(Token.expires_at, Token.revoked_at, Account.active)
+            .join(Account, Account.id == Token.account_id).where(Token.id == token_id))).first()
+    return row is not None and row.revoked_at is None and as_utc(row.expires_at) > utcnow() and bool(row.active)
+
+
+async def _end_sessions(tx: Tx, account_id: int, token_ids: list[int] | None, reason: str) -> None:
+    """Revoke the account's given tokens (all of them when ``None``) and, once this commits,
+    tell every process to close the live sockets bound to them."""
+    query = sa.update(Token).where(Token.account_id == account_id, Token.revoked_at.is_(None))
+    if token_ids is not None:
+        if not token_ids:
+            return
+        query = query.where(Token.id.in_(token_ids))
+    await tx.session.execute(query.values(revoked_at=utcnow()))
+    tx.emit(SESSION_ENDED, [account_id], token_ids=token_ids, reason=reason)
+
+
+async def end_session(core: Core, actor: Actor, reason: str = "session terminée : déconnexion") -> None:
+    """Log out: the session the actor came with ends, and its live sockets close, everywhere."""
+    if actor.token_id is None:
+        return
     async with core.write() as tx:
-        await tx.session.execute(
-            sa.update(Token).where(Token.token_hash == _digest(token), Token.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
-        )
+        await _end_sessions(tx, actor.account_id, [actor.token_id], reason)
+        audit.record(tx.session, actor.account_id, "logout", client=actor.client, object_type="token",
+                     object_id=actor.token_id)
+
+
+async def revoke_token(core: Core, token: str, reason: str = "session terminée : jeton révoqué") -> None:
+    """Revoke a bearer token given by value (unknown or already revoked: nothing happens)."""
+    async with core.write() as tx:
+        row = (await tx.session.execute(
+            sa.select(Token.id, Token.account_id).where(Token.token_hash == _digest(token),
+                                                        Token.revoked_at.is_(None)))).first()
+        if row is not None:
+            await _end_sessions(tx, row.account_id, [row.id], reason)
+            audit.record(tx.session, row.account_id, "logout", object_type="token", object_id=row.id)
 
 
 # --- profile ------------------------------------------------------------------------------

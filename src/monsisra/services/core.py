@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,12 +41,15 @@ class Tx:
 
 @dataclass(frozen=True)
 class Actor:
-    """Who is acting: an account, and where from (for throttling and audit)."""
+    """Who is acting: an account, where from (for throttling and audit), and through which
+    session (the ``tokens`` row it authenticated with, when it came with a token)."""
 
     account_id: int
     username: str
     is_admin: bool = False
     client: str | None = None
+    token_id: int | None = None
+    expires_at: datetime | None = None
 
 
 class Core:

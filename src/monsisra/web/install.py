@@ -63,6 +63,11 @@ def install(app: FastAPI, settings: Settings) -> None:
     sessions = Sessions(settings)
     app.state.sessions = sessions
     app.state.session_actor = sessions.actor
+
+    async def _follow_session_ends(app_: FastAPI, core) -> None:
+        core.bus.on_session_ended(sessions.session_ended)
+
+    app.state.startup_hooks.append(_follow_session_ends)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     pages.install(app)
     app.add_api_route("/docs", api_docs, methods=["GET"], include_in_schema=False)

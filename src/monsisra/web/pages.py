@@ -476,32 +476,40 @@ async def login(request: Request) -> Response:
     otp = str(form.get("otp", "")).strip() or None
     suite = _next_url(str(form.get("suite", "")))
     core = _core(request)
+    sessions = _sessions(request)
+    # A browser this login used before has its own failure counter (see web/session.py).
+    device = sessions.device_of(request, username)
     try:
         hook = getattr(request.app.state, "login", None)
         if hook is not None:
-            account = await hook(core, username, password, otp, _client(request))
+            account = await hook(core, username, password, otp, _client(request), device=device)
         else:
-            account = await accounts.authenticate(core, username, password, _client(request))
+            account = await accounts.authenticate(core, username, password, _client(request), device=device)
         token = await accounts.issue_token(core, account, kind="web", client=_client(request))
     except ServiceError as exc:
-        return render(request, "login.html", status=exc.status if exc.status != 401 else 400, error=exc.detail,
-                      username=username, suite=suite, need_otp=bool(exc.extra.get("otp_required")),
-                      demo=await demo_hint(core))
+        response = render(request, "login.html", status=exc.status if exc.status != 401 else 400,
+                          error=exc.detail, username=username, suite=suite,
+                          need_otp=bool(exc.extra.get("otp_required")), demo=await demo_hint(core))
+        if "retry_after" in exc.extra:
+            response.headers["Retry-After"] = str(exc.extra["retry_after"])
+        return response
     response = RedirectResponse(suite, status_code=303)
-    _sessions(request).set_cookie(response, request, token)
+    sessions.set_cookie(response, request, token)
+    sessions.remember_device(response, request, account.username)
     return response
 
 
 @router.post("/deconnexion")
 async def logout(request: Request) -> Response:
-    try:
-        await form_actor(request)
-        await accounts.revoke_token(_core(request), request.state.token)
-        _sessions(request).forget(request.state.token)
-    except (LoginRequired, CsrfFailed):
-        pass
+    """Always ends the session this browser holds, even without the CSRF token (a stale page)
+    or from elsewhere: logging out is harmless, and leaving a session alive is not."""
+    sessions = _sessions(request)
+    token = sessions.token_of(request)
+    if token is not None:
+        await accounts.revoke_token(_core(request), token, "session terminée : déconnexion")
+        sessions.forget(token)
     response = RedirectResponse("/connexion", status_code=303)
-    _sessions(request).clear_cookie(response, request)
+    sessions.clear_cookie(response, request)
     return response
 
 
