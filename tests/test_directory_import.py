@@ -162,6 +162,7 @@ def test_helper_processes_build_the_same_directory_as_one_process(backend, tmp_p
     from monsisra.config import Settings
     from monsisra.services import directory
     from monsisra.services.core import Core
+    from monsisra.services.directory import common, pool
     from monsisra.store.directory import DirActivity, DirMailbox, DirPerson, DirSearch, DirTermKey
 
     def build(tag: str) -> tuple:
@@ -188,10 +189,10 @@ def test_helper_processes_build_the_same_directory_as_one_process(backend, tmp_p
 
             return asyncio.run(go())
 
-    monkeypatch.setattr(directory, "HELPERS_ABOVE", 10**12)
+    monkeypatch.setattr(pool, "HELPERS_ABOVE", 10**12)
     one_process = build("inline")
-    monkeypatch.setattr(directory, "HELPERS_ABOVE", 0)
-    monkeypatch.setattr(directory, "BATCH", 300)
+    monkeypatch.setattr(pool, "HELPERS_ABOVE", 0)
+    monkeypatch.setattr(common, "BATCH", 300)
     helpers = build("helpers")
     for name in one_process[0]:
         if name != "files":

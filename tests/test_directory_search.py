@@ -12,6 +12,7 @@ from monsisra.domain.clock import utcnow
 from monsisra.domain.directory_search import words as ds_words
 from monsisra.domain.text import fold
 from monsisra.services import directory
+from monsisra.services.directory import planner, searching
 from monsisra.store.models import Mailbox
 from tests.support import FIXTURES
 
@@ -233,8 +234,8 @@ def test_nearby_ring_narrows_in_cities():
     paris = directory.resolve_where("Paris 6e Arrondissement")
     country = directory.resolve_where("Aurillac")
     assert paris.ref.name == "Paris 6e Arrondissement" and country.ref.name == "Aurillac"
-    assert directory._nearby_radius(paris.ref, 25.0) == min(directory.NEARBY_RADII_KM)
-    assert directory._nearby_radius(country.ref, 25.0) == 25.0
+    assert searching._nearby_radius(paris.ref, 25.0) == min(searching.NEARBY_RADII_KM)
+    assert searching._nearby_radius(country.ref, 25.0) == 25.0
     assert len(paris.rings[1]) < len(country.rings[1]) / 4
 
 
@@ -252,32 +253,32 @@ def test_plan_choices_never_change_the_answers(imported, monkeypatch):
     from monsisra.domain import directory_search as ds
 
     def answers() -> list:
-        directory._STATS.clear()
+        planner.STATS.clear()
         return [imported.call(directory.search, imported.core, None, **q) for q in PLAN_QUERIES]
 
     usual = answers()
     assert all(a["professionals"]["total"] or a["services"]["total"] for a in usual), [
         (q, a["professionals"]["total"], a["services"]["total"]) for q, a in zip(PLAN_QUERIES, usual, strict=True)]
-    monkeypatch.setattr(directory, "FREQUENT_SHARE", 0.0)  # walk rows in id order whenever possible
+    monkeypatch.setattr(planner, "FREQUENT_SHARE", 0.0)  # walk rows in id order whenever possible
     monkeypatch.setattr(ds, "CHECK_SHARE", 0.0)  # and check every word but the rarest on the rows
     monkeypatch.setattr(ds, "CHECK_RATIO", 1.0)
     assert answers() == usual
-    monkeypatch.setattr(directory, "RANKED_ROWS", -1)  # and level by level, not in one statement
+    monkeypatch.setattr(searching, "RANKED_ROWS", -1)  # and level by level, not in one statement
     assert answers() == usual
-    monkeypatch.setattr(directory, "WALK_ROWS", 7)  # walks too short to hold a page: the index after all
+    monkeypatch.setattr(planner, "WALK_ROWS", 7)  # walks too short to hold a page: the index after all
     assert answers() == usual
-    monkeypatch.setattr(directory, "NEAREST_ABOVE", -1)  # "nearby" levels read cell batch by cell batch
-    monkeypatch.setattr(directory, "NEAREST_CELLS", 1)
+    monkeypatch.setattr(planner, "NEAREST_ABOVE", -1)  # "nearby" levels read cell batch by cell batch
+    monkeypatch.setattr(planner, "NEAREST_CELLS", 1)
     batches = []
-    read = directory._Engine.nearest
+    read = planner.Engine.nearest
 
     async def counted(self, *args, **kwargs):
         batches.append(args[3])
         return await read(self, *args, **kwargs)
 
-    monkeypatch.setattr(directory._Engine, "nearest", counted)
+    monkeypatch.setattr(planner.Engine, "nearest", counted)
     assert answers() == usual
     assert len(batches) > len(PLAN_QUERIES)  # the cell by cell path did run, in several batches
-    monkeypatch.setattr(directory, "FREQUENT_SHARE", 2.0)  # never walk
+    monkeypatch.setattr(planner, "FREQUENT_SHARE", 2.0)  # never walk
     monkeypatch.setattr(ds, "CHECK_SHARE", 2.0)  # never check: everything through the index
     assert answers() == usual

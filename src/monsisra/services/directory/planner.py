@@ -1,0 +1,351 @@
+"""How a search reads the index: per-section statistics, estimates, and the statements of each
+engine (SQLite FTS5, PostgreSQL full text), bounded walks and nearest-first reading of "nearby" levels.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from monsisra.domain import directory_search as ds
+from monsisra.services import communes as communes_service
+from monsisra.services.directory.common import COMMON_SHARE, TOTAL_CAP, WORD_SHARES, is_postgres
+from monsisra.store.directory import (
+    FTS_TABLE,
+    SECTION_SPAN,
+    SECTIONS,
+    DirMeta,
+)
+
+
+@functools.cache
+def cell_population() -> dict[str, int]:
+    cells: dict[str, int] = collections.Counter()
+    for c in communes_service.package_index().by_code.values():
+        if c.latitude is not None and c.longitude is not None:
+            cells[ds.grid_cell(c.latitude, c.longitude)] += c.population
+    return cells
+
+
+@functools.cache
+def _cell_shares() -> dict[str, float]:
+    """Each grid cell's share of the population (of the entries located there, roughly)."""
+    cells = cell_population()
+    total = sum(cells.values()) or 1
+    return {cell: n / total for cell, n in cells.items()}
+
+
+# PostgreSQL plan choice, see Engine.frequent: among professionals (in name order), professions
+# and places are spread over the id order, names cluster in it, and no name is this common.
+# Services are in order of their service's name, which is what their common words are.
+FREQUENT_SHARE = 0.05
+
+
+WALKED_SECTIONS = ("professionals",)
+
+
+
+
+PROBE_ROWS = 4_000  # PostgreSQL: rows read in id order looking for a first page among many matches
+
+
+WALK_ROWS = 60_000  # PostgreSQL: at most this many for a level estimated to be frequent
+
+
+_WINDOW = "(SELECT id, tsv FROM dir_search WHERE id BETWEEN :lo AND :hi ORDER BY id LIMIT {rows}) AS w"
+
+
+PROBE_MARGIN = 1.0  # the probe is tried when its rows should hold this many times the page
+
+
+STATS_TTL = 300.0  # seconds: the statistics below are read again after this (imports change them)
+
+
+@dataclass(frozen=True)
+class _Stats:
+    """Statistics of the index for PostgreSQL's plans (see :func:`_store_word_shares`): each
+    section's rows, and its words' shares of them."""
+
+    at: float
+    rows: dict[str, float]
+    words: dict[str, ds.Shares]
+
+
+STATS: dict[str, _Stats] = {}  # by database
+
+
+
+
+class Engine:
+    """The few statements whose SQL differs between SQLite FTS5 and PostgreSQL tsvector."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.s = session
+        self.pg = is_postgres(session)
+        self._stats = _Stats(0.0, {}, {})
+
+    def _shares(self, section: str) -> ds.Shares:
+        return self._stats.words.get(section) or ds.Shares({}, 0.0, {})
+
+    def match(self, level: ds.Level, section: str) -> ds.Split:
+        if self.pg:
+            return ds.split_level(level, self._shares(section))
+        text = ds.fts5_level(level)
+        return ds.Split(text, text)
+
+    @staticmethod
+    def _params(m: ds.Split) -> dict[str, str]:
+        return {"m": m.index, "f": m.check} if m.check else {"m": m.index}
+
+    def _ids(self, lo: int, m: ds.Split) -> str:
+        """Ids of the section's rows matching ``m`` through the index (parameters from
+        :meth:`_params`)."""
+        if self.pg:
+            # The section as a literal, so that the planner can use that section's partial GIN index.
+            section = next((f" AND section = '{n}'" for n, k in SECTIONS.items() if k * SECTION_SPAN == lo), "")
+            # ``id + 0`` keeps the planner on the GIN index (bitmap scan); the common words are
+            # checked on the rows that the rare ones find (``ts_match_vq`` is ``@@`` as a
+            # function call, which the planner cannot hand to the index).
+            check = " AND ts_match_vq(tsv, to_tsquery('simple', :f))" if m.check else ""
+            return (f"SELECT id FROM dir_search WHERE tsv @@ to_tsquery('simple', :m){check}{section} "
+                    f"AND id + 0 BETWEEN :lo AND :hi")
+        return f"SELECT rowid AS id FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :m AND rowid BETWEEN :lo AND :hi"
+
+    async def prepare(self) -> None:
+        if self.pg:
+            # Plan each query with its own words (a generic plan cannot tell rare words from common
+            # ones), and exact, not lossy, bitmaps for common words (no re-check of every row of a
+            # page); both for this transaction only, in one round trip.
+            await self.s.execute(sa.text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
+                                         "set_config('work_mem', '32MB', true)"))
+            self._stats = await self._load_stats()
+
+    async def estimate(self, level: ds.Level, section: str) -> float:
+        """Estimated rows of the section matching the level's ``keep`` query (0 on SQLite), from
+        PostgreSQL's statistics as its planner would estimate them, without asking it."""
+        if not self.pg:
+            return 0.0
+        return self._stats.rows.get(section, 0.0) * ds.estimate(level[0], self._shares(section))
+
+    async def _load_stats(self) -> _Stats:
+        """The index statistics (:class:`_Stats`), read again every few minutes."""
+        now = time.monotonic()
+        key = str(self.s.bind.url)
+        if key in STATS and now - STATS[key].at < STATS_TTL:
+            return STATS[key]
+        stored = json.loads(await self.s.scalar(sa.select(DirMeta.value).where(DirMeta.name == WORD_SHARES))
+                            or "{}")
+        # Before the first national import: no statistics, every query through the GIN index.
+        stats = _Stats(now, {n: float(v["rows"]) for n, v in stored.items()},
+                       {n: ds.Shares(v["words"], COMMON_SHARE / 2, _cell_shares()) for n, v in stored.items()})
+        STATS[key] = stats
+        return stats
+
+    async def frequent(self, level: ds.Level, section: str) -> bool:
+        """PostgreSQL: do the level's words match so large a share of the section's rows that
+        reading rows in id order until enough match beats building the GIN bitmap of all of
+        them? (A bitmap finds "none here" at once; id order would read it all.)"""
+        return self.is_frequent(await self.estimate(level, section), section)
+
+    def probe_pays(self, estimate: float, section: str, wanted: int) -> bool:
+        """PostgreSQL: should the first rows in id order hold the page? Only if matches are
+        dense enough (a rare surname's would not be there: names cluster)."""
+        rows = self._stats.rows.get(section, 0.0)
+        return rows > 0 and estimate / rows * PROBE_ROWS >= PROBE_MARGIN * wanted
+
+    def is_frequent(self, estimate: float, section: str) -> bool:
+        rows = self._stats.rows.get(section, 0.0)
+        return section in WALKED_SECTIONS and rows > 0 and estimate > FREQUENT_SHARE * rows
+
+    async def ranked(self, widest: ds.Split, levels: list[tuple[str, bool]], lo: int, hi: int, cap: int, limit: int,
+                     offset: int, ref: communes_service.Commune | None) -> tuple[list[int], int] | None:
+        """PostgreSQL, one statement: the section's matches (one bitmap scan of ``widest``), each
+        placed in its level by re-checking the level queries on its own ``tsv`` (no more index
+        reads), ranked, paged, and counted. None when they are more than ``cap``: their ranking
+        then goes level by level. Gives the order of :func:`read_section`'s level-by-level path."""
+        params: dict[str, Any] = {**self._params(widest), "lo": lo, "hi": hi, "cap": cap + 1, "limit": limit,
+                                  "offset": offset}
+        cases = []
+        for i, (m, _) in enumerate(levels):
+            params[f"k{i}"] = m
+            cases.append(f"WHEN tsv @@ to_tsquery('simple', :k{i}) THEN {i}")
+        if ref is not None and ref.latitude is not None:
+            params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
+            near = [i for i, (_, by_distance) in enumerate(levels) if by_distance]
+            dist = ("COALESCE((latitude - :lat) * (latitude - :lat) + "
+                    "((longitude - :lon) * :k) * ((longitude - :lon) * :k), 1e9)")
+            distance = f"CASE WHEN lvl IN ({', '.join(map(str, near))}) THEN d ELSE 0 END, " if near else ""
+        else:
+            dist, distance = "0", ""
+        section = next((f" AND section = '{n}'" for n, k in SECTIONS.items() if k * SECTION_SPAN == lo), "")
+        check = " AND ts_match_vq(tsv, to_tsquery('simple', :f))" if widest.check else ""
+        sql = (f"WITH c AS MATERIALIZED (SELECT id, tsv, latitude, longitude FROM dir_search "
+               f"WHERE tsv @@ to_tsquery('simple', :m){check}{section} AND id + 0 BETWEEN :lo AND :hi LIMIT :cap) "
+               f"SELECT id, (SELECT count(*) FROM c) AS n FROM ("
+               f"SELECT id, CASE {' '.join(cases)} ELSE {len(levels)} END AS lvl, {dist} AS d FROM c) AS t "
+               f"ORDER BY lvl, {distance}id LIMIT :limit OFFSET :offset")
+        rows = (await self.s.execute(sa.text(sql), params)).all()
+        if not rows:
+            total = 0 if offset == 0 else await self.count(widest, lo, hi, cap + 1)
+        else:
+            total = rows[0].n
+        if total > cap:
+            return None
+        return [r.id for r in rows], total
+
+    async def count(self, m: ds.Split, lo: int, hi: int, cap: int, frequent: bool = False) -> int:
+        params = {"lo": lo, "hi": hi, "cap": cap}
+        if frequent:
+            # Up to WALK_ROWS rows in id order; if the cap is not reached there, the estimate
+            # was wrong (words that rarely go together): counted through the index after all.
+            n = await self.s.scalar(sa.text(
+                f"SELECT count(*) FROM (SELECT 1 FROM {_WINDOW.format(rows=WALK_ROWS)} "
+                "WHERE tsv @@ to_tsquery('simple', :m) LIMIT :cap) AS t"), {**params, "m": m.full}) or 0
+            if n >= cap:
+                return n
+        sql = f"SELECT count(*) FROM ({self._ids(lo, m)} LIMIT :cap) AS t"
+        return await self.s.scalar(sa.text(sql), {**self._params(m), **params}) or 0
+
+    async def _walk(self, m: ds.Split, rows: int, lo: int, hi: int, limit: int, offset: int) -> list[int] | None:
+        """PostgreSQL: the page among the first ``rows`` rows in id order (entries are numbered
+        in name order: when matches are many and spread, a page lies in the first few thousand
+        rows, where a bitmap would fetch every match first); None if they do not hold it."""
+        got = list((await self.s.execute(sa.text(
+            f"SELECT id FROM {_WINDOW.format(rows=rows)} WHERE tsv @@ to_tsquery('simple', :m) "
+            "ORDER BY id LIMIT :limit OFFSET :offset"),
+            {"m": m.full, "lo": lo, "hi": hi, "limit": limit, "offset": offset})).scalars())
+        return got if len(got) == limit else None
+
+    async def page(self, m: ds.Split, lo: int, hi: int, limit: int, offset: int,
+                   ref: communes_service.Commune | None, many: bool = False, probe: bool = False) -> list[int]:
+        if ref is None or ref.latitude is None:
+            if self.pg and (many or probe):
+                # Many matches: in the first rows in id order, if they hold the page. Names that
+                # cluster further on, or an estimate that was wrong, take the index after all.
+                got = await self._walk(m, WALK_ROWS if many else PROBE_ROWS, lo, hi, limit, offset)
+                if got is not None:
+                    return got
+            # Through the index, ``id + 0``: ordered by the primary key, a small page tempts the
+            # planner into reading rows in id order, betting that matches are spread; names cluster.
+            order = "id + 0" if self.pg else "id"
+            sql = f"{self._ids(lo, m)} ORDER BY {order} LIMIT :limit OFFSET :offset"
+            params = {**self._params(m), "lo": lo, "hi": hi, "limit": limit, "offset": offset}
+            return list((await self.s.execute(sa.text(sql), params)).scalars().all())
+        return [i for i, _ in await self.nearest(m, lo, hi, limit, offset, ref)]
+
+    async def nearest(self, m: ds.Split, lo: int, hi: int, limit: int, offset: int,
+                      ref: communes_service.Commune) -> list[tuple[int, float]]:
+        """Matches in distance order (every match is read, through the index), with their
+        distance as :func:`ds.cell_distance2` measures it."""
+        params = {**self._params(m), "lo": lo, "hi": hi, "limit": limit, "offset": offset,
+                  "lat": ref.latitude, "lon": ref.longitude, "k": math.cos(math.radians(ref.latitude))}
+        dist = ("COALESCE((latitude - :lat) * (latitude - :lat) + "
+                "((longitude - :lon) * :k) * ((longitude - :lon) * :k), 1e9)")
+        ids = self._ids(lo, m)
+        if self.pg:  # the distance from the rows the index finds, in the same pass
+            sql = ids.replace("SELECT id FROM", f"SELECT id, {dist} AS d FROM", 1)
+        else:
+            sql = f"SELECT id, {dist} AS d FROM dir_search WHERE id IN ({ids})"
+        sql += " ORDER BY d, id LIMIT :limit OFFSET :offset"
+        return [(r.id, r.d) for r in await self.s.execute(sa.text(sql), params)]
+
+
+def section_bounds(section: str) -> tuple[int, int]:
+    """The id range of a section's entries in ``dir_search``."""
+    lo = SECTIONS[section] * SECTION_SPAN
+    return lo, lo + SECTION_SPAN - 1
+
+
+async def count_total(engine: Engine, section: str, widest: ds.Level) -> int:
+    """How many entries of the section match, counted up to ``TOTAL_CAP + 1``. Levels are
+    disjoint and ``widest`` is their union: one count instead of one per level."""
+    return await engine.count(engine.match(widest, section), *section_bounds(section), TOTAL_CAP + 1,
+                              await engine.frequent(widest, section))
+
+
+async def read_section(engine: Engine, section: str, levels: list[tuple[ds.Level, bool]], total: int,
+                   limit: int, offset: int, ref) -> tuple[list[int], int, bool]:
+    """One section's page: levels shown in order; ``True`` levels sorted by distance when not too big.
+
+    ``total`` comes from :func:`count_total`. A level is counted on its own only to skip it (a later
+    page) or to decide whether it is small enough to be sorted by distance: most first pages are
+    served by one or two page queries.
+    """
+    lo, hi = section_bounds(section)
+    capped = total > TOTAL_CAP
+    large = total > NEAREST_ABOVE
+    total = min(total, TOTAL_CAP)
+    ids: list[int] = []
+    skip, want = offset, min(limit, max(total - offset, 0))
+    for level, by_distance in levels:
+        if want <= 0:
+            break
+        m = engine.match(level, section)
+        estimate = await engine.estimate(level, section)
+        frequent = engine.is_frequent(estimate, section)
+        if skip:
+            c = await engine.count(m, lo, hi, skip + 1, frequent)
+            if c <= skip:
+                skip -= c
+                continue
+        located = by_distance and ref is not None and ref.latitude is not None
+        if located and large and ds.is_ring(level[0][-1]):
+            # A large "nearby" level: its ring's cells are read nearest first.
+            got = await _nearest(engine, section, level, want, skip, ref)
+            ids.extend(got)
+            want -= len(got)
+            skip = 0
+            continue
+        # Sorting a very large level by distance would read all of it: beyond the cap, by name.
+        huge = (located and capped and await engine.count(m, lo, hi, TOTAL_CAP + 1, frequent) > TOTAL_CAP)
+        order_ref = ref if by_distance and not huge else None
+        got = await engine.page(m, lo, hi, want, skip, order_ref, many=frequent,
+                                probe=capped and engine.probe_pays(estimate, section, skip + want))
+        ids.extend(got)
+        want -= len(got)
+        skip = 0
+    return ids, total, capped
+
+
+NEAREST_CELLS = 2  # cells of the "nearby" ring read in the first batch; each batch doubles
+
+
+NEAREST_ABOVE = TOTAL_CAP  # section matches above which "nearby" levels are read cell batch by cell batch
+
+
+async def _nearest(engine: Engine, section: str, level: ds.Level, limit: int, offset: int,
+                   ref: communes_service.Commune) -> list[int]:
+    """A page of a "nearby" level in distance order, without reading all of the level: the
+    cells of its ring are read nearest first, in growing batches, until the page's entries are
+    known to be the nearest (no cell left can hold a closer one). The same entries, in the same
+    order, as sorting the whole level."""
+    keep, drops = level
+    lo, hi = section_bounds(section)
+    k = math.cos(math.radians(ref.latitude))
+
+    def bound(cell: ds.Alt) -> float:
+        return ds.cell_distance2(cell.term, ref.latitude, ref.longitude, k)
+
+    cells = sorted(keep[-1], key=lambda c: (bound(c), c.term))
+    need = offset + limit
+    found: dict[int, float] = {}
+    ordered: list[tuple[int, float]] = []
+    start, size = 0, NEAREST_CELLS
+    while start < len(cells):
+        batch = tuple(cells[start:start + size])
+        start, size = start + size, size * 2
+        # Only a batch's nearest ``need`` can be among the page's.
+        found.update(await engine.nearest(engine.match(((*keep[:-1], batch), drops), section), lo, hi, need, 0,
+                                          ref))
+        ordered = sorted(found.items(), key=lambda x: (x[1], x[0]))
+        if start < len(cells) and len(ordered) >= need and ordered[need - 1][1] < bound(cells[start]):
+            break
+    return [i for i, _ in ordered[offset:need]]

@@ -1,0 +1,265 @@
+"""Directory search: ``q`` (names, specialties, services; accents, case, prefixes and typos forgiven)
+and ``where`` (commune, postcode, department or establishment, then nearby by distance), split into
+professionals and services.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from monsisra.domain import directory_search as ds
+from monsisra.domain.clock import as_utc, utcnow
+from monsisra.domain.text import fold
+from monsisra.services import communes as communes_service
+from monsisra.services.core import Actor, Core
+from monsisra.services.directory.common import ACTIVE_DAYS, KINDS, TOTAL_CAP, is_postgres
+from monsisra.services.directory.local import sync_local
+from monsisra.services.directory.planner import (
+    Engine,
+    cell_population,
+    count_total,
+    read_section,
+    section_bounds,
+)
+from monsisra.services.errors import Invalid
+from monsisra.store.db import among
+from monsisra.store.directory import (
+    SECTIONS,
+    DirSearch,
+    DirTermKey,
+)
+from monsisra.store.models import Mailbox
+
+RANKED_ROWS = 3 * TOTAL_CAP  # PostgreSQL: estimated matches up to which a section is ranked in one statement
+FUZZY_BELOW = 20  # typo matches are looked for when exact and prefix matches are fewer than this
+
+
+@dataclass(frozen=True)
+class Where:
+    groups: tuple[ds.Group, ...] = ()
+    ref: communes_service.Commune | None = None
+    label: str = ""
+    kind: str = ""
+    rings: tuple[ds.Group, ...] = ()  # "in the commune", then "nearby": shown in this order
+
+
+NEARBY_RADII_KM = (25.0, 15.0, 10.0, 5.0)
+
+
+NEARBY_POPULATION = 1_500_000  # the "nearby" ring shrinks until it holds about this many inhabitants
+
+
+def _nearby_radius(centre: communes_service.Commune, radius_km: float) -> float:
+    """The radius of the "nearby" ring around ``centre``: ``radius_km`` in the country, less in
+    a city (in Paris, 25 km is ten million people: neither "nearby" for the user nor a short
+    list for the index)."""
+    population = cell_population()
+    radii = [r for r in NEARBY_RADII_KM if r < radius_km]
+    for r in (radius_km, *radii):
+        if sum(population.get(c, 0) for c in ds.grid_cells_around(centre.latitude, centre.longitude, r)) \
+                <= NEARBY_POPULATION:
+            return r
+    return min(radius_km, *radii) if radii else radius_km
+
+
+@functools.lru_cache(maxsize=4096)
+def resolve_where(where: str, radius_km: float = communes_service.DEFAULT_RADIUS_KM) -> Where:
+    """Turn the "où" field into place filters (and a reference commune for distance)."""
+    text = (where or "").strip()
+    if not text:
+        return Where()
+    index = communes_service.package_index()
+    folded = fold(text)
+    compact = folded.replace(" ", "")
+    if re.fullmatch(r"\d{5}", compact):
+        codes = index.by_postcode.get(compact, [])
+        if not codes and compact in index.by_code:
+            codes = [compact]
+        alts = [ds.Alt(ds.marker("xp", compact))] + [ds.Alt(ds.marker("xc", c)) for c in codes]
+        ref = index.largest(codes)
+        return Where(((*alts,),), ref, f"code postal {compact}", "postcode")
+    if re.fullmatch(r"(\d{2}|2a|2b|97\d)", compact):
+        name = index.departments.get(compact.upper(), "")
+        return Where(((ds.Alt(ds.marker("xd", compact)),),), None, f"département {compact.upper()} {name}".strip(),
+                     "department")
+    key = communes_service.name_key(text)
+    if key in index.department_keys and key not in index.by_name:
+        code = index.department_keys[key]
+        return Where(((ds.Alt(ds.marker("xd", code)),),), None, f"département {code}", "department")
+    found = index.find_by_name(text)
+    if found:
+        # "Clermont" means Clermont-Ferrand rather than Clermont (Oise): the largest of the
+        # communes named so or starting so wins.
+        if len(key) >= 4:
+            longer = [index.by_code[c] for n in index.names_sorted[bisect.bisect_left(index.names_sorted, key):]
+                      [:200] if n.startswith(key) for c in index.by_name[n]]
+            found = sorted({c.code: c for c in [*found, *longer]}.values(), key=lambda c: -c.population)
+        centre = found[0]
+        same = tuple(ds.Alt(ds.marker("xc", c.code)) for c in found if c.key == centre.key)
+        if centre.latitude is None:
+            return Where((same,), centre, f"{centre.name} ({centre.department_code})", "commune")
+        radius = _nearby_radius(centre, radius_km)
+        cells = tuple(ds.Alt(c) for c in ds.grid_cells_around(centre.latitude, centre.longitude, radius))
+        return Where((), centre, f"{centre.name} ({centre.department_code})", "commune", rings=(same, cells))
+    tokens = ds.query_tokens(text)
+    if not tokens:
+        return Where()
+    return Where(tuple((ds.Alt("xe" + t, True),) for t in tokens), None, text, "establishment")
+
+
+async def _fuzzy(session: AsyncSession, tokens: list[str]) -> dict[str, list[str]]:
+    """token → the vocabulary words within its allowed typos (one read for all tokens). A token
+    that is itself a common word is taken as spelled right: the typos of "saint" or "generale"
+    would only widen the query."""
+    keys = {t: k for t in tokens if (k := ds.lookup_keys(t))}
+    if not keys:
+        return {}
+    t = DirTermKey.__table__
+    found: dict[str, set[str]] = {}
+    docs: dict[str, int] = {}
+    for key, term, n in (await session.execute(sa.select(t.c.key, t.c.term, t.c.docs).where(
+            among(t.c.key, sorted(set().union(*keys.values())), is_postgres(session))))).all():
+        found.setdefault(key, set()).add(term)
+        docs[term] = n
+    out: dict[str, list[str]] = {}
+    for token, wanted in keys.items():
+        if not ds.may_be_misspelt(docs.get(token)):
+            continue
+        close = ds.close_terms(token, {term for k in wanted for term in found.get(k, ())})
+        if close:
+            out[token] = close
+    return out
+
+
+async def _completions(session: AsyncSession, tokens: list[str]) -> tuple[dict[str, list[str]], set[str]]:
+    """token → every vocabulary word it begins, for the tokens that begin few enough words; and
+    the tokens that begin many words or a common one ("kine": kinésithérapeute), taken as words
+    being typed rather than misspelt."""
+    out: dict[str, list[str]] = {}
+    begun: set[str] = set()
+    t = DirTermKey.__table__
+    for token in tokens:
+        if not ds.expandable(token):
+            continue
+        # Keys are the words and their one-letter deletions: scan the range, keep the words.
+        rows = (await session.execute(
+            sa.select(t.c.key, t.c.docs)
+            .where(t.c.key >= token, t.c.key < token + "{", t.c.key == t.c.term)
+            .order_by(t.c.key).limit(ds.MAX_COMPLETIONS + 1))).all()
+        if len(rows) > ds.MAX_COMPLETIONS or any(not ds.may_be_misspelt(n) for _, n in rows):
+            begun.add(token)
+        if len(rows) <= ds.MAX_COMPLETIONS and rows:
+            out[token] = [k for k, _ in rows]
+    return out, begun
+
+
+def _item(row: Any, opened: dict[int, Any], ref) -> dict[str, Any]:
+    now = utcnow()
+    last = opened.get(row.local_mailbox_id) if row.local_mailbox_id else None
+    active = bool(row.is_local and last is not None and now - as_utc(last) <= timedelta(days=ACTIVE_DAYS))
+    item = {"id": row.ref, "kind": row.kind or None, "section": row.section, "name": row.name,
+            "address": row.address, "profession": row.profession, "specialty": row.specialty,
+            "organisation": row.organisation, "service": row.service, "commune": row.commune,
+            "commune_code": row.commune_code, "postcode": row.postcode, "department": row.department_code,
+            "national_id": row.national_id or None, "is_local": row.is_local, "is_expert": row.is_expert,
+            "is_resource_team": row.is_resource_team, "active": active}
+    if ref is not None and ref.latitude is not None and row.latitude is not None:
+        item["distance_km"] = round(communes_service.distance_km(ref.latitude, ref.longitude, row.latitude,
+                                                                 row.longitude), 1)
+    return item
+
+
+async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", kind: str = "all",
+                 limit: int = 20, offset: int = 0, near: str = "") -> dict[str, Any]:
+    """Directory search: two sections (professionals, services), each paged and ranked."""
+    if kind not in KINDS:
+        raise Invalid(f"type inconnu : {kind} (attendu : {', '.join(KINDS)})")
+    limit = max(1, min(int(limit), 100))
+    offset = max(0, int(offset))
+    await sync_local(core)
+    tokens = ds.query_tokens(q)
+    place = resolve_where(where)
+    ref = place.ref
+    if near:
+        ref = resolve_where(near).ref or ref
+    filters: tuple[ds.Group, ...] = place.groups
+    if kind == "experts":
+        filters += ((ds.Alt("xkexpert"),),)
+    elif kind == "resource_teams":
+        filters += ((ds.Alt("xkresource"),),)
+    wanted = {"professionals": kind in ("all", "professionals", "experts", "resource_teams"),
+              "services": kind in ("all", "services", "experts", "resource_teams")}
+    out: dict[str, Any] = {"query": {"q": q, "tokens": tokens, "where": place.label or None,
+                                     "where_kind": place.kind or None, "kind": kind,
+                                     "reference": ref.as_dict() if ref else None}}
+    async with core.read() as s:
+        engine = Engine(s)
+        await engine.prepare()
+        rings = list(place.rings)
+        # A prefix spelled out as its words: the same answers, but both engines then skip through
+        # each word's postings instead of first gathering every row of every word so begun.
+        completions, begun = await _completions(s, tokens)
+        tier_queries = ds.tiers(tokens, {}, filters, completions) or ([()] if rings else [])
+        sections = [n for n in SECTIONS if wanted[n]] if tier_queries else []
+
+        async def first_pass() -> tuple[list, dict[str, tuple[list[int], int] | None], dict[str, int]]:
+            if not sections:
+                # Nothing to match (a query of punctuation or spaces only): no query to build.
+                return [], {}, {}
+            levels = [(lv, (bool(rings) and lv[0][-1] == rings[-1]) or not rings)
+                      for lv in ds.levels(tier_queries, rings)]
+            widest = ds.widest(tier_queries, rings)
+            ranked: dict[str, tuple[list[int], int] | None] = {}
+            totals: dict[str, int] = {}
+            for n in sections:
+                if engine.pg and await engine.estimate(widest, n) <= RANKED_ROWS:
+                    # One statement per section unless the matches are more than the cap.
+                    ranked[n] = await engine.ranked(engine.match(widest, n),
+                                                    [(ds.tsquery_level(lv), d) for lv, d in levels],
+                                                    *section_bounds(n), TOTAL_CAP, limit, offset, ref)
+                    found = ranked[n]
+                    totals[n] = found[1] if found is not None else TOTAL_CAP + 1
+                else:
+                    ranked[n] = None
+                    totals[n] = await count_total(engine, n, widest)
+            return levels, ranked, totals
+
+        levels, ranked, totals = await first_pass()
+        fuzzy: dict[str, list[str]] = {}
+        if tokens and any(ds.max_typos(t) for t in tokens) and sum(totals.values()) < FUZZY_BELOW:
+            fuzzy = await _fuzzy(s, [t for t in tokens if t not in begun])
+            if fuzzy:
+                tier_queries = ds.tiers(tokens, fuzzy, filters, completions)
+                levels, ranked, totals = await first_pass()
+        out["query"]["typos"] = fuzzy
+        pages: dict[str, tuple[list[int], int, bool]] = {}
+        for section in SECTIONS:
+            done = ranked.get(section)
+            if section not in totals:
+                pages[section] = ([], 0, False)
+            elif done is not None:
+                pages[section] = (done[0], done[1], False)
+            else:
+                pages[section] = await read_section(engine, section, levels, totals[section], limit, offset, ref)
+        # Both sections' entries in one read, and when our own mailboxes were last opened in another.
+        wanted_ids = [i for ids, _, _ in pages.values() for i in ids]
+        st = DirSearch.__table__
+        rows = {r.id: r for r in (await s.execute(
+            sa.select(st).where(st.c.id.in_(wanted_ids)))).all()} if wanted_ids else {}
+        local_ids = [r.local_mailbox_id for r in rows.values() if r.local_mailbox_id]
+        opened = dict((await s.execute(sa.select(Mailbox.id, Mailbox.last_opened_at)
+                                       .where(Mailbox.id.in_(local_ids)))).all()) if local_ids else {}
+        for section, (ids, total, capped) in pages.items():
+            items = [_item(rows[i], opened, ref) for i in ids if i in rows]
+            end = offset + len(items)
+            out[section] = {"items": items, "total": total, "next_offset": end if end < total else None,
+                            "total_capped": capped}
+    return out
