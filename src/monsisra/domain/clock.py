@@ -21,3 +21,8 @@ def as_utc(value: datetime) -> datetime:
 def in_paris(value: datetime) -> datetime:
     """The same instant on the clocks of Metropolitan France (summer time included)."""
     return as_utc(value).astimezone(PARIS)
+
+
+def iso(value: datetime | None) -> str | None:
+    """An ISO 8601 UTC timestamp for the API (``None`` stays ``None``)."""
+    return as_utc(value).isoformat() if value else None

@@ -16,7 +16,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from monsisra.config import Settings
 from monsisra.domain.addresses import domain_of
-from monsisra.domain.clock import as_utc, in_paris, utcnow
+from monsisra.domain.clock import as_utc, in_paris, iso, utcnow
 from monsisra.domain.ins import OID_NIA, OID_NIR
 from monsisra.domain.mail import mime, xdm
 from monsisra.domain.mail import reports as mdn_mime
@@ -355,9 +355,6 @@ async def _record_mdn(core: Core, job_id: int, outcome: Outcome) -> None:
 # --- views ---------------------------------------------------------------------------------------
 
 
-def _iso(v: datetime | None) -> str | None:
-    return as_utc(v).isoformat() if v else None
-
 
 async def outbox(core: Core, actor: Actor, status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
     """The platform's outbox for administrators: queued, retrying and failed recipients."""
@@ -372,8 +369,8 @@ async def outbox(core: Core, actor: Actor, status: str | None = None, limit: int
             .order_by(Recipient.id.desc()).limit(max(1, min(limit, 1000))))).all()
         return [{"recipient_id": r.id, "message_id": r.message_id, "subject": subject, "sender": sender,
                  "address": r.address, "status": r.status, "detail": r.status_detail, "attempts": r.attempts,
-                 "next_attempt_at": _iso(r.next_attempt_at), "sent_at": _iso(sent_at),
-                 "status_at": _iso(r.status_at)} for r, subject, sender, sent_at in rows]
+                 "next_attempt_at": iso(r.next_attempt_at), "sent_at": iso(sent_at),
+                 "status_at": iso(r.status_at)} for r, subject, sender, sent_at in rows]
 
 
 async def delivery(core: Core, actor: Actor, message_id: int) -> list[dict[str, Any]]:
@@ -387,5 +384,5 @@ async def _delivery_rows(s: AsyncSession, message_id: int) -> list[dict[str, Any
     rows = await s.scalars(sa.select(Recipient).where(Recipient.message_id == message_id,
                                                       Recipient.mailbox_id.is_(None)).order_by(Recipient.id))
     return [{"address": r.address, "kind": r.kind, "status": r.status, "detail": r.status_detail,
-             "attempts": r.attempts, "status_at": _iso(r.status_at), "next_attempt_at": _iso(r.next_attempt_at),
-             "read_at": _iso(r.read_at)} for r in rows]
+             "attempts": r.attempts, "status_at": iso(r.status_at), "next_attempt_at": iso(r.next_attempt_at),
+             "read_at": iso(r.read_at)} for r in rows]

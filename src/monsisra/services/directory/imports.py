@@ -19,12 +19,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import monsisra.services.directory.common as common
+import monsisra.services.directory.pool as pool
 from monsisra.domain import directory_format as fmt
 from monsisra.domain import directory_search as ds
 from monsisra.domain.clock import utcnow
 from monsisra.services import communes as communes_service
 from monsisra.services.core import Core
-from monsisra.services.directory import common, pool
 from monsisra.services.directory.common import Progress, bulk_insert, content_hash, fit, is_postgres
 from monsisra.services.directory.index import index_count, rebuild_index
 from monsisra.services.directory.pool import HelperPool, Pipeline

@@ -13,9 +13,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import monsisra.services.directory.common as common
+import monsisra.services.directory.pool as pool
 from monsisra.domain import directory_search as ds
 from monsisra.services.core import Core
-from monsisra.services.directory import common, pool
 from monsisra.services.directory.common import COMMON_SHARE, WORD_SHARES, Progress, insert_tuples, is_postgres
 from monsisra.services.directory.documents import (
     ActivityRow,

@@ -1,0 +1,343 @@
+"""Writing: compose and send a message (local and external recipients), drafts and replies, with
+the recipients checked (trust space, local mailboxes, patient addresses) before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from monsisra.domain.addresses import PATIENT_DOMAIN, domain_of, normalize_address
+from monsisra.domain.clock import iso, utcnow
+from monsisra.domain.html import sanitize_html
+from monsisra.domain.ins import KNOWN_OIDS, InvalidINS, PatientIdentity, is_valid_ins, validate_ins
+from monsisra.domain.model import Category, Role
+from monsisra.domain.text import (
+    TextRefused,
+    check_line,
+    clean_multiline,
+    decoded_words,
+    is_one_line,
+    preview,
+)
+from monsisra.services import attachments as att_service
+from monsisra.services import audit, mailboxes, trust
+from monsisra.services.core import Actor, Core, Tx
+from monsisra.services.errors import Invalid, NotFound, TooLarge
+from monsisra.services.messages.placement import Placement, build_search_text, bump_modseq, new_message_id, place
+from monsisra.services.messages.reading import patient_dict
+from monsisra.store.models import (
+    Attachment,
+    Delivery,
+    Mailbox,
+    MailboxAccess,
+    Message,
+    MessageAttachment,
+    Patient,
+    Recipient,
+)
+
+MAX_RECIPIENTS = 200
+
+
+OUTSIDE_TRUST = "hors de l'espace de confiance MSSanté"
+
+
+UNKNOWN_LOCAL = "boîte inconnue sur cette plateforme"
+
+
+MAX_SUBJECT = 998
+
+
+MAX_BODY = 2_000_000
+
+
+PatientRef = PatientIdentity  # the patient a message is linked to
+
+
+@dataclass
+class Compose:
+    from_mailbox: int
+    to: list[str] = field(default_factory=list)
+    cc: list[str] = field(default_factory=list)
+    subject: str = ""
+    body: str = ""
+    html: str | None = None
+    category: str = Category.LETTER
+    attachments: list[str] = field(default_factory=list)
+    patient: PatientRef | None = None
+    draft: bool = False
+    draft_id: int | None = None
+    in_reply_to: int | None = None
+    receipt_requested: bool = False
+    no_reply: bool = False
+    context_type: str | None = None
+    context_id: int | None = None
+
+
+def _check_address(raw: str, local_domain: str) -> tuple[str | None, str | None]:
+    """(normalised address, None) or (None, reason)."""
+    address = normalize_address(raw or "")
+    if address is None:
+        return None, "adresse mal formée"
+    if domain_of(address) == PATIENT_DOMAIN and not is_valid_ins(address.split("@")[0]):
+        return None, "adresse patient : l'INS est invalide"
+    return address, None
+
+
+async def _untrusted_domains(session: AsyncSession, domains: set[str], local_domain: str) -> set[str]:
+    """The external domains outside the MSSanté trust space (our own domain is handled apart)."""
+    return {d for d in sorted(domains) if d != local_domain and not await trust.is_trusted(session, d, local_domain)}
+
+
+async def _resolve_recipients(session: AsyncSession, core: Core, req: Compose
+                              ) -> tuple[list[tuple[str, str, Mailbox | None]], list[dict[str, str]]]:
+    """[(kind, address, local mailbox or None)] and the list of bad addresses with reasons.
+
+    An external address must belong to the trust space: refused now rather than bounced later.
+    A draft may keep it (a draft is not a send); sending that draft is refused.
+    """
+    local_domain = core.settings.domain.lower()
+    wanted: list[tuple[str, str]] = []
+    bad: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for kind, raws in (("to", req.to), ("cc", req.cc)):
+        for raw in raws:
+            address, reason = _check_address(raw, local_domain)
+            if address is None:
+                bad.append({"address": str(raw), "reason": reason or "adresse invalide"})
+            elif address not in seen:
+                seen.add(address)
+                wanted.append((kind, address))
+    locals_ = await mailboxes.by_address(session, [a for _, a in wanted if domain_of(a) == local_domain])
+    untrusted = set() if req.draft else await _untrusted_domains(
+        session, {domain_of(a) for _, a in wanted}, local_domain)
+    resolved = []
+    for kind, address in wanted:
+        if domain_of(address) == local_domain and address not in locals_:
+            bad.append({"address": address, "reason": UNKNOWN_LOCAL})
+        elif domain_of(address) in untrusted:
+            bad.append({"address": address, "reason": OUTSIDE_TRUST})
+        else:
+            resolved.append((kind, address, locals_.get(address)))
+    return resolved, bad
+
+
+async def check_address(core: Core, actor: Actor, raw: str) -> dict[str, Any]:
+    """Could a message be sent to this address now? ``{address, ok, reason, local}``, with the
+    same rules (and French reasons) as :func:`send`; the picker asks before adding an address."""
+    local_domain = core.settings.domain.lower()
+    address, reason = _check_address(raw, local_domain)
+    if address is None:
+        return {"address": (raw or "").strip(), "ok": False, "reason": reason, "local": False}
+    local = domain_of(address) == local_domain
+    async with core.read() as s:
+        if local:
+            reason = None if address in await mailboxes.by_address(s, [address]) else UNKNOWN_LOCAL
+        elif await _untrusted_domains(s, {domain_of(address)}, local_domain):
+            reason = OUTSIDE_TRUST
+    return {"address": address, "ok": reason is None, "reason": reason, "local": local}
+
+
+async def _patient_for(session: AsyncSession, ref: PatientRef) -> Patient:
+    try:
+        ins = validate_ins(ref.ins)
+    except InvalidINS as exc:
+        raise Invalid(f"patient : {exc}") from None
+    if ref.oid not in KNOWN_OIDS:
+        raise Invalid("patient : OID d'INS inconnu")
+    patient = await session.scalar(sa.select(Patient).where(Patient.ins == ins))
+    if patient is None:
+        patient = Patient(ins=ins, ins_oid=ref.oid, family_name=ref.family_name.upper(),
+                          given_names=ref.given_names, birth_date=ref.birth_date, sex=ref.sex,
+                          birthplace=ref.birthplace)
+        session.add(patient)
+        await session.flush()
+    return patient
+
+
+def _check_compose(req: Compose) -> None:
+    """Refuses what cannot be sent; cleans the body (DESIGN §6: one rule for every text)."""
+    if req.category not in {c.value for c in Category}:
+        raise Invalid(f"catégorie inconnue : {req.category}")
+    try:
+        req.subject = check_line(req.subject, "objet")
+    except TextRefused as exc:
+        raise Invalid(str(exc)) from None
+    if len(req.subject) > MAX_SUBJECT:
+        raise Invalid(f"objet trop long (au plus {MAX_SUBJECT} caractères)")
+    if not is_one_line(decoded_words(req.subject)):
+        raise Invalid("objet : un mot encodé (=?…?=) y cache un saut de ligne ou un caractère de contrôle")
+    req.body = clean_multiline(req.body)
+    if len(req.body) > MAX_BODY:
+        raise Invalid("message trop long")
+    if len(req.to) + len(req.cc) > MAX_RECIPIENTS:
+        raise Invalid(f"trop de destinataires (au plus {MAX_RECIPIENTS})")
+
+
+async def _sending_mailbox(s: AsyncSession, actor: Actor, mailbox_id: int):
+    """The mailbox the actor sends from (one query: access and identity), or 404."""
+    row = (await s.execute(
+        sa.select(Mailbox.id, Mailbox.address, Mailbox.display_name, Mailbox.owner_account_id)
+        .join(MailboxAccess, MailboxAccess.mailbox_id == Mailbox.id)
+        .where(Mailbox.id == mailbox_id, MailboxAccess.account_id == actor.account_id))).first()
+    if row is None:
+        raise NotFound("boîte aux lettres introuvable")
+    return row
+
+
+async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
+    """Send (or save as draft) a message; returns it as the sending mailbox sees it.
+
+    Validation first (nothing is written when anything is wrong), then one transaction with one
+    statement per table; events go out after the commit.
+    """
+    _check_compose(req)
+    html = sanitize_html(req.html) if req.html else None
+    async with core.write() as tx:
+        s = tx.session
+        sender = await _sending_mailbox(s, actor, req.from_mailbox)
+        recipients, bad = await _resolve_recipients(s, core, req)
+        if bad:
+            raise Invalid("destinataires invalides : " + ", ".join(b["address"] for b in bad),
+                          invalid_addresses=bad)
+        if not recipients and not req.draft:
+            raise Invalid("au moins un destinataire est nécessaire")
+        wanted_atts = list(dict.fromkeys(req.attachments))
+        found = await att_service.readable(s, actor, wanted_atts) if wanted_atts else {}
+        missing = [a for a in wanted_atts if a not in found]
+        if missing:
+            raise NotFound("pièce jointe introuvable : " + ", ".join(missing))
+        total = sum(a.size for a in found.values())
+        if total > core.settings.max_message_bytes:
+            raise TooLarge(f"pièces jointes trop volumineuses : {total // 1024} Ko au total, "
+                           f"limite {core.settings.max_message_bytes // (1024 * 1024)} Mo")
+        parent = await _readable_message(s, actor, req.in_reply_to) if req.in_reply_to is not None else None
+        patient = await _patient_for(s, req.patient) if req.patient else None
+        if req.draft_id is not None:
+            await _discard_draft(tx, actor, req.from_mailbox, req.draft_id)
+
+        now = utcnow()
+        ordered = [found[a] for a in wanted_atts]
+        local_boxes = [m for _, _, m in recipients if m is not None]
+        on_behalf = sender.owner_account_id not in (None, actor.account_id)
+        values = {
+            "message_id": new_message_id(core.settings.domain),
+            "in_reply_to_id": parent.id if parent else None,
+            "thread_id": (parent.thread_id or parent.id) if parent else None,
+            "from_mailbox_id": sender.id,
+            "author_account_id": actor.account_id,
+            "sender_address": sender.address,
+            "sender_name": sender.display_name,
+            "subject": req.subject.strip(),
+            "body": req.body,
+            "html": html,
+            "preview": preview(req.body),
+            "category": req.category,
+            "created_at": now,
+            "sent_at": None if req.draft else now,
+            "is_draft": req.draft,
+            "patient_id": patient.id if patient else None,
+            "has_attachments": bool(ordered),
+            "origin": "local",
+            "receipt_requested": req.receipt_requested,
+            "no_reply": req.no_reply,
+            "context_type": req.context_type,
+            "context_id": req.context_id,
+            "headers": {"on_behalf_of": actor.username} if on_behalf else None,
+            "search_text": build_search_text(
+                req.subject, req.body, sender.display_name, sender.address, [a.filename for a in ordered],
+                mailbox_ids=[sender.id] + ([] if req.draft else [m.id for m in local_boxes])),
+        }
+        message_pk = (await s.execute(sa.insert(Message).values(**values).returning(Message.id))).scalar_one()
+        if parent is None:
+            values["thread_id"] = message_pk
+            await s.execute(sa.update(Message).where(Message.id == message_pk).values(thread_id=message_pk))
+        if ordered:
+            await s.execute(sa.insert(MessageAttachment), [
+                {"message_id": message_pk, "attachment_id": a.id, "position": pos} for pos, a in enumerate(ordered)])
+        recipient_rows = [{
+            "message_id": message_pk, "kind": kind, "address": address,
+            "display_name": mailbox.display_name if mailbox else "", "mailbox_id": mailbox.id if mailbox else None,
+            "status": "draft" if req.draft else "queued" if mailbox is None else "delivered", "status_at": now,
+            "next_attempt_at": now if mailbox is None and not req.draft else None, "attempts": 0,
+        } for kind, address, mailbox in recipients]
+        if recipient_rows:
+            await s.execute(sa.insert(Recipient), recipient_rows)
+        role = Role.DRAFT if req.draft else Role.SENT
+        placements = [Placement(message_pk, sender.id, role, req.category, now, values["subject"],
+                                sender.display_name)]
+        if not req.draft:
+            placements += [Placement(message_pk, m.id, Role.IN, req.category, now, values["subject"],
+                                     sender.display_name) for m in local_boxes]
+        await place(tx, placements)
+        if patient is not None:
+            audit.record(s, actor.account_id, "patient.message", object_type="message", object_id=message_pk,
+                         patient_id=patient.id, client=actor.client)
+        if len(local_boxes) < len(recipients) and not req.draft:
+            tx.emit("outbox", [actor.account_id], message_id=message_pk)
+            tx.outbox_changed()
+    return _sent_view(message_pk, values, role, recipient_rows, ordered, patient)
+
+
+def _sent_view(message_pk: int, v: dict[str, Any], role: str, recipient_rows: list[dict[str, Any]],
+               attachments: list[Attachment], patient: Patient | None) -> dict[str, Any]:
+    """The message as ``get`` would show it in the sending mailbox, built from what was written."""
+    recips = [{"kind": r["kind"], "address": r["address"], "name": r["display_name"], "status": r["status"]}
+              for r in recipient_rows]
+    return {
+        "id": message_pk,
+        "subject": v["subject"],
+        "preview": v["preview"],
+        "sender": {"address": v["sender_address"], "name": v["sender_name"]},
+        "to": [x for x in recips if x["kind"] == "to"],
+        "cc": [x for x in recips if x["kind"] == "cc"],
+        "category": v["category"],
+        "created_at": iso(v["created_at"]),
+        "has_attachments": v["has_attachments"],
+        "attachments": [{"id": a.id, "filename": a.filename, "content_type": a.content_type, "size": a.size}
+                        for a in attachments],
+        "patient": patient_dict(patient) if patient else None,
+        "thread": {"id": v["thread_id"], "in_reply_to": v["in_reply_to_id"]},
+        "context": {"type": v["context_type"], "id": v["context_id"]} if v["context_type"] else None,
+        "draft": v["is_draft"],
+        "no_reply": v["no_reply"],
+        "state": {"read": True, "favorite": False, "todo": False, "archived": False, "role": role,
+                  "deleted": False, "deleted_at": None},
+        "body": v["body"],
+        "html": v["html"],
+        "message_id": v["message_id"],
+        "receipt_requested": v["receipt_requested"],
+        "on_behalf_of": (v["headers"] or {}).get("on_behalf_of"),
+    }
+
+
+async def _discard_draft(tx: Tx, actor: Actor, mailbox_id: int, message_id: int) -> None:
+    s = tx.session
+    delivery = await s.scalar(sa.select(Delivery.id).where(
+        Delivery.mailbox_id == mailbox_id, Delivery.message_id == message_id, Delivery.role == Role.DRAFT,
+        Delivery.deleted.is_(False)))
+    if delivery is None:
+        raise NotFound("brouillon introuvable")
+    # A draft was never delivered anywhere: it can really go.
+    await s.execute(sa.delete(Delivery).where(Delivery.message_id == message_id))
+    await s.execute(sa.delete(Recipient).where(Recipient.message_id == message_id))
+    await s.execute(sa.delete(MessageAttachment).where(MessageAttachment.message_id == message_id))
+    await s.execute(sa.delete(Message).where(Message.id == message_id, Message.is_draft.is_(True)))
+    await bump_modseq(s, mailbox_id)
+
+
+async def _readable_message(session: AsyncSession, actor: Actor, message_id: int) -> Message:
+    """A message present in some mailbox the actor may use, or 404."""
+    found = await session.scalar(
+        sa.select(Message).join(Delivery, Delivery.message_id == Message.id)
+        .join(MailboxAccess, MailboxAccess.mailbox_id == Delivery.mailbox_id)
+        .where(Message.id == message_id, MailboxAccess.account_id == actor.account_id,
+               Delivery.deleted.is_(False)).limit(1)
+    )
+    if found is None:
+        raise NotFound("message introuvable")
+    return found
