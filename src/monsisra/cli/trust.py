@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from monsisra.cli.runner import console, run_with_core
+
 trust_app = typer.Typer(help="Espace de confiance MSSanté : domaines des opérateurs acceptés.",
                         no_args_is_help=True)
 
@@ -15,7 +17,6 @@ trust_app = typer.Typer(help="Espace de confiance MSSanté : domaines des opéra
 def add(domains: Annotated[list[str], typer.Argument(help="Domaines, ex. ch-vichy.mssante.fr")],
         note: Annotated[str, typer.Option(help="Commentaire")] = "") -> None:
     """Ajoute des domaines à la liste de confiance."""
-    from monsisra.cli import console, run_with_core
     from monsisra.services import trust
 
     added = run_with_core(lambda core: trust.add(core, domains, note))
@@ -25,7 +26,6 @@ def add(domains: Annotated[list[str], typer.Argument(help="Domaines, ex. ch-vich
 @trust_app.command("remove")
 def remove(domain: str) -> None:
     """Retire un domaine de la liste de confiance."""
-    from monsisra.cli import console, run_with_core
     from monsisra.services import trust
 
     run_with_core(lambda core: trust.remove(core, domain))
@@ -35,7 +35,6 @@ def remove(domain: str) -> None:
 @trust_app.command("list")
 def list_() -> None:
     """Affiche la liste de confiance."""
-    from monsisra.cli import run_with_core
     from monsisra.services import trust
 
     for item in run_with_core(lambda core: trust.list_domains(core)):
@@ -46,7 +45,6 @@ def list_() -> None:
 def import_(path: Annotated[Path, typer.Argument(help="Fichier : un domaine par ligne, # pour commenter")],
             note: Annotated[str, typer.Option(help="Commentaire")] = "import") -> None:
     """Importe une liste de domaines depuis un fichier."""
-    from monsisra.cli import console, run_with_core
     from monsisra.services import trust
     from monsisra.services.errors import ServiceError
 

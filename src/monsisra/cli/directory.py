@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from monsisra.cli.runner import console, run_with_core
+
 directory_app = typer.Typer(help="Annuaire national : import, export, index.", no_args_is_help=True)
-console = Console(stderr=True)
 out = Console()
 
 LABELS = {"people": "professionnels", "activities": "activités", "mailboxes": "boîtes (BAL)",
@@ -40,7 +41,6 @@ def import_(
     as_json: Annotated[bool, typer.Option("--json", help="Rapport en JSON sur la sortie standard")] = False,
 ) -> None:
     """Importe les extractions nationales (personnes/activités, correspondance MSSanté)."""
-    from monsisra.cli import run_with_core
     from monsisra.services import directory
 
     bar, update = _progress_bar()
@@ -85,7 +85,6 @@ def export(
                        ] = "correspondance",
 ) -> None:
     """Publie nos boîtes : format de correspondance national (31 colonnes) ou Bundle FHIR R4."""
-    from monsisra.cli import run_with_core
     from monsisra.services import directory
 
     async def go(core):
@@ -108,7 +107,6 @@ def export(
 @directory_app.command("reindex")
 def reindex() -> None:
     """Reconstruit l'index de recherche de l'annuaire."""
-    from monsisra.cli import run_with_core
     from monsisra.services import directory
 
     bar, update = _progress_bar()

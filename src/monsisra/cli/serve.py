@@ -1,0 +1,39 @@
+"""``monsisra serve``: the web application, the API, live events, the SMTP gateway and the
+background work, in one process."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from monsisra.cli.runner import console
+from monsisra.config import Settings
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Adresse d'écoute HTTP et HTTPS")] = None,
+    port: Annotated[int | None, typer.Option(help="Port HTTP (MONSISRA_HTTP_PORT)")] = None,
+    https_port: Annotated[int | None, typer.Option("--https-port",
+                                                   help="Port HTTPS (MONSISRA_HTTPS_PORT ; 0 : pas de HTTPS)")] = None,
+    migrate: Annotated[bool, typer.Option(help="Met le schéma à jour avant de démarrer")] = True,
+) -> None:
+    """Sert l'application web, l'API, les évènements temps réel, la passerelle SMTP et les tâches."""
+    from monsisra import serving
+    from monsisra.api.app import create_app
+    from monsisra.store.migrate import upgrade
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    if migrate:
+        upgrade(settings.database_url)
+    application = create_app(settings)
+    host = host or settings.http_host
+    port = port or settings.http_port
+    https_port = settings.https_port if https_port is None else https_port
+    console.print(f"MonSisra sur http://{host}:{port}" + (f" et https://{host}:{https_port}" if https_port else "")
+                  + f" — SMTP sur {settings.smtp_host}:{settings.smtp_port}")
+    code = serving.run(application, settings, host=host, port=port, https_port=https_port)
+    if code:
+        raise typer.Exit(code)
