@@ -1,4 +1,4 @@
-"""Mount the gateway into the app: admin/MDN API routes, the SMTP server and the outbound worker."""
+"""Starts the gateway inside ``monsisra serve``: the inbound SMTP server and the outbound delivery worker."""
 
 from __future__ import annotations
 
@@ -12,17 +12,6 @@ from monsisra.services.core import Core
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    from monsisra.gateway.api import router
-
-    app.include_router(router)
-    try:
-        import monsisra.web.pages  # noqa: F401 - the admin pages need the web application
-    except ModuleNotFoundError:
-        pass
-    else:
-        from monsisra.gateway import pages
-
-        pages.install(app)
     if settings.smtp_enabled:
         app.state.startup_hooks.append(_smtp_hook)
     if settings.run_workers:

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from monsisra.config import Settings
-from monsisra.web import pages
+from monsisra.web import account, admin, auth, compose, inbox, reading
+from monsisra.web.common import CsrfFailed, LoginRequired, error_page, is_htmx, render
 from monsisra.web.session import Sessions
 
 STATIC = Path(__file__).parent / "static"
@@ -56,7 +58,7 @@ class HtmlSecurityHeaders:
 
 async def api_docs(request: Request) -> HTMLResponse:
     """Swagger UI from our own static files (``static/docs/``), under the same CSP as every page."""
-    return pages.render(request, "docs.html", openapi_url=request.app.openapi_url or "/openapi.json")
+    return render(request, "layout/docs.html", openapi_url=request.app.openapi_url or "/openapi.json")
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -69,6 +71,21 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     app.state.startup_hooks.append(_follow_session_ends)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    pages.install(app)
+    for area in (auth, inbox, reading, compose, account, admin):
+        app.include_router(area.router)
+    app.state.error_page = error_page
+
+    @app.exception_handler(LoginRequired)
+    async def _login_required(request: Request, exc: LoginRequired) -> Response:
+        suite = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        target = "/connexion?" + urlencode({"suite": suite if request.method == "GET" else "/boite"})
+        if is_htmx(request):
+            return Response(status_code=204, headers={"HX-Redirect": target})
+        return RedirectResponse(target, status_code=303)
+
+    @app.exception_handler(CsrfFailed)
+    async def _csrf(request: Request, exc: CsrfFailed) -> Response:
+        return HTMLResponse("<p>Jeton de sécurité invalide : rechargez la page.</p>", status_code=403)
+
     app.add_api_route("/docs", api_docs, methods=["GET"], include_in_schema=False)
     app.add_middleware(HtmlSecurityHeaders)

@@ -1,4 +1,4 @@
-"""JSON routes of the gateway: trusted domains and outbox (administrators), read receipts the
+"""JSON routes of MSSanté mail: trusted domains and outbox (administrators), read receipts the
 user is asked about, delivery status per external recipient. Each route calls one service."""
 
 from __future__ import annotations
