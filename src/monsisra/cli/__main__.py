@@ -1,0 +1,5 @@
+"""``python -m monsisra.cli``: the same as the ``monsisra`` command."""
+
+from monsisra.cli import main
+
+main()
