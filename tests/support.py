@@ -42,7 +42,7 @@ def fresh_database(backend: str, tmp: Path) -> Iterator[str]:
     """A new, migrated, empty database for one test run; dropped afterwards (PostgreSQL)."""
     if backend == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp / 'monsisra.db'}"
-        upgrade(url)
+        _in_thread(upgrade, url)
         yield url
         return
     assert POSTGRES_URL
@@ -61,13 +61,36 @@ def fresh_database(backend: str, tmp: Path) -> Iterator[str]:
         finally:
             await conn.close()
 
-    asyncio.run(ddl(f'CREATE DATABASE "{name}"'))
+    _run_alone(ddl(f'CREATE DATABASE "{name}"'))
     url = sync_admin.set(database=name).render_as_string(hide_password=False)
     try:
-        upgrade(url)
+        _in_thread(upgrade, url)
         yield url
     finally:
-        asyncio.run(ddl(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _run_alone(ddl(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _run_alone(coro: Coroutine[Any, Any, Any]) -> Any:
+    """``asyncio.run`` in a thread of its own: the caller's thread may already run a loop
+    (Playwright's sync API does, when a browser fixture is open)."""
+    return _in_thread(asyncio.run, coro)
+
+
+def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = fn(*args)
+        except BaseException as exc:  # re-raised in the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
 
 
 def make_settings(url: str, data_dir: Path, **overrides: Any) -> Settings:

@@ -30,9 +30,10 @@ from monsisra.services.messages.placement import (
     place,
     place_sync,
 )
-from monsisra.services.messages.reading import PAGE_MAX, access_kind, get, list_messages, patient_dict, thread
+from monsisra.services.messages.reading import PAGE_MAX, access_kind, get, list_messages, thread
 from monsisra.services.messages.receipts import receipts, require_sender_access
 from monsisra.services.messages.states import counts, purge_trash, restore, tally, trash, update_state
+from monsisra.services.patients import patient_dict
 
 __all__ = ["MAILBOX_TOKEN", "MAX_BODY", "MAX_RECIPIENTS", "MAX_SUBJECT", "OUTSIDE_TRUST", "PAGE_MAX", "Compose",
            "PatientRef", "Placement", "access_kind", "allocate_uids", "build_search_text", "bump_modseq",

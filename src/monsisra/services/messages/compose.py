@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from monsisra.domain.addresses import PATIENT_DOMAIN, domain_of, normalize_address
 from monsisra.domain.clock import iso, utcnow
 from monsisra.domain.html import sanitize_html
-from monsisra.domain.ins import KNOWN_OIDS, InvalidINS, PatientIdentity, is_valid_ins, validate_ins
+from monsisra.domain.ins import PatientIdentity, is_valid_ins
 from monsisra.domain.model import Category, Role
 from monsisra.domain.text import (
     TextRefused,
@@ -24,11 +24,10 @@ from monsisra.domain.text import (
     preview,
 )
 from monsisra.services import attachments as att_service
-from monsisra.services import audit, mailboxes, trust
+from monsisra.services import audit, mailboxes, patients, trust
 from monsisra.services.core import Actor, Core, Tx
 from monsisra.services.errors import Invalid, NotFound, TooLarge
 from monsisra.services.messages.placement import Placement, build_search_text, bump_modseq, new_message_id, place
-from monsisra.services.messages.reading import patient_dict
 from monsisra.store.models import (
     Attachment,
     Delivery,
@@ -142,23 +141,6 @@ async def check_address(core: Core, actor: Actor, raw: str) -> dict[str, Any]:
     return {"address": address, "ok": reason is None, "reason": reason, "local": local}
 
 
-async def _patient_for(session: AsyncSession, ref: PatientRef) -> Patient:
-    try:
-        ins = validate_ins(ref.ins)
-    except InvalidINS as exc:
-        raise Invalid(f"patient : {exc}") from None
-    if ref.oid not in KNOWN_OIDS:
-        raise Invalid("patient : OID d'INS inconnu")
-    patient = await session.scalar(sa.select(Patient).where(Patient.ins == ins))
-    if patient is None:
-        patient = Patient(ins=ins, ins_oid=ref.oid, family_name=ref.family_name.upper(),
-                          given_names=ref.given_names, birth_date=ref.birth_date, sex=ref.sex,
-                          birthplace=ref.birthplace)
-        session.add(patient)
-        await session.flush()
-    return patient
-
-
 def _check_compose(req: Compose) -> None:
     """Refuses what cannot be sent; cleans the body (DESIGN §6: one rule for every text)."""
     if req.category not in {c.value for c in Category}:
@@ -216,7 +198,7 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
             raise TooLarge(f"pièces jointes trop volumineuses : {total // 1024} Ko au total, "
                            f"limite {core.settings.max_message_bytes // (1024 * 1024)} Mo")
         parent = await _readable_message(s, actor, req.in_reply_to) if req.in_reply_to is not None else None
-        patient = await _patient_for(s, req.patient) if req.patient else None
+        patient = await patients.resolve(s, req.patient) if req.patient else None
         if req.draft_id is not None:
             await _discard_draft(tx, actor, req.from_mailbox, req.draft_id)
 
@@ -300,7 +282,7 @@ def _sent_view(message_pk: int, v: dict[str, Any], role: str, recipient_rows: li
         "has_attachments": v["has_attachments"],
         "attachments": [{"id": a.id, "filename": a.filename, "content_type": a.content_type, "size": a.size}
                         for a in attachments],
-        "patient": patient_dict(patient) if patient else None,
+        "patient": patients.patient_dict(patient) if patient else None,
         "thread": {"id": v["thread_id"], "in_reply_to": v["in_reply_to_id"]},
         "context": {"type": v["context_type"], "id": v["context_id"]} if v["context_type"] else None,
         "draft": v["is_draft"],

@@ -16,7 +16,7 @@ from monsisra.domain.model import Category, Role, View
 from monsisra.domain.text import (
     search_terms,
 )
-from monsisra.services import audit, mailboxes
+from monsisra.services import audit, mailboxes, patients
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Invalid, NotFound
 from monsisra.services.messages.placement import MAILBOX_TOKEN
@@ -230,12 +230,8 @@ async def _patients_of(s: AsyncSession, patient_ids: list[int]) -> dict[int, dic
     if not patient_ids:
         return {}
     rows = await s.scalars(sa.select(Patient).where(Patient.id.in_(set(patient_ids))))
-    return {p.id: patient_dict(p) for p in rows}
+    return {p.id: patients.patient_dict(p) for p in rows}
 
-
-def patient_dict(p: Patient) -> dict[str, Any]:
-    return {"id": p.id, "ins": p.ins, "oid": p.ins_oid, "family_name": p.family_name,
-            "given_names": p.given_names, "birth_date": p.birth_date, "sex": p.sex}
 
 
 async def get(core: Core, actor: Actor, mailbox_id: int, message_id: int, *, mark_read: bool = True,

@@ -61,9 +61,21 @@
     if (!nav || !window.htmx) return;
     htmx.ajax("GET", nav.dataset.url, { target: "#dossiers", swap: "outerHTML" }).then(updateTitle);
   }
+  // One refresh of a message's recipients at a time: a second event during a refresh asks for one
+  // more afterwards (two outerHTML swaps in flight would drop the newer one into a detached node).
+  var receiptRefresh = {};
   function refreshReceipts(messageId) {
+    var state = receiptRefresh[messageId];
+    if (state) { state.again = true; return; }
     var box = $('.receipts[data-message-id="' + messageId + '"]');
-    if (box && window.htmx) htmx.ajax("GET", box.dataset.url, { target: box, swap: "outerHTML" });
+    if (!box || !window.htmx) return;
+    receiptRefresh[messageId] = { again: false };
+    var done = function () {
+      var again = receiptRefresh[messageId] && receiptRefresh[messageId].again;
+      delete receiptRefresh[messageId];
+      if (again) refreshReceipts(messageId);
+    };
+    htmx.ajax("GET", box.dataset.url, { target: box, swap: "outerHTML" }).then(done, done);
   }
   function paneUrl(mailboxId, messageId, binned) {
     // A message sent to oneself has two copies here: from the bin, open the one in the bin.
