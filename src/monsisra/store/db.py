@@ -32,6 +32,9 @@ def prepare_sqlite_file(url: str) -> None:
         private_file(sibling)
 
 
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
 def make_engine(url: str, *, pool_size: int = 10, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> AsyncEngine:
     """An async engine; SQLite gets WAL, foreign keys, a busy timeout and explicit BEGINs.
 
@@ -62,6 +65,9 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout: float = DEFAULT_BUSY_TI
         cursor.execute(f"PRAGMA busy_timeout={max(1, round(busy_timeout * 1000))}")
         cursor.execute("PRAGMA cache_size=-65536")
         cursor.execute("PRAGMA temp_store=MEMORY")
+        # After a checkpoint, the log file goes back to at most this size (a bulk import grows it
+        # to hundreds of megabytes; left at that size, it costs disk and cache for nothing).
+        cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         cursor.close()
 
     @sa.event.listens_for(engine.sync_engine, "begin")

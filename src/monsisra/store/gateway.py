@@ -8,6 +8,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
+from monsisra.store.db import WAL_SIZE_LIMIT
 from monsisra.store.models import UTC, Base, _now
 from monsisra.store.types import Line, Prose
 
@@ -112,7 +113,7 @@ def sync_sqlite_engine(url: str) -> sa.Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=30000",
-                       "cache_size=-65536", "temp_store=MEMORY"):
+                       "cache_size=-65536", "temp_store=MEMORY", f"journal_size_limit={WAL_SIZE_LIMIT}"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 

@@ -280,6 +280,24 @@ class Delivery(Base):
     )
 
 
+class DeliveryCount(Base):
+    """How many deliveries of a mailbox are in each state: kept by database triggers in the same
+    transaction as every change to ``deliveries`` (migration ``0007_core_counts``), so that a
+    mailbox's counts are read from a few rows whatever its size."""
+
+    __tablename__ = "delivery_counts"
+
+    mailbox_id: Mapped[int] = mapped_column(sa.ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True)
+    deleted: Mapped[bool] = mapped_column(primary_key=True)
+    role: Mapped[str] = mapped_column(Line(5), primary_key=True)
+    category: Mapped[str] = mapped_column(Line(16), primary_key=True)
+    read: Mapped[bool] = mapped_column(primary_key=True)
+    archived: Mapped[bool] = mapped_column(primary_key=True)
+    favorite: Mapped[bool] = mapped_column(primary_key=True)
+    todo: Mapped[bool] = mapped_column(primary_key=True)
+    n: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
 class Attachment(Base):
     """An uploaded file: metadata here, bytes in the content-addressed blob store."""
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import monsisra.services.directory.common as common
+import monsisra.services.directory.freshness as freshness
 import monsisra.services.directory.pool as pool
 from monsisra.domain import directory_search as ds
 from monsisra.services.core import Core
@@ -147,6 +148,7 @@ async def rebuild_index(core: Core, progress: Progress | None = None) -> int:
         for text in local_words:
             vocabulary.update({w for w in text.split() if len(w) >= 3 and not w.isdigit()
                                and not w.startswith(ds.MARKER_PREFIXES)})
+        await freshness.stamp(s)  # serving processes notice it and drop what they knew (freshness)
         await s.execute(sa.delete(DirTermKey.__table__))
         terms = sorted(vocabulary)
         keys_table = DirTermKey.__table__
@@ -162,6 +164,7 @@ async def rebuild_index(core: Core, progress: Progress | None = None) -> int:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(sa.text("VACUUM ANALYZE dir_search"))
             await conn.execute(sa.text("ANALYZE dir_term_keys"))
+    await freshness.settle_after_import(core)
     return total
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import monsisra.services.directory.freshness as freshness
 from monsisra.domain import directory_search as ds
 from monsisra.domain.clock import as_utc, utcnow
 from monsisra.domain.text import fold
@@ -42,20 +43,23 @@ _LOCAL_STATE = sa.select(
     sa.select(sa.func.count()).select_from(DirProfile).scalar_subquery(),
     sa.select(sa.func.max(DirProfile.updated_at)).scalar_subquery(),
     sa.select(DirMeta.value).where(DirMeta.name == "local_signature").scalar_subquery(),
+    sa.select(DirMeta.value).where(DirMeta.name == freshness.GENERATION).scalar_subquery(),
 )
 
 
-async def _local_state(session: AsyncSession) -> tuple[str, str | None]:
-    """A signature of our accounts, mailboxes and profiles, and the one the index was built from:
-    one statement, run before every search."""
-    *values, updated, stored = (await session.execute(_LOCAL_STATE)).one()
-    return "|".join(str(v) for v in (*values, as_utc(updated).isoformat() if updated else "")), stored
+async def _local_state(session: AsyncSession) -> tuple[str, str | None, str | None]:
+    """A signature of our accounts, mailboxes and profiles, the one the index was built from, and
+    the index's generation (a new one after each rebuild): one statement, run before every search."""
+    *values, updated, stored, generation = (await session.execute(_LOCAL_STATE)).one()
+    return "|".join(str(v) for v in (*values, as_utc(updated).isoformat() if updated else "")), stored, generation
 
 
 async def sync_local(core: Core, force: bool = False) -> bool:
-    """Bring our own mailboxes' directory entries up to date; cheap when nothing changed."""
+    """Bring our own mailboxes' directory entries up to date; cheap when nothing changed. Also
+    where a serving process notices a rebuild made by another one (``freshness``)."""
     async with core.read() as s:
-        sig, stored = await _local_state(s)
+        sig, stored, generation = await _local_state(s)
+    await freshness.follow(core, generation)
     if sig == stored and not force:
         return False
     async with core.write() as tx:

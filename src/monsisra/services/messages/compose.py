@@ -27,7 +27,14 @@ from monsisra.services import attachments as att_service
 from monsisra.services import audit, mailboxes, patients, trust
 from monsisra.services.core import Actor, Core, Tx
 from monsisra.services.errors import Invalid, NotFound, TooLarge
-from monsisra.services.messages.placement import Placement, build_search_text, bump_modseq, new_message_id, place
+from monsisra.services.messages.placement import (
+    Placement,
+    build_search_text,
+    bump_modseq,
+    lock_mailboxes,
+    new_message_id,
+    place,
+)
 from monsisra.store.models import (
     Attachment,
     Delivery,
@@ -200,6 +207,8 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
         parent = await _readable_message(s, actor, req.in_reply_to) if req.in_reply_to is not None else None
         patient = await patients.resolve(s, req.patient) if req.patient else None
         if req.draft_id is not None:
+            # Every mailbox this send changes, locked up front (placement.lock_mailboxes).
+            await lock_mailboxes(s, [sender.id] + [m.id for _, _, m in recipients if m is not None])
             await _discard_draft(tx, actor, req.from_mailbox, req.draft_id)
 
         now = utcnow()

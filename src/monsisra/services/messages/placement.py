@@ -48,6 +48,19 @@ _RESERVE_UIDS = (sa.update(_mailbox).where(_mailbox.c.id.in_(sa.bindparam("ids",
 _INSERT_DELIVERIES = sa.insert(Delivery.__table__)
 
 
+async def lock_mailboxes(session: AsyncSession, mailbox_ids) -> None:
+    """Lock the rows of these mailboxes, in id order, before changing any of their deliveries.
+
+    The rule of every transaction that changes deliveries: mailboxes first, in id order, then
+    their deliveries (whose counters the database updates, ``delivery_counts``). Taken in another
+    order, a flag change and a send into the same mailbox would wait on each other on PostgreSQL.
+    SQLite has one writer at a time and needs no lock.
+    """
+    ids = sorted(set(mailbox_ids))
+    if ids and session.bind.dialect.name != "sqlite":
+        await session.execute(_LOCK_MAILBOXES, {"ids": ids})
+
+
 def allocate_uids(session: Session, wanted: dict[int, int]) -> dict[int, tuple[int, int]]:
     """Reserve ``wanted[mailbox]`` consecutive uids and modseqs per mailbox; returns the first of each.
 

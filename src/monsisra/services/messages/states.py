@@ -14,12 +14,13 @@ from monsisra.domain.model import Category, Role, View
 from monsisra.services import mailboxes
 from monsisra.services.core import Actor, Core, Tx
 from monsisra.services.errors import Invalid, NotFound
-from monsisra.services.messages.placement import bump_modseq
+from monsisra.services.messages.placement import bump_modseq, lock_mailboxes
 from monsisra.store.models import (
     TRASH_VIEW,
     VIEW_SQL,
     Account,
     Delivery,
+    DeliveryCount,
     Mailbox,
     Message,
     MessageAttachment,
@@ -43,11 +44,12 @@ async def _set_flags(core: Core, actor: Actor, delivery_id: int, flags: dict[str
         changed = {k: v for k, v in flags.items() if getattr(d, k) != v}
         if not changed:
             return
+        modseq = await bump_modseq(s, d.mailbox_id)  # the mailbox first (see placement.lock_mailboxes)
         for k, v in changed.items():
             setattr(d, k, v)
         if "deleted" in changed:
             d.deleted_at = now if d.deleted else None
-        d.modseq = await bump_modseq(s, d.mailbox_id)
+        d.modseq = modseq
         first_read = changed.get("read") is True and d.first_read_at is None and d.role == Role.IN
         if first_read:
             d.first_read_at, d.first_read_by = now, actor.account_id
@@ -130,9 +132,10 @@ async def purge_trash(tx: Tx, now: datetime, batch: int = 10_000) -> tuple[int, 
         .order_by(Delivery.deleted_at).limit(batch))).all()
     if not rows:
         return 0, 0
-    await s.execute(sa.delete(Delivery).where(Delivery.id.in_([r.id for r in rows])))
     boxes = sorted({r.mailbox_id for r in rows})
-    for mailbox_id in boxes:  # a removal is a change of the mailbox (counts cache, IMAP expunge)
+    await lock_mailboxes(s, boxes)
+    await s.execute(sa.delete(Delivery).where(Delivery.id.in_([r.id for r in rows])))
+    for mailbox_id in boxes:  # a removal is a change of the mailbox (IMAP expunge)
         await bump_modseq(s, mailbox_id)
     candidates = {r.message_id for r in rows}
     held = set(await s.scalars(sa.select(Delivery.message_id).where(Delivery.message_id.in_(candidates))))
@@ -151,36 +154,37 @@ async def purge_trash(tx: Tx, now: datetime, batch: int = 10_000) -> tuple[int, 
     return len(rows), len(gone)
 
 
+_COUNT_KEY = (DeliveryCount.deleted, DeliveryCount.role, DeliveryCount.category, DeliveryCount.read,
+              DeliveryCount.archived, DeliveryCount.favorite, DeliveryCount.todo)
+
+
 async def counts(core: Core, actor: Actor, mailbox_id: int) -> dict[str, Any]:
-    """Unread/total per view and per category, in one pass over the mailbox's index."""
+    """Unread/total per view and per category, from the mailbox's counters (``delivery_counts``,
+    kept by the database in the same transaction as each change): the same cost at any size."""
     async with core.read() as s:
         await mailboxes.access_of(s, actor, mailbox_id)
         prefs = await s.scalar(sa.select(Account.inbox_categories).where(Account.id == actor.account_id))
-        # Every change to a mailbox's deliveries bumps its modseq in the same transaction, so the
-        # rows counted at a given (uidvalidity, modseq) are exact, on any process. Read modseq first:
-        # a change committing in between only makes the cached rows newer than their key.
-        version = (await s.execute(sa.select(Mailbox.uidvalidity, Mailbox.modseq)
-                                   .where(Mailbox.id == mailbox_id))).one()
-        key = (core.settings.database_url, mailbox_id, version.uidvalidity, version.modseq)
-        rows = _COUNTS_CACHE.get(key)
-        if rows is None:
-            rows = (await s.execute(
-                sa.select(Delivery.deleted, Delivery.role, Delivery.category, Delivery.read, Delivery.archived,
-                          Delivery.favorite, Delivery.todo, sa.func.count())
-                .where(Delivery.mailbox_id == mailbox_id)
-                .group_by(Delivery.deleted, Delivery.role, Delivery.category, Delivery.read, Delivery.archived,
-                          Delivery.favorite, Delivery.todo)
-            )).all()
-            _COUNTS_CACHE[key] = rows
-            while len(_COUNTS_CACHE) > _COUNTS_CACHE_SIZE:
-                _COUNTS_CACHE.pop(next(iter(_COUNTS_CACHE)))
+        rows = (await s.execute(sa.select(*_COUNT_KEY, DeliveryCount.n).where(
+            DeliveryCount.mailbox_id == mailbox_id, DeliveryCount.n > 0))).all()
         return tally(rows, prefs)
 
 
-_COUNTS_CACHE: dict[tuple, list] = {}
+async def recount(core: Core, mailbox_id: int) -> list[tuple]:
+    """The counters as a full scan of the mailbox would give them (checks of the triggers)."""
+    async with core.read() as s:
+        return sorted(tuple(r) for r in (await s.execute(
+            sa.select(Delivery.deleted, Delivery.role, Delivery.category, Delivery.read, Delivery.archived,
+                      Delivery.favorite, Delivery.todo, sa.func.count())
+            .where(Delivery.mailbox_id == mailbox_id)
+            .group_by(Delivery.deleted, Delivery.role, Delivery.category, Delivery.read, Delivery.archived,
+                      Delivery.favorite, Delivery.todo))).all())
 
 
-_COUNTS_CACHE_SIZE = 4096
+async def counters(core: Core, mailbox_id: int) -> list[tuple]:
+    """The mailbox's counters as stored, in the shape of :func:`recount`."""
+    async with core.read() as s:
+        return sorted(tuple(r) for r in (await s.execute(sa.select(*_COUNT_KEY, DeliveryCount.n).where(
+            DeliveryCount.mailbox_id == mailbox_id, DeliveryCount.n != 0))).all())
 
 
 def tally(rows, prefs: list[str] | None) -> dict[str, Any]:
