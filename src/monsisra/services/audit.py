@@ -170,7 +170,7 @@ async def access_log(core: Any, actor: Any, *, cursor: str | None = None, limit:
     items = [_item(r, actor.account_id) for r in rows[:limit]]
     for item in items:
         item["detail"] = {k: v for k, v in item["detail"].items() if k in ("on_behalf_of", "flags", "rights",
-                                                                            "delegate", "kind", "source")}
+                                                                            "access", "username", "kind", "source")}
     return {"items": items, "next_cursor": _next_cursor(rows, limit)}
 
 

@@ -326,3 +326,20 @@ async def mark_opened(core: Core, actor: Actor, mailbox_id: int) -> None:
         return
     async with core.write() as tx:
         await tx.session.execute(sa.update(Mailbox).where(Mailbox.id == mailbox_id).values(last_opened_at=now))
+
+
+async def landing(core: Core, actor: Actor) -> int | None:
+    """The mailbox the inbox opens on for this account, when it chose one and may still use it."""
+    async with core.read() as session:
+        return await session.scalar(
+            sa.select(MailboxAccess.mailbox_id).join(Account, Account.default_mailbox_id == MailboxAccess.mailbox_id)
+            .where(Account.id == actor.account_id, MailboxAccess.account_id == actor.account_id))
+
+
+async def set_landing(core: Core, actor: Actor, mailbox_id: int | None) -> None:
+    """Choose the mailbox the inbox opens on (None: the account's own, first in the list)."""
+    async with core.write() as tx:
+        if mailbox_id is not None:
+            await access_of(tx.session, actor, mailbox_id)
+        await tx.session.execute(sa.update(Account).where(Account.id == actor.account_id)
+                                 .values(default_mailbox_id=mailbox_id))
