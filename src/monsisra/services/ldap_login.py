@@ -68,13 +68,15 @@ def _server(settings: Settings):
         ca = settings.ldap_ca_file or settings.tls_trust
         tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, version=ssl.PROTOCOL_TLS_CLIENT,
                         ca_certs_file=str(ca) if ca else None)
-    return ldap3.Server(settings.ldap_url, connect_timeout=settings.ldap_timeout, get_info=ldap3.NONE, tls=tls)
+    return ldap3.Server(settings.ldap_url, connect_timeout=max(1, int(settings.ldap_timeout)), get_info=ldap3.NONE,
+                        tls=tls)
 
 
 def _connect(settings: Settings, server: Any, user: str | None, password: str | None):
     import ldap3
 
-    conn = ldap3.Connection(server, user=user, password=password, receive_timeout=settings.ldap_timeout,
+    # ldap3 packs the timeout into a socket option: whole seconds only.
+    conn = ldap3.Connection(server, user=user, password=password, receive_timeout=max(1, int(settings.ldap_timeout)),
                             auto_bind=ldap3.AUTO_BIND_NONE, raise_exceptions=False, read_only=True)
     conn.open()
     if settings.ldap_start_tls and not settings.ldap_url.lower().startswith("ldaps://"):
@@ -115,8 +117,8 @@ def _check(settings: Settings, username: str, password: str) -> Entry | None:
                 return None
         finally:
             user.unbind()
-    except LDAPException as exc:
-        raise _Down(str(exc)) from None
+    except (LDAPException, OSError) as exc:
+        raise _Down(str(exc) or type(exc).__name__) from None
     national_id = _first(entry, settings.ldap_attr_national_id) or None
     return Entry(dn=entry.entry_dn, username=(_first(entry, settings.ldap_attr_username) or username).lower(),
                  first_name=_first(entry, settings.ldap_attr_first_name),
