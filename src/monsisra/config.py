@@ -67,6 +67,37 @@ class Settings(BaseSettings):
     outbound_poll_seconds: float = 2.0
     outbound_timeout_seconds: float = 60.0
 
+    # Accounts and passwords (issue 15).
+    # Public address of the web application, used in links sent by e-mail (password reset);
+    # unset: http://<http_host>:<http_port>. Never taken from a request's Host header.
+    public_url: str | None = None
+    # Relay (host:port) of notification e-mails (not MSSanté mail); unset: smtp_relay.
+    notify_relay: str | None = None
+    notify_from: str | None = None  # sender of notifications; unset: ne-pas-repondre@<domain>
+    password_reset_minutes: int = 30
+    password_resets_per_hour: int = 3  # links sent per account and per hour (more are silently dropped)
+    # LDAP login (an establishment's directory); unset ldap_url: local passwords only.
+    ldap_url: str | None = None  # ldap://host:389 or ldaps://host:636
+    ldap_start_tls: bool = False
+    ldap_ca_file: Path | None = None  # trust anchors of the directory's certificate (default: tls_trust)
+    ldap_bind_dn: str | None = None  # account that searches the users (unset: anonymous search)
+    ldap_bind_password: str | None = None
+    ldap_base_dn: str = ""
+    ldap_user_filter: str = "(uid={username})"
+    ldap_attr_username: str = "uid"
+    ldap_attr_first_name: str = "givenName"
+    ldap_attr_last_name: str = "sn"
+    ldap_attr_email: str = "mail"
+    ldap_attr_national_id: str = ""  # e.g. employeeNumber holding the RPPS national id
+    ldap_attr_profession: str = ""  # e.g. title
+    ldap_create_accounts: bool = False  # first login of a directory user creates the account
+    ldap_personal_mailbox: bool = True  # …with its PER mailbox prenom.nom@<domain>
+    ldap_timeout: float = 10.0
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
+
     @cached_property
     def effective_secret_key(self) -> str:
         """The configured key, or one generated once into the data dir and reused after."""

@@ -16,7 +16,7 @@ from monsisra.api.deps import BodyId, PathId, client_address, current_actor, get
 from monsisra.domain.clock import utcnow
 from monsisra.domain.ins import OID_NIR
 from monsisra.events import Subscription, TooManySubscriptions
-from monsisra.services import accounts, attachments, mailboxes, messages
+from monsisra.services import accounts, attachments, mailboxes, messages, sessions
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed, ServiceError, TooLarge
 
@@ -42,7 +42,8 @@ async def token(request: Request, core: CoreDep, username: Annotated[str, Form()
         account = await login(core, username, password, otp, client_address(request))
     else:
         account = await accounts.authenticate(core, username, password, client_address(request))
-    value = await accounts.issue_token(core, account, client=client_address(request))
+    value = await accounts.issue_token(core, account, client=client_address(request),
+                                       user_agent=request.headers.get("user-agent"))
     return TokenOut(access_token=value, expires_in=core.settings.token_ttl_seconds)
 
 
@@ -254,7 +255,15 @@ async def events(websocket: WebSocket) -> None:
         await websocket.close(code=WS_TOO_MANY, reason=f"trop de connexions temps réel ouvertes pour ce compte "
                                                        f"({cap} au plus) : fermez un onglet ou une application")
         return
+    socket_id = None
     try:
+        # Listed on the sessions page (revocable there), and fed only the events of mailboxes the
+        # account may use — read after subscribing, so that no change in between is missed.
+        socket_id = await sessions.socket_opened(core, actor, client_address(websocket),  # type: ignore[arg-type]
+                                                 websocket.headers.get("user-agent"))
+        subscription.socket_id = socket_id
+        async with core.read() as s:
+            subscription.set_mailboxes(await mailboxes.usable_mailbox_ids(s, actor.account_id))
         await websocket.accept()
         await websocket.send_json({"type": "hello", "account_id": actor.account_id})
         reason = await _serve_events(websocket, core, actor, subscription)
@@ -263,6 +272,9 @@ async def events(websocket: WebSocket) -> None:
                 await websocket.close(code=WS_SESSION_ENDED, reason=reason)
     finally:
         subscription.close()
+        if socket_id is not None:
+            with contextlib.suppress(Exception):
+                await sessions.socket_closed(core, socket_id)
 
 
 async def _serve_events(websocket: WebSocket, core: Core, actor: Actor, subscription: Subscription) -> str | None:
@@ -290,7 +302,10 @@ async def _serve_events(websocket: WebSocket, core: Core, actor: Actor, subscrip
         recheck = max(core.settings.ws_recheck_seconds, 0.05)
         while True:
             try:
-                alive = actor.token_id is None or await accounts.token_alive(core, actor.token_id)
+                if subscription.socket_id is not None:
+                    alive = await sessions.socket_seen(core, subscription.socket_id, actor.token_id)
+                else:
+                    alive = actor.token_id is None or await accounts.token_alive(core, actor.token_id)
             except Exception:
                 log.warning("session check of a live socket failed; trying again later", exc_info=True)
                 alive = True

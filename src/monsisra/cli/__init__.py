@@ -1,4 +1,4 @@
-"""Command line: ``monsisra serve | db upgrade | demo | account … | mailbox … | trust … | directory …``.
+"""Command line: ``monsisra serve | db upgrade | demo | account … | mailbox … | trust … | directory … | audit …``.
 
 One module per capability, each with its Typer group; ``runner`` holds what they share.
 """
@@ -11,6 +11,7 @@ import sys
 import typer
 
 from monsisra.cli.accounts import account_app
+from monsisra.cli.audit import audit_app
 from monsisra.cli.db import db_app
 from monsisra.cli.demo import demo
 from monsisra.cli.directory import directory_app
@@ -26,6 +27,7 @@ app.add_typer(account_app, name="account")
 app.add_typer(mailbox_app, name="mailbox")
 app.add_typer(trust_app, name="trust")
 app.add_typer(directory_app, name="directory")
+app.add_typer(audit_app, name="audit")
 app.command()(demo)
 app.command()(serve)
 

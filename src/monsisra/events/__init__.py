@@ -1,5 +1,15 @@
 """Real-time events, published after commit: in-process bus, Redis pub/sub when configured."""
 
-from monsisra.events.bus import SESSION_ENDED, Event, EventBus, Subscription, TooManySubscriptions, make_bus
+from monsisra.events.bus import (
+    MAILBOX_GRANTED,
+    MAILBOX_REVOKED,
+    SESSION_ENDED,
+    Event,
+    EventBus,
+    Subscription,
+    TooManySubscriptions,
+    make_bus,
+)
 
-__all__ = ["SESSION_ENDED", "Event", "EventBus", "Subscription", "TooManySubscriptions", "make_bus"]
+__all__ = ["MAILBOX_GRANTED", "MAILBOX_REVOKED", "SESSION_ENDED", "Event", "EventBus", "Subscription",
+           "TooManySubscriptions", "make_bus"]

@@ -9,6 +9,12 @@ token is revoked, a password changed, an account deactivated) ends the subscript
 those tokens — every process, Redis included — and is handed to the control listeners (the web
 sessions' actor cache). It travels the same channel as the other events, so anything published
 after it can never reach a socket it ended.
+
+A subscription also knows the mailboxes its account may use (``set_mailboxes`` once subscribed):
+``mailbox.revoked`` and ``mailbox.granted`` (a delegation or membership taken back or given) update
+that set before being handed to the client, and an event about a mailbox outside the set is
+dropped when it would be sent — even one queued before, or fanned out by a transaction that read
+the access rows before the revocation committed. A revoked delegate's open page stops at once.
 """
 
 from __future__ import annotations
@@ -26,7 +32,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 CHANNEL = "monsisra:events"
 SESSION_ENDED = "session.ended"
-# data of a SESSION_ENDED event: {"token_ids": [ids] or None (every session of the accounts), "reason": str}
+# data of a SESSION_ENDED event: {"token_ids": [ids] or None (every session of the accounts), "reason": str,
+# "socket_ids": [ids] (optional: only those live sockets)}
+MAILBOX_REVOKED = "mailbox.revoked"
+MAILBOX_GRANTED = "mailbox.granted"
+# data of both: {"mailbox_id": id, ...}, sent to the account whose access changed.
 
 
 class TooManySubscriptions(Exception):
@@ -50,9 +60,47 @@ class Subscription:
         self.bus = bus
         self.account_id = account_id
         self.token_id = token_id
+        self.socket_id: int | None = None  # its live_sockets row, when the socket layer keeps one
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
         self.ended = asyncio.Event()
         self.end_reason = ""
+        # Mailboxes the account may use; None until set (nothing is filtered yet), with the
+        # grants and revocations seen meanwhile applied when it is.
+        self.mailboxes: set[int] | None = None
+        self._changes: list[tuple[bool, int]] = []
+
+    def set_mailboxes(self, mailbox_ids) -> None:
+        """The account's mailboxes as read after subscribing; changes seen since are applied."""
+        current = set(mailbox_ids)
+        for granted, mailbox_id in self._changes:
+            (current.add if granted else current.discard)(mailbox_id)
+        self._changes.clear()
+        self.mailboxes = current
+
+    def access_changed(self, granted: bool, mailbox_id: int) -> None:
+        if self.mailboxes is None:
+            self._changes.append((granted, mailbox_id))
+        elif granted:
+            self.mailboxes.add(mailbox_id)
+        else:
+            self.mailboxes.discard(mailbox_id)
+
+    def allows(self, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """The payload as this subscription may see it now (None: not at all)."""
+        allowed = self.mailboxes
+        if allowed is None or payload.get("type") in (MAILBOX_REVOKED, MAILBOX_GRANTED):
+            return payload
+        mailbox_id = payload.get("mailbox_id")
+        if isinstance(mailbox_id, int) and mailbox_id not in allowed:
+            return None
+        ids = payload.get("mailbox_ids")
+        if isinstance(ids, list):
+            kept = [i for i in ids if i in allowed]
+            if not kept:
+                return None
+            if len(kept) != len(ids):
+                return {**payload, "mailbox_ids": kept}
+        return payload
 
     def end(self, reason: str) -> None:
         """Stop the feed at once: nothing queued or offered after this is handed out."""
@@ -73,7 +121,11 @@ class Subscription:
             log.warning("event queue full for account %s; dropping", self.account_id)
 
     async def get(self) -> dict[str, Any]:
-        return await self.queue.get()
+        """The next event this subscription may see (the mailbox check is made now, at hand-out)."""
+        while True:
+            payload = self.allows(await self.queue.get())
+            if payload is not None:
+                return payload
 
     def close(self) -> None:
         self.bus._unsubscribe(self)
@@ -110,14 +162,28 @@ class EventBus:
                 del self._subs[sub.account_id]
 
     def _deliver(self, account_ids: list[int], payload: dict[str, Any]) -> None:
-        if payload.get("type") == SESSION_ENDED:
-            self._end_sessions(account_ids, payload.get("token_ids"), str(payload.get("reason") or ""))
+        kind = payload.get("type")
+        if kind == SESSION_ENDED:
+            self._end_sessions(account_ids, payload.get("token_ids"), str(payload.get("reason") or ""),
+                               payload.get("socket_ids"))
             return
+        change = kind in (MAILBOX_REVOKED, MAILBOX_GRANTED) and isinstance(payload.get("mailbox_id"), int)
         for account_id in account_ids:
             for sub in list(self._subs.get(account_id, ())):
+                if change:
+                    sub.access_changed(kind == MAILBOX_GRANTED, payload["mailbox_id"])
                 sub.offer(payload)
 
-    def _end_sessions(self, account_ids: list[int], token_ids: list[int] | None, reason: str) -> None:
+    def _end_sessions(self, account_ids: list[int], token_ids: list[int] | None, reason: str,
+                      socket_ids: list[int] | None = None) -> None:
+        if socket_ids is not None:
+            # One live socket closed from the sessions page: its session goes on.
+            wanted_sockets = set(socket_ids)
+            for account_id in account_ids:
+                for sub in list(self._subs.get(account_id, ())):
+                    if sub.socket_id in wanted_sockets:
+                        sub.end(reason)
+            return
         wanted = set(token_ids) if token_ids is not None else None
         for account_id in account_ids:
             for sub in list(self._subs.get(account_id, ())):

@@ -12,10 +12,18 @@ from monsisra.services.core import Core
 
 
 def install(app: FastAPI, settings: Settings) -> None:
+    app.state.startup_hooks.append(_mailer_hook)
     if settings.smtp_enabled:
         app.state.startup_hooks.append(_smtp_hook)
     if settings.run_workers:
         app.state.startup_hooks.append(_worker_hook)
+
+
+async def _mailer_hook(app: FastAPI, core: Core):
+    from monsisra.gateway.notify import mailer_for
+
+    core.mailer = mailer_for(core.settings)  # notification e-mail (password reset links)
+    return None
 
 
 async def _smtp_hook(app: FastAPI, core: Core):

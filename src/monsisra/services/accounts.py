@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import secrets
 from collections.abc import Callable
@@ -70,8 +71,10 @@ def _validate_new(new: NewAccount) -> None:
             raise Invalid(str(exc)) from None
 
 
-async def create_account(core: Core, new: NewAccount, actor: Actor | None = None) -> tuple[Account, Mailbox | None]:
-    """Create an account and, for a professional, the PER mailbox ``prenom.nom@domain``."""
+async def create_account(core: Core, new: NewAccount, actor: Actor | None = None,
+                         source: str = "local") -> tuple[Account, Mailbox | None]:
+    """Create an account and, for a professional, the PER mailbox ``prenom.nom@domain``.
+    ``source``: "local" (password kept here) or "ldap" (the directory checks it)."""
     _validate_new(new)
     password_hash = await _off_loop(core, hash_password, new.password) if new.password else None
     async with core.write() as tx:
@@ -90,13 +93,21 @@ async def create_account(core: Core, new: NewAccount, actor: Actor | None = None
             national_id=new.national_id,
             email=new.email,
             is_admin=new.is_admin,
+            auth_source=source,
+            password_changed_at=utcnow() if password_hash else None,
         )
         s.add(account)
         await s.flush()
         mailbox = await mailboxes.create_personal(s, account, core.settings.domain) if new.personal_mailbox else None
         audit.record(s, actor.account_id if actor else None, "account.create", object_type="account",
-                     object_id=account.id)
+                     object_id=account.id, client=actor.client if actor else None,
+                     detail={"username": account.username, "source": source,
+                             "mailbox": mailbox.address if mailbox else None})
     return account, mailbox
+
+
+async def _create_from_directory(core: Core, **fields: Any) -> tuple[Account, Mailbox | None]:
+    return await create_account(core, NewAccount(password=None, **fields), source="ldap")
 
 
 async def set_password(core: Core, username: str, password: str) -> None:
@@ -108,7 +119,10 @@ async def set_password(core: Core, username: str, password: str) -> None:
         account = await tx.session.scalar(sa.select(Account).where(Account.username == username))
         if account is None:
             raise NotFound(f"compte {username} introuvable")
+        if account.auth_source != "local":
+            raise Invalid(f"le mot de passe de {username} est géré par l'annuaire de son établissement")
         account.password_hash = password_hash
+        account.password_changed_at = utcnow()
         await _end_sessions(tx, account.id, None, "session terminée : le mot de passe a changé")
         audit.record(tx.session, account.id, "account.password")
 
@@ -140,6 +154,15 @@ async def _off_loop(core: Core, fn: Callable[..., T], *args: Any) -> T:
     if pool is None:
         pool = _pools[size] = ThreadPoolExecutor(max_workers=size, thread_name_prefix="argon2")
     return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+async def verify_password(core: Core, password_hash: str | None, password: str) -> bool:
+    """Check a password against a stored hash, off the loop (a missing hash: a dummy one, same time)."""
+    return await _off_loop(core, _verify, password_hash or _DUMMY_HASH, password) and bool(password_hash)
+
+
+async def hash_off_loop(core: Core, password: str) -> str:
+    return await _off_loop(core, hash_password, password)
 
 
 def _verify(password_hash: str, password: str) -> bool:
@@ -241,6 +264,16 @@ async def _forgive(core: Core, limits: list[_Limit]) -> None:
                 .values(failures=LoginThrottle.failures - 1))
 
 
+async def count_attempt(core: Core, key: str, limit: int, username: str, client: str | None) -> None:
+    """Count one attempt on a key of another guessable step (current password at a change, reset
+    requests from an address…): :class:`Throttled` once over ``limit`` in the window."""
+    await _count_attempt(core, [_Limit(key[:200], limit, "clear")], username, client)
+
+
+async def clear_attempts(core: Core, key: str) -> None:
+    await _forgive(core, [_Limit(key[:200], 0, "clear")])
+
+
 async def authenticate(core: Core, username: str, password: str, client: str | None = None,
                        device: str | None = None) -> Account:
     """Check a password, throttled (see above). ``device`` is the id of a device cookie the
@@ -249,10 +282,20 @@ async def authenticate(core: Core, username: str, password: str, client: str | N
     await _count_attempt(core, limits, username, client)
     async with core.read() as session:
         account = await session.scalar(sa.select(Account).where(Account.username == username))
-    # Unknown logins are checked against a dummy hash, so that timing does not reveal accounts.
-    stored = account.password_hash if account is not None and account.password_hash else _DUMMY_HASH
-    ok = await _off_loop(core, _verify, stored, password)
-    if not ok or account is None or not account.active or not account.password_hash:
+    by_directory = account.auth_source != "local" if account is not None else bool(core.settings.ldap_url)
+    if by_directory:
+        # The establishment's directory decides (services/ldap_login.py).
+        from monsisra.services import ldap_login
+
+        found = await ldap_login.check(core, username, password)
+        account = await ldap_login.account_for(core, found, account, _create_from_directory) \
+            if found is not None else account
+        ok = found is not None and account is not None
+    else:
+        # Unknown logins are checked against a dummy hash, so that timing does not reveal accounts.
+        stored = account.password_hash if account is not None and account.password_hash else _DUMMY_HASH
+        ok = await _off_loop(core, _verify, stored, password) and account is not None and bool(account.password_hash)
+    if not ok or account is None or not account.active:
         async with core.write() as tx:
             audit.record(tx.session, account.id if account else None, "login.failure", client=client,
                          detail={"username": username[:120]})
@@ -269,7 +312,7 @@ def _digest(token: str) -> str:
 
 
 async def issue_token(core: Core, account: Account, *, kind: str = "api", client: str | None = None,
-                      ttl_seconds: int | None = None) -> str:
+                      ttl_seconds: int | None = None, user_agent: str | None = None) -> str:
     """A new bearer token; only its sha256 is stored."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
@@ -280,9 +323,12 @@ async def issue_token(core: Core, account: Account, *, kind: str = "api", client
             kind=kind,
             expires_at=now + timedelta(seconds=ttl_seconds or core.settings.token_ttl_seconds),
             client=(client or "")[:120] or None,
+            user_agent=(user_agent or "")[:255] or None,
+            last_used_at=now,
         ))
         await tx.session.execute(sa.update(Account).where(Account.id == account.id).values(last_login_at=now))
-        audit.record(tx.session, account.id, "login.success", client=client, detail={"kind": kind})
+        audit.record(tx.session, account.id, "login.success", client=client,
+                     detail={"kind": kind, "source": account.auth_source})
     return token
 
 
@@ -291,13 +337,19 @@ async def actor_for_token(core: Core, token: str, client: str | None = None) -> 
     now = utcnow()
     async with core.read() as session:
         row = (await session.execute(
-            sa.select(Token.id.label("token_id"), Token.expires_at, Token.revoked_at, Account.id, Account.username,
-                      Account.is_admin, Account.active)
+            sa.select(Token.id.label("token_id"), Token.expires_at, Token.revoked_at, Token.last_used_at, Account.id,
+                      Account.username, Account.is_admin, Account.active)
             .join(Account, Account.id == Token.account_id)
             .where(Token.token_hash == _digest(token))
         )).first()
     if row is None or row.revoked_at is not None or as_utc(row.expires_at) <= now or not row.active:
         raise AuthFailed("jeton absent, expiré ou révoqué ; reconnectez-vous")
+    if row.last_used_at is None or (now - as_utc(row.last_used_at)).total_seconds() > TOUCH_SECONDS:
+        # « Dernière activité » of the sessions page, at most once a minute per session, after
+        # the request's own work and never in its way (a busy database just skips it).
+        task = asyncio.get_running_loop().create_task(_touch(core, row.token_id, now))
+        _touches.add(task)
+        task.add_done_callback(_touches.discard)
     return Actor(row.id, row.username, row.is_admin, client, token_id=row.token_id,
                  expires_at=as_utc(row.expires_at))
 
@@ -311,6 +363,18 @@ async def token_alive(core: Core, token_id: int) -> bool:
     return row is not None and row.revoked_at is None and as_utc(row.expires_at) > utcnow() and bool(row.active)
 
 
+TOUCH_SECONDS = 60
+_touches: set[asyncio.Task] = set()
+
+
+async def _touch(core: Core, token_id: int, now: datetime) -> None:
+    try:
+        async with core.write() as tx:
+            await tx.session.execute(sa.update(Token).where(Token.id == token_id).values(last_used_at=now))
+    except Exception as exc:  # best effort: a busy or unreachable database is not this request's failure
+        logging.getLogger(__name__).debug("last use of session %s not noted: %s", token_id, exc)
+
+
 async def _end_sessions(tx: Tx, account_id: int, token_ids: list[int] | None, reason: str) -> None:
     """Revoke the account's given tokens (all of them when ``None``) and, once this commits,
     tell every process to close the live sockets bound to them."""
@@ -321,6 +385,9 @@ async def _end_sessions(tx: Tx, account_id: int, token_ids: list[int] | None, re
         query = query.where(Token.id.in_(token_ids))
     await tx.session.execute(query.values(revoked_at=utcnow()))
     tx.emit(SESSION_ENDED, [account_id], token_ids=token_ids, reason=reason)
+
+
+end_sessions_in = _end_sessions  # for the other services of identity (sessions, passwords)
 
 
 async def end_session(core: Core, actor: Actor, reason: str = "session terminée : déconnexion") -> None:

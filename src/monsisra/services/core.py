@@ -7,7 +7,7 @@ are published only once it has committed (DESIGN: events after commit).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from monsisra.config import Settings
 from monsisra.events import Event, EventBus, make_bus
+from monsisra.services.errors import ServiceError
 from monsisra.store.blobs import BlobStore
 from monsisra.store.db import Database
 from monsisra.store.files import secure_data_dir
@@ -62,12 +63,19 @@ class Core:
         # Called after a commit that queued outbound mail (the delivery worker of this process
         # registers its wake-up here; other processes find the work at their next poll).
         self.outbox_listeners: list[Callable[[], None]] = []
+        # Sends a notification e-mail (password reset links…) through the configured relay:
+        # ``await mailer(mail_from, [rcpt], data)``; set by the gateway at start (a transport).
+        self.mailer: Callable[[str, list[str], bytes], Awaitable[None]] | None = None
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:
-        async with self.db.write() as session:
-            tx = Tx(session)
-            yield tx
+        try:
+            async with self.db.write() as session:
+                tx = Tx(session)
+                yield tx
+        except ServiceError as exc:
+            await self._record_refusal(exc)
+            raise
         # Reached only when the transaction committed.
         if tx.outbox:
             for listener in self.outbox_listeners:
@@ -77,8 +85,20 @@ class Core:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        async with self.db.read() as session:
-            yield session
+        try:
+            async with self.db.read() as session:
+                yield session
+        except ServiceError as exc:
+            await self._record_refusal(exc)
+            raise
+
+    async def _record_refusal(self, exc: ServiceError) -> None:
+        """A refused access is audited although its transaction is rolled back (once)."""
+        rows, exc.audit = exc.audit, []
+        if rows:
+            from monsisra.services import audit
+
+            await audit.record_now(self, rows)
 
     async def start(self) -> None:
         # Partial uploads a crash left behind: gone at start, whether or not this process runs workers.

@@ -14,6 +14,9 @@ class ServiceError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+        # Audit entries that must be written although the request fails (a refused access):
+        # Core.read()/write() record them in a transaction of their own as the error passes.
+        self.audit: list[dict[str, Any]] = []
 
 
 class NotFound(ServiceError):
@@ -49,3 +52,8 @@ class AuthFailed(ServiceError):
 class Throttled(ServiceError):
     status = 429
     title = "Trop de tentatives"
+
+
+class Unavailable(ServiceError):
+    status = 503
+    title = "Service indisponible"

@@ -1,7 +1,10 @@
 """Mailboxes (BAL): creation, addresses, members and delegates, and the access rule.
 
 The access rule is the heart of authorisation: an account may use a mailbox when it owns
-it, is a member of it (ORG) or is a delegate on it. Everything else answers "not found".
+it, is a member of it (ORG) or is a delegate on it. Everything else answers "not found". A
+delegate holds rights chosen by the owner (domain.delegation): reading always, drafts, sending
+on behalf, flags; without a right she gets 403. An access taken back is remembered, so that a
+later attempt through it is audited (still 404).
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from monsisra.domain import delegation
 from monsisra.domain.addresses import base_local_part, candidate_addresses, local_part, normalize_address  # noqa: F401
-from monsisra.domain.clock import utcnow
+from monsisra.domain.clock import iso, utcnow
+from monsisra.domain.delegation import Right
 from monsisra.domain.model import Access, MailboxKind
 from monsisra.domain.text import TextRefused, check_line
+from monsisra.events import MAILBOX_GRANTED, MAILBOX_REVOKED
 from monsisra.services import audit
-from monsisra.services.core import Actor, Core
-from monsisra.services.errors import Conflict, Invalid, NotFound
+from monsisra.services.core import Actor, Core, Tx
+from monsisra.services.errors import Conflict, Forbidden, Invalid, NotFound
+from monsisra.store.accounts import RevokedAccess
 from monsisra.store.models import Account, Mailbox, MailboxAccess
 
 
@@ -30,6 +37,10 @@ class MailboxView:
     kind: str
     display_name: str
     access: str
+    rights: frozenset[Right] = delegation.ALL_RIGHTS
+
+    def may(self, right: str) -> bool:
+        return right in self.rights
 
     def as_dict(self) -> dict:
         return {
@@ -38,6 +49,7 @@ class MailboxView:
             "kind": self.kind,
             "display_name": self.display_name,
             "access": self.access,
+            "rights": delegation.as_list(self.rights),
         }
 
 
@@ -123,43 +135,133 @@ async def create_service_mailbox(
     return mailbox
 
 
-async def grant(core: Core, mailbox_id: int, account_id: int, access: str, actor: Actor | None = None) -> None:
-    """Make an account a member (ORG) or delegate (PER) of a mailbox. Idempotent."""
+async def grant(core: Core, mailbox_id: int, account_id: int, access: str, actor: Actor | None = None,
+                rights: frozenset[Right] | None = None) -> bool:
+    """Make an account a member (ORG) or delegate (PER) of a mailbox, with a delegate's rights
+    (all by default). Idempotent; a delegate's rights are updated. True when the access is new.
+    Callers check who may do it (the owner, an administrator; the CLI and demo act as the system)."""
     if access not in (Access.MEMBER, Access.DELEGATE):
         raise Invalid("accès inconnu : member ou delegate attendu")
     async with core.write() as tx:
-        mailbox = await tx.session.get(Mailbox, mailbox_id)
-        account = await tx.session.get(Account, account_id)
-        if mailbox is None or account is None:
-            raise NotFound("boîte ou compte introuvable")
-        existing = await tx.session.get(MailboxAccess, (mailbox_id, account_id))
-        if existing is None:
-            tx.session.add(MailboxAccess(mailbox_id=mailbox_id, account_id=account_id, access=access))
-            audit.record(tx.session, actor.account_id if actor else None, "mailbox.grant",
-                         object_type="mailbox", object_id=mailbox_id,
-                         detail={"account_id": account_id, "access": access})
+        return await grant_in(tx, mailbox_id, account_id, access, actor, rights)
+
+
+async def grant_in(tx: Tx, mailbox_id: int, account_id: int, access: str, actor: Actor | None,
+                   rights: frozenset[Right] | None = None) -> bool:
+    """:func:`grant` inside the caller's transaction."""
+    s = tx.session
+    mailbox = await s.get(Mailbox, mailbox_id)
+    account = await s.get(Account, account_id)
+    if mailbox is None or account is None:
+        raise NotFound("boîte ou compte introuvable")
+    stored_rights = delegation.encode(rights or delegation.ALL_RIGHTS) if access == Access.DELEGATE else None
+    by = actor.account_id if actor else None
+    existing = await s.get(MailboxAccess, (mailbox_id, account_id))
+    action = "delegation" if access == Access.DELEGATE else "mailbox"
+    detail = {"account_id": account_id, "access": access, "username": account.username}
+    if access == Access.DELEGATE:
+        detail["rights"] = delegation.as_list(delegation.decode(stored_rights))
+    if existing is not None:
+        if existing.access == Access.DELEGATE and access == Access.DELEGATE and existing.rights != stored_rights:
+            existing.rights = stored_rights
+            audit.record(s, by, "delegation.update", object_type="mailbox", object_id=mailbox_id,
+                         mailbox_id=mailbox_id, client=actor.client if actor else None, detail=detail)
+            tx.emit(MAILBOX_GRANTED, [account_id], mailbox_id=mailbox_id, access=existing.access,
+                    rights=detail["rights"])
+        return False
+    s.add(MailboxAccess(mailbox_id=mailbox_id, account_id=account_id, access=access, rights=stored_rights,
+                        granted_by=by))
+    await s.execute(sa.delete(RevokedAccess).where(RevokedAccess.mailbox_id == mailbox_id,
+                                                   RevokedAccess.account_id == account_id))
+    # A secretary (no national id: not a health professional herself) lands in the first
+    # mailbox delegated to her; she can choose another in « Paramètres ».
+    if access == Access.DELEGATE and not account.national_id and account.default_mailbox_id is None:
+        account.default_mailbox_id = mailbox_id
+    audit.record(s, by, f"{action}.grant", object_type="mailbox", object_id=mailbox_id, mailbox_id=mailbox_id,
+                 client=actor.client if actor else None, detail=detail)
+    tx.emit(MAILBOX_GRANTED, [account_id], mailbox_id=mailbox_id, access=access, rights=detail.get("rights"))
+    return True
 
 
 async def revoke(core: Core, mailbox_id: int, account_id: int, actor: Actor | None = None) -> None:
+    """Take back a membership or delegation: the account loses the mailbox at once (its open
+    pages stop receiving the mailbox's events); a later attempt through it is audited."""
     async with core.write() as tx:
-        row = await tx.session.get(MailboxAccess, (mailbox_id, account_id))
-        if row is None or row.access == Access.OWNER:
-            raise NotFound("accès introuvable")
-        await tx.session.delete(row)
-        audit.record(tx.session, actor.account_id if actor else None, "mailbox.revoke",
-                     object_type="mailbox", object_id=mailbox_id, detail={"account_id": account_id})
+        await revoke_in(tx, mailbox_id, account_id, actor)
+
+
+async def revoke_in(tx: Tx, mailbox_id: int, account_id: int, actor: Actor | None) -> None:
+    """:func:`revoke` inside the caller's transaction."""
+    s = tx.session
+    row = await s.get(MailboxAccess, (mailbox_id, account_id))
+    if row is None or row.access == Access.OWNER:
+        raise NotFound("accès introuvable")
+    access = row.access
+    await s.delete(row)
+    now = utcnow()
+    by = actor.account_id if actor else None
+    ended = await s.get(RevokedAccess, (mailbox_id, account_id))
+    if ended is None:
+        s.add(RevokedAccess(mailbox_id=mailbox_id, account_id=account_id, access=access, revoked_at=now,
+                            revoked_by=by))
+    else:
+        ended.access, ended.revoked_at, ended.revoked_by = access, now, by
+    await s.execute(sa.update(Account).where(Account.id == account_id, Account.default_mailbox_id == mailbox_id)
+                    .values(default_mailbox_id=None))
+    username = await s.scalar(sa.select(Account.username).where(Account.id == account_id))
+    action = "delegation" if access == Access.DELEGATE else "mailbox"
+    audit.record(s, by, f"{action}.revoke", object_type="mailbox", object_id=mailbox_id, mailbox_id=mailbox_id,
+                 client=actor.client if actor else None,
+                 detail={"account_id": account_id, "access": access, "username": username})
+    address = await s.scalar(sa.select(Mailbox.address).where(Mailbox.id == mailbox_id))
+    tx.emit(MAILBOX_REVOKED, [account_id], mailbox_id=mailbox_id, address=address, access=access)
 
 
 async def access_of(session: AsyncSession, actor: Actor, mailbox_id: int) -> str:
     """The actor's access to a mailbox, or :class:`NotFound` (never reveal it exists)."""
-    access = await session.scalar(
-        sa.select(MailboxAccess.access).where(
-            MailboxAccess.mailbox_id == mailbox_id, MailboxAccess.account_id == actor.account_id
-        )
-    )
-    if access is None:
-        raise NotFound("boîte aux lettres introuvable")
+    return (await rights_of(session, actor, mailbox_id))[0]
+
+
+async def rights_of(session: AsyncSession, actor: Actor, mailbox_id: int) -> tuple[str, frozenset[Right]]:
+    """(access, rights) of the actor on a mailbox, or :class:`NotFound`. An access that was taken
+    back (a revoked delegation still used) answers the same 404, and is audited."""
+    row = (await session.execute(
+        sa.select(MailboxAccess.access, MailboxAccess.rights).where(
+            MailboxAccess.mailbox_id == mailbox_id, MailboxAccess.account_id == actor.account_id)
+    )).first()
+    if row is None:
+        raise await not_found(session, actor, mailbox_id)
+    return row.access, delegation.decode(row.rights)
+
+
+async def not_found(session: AsyncSession, actor: Actor, mailbox_id: int) -> NotFound:
+    """The 404 of a mailbox the actor may not use; when it is one whose access was taken back,
+    the error carries the audit entry that Core writes as it passes."""
+    exc = NotFound("boîte aux lettres introuvable")
+    ended = (await session.execute(sa.select(RevokedAccess.access, RevokedAccess.revoked_at).where(
+        RevokedAccess.mailbox_id == mailbox_id, RevokedAccess.account_id == actor.account_id))).first()
+    if ended is not None:
+        exc.audit.append(audit.entry(actor.account_id, "access.refused", object_type="mailbox",
+                                     object_id=mailbox_id, mailbox_id=mailbox_id, client=actor.client,
+                                     detail={"access": ended.access, "revoked_at": iso(ended.revoked_at)}))
+    return exc
+
+
+async def require_right(session: AsyncSession, actor: Actor, mailbox_id: int, right: Right) -> str:
+    """The actor's access when it includes ``right`` (:class:`Forbidden` for a delegate without
+    it, :class:`NotFound` for anyone else)."""
+    access, rights = await rights_of(session, actor, mailbox_id)
+    if right not in rights:
+        raise Forbidden(RIGHT_REFUSED[right])
     return access
+
+
+RIGHT_REFUSED = {
+    Right.READ: "lecture non autorisée dans cette boîte",
+    Right.DRAFT: "votre délégation sur cette boîte ne permet pas de préparer de brouillon",
+    Right.SEND: "votre délégation sur cette boîte ne permet pas d'envoyer de la part du titulaire",
+    Right.FLAGS: "votre délégation sur cette boîte ne permet pas de classer les messages",
+}
 
 
 async def usable_mailbox_ids(session: AsyncSession, account_id: int) -> list[int]:
@@ -172,12 +274,13 @@ async def list_for(core: Core, actor: Actor) -> list[MailboxView]:
     order = sa.case((MailboxAccess.access == Access.OWNER, 0), (MailboxAccess.access == Access.MEMBER, 1), else_=2)
     async with core.read() as session:
         rows = await session.execute(
-            sa.select(Mailbox, MailboxAccess.access)
+            sa.select(Mailbox, MailboxAccess.access, MailboxAccess.rights)
             .join(MailboxAccess, MailboxAccess.mailbox_id == Mailbox.id)
             .where(MailboxAccess.account_id == actor.account_id, Mailbox.active.is_(True))
             .order_by(order, Mailbox.display_name)
         )
-        return [MailboxView(m.id, m.address, m.kind, m.display_name, access) for m, access in rows]
+        return [MailboxView(m.id, m.address, m.kind, m.display_name, access, delegation.decode(rights))
+                for m, access, rights in rows]
 
 
 async def accounts_of(session: AsyncSession, mailbox_ids) -> dict[int, list[int]]:
@@ -223,3 +326,20 @@ async def mark_opened(core: Core, actor: Actor, mailbox_id: int) -> None:
         return
     async with core.write() as tx:
         await tx.session.execute(sa.update(Mailbox).where(Mailbox.id == mailbox_id).values(last_opened_at=now))
+
+
+async def landing(core: Core, actor: Actor) -> int | None:
+    """The mailbox the inbox opens on for this account, when it chose one and may still use it."""
+    async with core.read() as session:
+        return await session.scalar(
+            sa.select(MailboxAccess.mailbox_id).join(Account, Account.default_mailbox_id == MailboxAccess.mailbox_id)
+            .where(Account.id == actor.account_id, MailboxAccess.account_id == actor.account_id))
+
+
+async def set_landing(core: Core, actor: Actor, mailbox_id: int | None) -> None:
+    """Choose the mailbox the inbox opens on (None: the account's own, first in the list)."""
+    async with core.write() as tx:
+        if mailbox_id is not None:
+            await access_of(tx.session, actor, mailbox_id)
+        await tx.session.execute(sa.update(Account).where(Account.id == actor.account_id)
+                                 .values(default_mailbox_id=mailbox_id))

@@ -12,7 +12,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from monsisra.domain.clock import utcnow
-from monsisra.services import messages
+from monsisra.services import messages, sessions
 from monsisra.services.core import Core
 from monsisra.store.models import Attachment, LoginThrottle, MessageAttachment, Token
 
@@ -29,6 +29,7 @@ class PurgeReport:
     trashed: int = 0  # deliveries removed from bins after 30 days
     messages: int = 0  # messages no mailbox held any more
     partial_uploads: int = 0
+    sessions: int = 0  # dead sockets' rows, long-expired devices and reset links
 
 
 async def purge(core: Core) -> PurgeReport:
@@ -36,6 +37,7 @@ async def purge(core: Core) -> PurgeReport:
     now = utcnow()
     report = PurgeReport()
     report.partial_uploads = await asyncio.to_thread(core.blobs.sweep_tmp)
+    report.sessions = await sessions.purge(core)
     async with core.write() as tx:
         s = tx.session
         # The bins first: the attachments of the messages they free are orphans just below.

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from monsisra.domain.clock import utcnow
+from monsisra.domain.delegation import Right
 from monsisra.services import mailboxes
 from monsisra.services.core import Actor, Core, Tx
 from monsisra.services.errors import Conflict, NotFound
@@ -65,7 +66,8 @@ async def respond(core: Core, actor: Actor, mailbox_id: int, message_id: int, se
     """The user's answer to "send a read receipt?": queue the MDN, or decline it."""
     async with core.write() as tx:
         s = tx.session
-        await mailboxes.access_of(s, actor, mailbox_id)
+        # A read receipt is sent in the mailbox's name: a delegate needs the right to send.
+        await mailboxes.require_right(s, actor, mailbox_id, Right.SEND)
         message = await _message_in(s, mailbox_id, message_id)
         job = await s.scalar(sa.select(MdnJob).where(MdnJob.message_id == message_id,
                                                      MdnJob.mailbox_id == mailbox_id))

@@ -75,6 +75,11 @@ class Account(Base):
     totp_secret: Mapped[str | None] = mapped_column(Line(64))
     created_at: Mapped[datetime] = mapped_column(UTC, default=_now)
     last_login_at: Mapped[datetime | None] = mapped_column(UTC)
+    # "local" (password checked here) or "ldap" (an establishment's directory checks it).
+    auth_source: Mapped[str] = mapped_column(Line(10), default="local", server_default="local")
+    password_changed_at: Mapped[datetime | None] = mapped_column(UTC)
+    # The mailbox the inbox opens on (a secretary lands in the doctor's); NULL: the first one.
+    default_mailbox_id: Mapped[int | None] = mapped_column()
 
 
 class Token(Base):
@@ -88,6 +93,8 @@ class Token(Base):
     expires_at: Mapped[datetime] = mapped_column(UTC)
     revoked_at: Mapped[datetime | None] = mapped_column(UTC)
     client: Mapped[str | None] = mapped_column(Line(120))
+    user_agent: Mapped[str | None] = mapped_column(Line(255))
+    last_used_at: Mapped[datetime | None] = mapped_column(UTC)
 
 
 class LoginThrottle(Base):
@@ -134,6 +141,9 @@ class MailboxAccess(Base):
     )
     access: Mapped[str] = mapped_column(Line(10))
     created_at: Mapped[datetime] = mapped_column(UTC, default=_now)
+    # A delegate's rights (domain.delegation); NULL: all of them (owners, members).
+    rights: Mapped[str | None] = mapped_column(Line(40))
+    granted_by: Mapped[int | None] = mapped_column()
 
 
 class Patient(Base):
@@ -334,3 +344,11 @@ class AuditEvent(Base):
     patient_id: Mapped[int | None] = mapped_column(sa.ForeignKey("patients.id"), index=True)
     client: Mapped[str | None] = mapped_column(Line(64))
     detail: Mapped[dict | None] = mapped_column(sa.JSON)
+    # The mailbox acted in (« Journal d'accès » of its owner).
+    mailbox_id: Mapped[int | None] = mapped_column()
+    # The hash chain (domain.audit_chain): position, previous entry's hash, this entry's hash.
+    seq: Mapped[int | None] = mapped_column(sa.BigInteger, unique=True)
+    prev_hash: Mapped[str | None] = mapped_column(Line(64))
+    hash: Mapped[str | None] = mapped_column(Line(64))
+
+    __table_args__ = (sa.Index("ix_audit_log_mailbox", "mailbox_id", "id"),)

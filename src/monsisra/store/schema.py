@@ -1,6 +1,8 @@
 """Imports every model module so that ``Base.metadata`` knows all tables (Alembic, tests)."""
 
 from monsisra.store import (
+    accounts,  # noqa: F401
+    audit,  # noqa: F401
     directory,  # noqa: F401
     gateway,  # noqa: F401
     models,  # noqa: F401

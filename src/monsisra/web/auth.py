@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from monsisra.services import accounts, mailboxes
+from monsisra.services import sessions as sessions_service
 from monsisra.services.core import Core
 from monsisra.services.errors import ServiceError
 from monsisra.web.common import CsrfFailed, client_of, core_of, foreign_origin, next_url, render, sessions_of
@@ -47,15 +48,19 @@ async def login(request: Request) -> Response:
     suite = next_url(str(form.get("suite", "")))
     core = core_of(request)
     sessions = sessions_of(request)
-    # A browser this login used before has its own failure counter (see web/session.py).
+    # A browser this login used before has its own failure counter (see web/session.py), unless
+    # the account forgot it (« Sessions et appareils ») or it expired.
     device = sessions.device_of(request, username)
+    if device is not None and not await sessions_service.device_trusted(core, username, device):
+        device = None
     try:
         hook = getattr(request.app.state, "login", None)
         if hook is not None:
             account = await hook(core, username, password, otp, client_of(request), device=device)
         else:
             account = await accounts.authenticate(core, username, password, client_of(request), device=device)
-        token = await accounts.issue_token(core, account, kind="web", client=client_of(request))
+        token = await accounts.issue_token(core, account, kind="web", client=client_of(request),
+                                           user_agent=request.headers.get("user-agent"))
     except ServiceError as exc:
         response = render(request, "auth/login.html", status=exc.status if exc.status != 401 else 400,
                           error=exc.detail, username=username, suite=suite,
@@ -65,7 +70,9 @@ async def login(request: Request) -> Response:
         return response
     response = RedirectResponse(suite, status_code=303)
     sessions.set_cookie(response, request, token)
-    sessions.remember_device(response, request, account.username)
+    device_id = sessions.remember_device(response, request, account.username)
+    await sessions_service.remember_device(core, account.id, device_id, client_of(request),
+                                           request.headers.get("user-agent"))
     return response
 
 

@@ -38,7 +38,8 @@ router = APIRouter(include_in_schema=False)
 
 async def _compose_context(request: Request, actor: Actor) -> dict[str, Any]:
     core = core_of(request)
-    boxes = await mailboxes.list_for(core, actor)
+    # « De »: the mailboxes one may write from (not those delegated read-only).
+    boxes = [b for b in await mailboxes.list_for(core, actor) if b.may("draft") or b.may("send")]
     qp = request.query_params
     kind = qp.get("type", "courrier")
     if kind not in COMPOSE_KINDS:
@@ -69,7 +70,8 @@ async def _compose_context(request: Request, actor: Actor) -> dict[str, Any]:
                          attachments=src["attachments"], draft_id=src["id"],
                          in_reply_to=src["thread"]["in_reply_to"])
     if draft["from_mailbox"] not in {b.id for b in boxes}:
-        draft["from_mailbox"] = boxes[0].id if boxes else None
+        landing = await mailboxes.landing(core, actor)
+        draft["from_mailbox"] = landing if landing in {b.id for b in boxes} else boxes[0].id if boxes else None
     title, category, picker_kind = COMPOSE_KINDS[kind]
     return {"boxes": boxes, "kind": kind, "title": title, "category": category, "picker_kind": picker_kind,
             "draft": draft, "patient_domain": PATIENT_DOMAIN, "retour": came_from(request)}

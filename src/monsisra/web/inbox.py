@@ -93,7 +93,11 @@ async def make_scope(request: Request, actor: Actor, *, light: bool = False) -> 
     if light and named is not None and named > 0:
         return Scope([], str(named), folder, q)
     boxes = await mailboxes.list_for(core_of(request), actor)
-    selected = qp.get("bal") or (str(boxes[0].id) if boxes else ALL)
+    selected = qp.get("bal")
+    if not selected:
+        # Where the account lands: its choice (a secretary: the doctor's mailbox), else the first.
+        landing = await mailboxes.landing(core_of(request), actor)
+        selected = str(landing) if landing is not None else (str(boxes[0].id) if boxes else ALL)
     if selected != ALL and selected not in {str(b.id) for b in boxes}:
         selected = str(boxes[0].id) if boxes else ALL
     return Scope(boxes, selected, folder, q)

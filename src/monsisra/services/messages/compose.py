@@ -10,11 +10,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from monsisra.domain import delegation
 from monsisra.domain.addresses import PATIENT_DOMAIN, domain_of, normalize_address
 from monsisra.domain.clock import iso, utcnow
+from monsisra.domain.delegation import Right
 from monsisra.domain.html import sanitize_html
 from monsisra.domain.ins import PatientIdentity, is_valid_ins
-from monsisra.domain.model import Category, Role
+from monsisra.domain.model import Access, Category, Role
 from monsisra.domain.text import (
     TextRefused,
     check_line,
@@ -26,7 +28,7 @@ from monsisra.domain.text import (
 from monsisra.services import attachments as att_service
 from monsisra.services import audit, mailboxes, patients, trust
 from monsisra.services.core import Actor, Core, Tx
-from monsisra.services.errors import Invalid, NotFound, TooLarge
+from monsisra.services.errors import Forbidden, Invalid, NotFound, TooLarge
 from monsisra.services.messages.placement import (
     Placement,
     build_search_text,
@@ -167,14 +169,19 @@ def _check_compose(req: Compose) -> None:
         raise Invalid(f"trop de destinataires (au plus {MAX_RECIPIENTS})")
 
 
-async def _sending_mailbox(s: AsyncSession, actor: Actor, mailbox_id: int):
-    """The mailbox the actor sends from (one query: access and identity), or 404."""
+async def _sending_mailbox(s: AsyncSession, actor: Actor, mailbox_id: int, draft: bool):
+    """The mailbox the actor sends from (one query: access, rights and identity), or 404; 403 for
+    a delegate whose rights do not cover sending (or preparing a draft)."""
     row = (await s.execute(
-        sa.select(Mailbox.id, Mailbox.address, Mailbox.display_name, Mailbox.owner_account_id)
+        sa.select(Mailbox.id, Mailbox.address, Mailbox.display_name, Mailbox.owner_account_id, MailboxAccess.access,
+                  MailboxAccess.rights)
         .join(MailboxAccess, MailboxAccess.mailbox_id == Mailbox.id)
         .where(Mailbox.id == mailbox_id, MailboxAccess.account_id == actor.account_id))).first()
     if row is None:
-        raise NotFound("boîte aux lettres introuvable")
+        raise await mailboxes.not_found(s, actor, mailbox_id)
+    needed = Right.DRAFT if draft else Right.SEND
+    if needed not in delegation.decode(row.rights):
+        raise Forbidden(mailboxes.RIGHT_REFUSED[needed])
     return row
 
 
@@ -188,7 +195,7 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
     html = sanitize_html(req.html) if req.html else None
     async with core.write() as tx:
         s = tx.session
-        sender = await _sending_mailbox(s, actor, req.from_mailbox)
+        sender = await _sending_mailbox(s, actor, req.from_mailbox, req.draft)
         recipients, bad = await _resolve_recipients(s, core, req)
         if bad:
             raise Invalid("destinataires invalides : " + ", ".join(b["address"] for b in bad),
@@ -265,9 +272,17 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
             placements += [Placement(message_pk, m.id, Role.IN, req.category, now, values["subject"],
                                      sender.display_name) for m in local_boxes]
         await place(tx, placements)
-        if patient is not None:
-            audit.record(s, actor.account_id, "patient.message", object_type="message", object_id=message_pk,
-                         patient_id=patient.id, client=actor.client)
+        # Every send is on the record, and a draft prepared in someone else's mailbox too.
+        if not req.draft or sender.access != Access.OWNER:
+            action = "message.draft" if req.draft else "patient.message" if patient is not None else "message.send"
+            detail: dict[str, Any] = {"recipients": len(recipients)}
+            if sender.access != Access.OWNER:
+                detail["access"] = sender.access
+            if on_behalf:
+                detail["on_behalf_of"] = actor.username
+            audit.record(s, actor.account_id, action, object_type="message", object_id=message_pk,
+                         patient_id=patient.id if patient else None, mailbox_id=sender.id, client=actor.client,
+                         detail=detail)
         if len(local_boxes) < len(recipients) and not req.draft:
             tx.emit("outbox", [actor.account_id], message_id=message_pk)
             tx.outbox_changed()

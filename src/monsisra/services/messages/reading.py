@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from monsisra.domain.clock import as_utc, iso
-from monsisra.domain.model import Category, Role, View
+from monsisra.domain.delegation import Right
+from monsisra.domain.model import Access, Category, Role, View
 from monsisra.domain.text import (
     search_terms,
 )
@@ -242,7 +243,7 @@ async def get(core: Core, actor: Actor, mailbox_id: int, message_id: int, *, mar
     marked read there); ``prefer_deleted``: the copy in the bin first (a message sent to oneself
     has two copies in the mailbox: the one opened from « Corbeille » is the one in the bin)."""
     async with core.read() as s:
-        await mailboxes.access_of(s, actor, mailbox_id)
+        access, rights = await mailboxes.rights_of(s, actor, mailbox_id)
         stmt = (sa.select(*_LIST_COLUMNS, Message.body, Message.html, Message.message_id.label("rfc_id"),
                           Message.headers, Message.receipt_requested)
                 .select_from(Delivery).join(Message, Message.id == Delivery.message_id)
@@ -254,21 +255,24 @@ async def get(core: Core, actor: Actor, mailbox_id: int, message_id: int, *, mar
         if row is None:
             raise NotFound("message introuvable")
         item = (await _summaries(s, [row]))[0]
-    mark_read = mark_read and not row.deleted
     item.update(body=row.body, html=row.html, message_id=row.rfc_id, receipt_requested=row.receipt_requested,
                 on_behalf_of=(row.headers or {}).get("on_behalf_of"))
-    if mark_read and row.role == Role.IN and not row.read:
-        await set_read(core, actor, row.delivery_id)
+    # Every read is on the record (with the patient when the message names one); reading marks
+    # the message read only for those who may manage its flags (not a read-only delegate).
+    read_entry = audit.entry(actor.account_id, "patient.read" if row.patient_id else "message.read",
+                             object_type="message", object_id=message_id, patient_id=row.patient_id,
+                             mailbox_id=mailbox_id, client=actor.client,
+                             detail=None if access == Access.OWNER else {"access": access})
+    if mark_read and not row.deleted and Right.FLAGS in rights and row.role == Role.IN and not row.read:
+        await set_read(core, actor, row.delivery_id, [read_entry])
         item["state"]["read"] = True
+    else:
+        await audit.record_now(core, [read_entry])
     if row.receipt_requested and row.role == Role.IN:
         from monsisra.services import mdn  # the gateway's read receipts (RFC 8098)
 
         # mdn_pending: the sender asked for a receipt at another address; the user decides.
         item["mdn"] = await mdn.status(core, actor, mailbox_id, message_id)
-    if row.patient_id and mark_read:
-        async with core.write() as tx:
-            audit.record(tx.session, actor.account_id, "patient.read", object_type="message",
-                         object_id=message_id, patient_id=row.patient_id, client=actor.client)
     return item
 
 

@@ -10,8 +10,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from monsisra.domain.clock import iso, utcnow
-from monsisra.domain.model import Category, Role, View
-from monsisra.services import mailboxes
+from monsisra.domain.delegation import Right
+from monsisra.domain.model import Access, Category, Role, View
+from monsisra.services import audit, mailboxes
 from monsisra.services.core import Actor, Core, Tx
 from monsisra.services.errors import Invalid, NotFound
 from monsisra.services.messages.placement import bump_modseq, lock_mailboxes
@@ -30,14 +31,18 @@ from monsisra.store.models import (
 TRASH_KEEP = timedelta(days=30)
 
 
-async def set_read(core: Core, actor: Actor, delivery_id: int) -> None:
-    await _set_flags(core, actor, delivery_id, {"read": True})
+async def set_read(core: Core, actor: Actor, delivery_id: int, audit_rows: list[dict[str, Any]] = ()) -> None:
+    """Mark read; ``audit_rows`` are written in the same transaction (the read itself)."""
+    await _set_flags(core, actor, delivery_id, {"read": True}, audit_rows)
 
 
-async def _set_flags(core: Core, actor: Actor, delivery_id: int, flags: dict[str, bool]) -> None:
+async def _set_flags(core: Core, actor: Actor, delivery_id: int, flags: dict[str, bool],
+                     audit_rows: list[dict[str, Any]] = ()) -> None:
     now = utcnow()
     async with core.write() as tx:
         s = tx.session
+        for row in audit_rows:
+            audit.add(s, row)
         d = await s.get(Delivery, delivery_id)
         if d is None:
             raise NotFound("message introuvable")
@@ -94,11 +99,15 @@ async def update_state(core: Core, actor: Actor, mailbox_id: int, message_id: in
     else:  # restore: the copy in the bin first
         stmt = stmt.order_by(Delivery.deleted.desc(), Delivery.id.desc())
     async with core.read() as s:
-        await mailboxes.access_of(s, actor, mailbox_id)
+        access = await mailboxes.require_right(s, actor, mailbox_id, Right.FLAGS)
         delivery_id = await s.scalar(stmt.limit(1))
     if delivery_id is None:
         raise NotFound("message introuvable")
-    await _set_flags(core, actor, delivery_id, flags)
+    # Done in someone else's mailbox (a delegate, a service member): on the record.
+    rows = [] if access == Access.OWNER else [audit.entry(
+        actor.account_id, "message.flags", object_type="message", object_id=message_id, mailbox_id=mailbox_id,
+        client=actor.client, detail={"flags": flags, "access": access})]
+    await _set_flags(core, actor, delivery_id, flags, rows)
     async with core.read() as s:
         d = await s.get(Delivery, delivery_id)
         assert d is not None

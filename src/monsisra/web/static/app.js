@@ -108,6 +108,8 @@
     return list.dataset.mbs.split(",").indexOf(String(mailboxId)) >= 0;
   }
   function onEvent(ev) {
+    // Other page scripts (accounts.js: a delegation taken back) follow the same feed.
+    document.dispatchEvent(new CustomEvent("monsisra:event", { detail: ev }));
     if (ev.type === "message.new") {
       if (inScope(ev.mailbox_id)) listSoon();
       announce("Nouveau message de " + (ev.sender || "") + " : " + (ev.subject || ""));
