@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from monsisra import __version__, redaction
 from monsisra.api import problems, transport
 from monsisra.api.limits import BodyLimitMiddleware
+from monsisra.api.identity import router as identity_router
 from monsisra.api.mssante import router as mssante_router
 from monsisra.api.routes import router
 from monsisra.config import Settings
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_message_bytes)
     app.include_router(router)
     app.include_router(mssante_router)
+    app.include_router(identity_router)
     _install_components(app, settings)
     transport.install(app, settings)  # last: outermost
     return app

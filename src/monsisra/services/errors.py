@@ -49,3 +49,10 @@ class AuthFailed(ServiceError):
 class Throttled(ServiceError):
     status = 429
     title = "Trop de tentatives"
+
+
+class SecondFactorRequired(Forbidden):
+    """The session was opened with a password alone where a second factor is required: it may
+    only enrol one (``POST /api/v1/me/totp``, then ``…/confirm``)."""
+
+    title = "Second facteur requis"

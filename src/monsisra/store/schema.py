@@ -3,5 +3,6 @@
 from monsisra.store import (
     directory,  # noqa: F401
     gateway,  # noqa: F401
+    identity,  # noqa: F401
     models,  # noqa: F401
 )

@@ -86,8 +86,9 @@ class Sessions:
         """The id this browser was given when ``username`` logged in from it, if any."""
         return self._devices(conn).get(username.strip().lower())
 
-    def remember_device(self, response: Response, conn: HTTPConnection, username: str) -> None:
-        """After a successful login: this browser is now known to that login (id kept if it was)."""
+    def remember_device(self, response: Response, conn: HTTPConnection, username: str) -> str:
+        """After a successful login: this browser is now known to that login (id kept if it was);
+        answers that id."""
         devices = self._devices(conn)
         login = username.strip().lower()
         device = devices.pop(login, None) or secrets.token_urlsafe(18)
@@ -96,6 +97,7 @@ class Sessions:
         response.set_cookie(DEVICE_COOKIE, self._device_signer.dumps(devices),
                             max_age=self.settings.device_cookie_days * 86400, httponly=True, samesite="lax",
                             secure=is_tls(conn), path="/")
+        return device
 
     # --- CSRF -----------------------------------------------------------------------------
 
