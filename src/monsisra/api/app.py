@@ -10,8 +10,8 @@ from fastapi import FastAPI
 
 from monsisra import __version__, redaction
 from monsisra.api import problems, transport
-from monsisra.api.limits import BodyLimitMiddleware
 from monsisra.api.identity import router as identity_router
+from monsisra.api.limits import BodyLimitMiddleware
 from monsisra.api.mssante import router as mssante_router
 from monsisra.api.routes import router
 from monsisra.config import Settings
