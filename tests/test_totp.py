@@ -133,8 +133,8 @@ def test_a_password_only_session_may_only_enrol_where_the_factor_is_required(str
         assert c.get("/api/v1/me/totp").json()["required"] is True
     # Its live socket is refused as well (at the handshake, as without a session).
     ws_url = base.replace("http://", "ws://") + "/api/v1/events"
-    with pytest.raises((ConnectionClosed, InvalidStatus)), connect(ws_url, additional_headers={"Authorization": f"Bearer {limited}"}) \
-            as ws:
+    headers = {"Authorization": f"Bearer {limited}"}
+    with pytest.raises((ConnectionClosed, InvalidStatus)), connect(ws_url, additional_headers=headers) as ws:
         ws.recv(timeout=10)
     # Enrolling through that very session lifts the limit.
     enrol(base, limited)
