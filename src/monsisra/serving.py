@@ -57,9 +57,15 @@ def handshake_protocol(context: ssl.SSLContext, refused: Callable[[str | None, s
     ``refused(client, reason)`` instead of vanishing inside the event loop."""
 
     class Handshake(asyncio.Protocol):
+        """First the raw connection's protocol (reading paused), then, during and just after
+        the handshake, the TLS layer's: it keeps what arrives before uvicorn's protocol is
+        connected (a TLS 1.3 client sends its request with its last handshake flight)."""
+
         def __init__(self, **kwargs: Any) -> None:
             self.inner = AutoHTTPProtocol(**kwargs)
             self.task: asyncio.Task | None = None
+            self.early: list[bytes] = []
+            self.eof = False
 
         def connection_made(self, transport: Any) -> None:
             transport.pause_reading()  # the ClientHello is for start_tls, not for us
@@ -69,7 +75,7 @@ def handshake_protocol(context: ssl.SSLContext, refused: Callable[[str | None, s
             peer = transport.get_extra_info("peername")
             client = peer[0] if isinstance(peer, tuple) and peer else None
             try:
-                tls = await asyncio.get_running_loop().start_tls(transport, self.inner, context, server_side=True,
+                tls = await asyncio.get_running_loop().start_tls(transport, self, context, server_side=True,
                                                                   ssl_handshake_timeout=30)
             except ssl.SSLCertVerificationError as exc:
                 transport.close()
@@ -84,10 +90,20 @@ def handshake_protocol(context: ssl.SSLContext, refused: Callable[[str | None, s
             extension = tls_extension(tls.get_extra_info("ssl_object"))
             if extension is not None and extension["client_cert_chain"]:
                 self.inner.app = _with_tls(self.inner.app, extension)
+            tls.set_protocol(self.inner)
             self.inner.connection_made(tls)
+            for chunk in self.early:
+                self.inner.data_received(chunk)
+            self.early.clear()
+            if self.eof:
+                self.inner.eof_received()
 
-        def data_received(self, data: bytes) -> None:  # reading is paused until TLS takes over
-            pass
+        def data_received(self, data: bytes) -> None:
+            self.early.append(data)
+
+        def eof_received(self) -> bool | None:
+            self.eof = True
+            return None
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self.task is not None and not self.task.done():

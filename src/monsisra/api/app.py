@@ -10,7 +10,6 @@ from fastapi import FastAPI
 
 from monsisra import __version__, redaction
 from monsisra.api import problems, transport
-from monsisra.api.identity import router as identity_router
 from monsisra.api.limits import BodyLimitMiddleware
 from monsisra.api.mssante import router as mssante_router
 from monsisra.api.routes import router
@@ -58,7 +57,6 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_message_bytes)
     app.include_router(router)
     app.include_router(mssante_router)
-    app.include_router(identity_router)
     _install_components(app, settings)
     transport.install(app, settings)  # last: outermost
     return app
@@ -84,9 +82,9 @@ async def _maintenance(app: FastAPI, core: Core):
 
 def _install_components(app: FastAPI, settings: Settings) -> None:
     """Mount the directory API, the web pages and the MSSanté gateway (each has ``install``)."""
-    from monsisra.api import directory
+    from monsisra.api import directory, identity
     from monsisra.gateway import install as gateway
     from monsisra.web import install as web
 
-    for component in (directory, web, gateway):
+    for component in (directory, identity, web, gateway):
         component.install(app, settings)

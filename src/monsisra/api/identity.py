@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from monsisra.api import certificates
 from monsisra.api.deps import client_address, get_core, resolve_actor
+from monsisra.config import Settings
 from monsisra.services import accounts, cps, signin, totp
 from monsisra.services.core import Actor, Core
 
@@ -85,3 +86,9 @@ async def certificate_token(request: Request, core: CoreDep) -> dict[str, Any]:
     login = await cps.login(core, certificates.presented(request), client_address(request))
     token = await signin.open_session(core, login, kind="api", client=client_address(request))
     return {"access_token": token, "token_type": "bearer", "expires_in": core.settings.token_ttl_seconds}
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """The routes, and the audit of client certificates the TLS handshake refused (serving.py)."""
+    app.include_router(router)
+    app.state.tls_refused = cps.record_refusal
