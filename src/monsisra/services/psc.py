@@ -158,13 +158,15 @@ async def _claim_login(core: Core, state: str, browser: str | None) -> OidcLogin
             raise Refused("état déjà utilisé (state)")
         if as_utc(row.created_at) < now - LOGIN_TTL:
             raise Refused("connexion commencée il y a trop longtemps")
-        if not browser or not secrets.compare_digest(row.browser_hash, _digest(browser)):
-            raise Refused("état venu d'un autre navigateur (state)")
+        # Spent whatever follows: a return delivered to another browser burns it as well.
         spent = (await tx.session.execute(sa.update(OidcLogin).where(
             OidcLogin.state_hash == row.state_hash, OidcLogin.used_at.is_(None)).values(used_at=now))).rowcount
-        if spent != 1:
-            raise Refused("état déjà utilisé (state)")
-        return row
+        foreign = not browser or not secrets.compare_digest(row.browser_hash, _digest(browser))
+    if spent != 1:
+        raise Refused("état déjà utilisé (state)")
+    if foreign:
+        raise Refused("état venu d'un autre navigateur (state)")
+    return row
 
 
 def _check_id_token(core: Core, claims: dict, nonce: str) -> None:
