@@ -5,13 +5,14 @@ the tests themselves into a cache directory with ``npm ci``."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -189,7 +190,8 @@ def node_modules(cache: Path) -> Path:
 
 
 class NodeProcess:
-    """A Node program of ``tests/node`` that prints one JSON line when it is ready."""
+    """A Node program of ``tests/node`` that prints one JSON line per event, the first when it is
+    ready; a thread reads them into a queue (no event loop: Playwright's may be running)."""
 
     def __init__(self, modules: Path, script: str, config: dict, log: Path) -> None:
         self.log = log
@@ -197,23 +199,22 @@ class NodeProcess:
         self.proc = subprocess.Popen(["node", str(modules / script), json.dumps(config)], cwd=modules,
                                      stdout=subprocess.PIPE, stderr=out, text=True)
         out.close()
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
         self.ready = self.read_line()
 
-    def read_line(self, timeout: float = 60.0) -> dict:
+    def _pump(self) -> None:
         assert self.proc.stdout is not None
-        result: dict = {}
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put("")
 
-        def read() -> None:
-            line = self.proc.stdout.readline()
-            result["line"] = line
-
-        loop = asyncio.new_event_loop()
+    def read_line(self, timeout: float = 60.0) -> dict:
         try:
-            loop.run_until_complete(asyncio.wait_for(loop.run_in_executor(None, read), timeout))
-        finally:
-            loop.close()
-        line = result.get("line") or ""
-        assert line, f"{self.proc.args[1]} ended without answering: {self.log.read_text()[-3000:]}"
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"{self.proc.args[1]} said nothing within {timeout}s") from None
+        assert line, f"{self.proc.args[1]} ended: {self.log.read_text()[-3000:]}"
         return json.loads(line)
 
     def stop(self) -> None:

@@ -148,6 +148,7 @@ class PortalSession(Base):
     client_id: Mapped[str] = mapped_column(Line(80))
     account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     token_id: Mapped[int | None] = mapped_column(sa.ForeignKey("tokens.id", ondelete="SET NULL"), index=True)
+    issuer: Mapped[str] = mapped_column(Line(2000))  # as the service saw us (its logout token names it)
     created_at: Mapped[datetime] = mapped_column(UTC, default=_now)
     ended_at: Mapped[datetime | None] = mapped_column(UTC)
     logout_status: Mapped[str | None] = mapped_column(Line(200))  # what the back-channel call answered

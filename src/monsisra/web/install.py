@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from monsisra.config import Settings
-from monsisra.web import account, admin, auth, compose, inbox, reading, security, signin
+from monsisra.web import account, admin, auth, compose, inbox, portal, reading, security, signin
 from monsisra.web.common import CsrfFailed, LoginRequired, error_page, is_htmx, render
 from monsisra.web.session import Sessions
 
@@ -71,7 +71,7 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     app.state.startup_hooks.append(_follow_session_ends)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for area in (auth, inbox, reading, compose, account, admin, signin, security):
+    for area in (auth, inbox, reading, compose, account, admin, signin, security, portal):
         app.include_router(area.router)
     security.install(app)
     app.state.error_page = error_page

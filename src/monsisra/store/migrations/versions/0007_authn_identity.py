@@ -117,6 +117,7 @@ def upgrade() -> None:
         sa.Column("client_id", sa.String(80), nullable=False),
         sa.Column("account_id", sa.Integer(), nullable=False),
         sa.Column("token_id", sa.Integer(), nullable=True),
+        sa.Column("issuer", sa.String(2000), nullable=False),
         sa.Column("created_at", UTC, nullable=False),
         sa.Column("ended_at", UTC, nullable=True),
         sa.Column("logout_status", sa.String(200), nullable=True),
