@@ -206,3 +206,21 @@ def test_the_web_login_asks_for_the_code_on_a_second_step_and_remembers_a_browse
         web.post("/deconnexion")
         asked = web.post("/connexion", data={"username": user, "password": "secret-pass"})
         assert asked.status_code == 200 and 'name="ticket"' in asked.text
+
+
+def test_no_code_ticket_or_logout_token_reaches_a_log_line():
+    from monsisra.redaction import redact
+
+    lines = {
+        'POST /connexion/code body ticket=eyJhIjoxfQ.Zz.Yy&otp=123456&suite=/boite': ("eyJhIjoxfQ", "123456"),
+        'GET /connexion/psc/retour?code=abc123secret&state=st4t3&iss=http://psc': ("abc123secret", "st4t3"),
+        'POST /portail/oidc/token grant_type=authorization_code&code=c0de&code_verifier=v3rifier': ("c0de", "v3rifier"),
+        'POST /backchannel logout_token=eyJhbGciOi.payload.sig': ("eyJhbGciOi",),
+        'GET /portail/oidc/logout?id_token_hint=eyJraWQi.x.y&state=z': ("eyJraWQi",),
+        'cookie: monsisra_trusted=signed-value; monsisra_psc=half-of-login': ("signed-value", "half-of-login"),
+        '{"otp": "654321", "recovery_codes": "abcde-fghij"}': ("654321", "abcde-fghij"),
+    }
+    for line, secrets_ in lines.items():
+        masked = redact(line)
+        for secret in secrets_:
+            assert secret not in masked, (line, masked)

@@ -73,3 +73,24 @@ async def account_for_national_id(core: Core, national_id: str, method: str, cli
 
 def is_strong(methods: str) -> bool:
     return any(m in STRONG_METHODS for m in methods.split("+"))
+
+
+async def purge_expired(core: Core) -> int:
+    """Housekeeping of the identity tables: logins under way, codes, tokens and remembered
+    browsers past their time (hourly, from services/maintenance.py)."""
+    from datetime import timedelta
+
+    from monsisra.domain.clock import utcnow
+    from monsisra.store.identity import OidcLogin, PortalCode, PortalToken, RememberedDevice
+
+    now = utcnow()
+    removed = 0
+    async with core.write() as tx:
+        s = tx.session
+        for stmt in (sa.delete(OidcLogin).where(OidcLogin.created_at < now - timedelta(hours=1)),
+                     sa.delete(PortalCode).where(PortalCode.expires_at < now - timedelta(hours=1)),
+                     sa.delete(PortalToken).where(PortalToken.expires_at < now),
+                     sa.delete(RememberedDevice).where(sa.or_(RememberedDevice.expires_at < now,
+                                                              RememberedDevice.revoked_at < now - timedelta(days=30)))):
+            removed += (await s.execute(stmt)).rowcount or 0
+    return removed
