@@ -48,8 +48,10 @@ async def token(request: Request, core: CoreDep) -> Response:
     return JSONResponse(reply.body, status_code=reply.status, headers=headers)
 
 
-@router.api_route("/portail/oidc/userinfo", methods=["GET", "POST"])
+@router.get("/portail/oidc/userinfo", operation_id="portal_userinfo")
+@router.post("/portail/oidc/userinfo", operation_id="portal_userinfo_post")
 async def userinfo(request: Request, core: CoreDep) -> Response:
+    """The claims of the portal access token's holder (OpenID Connect user info)."""
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     try:
         claims = await portal.userinfo(core, value.strip() if scheme.lower() == "bearer" else None)
