@@ -224,3 +224,35 @@ def test_no_code_ticket_or_logout_token_reaches_a_log_line():
         masked = redact(line)
         for secret in secrets_:
             assert secret not in masked, (line, masked)
+
+
+def test_a_demo_database_from_before_keeps_its_demo_logins_exempt(server, database_url, tmp_path):
+    """`make run` on a database loaded before the second factor existed: `demo --if-empty`
+    does not reload it, but its demo accounts stay exempt."""
+    import os
+    import subprocess
+    import sys
+
+    from monsisra.store.identity import SecondFactor
+    from monsisra.store.models import Account
+
+    async def forget_exemptions() -> None:
+        async with server.core.write() as tx:
+            ids = sa.select(Account.id).where(Account.username.in_(["alice.martin", "admin"]))
+            await tx.session.execute(sa.delete(SecondFactor).where(SecondFactor.account_id.in_(ids)))
+
+    server.call(forget_exemptions)
+    env = {**os.environ, "MONSISRA_DATABASE_URL": database_url, "MONSISRA_DATA_DIR": str(tmp_path),
+           "MONSISRA_TOTP_REQUIRED": "true"}
+
+    async def alice_exempt() -> bool:
+        async with server.core.read() as s:
+            return bool(await s.scalar(sa.select(SecondFactor.exempt)
+                                       .join(Account, Account.id == SecondFactor.account_id)
+                                       .where(Account.username == "alice.martin")))
+
+    assert server.call(alice_exempt) is False
+    r = subprocess.run([sys.executable, "-m", "monsisra.cli", "demo", "--if-empty"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "déjà remplie" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert server.call(alice_exempt) is True

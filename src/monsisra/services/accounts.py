@@ -143,6 +143,11 @@ async def _off_loop(core: Core, fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
 
+def password_matches(password_hash: str, password: str) -> bool:
+    """Whether ``password`` is the one hashed (no throttling: not for logins)."""
+    return _verify(password_hash, password)
+
+
 def _verify(password_hash: str, password: str) -> bool:
     try:
         return _hasher.verify(password_hash, password)
