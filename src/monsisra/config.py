@@ -97,6 +97,33 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
+    # Identity (issue 15, items 1-4).
+    # Second factor (TOTP): required before any access to messages (accounts marked exempt, such
+    # as the demo's, excepted); a browser that passed it may be remembered this many days.
+    totp_required: bool = True
+    totp_issuer: str = "MonSisra"
+    totp_remember_days: int = 30
+    otp_account_max_failures: int = 20  # wrong codes per account (browsers it does not know) per window
+    # CPS card: the HTTPS listener asks for a client certificate (optional at the TLS level)
+    # chained to tls_trust; its national id is read from these subject attributes, in order, with
+    # this pattern (group 1). Behind a reverse proxy (trusted_proxies), the verified certificate
+    # comes PEM url-encoded in this header (nginx: $ssl_client_escaped_cert).
+    cps_login: bool = True
+    cps_id_attributes: str = "serialNumber,CN"
+    cps_id_pattern: str = r"(?<![0-9])(8[0-9]{11}|0[0-9]{9})(?![0-9])"
+    cps_proxy_header: str = "x-ssl-client-cert"
+    # Pro Santé Connect (OpenID Connect client); unset issuer: no such login.
+    psc_issuer: str | None = None
+    psc_client_id: str = ""
+    psc_client_secret: str = ""
+    psc_redirect_uri: str | None = None  # default: <this site>/connexion/psc/retour
+    psc_scopes: str = "openid scope_all"
+    psc_acr: str = "eidas1"
+    psc_create_accounts: bool = True  # a first login creates the account from the directory
+    # « Mon portail »: the OpenID provider for the region's services.
+    portal_issuer: str | None = None  # default: the address the request came to
+    portal_token_ttl_seconds: int = 3600
+    portal_key_rotation_days: int = 90
 
     @cached_property
     def effective_secret_key(self) -> str:

@@ -20,6 +20,9 @@ SENSITIVE = frozenset({
     "access_token", "token", "code", "state", "password", "passwd", "pwd", "otp", "id_token", "refresh_token",
     "authorization", "cookie", "set-cookie", "client_secret", "secret", "csrf", "session", "monsisra_session",
     "monsisra_device", "current", "new", "api_key", "apikey",
+    # Identity (issue 15): the login's second step, PKCE, logout and hint tokens, trusted browsers.
+    "ticket", "code_verifier", "logout_token", "id_token_hint", "monsisra_trusted", "monsisra_psc",
+    "recovery_codes", "secret_hash",
 })
 # name=value: at the start, or after a separator of a query, form, cookie or message.
 _PAIR = re.compile(r"(?P<pre>^|[?&;\s\"'(,{\[])(?P<name>[^\s?&;\"'#<>=()]{1,100}?)(?P<eq>=|%3[dD])"

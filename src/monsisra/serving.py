@@ -5,20 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from monsisra import redaction
+from monsisra.api.certificates import tls_extension
 from monsisra.config import Settings
 from monsisra.gateway.tls import CIPHERS, certificate_paths
 
+log = logging.getLogger("monsisra.serving")
+
 
 def https_context(settings: Settings) -> ssl.SSLContext:
-    """The configured certificate (else the development one of the data dir), TLS 1.2 minimum."""
+    """The configured certificate (else the development one of the data dir), TLS 1.2 minimum.
+    With trust anchors and CPS login on, a client certificate is asked for, optional at the
+    TLS level (a browser without a card still connects) and verified against the anchors."""
     cert, key = certificate_paths(settings)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -26,7 +33,83 @@ def https_context(settings: Settings) -> ssl.SSLContext:
     context.options |= ssl.OP_NO_COMPRESSION
     context.set_alpn_protocols(["http/1.1"])
     context.load_cert_chain(cert, key)
+    if settings.tls_trust and settings.cps_login:
+        context.load_verify_locations(cafile=str(settings.tls_trust))
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context
+
+
+def _with_tls(app: Any, extension: dict) -> Any:
+    """The application, seeing this connection's TLS facts (ASGI ``tls`` extension)."""
+
+    async def app_with_tls(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope["extensions"] = {**(scope.get("extensions") or {}), "tls": extension}
+        await app(scope, receive, send)
+
+    return app_with_tls
+
+
+def handshake_protocol(context: ssl.SSLContext, refused: Callable[[str | None, str], None]) -> type:
+    """A uvicorn protocol class that does the TLS handshake itself (``loop.start_tls``) before
+    handing the connection to uvicorn's HTTP protocol: the client certificate it verified reaches
+    the application, and a certificate it refused (another CA, expired) is reported to
+    ``refused(client, reason)`` instead of vanishing inside the event loop."""
+
+    class Handshake(asyncio.Protocol):
+        """First the raw connection's protocol (reading paused), then, during and just after
+        the handshake, the TLS layer's: it keeps what arrives before uvicorn's protocol is
+        connected (a TLS 1.3 client sends its request with its last handshake flight)."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            self.inner = AutoHTTPProtocol(**kwargs)
+            self.task: asyncio.Task | None = None
+            self.early: list[bytes] = []
+            self.eof = False
+
+        def connection_made(self, transport: Any) -> None:
+            transport.pause_reading()  # the ClientHello is for start_tls, not for us
+            self.task = asyncio.ensure_future(self._start(transport))
+
+        async def _start(self, transport: Any) -> None:
+            peer = transport.get_extra_info("peername")
+            client = peer[0] if isinstance(peer, tuple) and peer else None
+            try:
+                tls = await asyncio.get_running_loop().start_tls(transport, self, context, server_side=True,
+                                                                  ssl_handshake_timeout=30)
+            except ssl.SSLCertVerificationError as exc:
+                transport.close()
+                refused(client, exc.verify_message or str(exc))
+                return
+            except (OSError, TimeoutError):
+                transport.close()
+                return
+            if tls is None:
+                transport.close()
+                return
+            extension = tls_extension(tls.get_extra_info("ssl_object"))
+            if extension is not None and extension["client_cert_chain"]:
+                self.inner.app = _with_tls(self.inner.app, extension)
+            tls.set_protocol(self.inner)
+            self.inner.connection_made(tls)
+            for chunk in self.early:
+                self.inner.data_received(chunk)
+            self.early.clear()
+            if self.eof:
+                self.inner.eof_received()
+
+        def data_received(self, data: bytes) -> None:
+            self.early.append(data)
+
+        def eof_received(self) -> bool | None:
+            self.eof = True
+            return None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.task is not None and not self.task.done():
+                self.task.cancel()
+
+    return Handshake
 
 
 class Listener(uvicorn.Server):
@@ -55,9 +138,30 @@ def run(app: Any, settings: Settings, *, host: str, port: int, https_port: int) 
     if https_port:
         context = https_context(settings)
         https = Listener(uvicorn.Config(app, port=https_port, lifespan="off",
-                                        ssl_context_factory=lambda _config, _default: context, **common))
+                                        http=handshake_protocol(context, _refusal_reporter(app)), **common))
     redaction.install()  # after uvicorn configured its loggers
     return asyncio.run(_run(http, https))
+
+
+def _refusal_reporter(app: Any) -> Callable[[str | None, str], None]:
+    """Hands a refused client certificate to the application's ``tls_refused`` hook (audit)."""
+    tasks: set[asyncio.Task] = set()
+
+    def report(client: str | None, reason: str) -> None:
+        hook = getattr(app.state, "tls_refused", None)
+        core = getattr(app.state, "core", None)
+        if hook is None or core is None:
+            return
+        task = asyncio.ensure_future(hook(core, client, reason))
+        tasks.add(task)  # held until done: the loop keeps only weak references to tasks
+        task.add_done_callback(done)
+
+    def done(task: asyncio.Task) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("a refused client certificate could not be audited: %s", task.exception())
+
+    return report
 
 
 async def _serve(server: Listener) -> int:

@@ -16,7 +16,7 @@ from monsisra.api.deps import BodyId, PathId, client_address, current_actor, get
 from monsisra.domain.clock import utcnow
 from monsisra.domain.ins import OID_NIR
 from monsisra.events import Subscription, TooManySubscriptions
-from monsisra.services import accounts, attachments, mailboxes, messages, sessions
+from monsisra.services import accounts, attachments, mailboxes, messages, sessions, signin
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed, ServiceError, TooLarge
 
@@ -37,13 +37,13 @@ class TokenOut(BaseModel):
 async def token(request: Request, core: CoreDep, username: Annotated[str, Form()],
                 password: Annotated[str, Form()], otp: Annotated[str | None, Form()] = None) -> TokenOut:
     """OAuth2 password grant: username, password and (when enrolled) a one-time code."""
-    login = getattr(request.app.state, "login", None)
-    if login is not None:
-        account = await login(core, username, password, otp, client_address(request))
-    else:
-        account = await accounts.authenticate(core, username, password, client_address(request))
-    value = await accounts.issue_token(core, account, client=client_address(request),
-                                       user_agent=request.headers.get("user-agent"))
+    client = client_address(request)
+    hook = getattr(request.app.state, "login", None)  # checks the first factor (LDAP…), returns the account
+    account = await (hook(core, username, password, None, client) if hook is not None
+                     else accounts.authenticate(core, username, password, client))
+    login = await signin.second_step(core, account, otp, client)
+    value = await signin.open_session(core, login, kind="api", client=client,
+                                     user_agent=request.headers.get("user-agent"))
     return TokenOut(access_token=value, expires_in=core.settings.token_ttl_seconds)
 
 

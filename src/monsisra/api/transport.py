@@ -43,3 +43,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     proxies = settings.trusted_proxy_list
     if proxies:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=proxies)
+    # Outside the proxy middleware: it judges the forwarded certificate by the TCP peer's address.
+    from monsisra.api.certificates import ClientCertificateMiddleware
+
+    app.add_middleware(ClientCertificateMiddleware, settings=settings)

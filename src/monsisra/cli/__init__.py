@@ -16,6 +16,7 @@ from monsisra.cli.db import db_app
 from monsisra.cli.demo import demo
 from monsisra.cli.directory import directory_app
 from monsisra.cli.mailboxes import mailbox_app
+from monsisra.cli.portal import portal_app
 from monsisra.cli.runner import console, run_with_core
 from monsisra.cli.serve import serve
 from monsisra.cli.trust import trust_app
@@ -28,6 +29,7 @@ app.add_typer(mailbox_app, name="mailbox")
 app.add_typer(trust_app, name="trust")
 app.add_typer(directory_app, name="directory")
 app.add_typer(audit_app, name="audit")
+app.add_typer(portal_app, name="portal")
 app.command()(demo)
 app.command()(serve)
 

@@ -68,3 +68,13 @@ def account_activate(username: str) -> None:
 
     run_with_core(lambda core: accounts.set_active(core, username, True))
     console.print(f"[green]Compte réactivé :[/green] {username}")
+
+
+@account_app.command("reset-totp")
+def account_reset_totp(username: str) -> None:
+    """Retire le second facteur d'un compte (téléphone et codes de secours perdus) : il en
+    enrôlera un nouveau à sa prochaine connexion."""
+    from monsisra.services import totp
+
+    run_with_core(lambda core: totp.reset(core, username))
+    console.print(f"[green]Second facteur retiré :[/green] {username}")

@@ -16,6 +16,7 @@ def demo(if_empty: Annotated[bool, typer.Option("--if-empty", help="Seulement si
 
     async def go(core):
         if if_empty and not await demo_service.is_empty(core):
+            await demo_service.keep_demo_exempt(core)
             console.print("Base déjà remplie : démonstration non rechargée.")
             return
         await demo_service.load(core, progress=console)

@@ -24,7 +24,8 @@ from monsisra.domain.text import TextRefused, check_line
 from monsisra.events import SESSION_ENDED
 from monsisra.services import audit, mailboxes
 from monsisra.services.core import Actor, Core, Tx
-from monsisra.services.errors import AuthFailed, Conflict, Invalid, NotFound, Throttled
+from monsisra.services.errors import AuthFailed, Conflict, Invalid, NotFound, SecondFactorRequired, Throttled
+from monsisra.store.identity import SessionAuth
 from monsisra.store.models import Account, LoginThrottle, Mailbox, Token
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
@@ -165,6 +166,11 @@ async def hash_off_loop(core: Core, password: str) -> str:
     return await _off_loop(core, hash_password, password)
 
 
+def password_matches(password_hash: str, password: str) -> bool:
+    """Whether ``password`` is the one hashed (no throttling: not for logins)."""
+    return _verify(password_hash, password)
+
+
 def _verify(password_hash: str, password: str) -> bool:
     try:
         return _hasher.verify(password_hash, password)
@@ -264,7 +270,7 @@ async def _forgive(core: Core, limits: list[_Limit]) -> None:
                 .values(failures=LoginThrottle.failures - 1))
 
 
-async def count_attempt(core: Core, key: str, limit: int, username: str, client: str | None) -> None:
+async def count_key_attempt(core: Core, key: str, limit: int, username: str, client: str | None) -> None:
     """Count one attempt on a key of another guessable step (current password at a change, reset
     requests from an address…): :class:`Throttled` once over ``limit`` in the window."""
     await _count_attempt(core, [_Limit(key[:200], limit, "clear")], username, client)
@@ -272,6 +278,21 @@ async def count_attempt(core: Core, key: str, limit: int, username: str, client:
 
 async def clear_attempts(core: Core, key: str) -> None:
     await _forgive(core, [_Limit(key[:200], 0, "clear")])
+
+
+def limit(key: str, max_failures: int, forgiven: str = "clear") -> _Limit:
+    """A throttling key for another kind of attempt (a one-time code…), counted like passwords."""
+    return _Limit(key[:200], max_failures, forgiven)
+
+
+async def count_attempt(core: Core, limits: list[_Limit], username: str, client: str | None) -> None:
+    """Count one attempt on ``limits`` before it is checked; :class:`Throttled` once one is over."""
+    await _count_attempt(core, limits, username, client)
+
+
+async def forgive(core: Core, limits: list[_Limit]) -> None:
+    """A success: see ``_forgive``."""
+    await _forgive(core, limits)
 
 
 async def authenticate(core: Core, username: str, password: str, client: str | None = None,
@@ -312,12 +333,15 @@ def _digest(token: str) -> str:
 
 
 async def issue_token(core: Core, account: Account, *, kind: str = "api", client: str | None = None,
-                      ttl_seconds: int | None = None, user_agent: str | None = None) -> str:
-    """A new bearer token; only its sha256 is stored."""
+                      ttl_seconds: int | None = None, user_agent: str | None = None, methods: str = "pwd",
+                      limited: bool = False) -> str:
+    """A new bearer token; only its sha256 is stored. ``methods`` says how the session was
+    opened (``pwd``, ``pwd+otp``, ``cps``, ``psc``…); a ``limited`` one may only enrol the
+    second factor (see :func:`actor_for_token`)."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
     async with core.write() as tx:
-        tx.session.add(Token(
+        row = Token(
             account_id=account.id,
             token_hash=_digest(token),
             kind=kind,
@@ -325,25 +349,37 @@ async def issue_token(core: Core, account: Account, *, kind: str = "api", client
             client=(client or "")[:120] or None,
             user_agent=(user_agent or "")[:255] or None,
             last_used_at=now,
-        ))
+        )
+        tx.session.add(row)
+        await tx.session.flush()
+        tx.session.add(SessionAuth(token_id=row.id, methods=methods, limited=limited))
         await tx.session.execute(sa.update(Account).where(Account.id == account.id).values(last_login_at=now))
         audit.record(tx.session, account.id, "login.success", client=client,
-                     detail={"kind": kind, "source": account.auth_source})
+                     detail={"kind": kind, "source": account.auth_source, "methods": methods,
+                             **({"limited": True} if limited else {})})
     return token
 
 
-async def actor_for_token(core: Core, token: str, client: str | None = None) -> Actor:
-    """The actor a bearer token stands for, or :class:`AuthFailed`."""
+async def actor_for_token(core: Core, token: str, client: str | None = None, *,
+                          allow_limited: bool = False) -> Actor:
+    """The actor a bearer token stands for, or :class:`AuthFailed`. A session opened with a
+    password alone where a second factor is required is refused (:class:`SecondFactorRequired`)
+    unless ``allow_limited`` (the enrolment of that factor)."""
     now = utcnow()
     async with core.read() as session:
         row = (await session.execute(
             sa.select(Token.id.label("token_id"), Token.expires_at, Token.revoked_at, Token.last_used_at, Account.id,
-                      Account.username, Account.is_admin, Account.active)
+                      Account.username, Account.is_admin, Account.active, SessionAuth.limited)
             .join(Account, Account.id == Token.account_id)
+            .outerjoin(SessionAuth, SessionAuth.token_id == Token.id)
             .where(Token.token_hash == _digest(token))
         )).first()
     if row is None or row.revoked_at is not None or as_utc(row.expires_at) <= now or not row.active:
         raise AuthFailed("jeton absent, expiré ou révoqué ; reconnectez-vous")
+    if row.limited and not allow_limited:
+        raise SecondFactorRequired("second facteur requis : activez la validation en deux étapes "
+                                   "(POST /api/v1/me/totp puis /api/v1/me/totp/confirm) avant d'accéder aux messages",
+                                   enrol="/api/v1/me/totp")
     if row.last_used_at is None or (now - as_utc(row.last_used_at)).total_seconds() > TOUCH_SECONDS:
         # « Dernière activité » of the sessions page, at most once a minute per session, after
         # the request's own work and never in its way (a busy database just skips it).

@@ -57,3 +57,10 @@ class Throttled(ServiceError):
 class Unavailable(ServiceError):
     status = 503
     title = "Service indisponible"
+
+
+class SecondFactorRequired(Forbidden):
+    """The session was opened with a password alone where a second factor is required: it may
+    only enrol one (``POST /api/v1/me/totp``, then ``…/confirm``)."""
+
+    title = "Second facteur requis"

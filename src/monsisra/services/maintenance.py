@@ -63,6 +63,9 @@ async def purge(core: Core) -> PurgeReport:
         async with core.write() as tx:
             await tx.session.execute(sa.text("PRAGMA analysis_limit=1000"))
             await tx.session.execute(sa.text("ANALYZE"))
+    from monsisra.services.signin import purge_expired  # identity: logins under way, codes, tokens
+
+    await purge_expired(core)
     # Files go after the commit: a crash in between leaves an unreferenced file, never a dangling row.
     for digest in digests - still_used:
         if await _unreferenced_elsewhere(core, digest):

@@ -64,7 +64,7 @@ async def change(core: Core, actor: Actor, current: str, new: str) -> int:
     if account.auth_source != "local":
         raise Invalid(NOT_LOCAL)
     key = f"pwchange:{account.id}"
-    await accounts.count_attempt(core, key, core.settings.login_max_failures, account.username, actor.client)
+    await accounts.count_key_attempt(core, key, core.settings.login_max_failures, account.username, actor.client)
     if not await accounts.verify_password(core, account.password_hash, current or ""):
         async with core.write() as tx:
             audit.record(tx.session, actor.account_id, "password.change.failure", object_type="account",
@@ -112,7 +112,8 @@ async def request_reset(core: Core, login: str, client: str | None, *, wait: boo
     login = (login or "").strip()[:254]
     if not login:
         raise Invalid("indiquez votre identifiant ou votre adresse e-mail")
-    await accounts.count_attempt(core, f"resetip:{(client or '-')[:64]}", core.settings.ip_max_failures, login, client)
+    await accounts.count_key_attempt(core, f"resetip:{(client or '-')[:64]}", core.settings.ip_max_failures, login,
+                                     client)
     work = _send_links(core, login, client)
     if wait:
         await work

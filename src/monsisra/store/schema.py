@@ -5,5 +5,6 @@ from monsisra.store import (
     audit,  # noqa: F401
     directory,  # noqa: F401
     gateway,  # noqa: F401
+    identity,  # noqa: F401
     models,  # noqa: F401
 )

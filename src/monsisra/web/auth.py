@@ -10,7 +10,8 @@ from monsisra.services import accounts, mailboxes
 from monsisra.services import sessions as sessions_service
 from monsisra.services.core import Core
 from monsisra.services.errors import ServiceError
-from monsisra.web.common import CsrfFailed, client_of, core_of, foreign_origin, next_url, render, sessions_of
+from monsisra.web import signin
+from monsisra.web.common import CsrfFailed, core_of, foreign_origin, next_url, sessions_of
 
 router = APIRouter(include_in_schema=False)
 
@@ -33,8 +34,8 @@ async def demo_hint(core: Core) -> bool:
 
 @router.get("/connexion")
 async def login_page(request: Request) -> Response:
-    return render(request, "auth/login.html", suite=next_url(request.query_params.get("suite")),
-                  demo=await demo_hint(core_of(request)))
+    return signin.login_page(request, suite=next_url(request.query_params.get("suite")),
+                             demo=await demo_hint(core_of(request)))
 
 
 @router.post("/connexion")
@@ -54,26 +55,15 @@ async def login(request: Request) -> Response:
     if device is not None and not await sessions_service.device_trusted(core, username, device):
         device = None
     try:
-        hook = getattr(request.app.state, "login", None)
-        if hook is not None:
-            account = await hook(core, username, password, otp, client_of(request), device=device)
-        else:
-            account = await accounts.authenticate(core, username, password, client_of(request), device=device)
-        token = await accounts.issue_token(core, account, kind="web", client=client_of(request),
-                                           user_agent=request.headers.get("user-agent"))
+        account = await signin.first_factor(request, core, username, password, device)
+        # The code, when the account has a second factor, is asked on a step of its own.
+        return await signin.after_password(request, account, otp, suite, device)
     except ServiceError as exc:
-        response = render(request, "auth/login.html", status=exc.status if exc.status != 401 else 400,
-                          error=exc.detail, username=username, suite=suite,
-                          need_otp=bool(exc.extra.get("otp_required")), demo=await demo_hint(core))
+        response = signin.login_page(request, status=exc.status if exc.status != 401 else 400, error=exc.detail,
+                                     username=username, suite=suite, demo=await demo_hint(core))
         if "retry_after" in exc.extra:
             response.headers["Retry-After"] = str(exc.extra["retry_after"])
         return response
-    response = RedirectResponse(suite, status_code=303)
-    sessions.set_cookie(response, request, token)
-    device_id = sessions.remember_device(response, request, account.username)
-    await sessions_service.remember_device(core, account.id, device_id, client_of(request),
-                                           request.headers.get("user-agent"))
-    return response
 
 
 @router.post("/deconnexion")

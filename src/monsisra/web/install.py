@@ -24,7 +24,10 @@ from monsisra.web import (
     inbox,
     my_sessions,
     passwords,
+    portal,
     reading,
+    security,
+    signin,
 )
 from monsisra.web.common import CsrfFailed, LoginRequired, error_page, is_htmx, render
 from monsisra.web.session import Sessions
@@ -83,9 +86,10 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     app.state.startup_hooks.append(_follow_session_ends)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for area in (auth, inbox, reading, compose, account, admin, passwords, my_sessions, delegations, access_log,
-                 admin_accounts):
+    for area in (auth, signin, inbox, reading, compose, account, security, passwords, my_sessions, delegations,
+                 access_log, portal, admin, admin_accounts):
         app.include_router(area.router)
+    security.install(app)
     app.state.error_page = error_page
 
     @app.exception_handler(LoginRequired)
