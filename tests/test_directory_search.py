@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -214,11 +215,17 @@ QUERIES = [("petit cler", "", "all"), ("card", "", "all"), ("Anecy", "", "all"),
            ("urgences", "CH Vienne", "services"), ("", "", "experts"), ("infirmier", "Clermont", "all")]
 
 
+def made_here(address: str | None) -> str | None:
+    """Other tests on the same server add mailboxes named with a random suffix (``unique``): the
+    same entry on both engines, under two names; compare them by what they have in common."""
+    return re.sub(r"[0-9a-f]{8}@", "…@", address) if address else address
+
+
 def test_same_answers_on_both_engines(alice, backend, tmp_path_factory):
     answers = {}
     for q, where, kind in QUERIES:
         data = search(alice, q=q, where=where, kind=kind, limit=30)
-        answers[f"{q}|{where}|{kind}"] = {s: ([i["address"] or i["national_id"] for i in data[s]["items"]],
+        answers[f"{q}|{where}|{kind}"] = {s: ([made_here(i["address"]) or i["national_id"] for i in data[s]["items"]],
                                               data[s]["total"]) for s in ("professionals", "services")}
     answers = json.loads(json.dumps(answers))
     store = tmp_path_factory.getbasetemp() / "directory_answers.json"

@@ -85,18 +85,22 @@ def test_enrol_confirm_then_the_token_needs_a_code_used_once(server, make_user):
         wrong = c.post("/api/v1/me/totp/confirm", json={"otp": "000000" if code_at(secret) != "000000" else "111111"})
         assert wrong.status_code == 401 and wrong.headers["content-type"].startswith("application/problem+json")
         assert c.post("/api/v1/me/totp/confirm", json={"otp": "12ab"}).status_code == 422
-        confirmed = c.post("/api/v1/me/totp/confirm", json={"otp": code_at(secret)})
+        # The steps are fixed here, not re-read from the clock: a step boundary between two calls
+        # must not turn the replayed code into a fresh one.
+        step = int(time.time()) // 30
+        confirming = pyotp.TOTP(secret).generate_otp(step)
+        confirmed = c.post("/api/v1/me/totp/confirm", json={"otp": confirming})
         assert confirmed.status_code == 200, confirmed.text
         assert confirmed.json()["enabled"] is True and confirmed.json()["recovery_codes_left"] == 10
     # Now the password alone is not enough, and says why.
     r = token(server.base_url, user)
     assert r.status_code == 401 and r.json()["otp_required"] is True and "code" in r.json()["detail"]
     # The code that confirmed was spent: the same step cannot be used again (replay).
-    r = token(server.base_url, user, otp=code_at(secret))
+    r = token(server.base_url, user, otp=confirming)
     assert r.status_code == 401 and "déjà servi" in r.json()["detail"]
     assert any(d["reason"] == "replay" for d in audited(server, "login.otp.failure", user))
     # The next step's code works once.
-    later = code_at(secret, +1)
+    later = pyotp.TOTP(secret).generate_otp(step + 1)
     r = token(server.base_url, user, otp=later)
     assert r.status_code == 200, r.text
     with bearer(server.base_url, r.json()["access_token"]) as c:
@@ -256,3 +260,25 @@ def test_a_demo_database_from_before_keeps_its_demo_logins_exempt(server, databa
                        text=True, timeout=120)
     assert r.returncode == 0 and "déjà remplie" in r.stdout + r.stderr, r.stdout + r.stderr
     assert server.call(alice_exempt) is True
+
+
+def test_a_new_password_forgets_the_remembered_browsers(server, make_user):
+    """Whoever knew the old password may have ticked « se souvenir de ce navigateur »: after a
+    change, every browser is asked for a code again."""
+    user, _, _ = make_user()
+    enrolment = enrol(server.base_url, token(server.base_url, user).json()["access_token"])
+    with httpx.Client(base_url=server.base_url, timeout=30, follow_redirects=False) as web:
+        step = web.post("/connexion", data={"username": user, "password": "secret-pass"})
+        ok = web.post("/connexion/code", data={"ticket": _second_step(step.text),
+                                               "otp": code_at(enrolment["secret"], +1), "remember": "1"})
+        assert ok.status_code == 303 and "monsisra_trusted" in web.cookies
+        web.post("/deconnexion")
+        assert web.post("/connexion", data={"username": user, "password": "secret-pass"}).status_code == 303
+        web.post("/deconnexion")
+        access = token(server.base_url, user, otp=enrolment["recovery_codes"][0]).json()["access_token"]
+        new = "Quatre-chevaux-bleus-au-galop-2026"
+        with bearer(server.base_url, access) as c:
+            changed = c.post("/api/v1/me/password", json={"current": "secret-pass", "new": new})
+            assert changed.status_code == 200, changed.text
+        asked = web.post("/connexion", data={"username": user, "password": new})
+        assert asked.status_code == 200 and 'name="ticket"' in asked.text

@@ -32,6 +32,7 @@ from monsisra.services.errors import Invalid
 from monsisra.services.messages import new_message_id
 from monsisra.store.accounts import PasswordReset
 from monsisra.store.directory import DirProfile
+from monsisra.store.identity import RememberedDevice
 from monsisra.store.models import Account, Token
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,13 @@ async def change(core: Core, actor: Actor, current: str, new: str) -> int:
 
 
 async def _void_links(s: Any, account_id: int) -> None:
+    """A new password voids pending reset links, and the browsers that were remembered past the
+    second factor: whoever knew the old password may have used one of them."""
+    now = utcnow()
     await s.execute(sa.update(PasswordReset).where(PasswordReset.account_id == account_id,
-                                                   PasswordReset.used_at.is_(None)).values(used_at=utcnow()))
+                                                   PasswordReset.used_at.is_(None)).values(used_at=now))
+    await s.execute(sa.update(RememberedDevice).where(RememberedDevice.account_id == account_id,
+                                                      RememberedDevice.revoked_at.is_(None)).values(revoked_at=now))
 
 
 # --- « Mot de passe oublié ? » ---------------------------------------------------------------------
