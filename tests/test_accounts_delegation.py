@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -60,7 +61,9 @@ def audit_rows(server, action: str, mailbox_id: int) -> list:
 @pytest.fixture
 def pair(server, make_user):
     """A doctor (with RPPS) and a secretary (without): usernames, mailbox ids, clients."""
-    doctor, doctor_addr, doctor_box = make_user("Hugo", national_id="810000000777")
+    # An RPPS of its own: a fixed one would be found by other tests' logins by national id.
+    rpps = "819" + str(uuid.uuid4().int)[:9]
+    doctor, doctor_addr, doctor_box = make_user("Hugo", national_id=rpps)
     secretary, secretary_addr, secretary_box = make_user("Inès")
     doc = server.client(token_of(server, doctor))
     sec = server.client(token_of(server, secretary))
