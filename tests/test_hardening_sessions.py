@@ -341,7 +341,7 @@ def test_guesses_are_checked_off_the_event_loop(tight_server, make_user):
     async def strong_hash() -> None:
         # Now the account's hash takes argon2 several seconds to check (stronger parameters):
         # on the event loop, that check would stop every other request for as long.
-        strong = PasswordHasher(time_cost=30).hash("secret-pass")
+        strong = PasswordHasher(time_cost=60).hash("secret-pass")
         async with srv.core.db.write() as s:
             await s.execute(sa.update(Account).where(Account.username == user).values(password_hash=strong))
 
@@ -371,7 +371,9 @@ def test_guesses_are_checked_off_the_event_loop(tight_server, make_user):
     responses = asyncio.run(scenario())
     assert sorted(r.status_code for r in responses) == [401] + [429] * 99
     answered_meanwhile = order[:order.index("guess 401")].count("me")
-    assert answered_meanwhile >= 5, f"only {answered_meanwhile} requests answered during the password check"
+    # Checked on the event loop, at most the one request already sent would come back before the
+    # guess's answer; several mean the loop kept serving (how many depends on the machine's load).
+    assert answered_meanwhile >= 3, f"only {answered_meanwhile} requests answered during the password check"
 
 
 def test_a_guesser_cannot_lock_the_owner_out(tight_server, make_user):

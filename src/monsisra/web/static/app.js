@@ -50,7 +50,7 @@
     // Keep what the user sees: as many messages as are shown (pages loaded), and the scroll.
     var shown = Math.min(200, Math.max(50, $$(".messages .item", list).length));
     var top = list.scrollTop;
-    htmx.ajax("GET", list.dataset.url + "&n=" + shown, { target: "#liste", swap: "outerHTML" }).then(function () {
+    return htmx.ajax("GET", list.dataset.url + "&n=" + shown, { target: "#liste", swap: "outerHTML" }).then(function () {
       var fresh = $("#liste");
       if (fresh) fresh.scrollTop = top;
       markSelected();
@@ -59,7 +59,7 @@
   function refreshCounts() {
     var nav = $("#dossiers");
     if (!nav || !window.htmx) return;
-    htmx.ajax("GET", nav.dataset.url, { target: "#dossiers", swap: "outerHTML" }).then(updateTitle);
+    return htmx.ajax("GET", nav.dataset.url, { target: "#dossiers", swap: "outerHTML" }).then(updateTitle);
   }
   // One refresh of a message's recipients at a time: a second event during a refresh asks for one
   // more afterwards (two outerHTML swaps in flight would drop the newer one into a detached node).
@@ -88,8 +88,21 @@
       htmx.ajax("GET", paneUrl(mailboxId, messageId, binned), { target: "#lecture" });
     }
   }
-  var listSoon = debounce(refreshList, 150);
-  var countsSoon = debounce(refreshCounts, 150);
+  // One refresh of a part at a time, for the same reason: a slow answer swapped in after a newer
+  // one would put the list back as it was (a deleted message shown again).
+  function oneAtATime(run) {
+    var busy = false, again = false;
+    function go() {
+      if (busy) { again = true; return; }
+      busy = true; again = false;
+      var done = function () { busy = false; if (again) go(); };
+      var p = run();
+      if (p && p.then) p.then(done, done); else done();
+    }
+    return go;
+  }
+  var listSoon = debounce(oneAtATime(refreshList), 150);
+  var countsSoon = debounce(oneAtATime(refreshCounts), 150);
   document.body.addEventListener("monsisra:refresh", function () { listSoon(); });
 
   function markSelected() {
