@@ -49,3 +49,27 @@ def make_pro(server: RunningServer, first: str = "Test", last: str | None = None
 async def count_rows(core, table, *where) -> int:
     async with core.read() as s:
         return await s.scalar(sa.select(sa.func.count()).select_from(table).where(*where))
+
+
+def make_pdf(lines: list[str]) -> bytes:
+    """A one-page PDF whose text is ``lines`` (Helvetica, WinAnsi): what a practice software prints."""
+
+    def escape(line: str) -> str:
+        return line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+    stream = ("BT /F1 12 Tf 50 780 Td 14 TL " + " ".join(f"({escape(x)}) '" for x in lines) + " ET").encode("cp1252")
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 4 0 R >> >> "
+               b"/Contents 5 0 R >>",
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
+               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream"]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)

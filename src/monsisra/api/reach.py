@@ -58,6 +58,23 @@ async def print_job(request: Request, core: CoreDep) -> dict[str, Any]:
     return await printer.submit(core, token.strip(), request.stream(), title, client_address(request))
 
 
+@router.get("/me/print-jobs", tags=["printer"])
+async def print_jobs(core: CoreDep, actor: ActorDep) -> list[dict[str, Any]]:
+    """The latest printed documents, their drafts and what their text suggested."""
+    return await printer.list_jobs(core, actor)
+
+
+class ConfirmIn(BaseModel):
+    recipients: list[Annotated[str, Field(max_length=320)]] = Field(default_factory=list, max_length=50)
+    patient: bool = False
+
+
+@router.post("/me/print-jobs/{job_id}/confirm", tags=["printer"])
+async def print_job_confirm(job_id: PathId, body: ConfirmIn, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+    """Accept suggestions: these suggested recipients are added to the draft, the patient linked."""
+    return await printer.confirm(core, actor, job_id, body.recipients, body.patient)
+
+
 # --- notifications --------------------------------------------------------------------------
 
 

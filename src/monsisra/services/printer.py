@@ -236,3 +236,13 @@ async def confirm(core: Core, actor: Actor, job_id: int, recipients: list[str], 
         await tx.session.execute(sa.update(PrintJob).where(PrintJob.id == job.id).values(message_id=saved["id"]))
     return {"mailbox_id": job.mailbox_id, "draft_id": saved["id"], "to": to,
             "patient": saved.get("patient")}
+
+
+async def list_jobs(core: Core, actor: Actor, limit: int = 20) -> list[dict[str, Any]]:
+    """The account's latest print jobs, with their drafts and suggestions."""
+    async with core.read() as s:
+        rows = (await s.scalars(sa.select(PrintJob).where(PrintJob.account_id == actor.account_id)
+                                .order_by(PrintJob.id.desc()).limit(limit))).all()
+    return [{"id": j.id, "title": j.title, "mailbox_id": j.mailbox_id, "draft_id": j.message_id,
+             "suggestions": j.suggestions or {}, "created_at": iso(j.created_at),
+             "url": f"/ecrire?brouillon={j.mailbox_id}:{j.message_id}"} for j in rows]
