@@ -73,3 +73,18 @@ def make_pdf(lines: list[str]) -> bytes:
     out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     return bytes(out)
+
+
+@contextlib.contextmanager
+def web_session(server: RunningServer, username: str, password: str) -> Iterator[Any]:
+    """A browser-like HTTP session (cookie) and its CSRF token: ``(client, csrf)``."""
+    import re
+
+    import httpx
+
+    with httpx.Client(base_url=server.base_url, timeout=30, follow_redirects=False) as client:
+        r = client.post("/connexion", data={"username": username, "password": password})
+        assert r.status_code == 303, r.text
+        page = client.get("/parametres").text
+        csrf = re.search(r'<meta name="csrf-token" content="([0-9a-f]+)">', page).group(1)
+        yield client, csrf

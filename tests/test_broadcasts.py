@@ -103,3 +103,32 @@ def test_others_may_not_broadcast_and_bad_input_changes_nothing(srv):
     with srv.client() as anon:
         assert anon.post("/api/v1/admin/broadcasts", json={"subject": "x", "body": "y"}).status_code == 401
     assert srv.call(count_rows, srv.core, Message, Message.category == "dgs_urgent") == before
+
+
+def test_admin_page_banner_until_read_and_no_reply_button(srv):
+    from tests.reach_support import web_session
+
+    profession = unique("Orthoptiste")
+    user, _, box = make_pro(srv, "Rose", profession=profession, postcode="63000")
+    with web_session(srv, "alice.martin", "demo") as (alice, _):
+        assert alice.get("/admin/dgs-urgent").status_code == 403
+    with web_session(srv, "admin", "demo") as (admin, csrf):
+        page = admin.get("/admin/dgs-urgent")
+        assert page.status_code == 200 and "Diffuser une alerte DGS Urgent" in page.text
+        bad = admin.post("/admin/dgs-urgent", data={"csrf": csrf, "subject": "", "body": "x"})
+        assert bad.status_code == 422 and "obligatoire" in bad.text
+        r = admin.post("/admin/dgs-urgent", data={"csrf": csrf, "subject": "Pénurie d'amoxicilline",
+                                                  "body": "Consignes de substitution.", "professions": profession,
+                                                  "departments": "63"})
+        assert r.status_code == 200 and "diffusée à 1 professionnel" in r.text
+    with web_session(srv, user, "secret-pass") as (web, _):
+        inbox = web.get("/boite")
+        assert "Alerte DGS Urgent" in inbox.text and "Pénurie d&#39;amoxicilline" in inbox.text
+        link = inbox.text.split('class="dgs-banner"')[1].split('href="')[1].split('"')[0].replace("&amp;", "&")
+        opened = web.get(link)
+        assert opened.status_code == 200 and "Consignes de substitution." in opened.text
+        assert "/ecrire?repondre=" not in opened.text  # no reply button
+        assert "dgs-banner" not in web.get("/boite").text  # read: the banner is gone
+    with srv.login(user, "secret-pass") as api:
+        assert api.get("/api/v1/me/alerts").json() == []
+        assert _dgs_items(api, box)[0]["subject"] == "Pénurie d'amoxicilline"

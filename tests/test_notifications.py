@@ -215,3 +215,23 @@ def test_preferences_and_subscriptions_refuse_bad_input(srv):
     with srv.client() as anon:
         assert anon.patch("/api/v1/me/notifications", json={"sms": True}).status_code == 401
         assert anon.post("/api/v1/me/push-subscriptions", json={}).status_code in (401, 422)
+
+
+def test_notifications_settings_page(srv):
+    from tests.reach_support import web_session
+
+    user, _, _ = make_pro(srv, "Gaëlle", notification_email="gaelle@example.org")
+    with web_session(srv, user, "secret-pass") as (web, csrf):
+        page = web.get("/parametres/notifications")
+        assert page.status_code == 200 and "gaelle@example.org" in page.text and 'id="push-enable"' in page.text
+        r = web.post("/parametres/notifications", data={"csrf": csrf, "email": "1", "sms": "1",
+                                                        "quiet_start": "22:00", "quiet_end": "07:00"})
+        assert r.status_code == 303
+        bad = web.post("/parametres/notifications", data={"csrf": csrf, "quiet_start": "22:00"})
+        assert bad.status_code == 422 and "heures calmes" in bad.text
+        assert web.post("/parametres/notifications", data={"quiet_start": "01:00", "quiet_end": "02:00"}
+                        ).status_code == 403  # no CSRF token
+    with srv.login(user, "secret-pass") as api:
+        prefs = api.get("/api/v1/me/notifications").json()
+        assert (prefs["email"], prefs["sms"], prefs["push"]) == (True, True, False)
+        assert (prefs["quiet_start"], prefs["quiet_end"]) == ("22:00", "07:00")

@@ -198,3 +198,28 @@ def test_a_job_without_a_valid_token_is_refused_and_leaves_nothing(server, print
         r = anon.post("/api/v1/print-jobs", content=pdf, headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 401
     assert [server.call(count_rows, server.core, t) for t in tables] == before
+
+
+def test_the_compose_page_offers_the_suggestions_to_confirm(server, printed_user):
+    from tests.reach_support import web_session
+
+    username, _, mailbox_id = printed_user
+    with server.login(username, "secret-pass") as c:
+        token = c.post("/api/v1/me/workstations", json={"name": "Poste 3"}).json()["token"]
+    with httpx.Client(base_url=server.base_url, timeout=30) as anon:
+        r = anon.post("/api/v1/print-jobs", content=make_pdf(LETTER),
+                      headers={"Authorization": f"Bearer {token}", "X-Print-Title": "Courrier%20%C3%A9crit"})
+        assert r.status_code == 201, r.text
+        job = r.json()
+    assert job["subject"] == "Courrier écrit"
+    assert job["url"].endswith(f"/ecrire?brouillon={mailbox_id}:{job['draft_id']}")
+    with web_session(server, username, "secret-pass") as (web, csrf):
+        page = web.get(f"/ecrire?brouillon={mailbox_id}:{job['draft_id']}")
+        assert page.status_code == 200 and "suggestions à confirmer" in page.text
+        assert "DUPONT Jean-Pierre" in page.text and "bruno.petit@monsisra.localhost" in page.text
+        r = web.post(f"/impressions/{job['job_id']}/confirmer",
+                     data={"csrf": csrf, "patient": "1", "recipients": "bruno.petit@monsisra.localhost"})
+        assert r.status_code == 303
+        page = web.get(r.headers["location"])
+        assert 'data-address="bruno.petit@monsisra.localhost"' in page.text
+        assert "INS 185056311300581" in page.text and "Courrier écrit.pdf" in page.text
