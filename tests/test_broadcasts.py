@@ -92,6 +92,12 @@ def test_others_may_not_broadcast_and_bad_input_changes_nothing(srv):
     with srv.login("alice.martin") as alice:
         r = alice.post("/api/v1/admin/broadcasts", json={"subject": "Faux", "body": "Faux"})
         assert r.status_code == 403 and r.headers["content-type"].startswith("application/problem+json")
+        # The demo's DGS-Urgent alert (sent before broadcasts existed) cannot be answered either.
+        box = alice.get("/api/v1/mailboxes").json()[0]["id"]
+        demo_alert = next(i for i in _dgs_items(alice, box) if "grippe" in i["subject"])
+        reply = alice.post("/api/v1/messages", json={"from_mailbox": box, "to": ["bruno.petit@monsisra.localhost"],
+                                                      "subject": "Re", "body": "x", "in_reply_to": demo_alert["id"]})
+        assert reply.status_code == 403
     with srv.login("admin") as admin:
         for body in ({"subject": "", "body": "x"}, {"subject": "x", "body": "  "},
                      {"subject": "x", "body": "y", "departments": ["99"]},

@@ -212,7 +212,8 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
             raise TooLarge(f"pièces jointes trop volumineuses : {total // 1024} Ko au total, "
                            f"limite {core.settings.max_message_bytes // (1024 * 1024)} Mo")
         parent = await _readable_message(s, actor, req.in_reply_to) if req.in_reply_to is not None else None
-        if parent is not None and parent.no_reply and not await _sent_it(s, actor, parent):
+        if (parent is not None and (parent.no_reply or parent.category == Category.DGS_URGENT)
+                and not await _sent_it(s, actor, parent)):
             raise Forbidden(NO_REPLY if parent.category != Category.DGS_URGENT else NO_REPLY_DGS)
         patient = await patients.resolve(s, req.patient) if req.patient else None
         if req.draft_id is not None:
