@@ -281,7 +281,8 @@ async def _plan(core: Core, now: datetime) -> list[Due]:
             pref = prefs.get(account_id, Prefs())
             address, phone = contacts.get(account_id, (None, None))
             quiet = in_quiet_hours(pref, now, core.settings.notify_timezone)
-            targets = {"email": address, "sms": phone if core.settings.sms_gateway_url else None,
+            relay = core.settings.notify_relay or core.settings.smtp_relay
+            targets = {"email": address if relay else None, "sms": phone if core.settings.sms_gateway_url else None,
                        "push": subs.get(account_id)}
             for channel in CHANNELS:
                 pending = getattr(st, f"pending_{channel}")
