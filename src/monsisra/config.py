@@ -125,6 +125,19 @@ class Settings(BaseSettings):
     portal_token_ttl_seconds: int = 3600
     portal_key_rotation_days: int = 90
 
+    # Reaching professionals outside the web page (issue 16).
+    # DGS-Urgent: besides administrators, the users of this mailbox (the national address) may
+    # broadcast; unset: administrators only.
+    dgs_address: str | None = None
+    # Notifications of new messages while away: at most one per channel per interval, a worker
+    # pass this often; SMS through an HTTP gateway (JSON POST {to, text}, bearer token).
+    notify_interval_seconds: int = 15 * 60
+    notify_poll_seconds: float = 30.0
+    notify_timezone: str = "Europe/Paris"  # of the quiet hours
+    sms_gateway_url: str | None = None
+    sms_gateway_token: str | None = None
+    vapid_subject: str | None = None  # Web Push contact; unset: mailto:ne-pas-repondre@<domain>
+
     @cached_property
     def effective_secret_key(self) -> str:
         """The configured key, or one generated once into the data dir and reused after."""

@@ -1,4 +1,5 @@
-"""Command line: ``monsisra serve | db upgrade | demo | account … | mailbox … | trust … | directory … | audit …``.
+"""Command line: ``monsisra serve | db upgrade | demo | account … | mailbox … | trust … | directory …
+| audit … | printer …``.
 
 One module per capability, each with its Typer group; ``runner`` holds what they share.
 """
@@ -17,6 +18,7 @@ from monsisra.cli.demo import demo
 from monsisra.cli.directory import directory_app
 from monsisra.cli.mailboxes import mailbox_app
 from monsisra.cli.portal import portal_app
+from monsisra.cli.printer import printer_app
 from monsisra.cli.runner import console, run_with_core
 from monsisra.cli.serve import serve
 from monsisra.cli.trust import trust_app
@@ -30,6 +32,7 @@ app.add_typer(trust_app, name="trust")
 app.add_typer(directory_app, name="directory")
 app.add_typer(audit_app, name="audit")
 app.add_typer(portal_app, name="portal")
+app.add_typer(printer_app, name="printer")
 app.command()(demo)
 app.command()(serve)
 

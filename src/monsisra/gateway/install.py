@@ -17,13 +17,40 @@ def install(app: FastAPI, settings: Settings) -> None:
         app.state.startup_hooks.append(_smtp_hook)
     if settings.run_workers:
         app.state.startup_hooks.append(_worker_hook)
+        app.state.startup_hooks.append(_notify_hook)
 
 
 async def _mailer_hook(app: FastAPI, core: Core):
-    from monsisra.gateway.notify import mailer_for
+    from monsisra.gateway.notify import mailer_for, push_sender_for, sms_sender_for
 
     core.mailer = mailer_for(core.settings)  # notification e-mail (password reset links)
+    core.senders["sms"] = sms_sender_for(core.settings)
+    core.senders["push"] = push_sender_for(core.settings)
     return None
+
+
+async def _notify_hook(app: FastAPI, core: Core):
+    """The notification worker: a pass every ``notify_poll_seconds`` (services.notifications)."""
+    from monsisra.services import notifications
+
+    async def loop() -> None:
+        while True:
+            try:
+                await notifications.run_pass(core)
+            except Exception as exc:  # a failed pass is retried at the next one
+                import logging
+
+                logging.getLogger(__name__).warning("notification pass failed: %s", exc)
+            await asyncio.sleep(core.settings.notify_poll_seconds)
+
+    task = asyncio.create_task(loop(), name="monsisra-notify")
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return stop
 
 
 async def _smtp_hook(app: FastAPI, core: Core):

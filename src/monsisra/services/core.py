@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -66,6 +67,9 @@ class Core:
         # Sends a notification e-mail (password reset links…) through the configured relay:
         # ``await mailer(mail_from, [rcpt], data)``; set by the gateway at start (a transport).
         self.mailer: Callable[[str, list[str], bytes], Awaitable[None]] | None = None
+        # Other notification channels, set by the gateway at start (transports): "sms"
+        # ``await send(phone, text)`` and "push" ``await send(subscription, payload) -> status``.
+        self.senders: dict[str, Callable[..., Awaitable[Any]]] = {}
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from monsisra.domain.addresses import PATIENT_DOMAIN
 from monsisra.domain.model import Category
-from monsisra.services import mailboxes, messages
+from monsisra.services import mailboxes, messages, printer
 from monsisra.services.core import Actor
 from monsisra.services.errors import NotFound, ServiceError
 from monsisra.web.common import (
@@ -46,6 +46,7 @@ async def _compose_context(request: Request, actor: Actor) -> dict[str, Any]:
         kind = "courrier"
     draft: dict[str, Any] = {"to": [], "cc": [], "subject": "", "body": "", "attachments": [], "draft_id": None,
                              "in_reply_to": None, "from_mailbox": int_param(qp.get("bal"))}
+    src: dict[str, Any] = {}
     for param, mode in (("repondre", "reply"), ("transferer", "forward"), ("brouillon", "draft")):
         ref = qp.get(param)
         if not ref or ":" not in ref:
@@ -73,8 +74,12 @@ async def _compose_context(request: Request, actor: Actor) -> dict[str, Any]:
         landing = await mailboxes.landing(core, actor)
         draft["from_mailbox"] = landing if landing in {b.id for b in boxes} else boxes[0].id if boxes else None
     title, category, picker_kind = COMPOSE_KINDS[kind]
+    # A printed document: what its text suggested (patient, recipients), for the user to confirm.
+    print_job = (await printer.job_for_draft(core, actor, draft["from_mailbox"], draft["draft_id"])
+                 if draft["draft_id"] else None)
     return {"boxes": boxes, "kind": kind, "title": title, "category": category, "picker_kind": picker_kind,
-            "draft": draft, "patient_domain": PATIENT_DOMAIN, "retour": came_from(request)}
+            "draft": draft, "patient_domain": PATIENT_DOMAIN, "retour": came_from(request), "print_job": print_job,
+            "patient": src.get("patient") if draft["draft_id"] else None}
 
 
 def _quote(src: dict[str, Any], prefix: str = "> ") -> str:

@@ -17,6 +17,7 @@ from starlette.background import BackgroundTask
 from monsisra.services import accounts, mailboxes, messages
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import NotFound
+from monsisra.web import reach
 from monsisra.web.common import (
     ALL,
     FOLDER_BY_KEY,
@@ -159,9 +160,10 @@ async def inbox(request: Request) -> Response:
             opened = await load_message(core, actor, open_box, open_id, from_trash=scope.folder == "trash")
         except NotFound:
             missing = True
+    alerts = await reach.dgs_alerts(request, actor)  # after the message: opening an alert reads it
     response = render(request, "inbox/inbox.html", scope=scope, account=account, counts=counts, items=items,
                       cursor=cursor, more=more, msg=opened, unread=counts["inbox"]["unread"], missing=missing,
-                      missing_title=MESSAGE_NOT_FOUND)
+                      missing_title=MESSAGE_NOT_FOUND, dgs_alerts=alerts, alert_url=reach.opened_alert_url)
     # The directory's "active" dot: noted after the response, the user does not wait for it.
     response.background = BackgroundTask(_mark_opened, core, actor, scope.ids)
     return response

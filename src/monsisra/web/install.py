@@ -25,6 +25,7 @@ from monsisra.web import (
     my_sessions,
     passwords,
     portal,
+    reach,
     reading,
     security,
     signin,
@@ -87,7 +88,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.startup_hooks.append(_follow_session_ends)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for area in (auth, signin, inbox, reading, compose, account, security, passwords, my_sessions, delegations,
-                 access_log, portal, admin, admin_accounts):
+                 access_log, portal, admin, admin_accounts, reach):
         app.include_router(area.router)
     security.install(app)
     app.state.error_page = error_page

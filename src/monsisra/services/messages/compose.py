@@ -212,6 +212,9 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
             raise TooLarge(f"pièces jointes trop volumineuses : {total // 1024} Ko au total, "
                            f"limite {core.settings.max_message_bytes // (1024 * 1024)} Mo")
         parent = await _readable_message(s, actor, req.in_reply_to) if req.in_reply_to is not None else None
+        if (parent is not None and (parent.no_reply or parent.category == Category.DGS_URGENT)
+                and not await _sent_it(s, actor, parent)):
+            raise Forbidden(NO_REPLY if parent.category != Category.DGS_URGENT else NO_REPLY_DGS)
         patient = await patients.resolve(s, req.patient) if req.patient else None
         if req.draft_id is not None:
             # Every mailbox this send changes, locked up front (placement.lock_mailboxes).
@@ -334,6 +337,18 @@ async def _discard_draft(tx: Tx, actor: Actor, mailbox_id: int, message_id: int)
     await s.execute(sa.delete(MessageAttachment).where(MessageAttachment.message_id == message_id))
     await s.execute(sa.delete(Message).where(Message.id == message_id, Message.is_draft.is_(True)))
     await bump_modseq(s, mailbox_id)
+
+
+NO_REPLY = "ce message n'attend pas de réponse : on ne peut pas y répondre"
+NO_REPLY_DGS = "une alerte DGS Urgent ne peut pas recevoir de réponse"
+
+
+async def _sent_it(session: AsyncSession, actor: Actor, message: Message) -> bool:
+    """Whether the actor may use the mailbox the message came from (its sender may follow up)."""
+    if message.from_mailbox_id is None:
+        return False
+    return await session.scalar(sa.select(MailboxAccess.access).where(
+        MailboxAccess.mailbox_id == message.from_mailbox_id, MailboxAccess.account_id == actor.account_id)) is not None
 
 
 async def _readable_message(session: AsyncSession, actor: Actor, message_id: int) -> Message:

@@ -1,0 +1,138 @@
+"""Web pages of issue 16: the installable app (manifest, service worker, offline page), the
+notification preferences in Paramètres, the confirmation of a printed document's suggestions,
+and the page where an administrator (or the national address) writes a DGS-Urgent alert."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from monsisra import __version__
+from monsisra.services import broadcasts, notifications, printer
+from monsisra.services.errors import Forbidden, ServiceError
+from monsisra.web.common import core_of, error_page, form_actor, page_actor, render, set_flash
+
+router = APIRouter(include_in_schema=False)
+STATIC = Path(__file__).parent / "static"
+
+MANIFEST = {
+    "name": "MonSisra — messagerie sécurisée de santé",
+    "short_name": "MonSisra",
+    "description": "Messagerie sécurisée MSSanté, conversations et télémédecine des professionnels de santé.",
+    "lang": "fr",
+    "id": "/boite",
+    "start_url": "/boite",
+    "scope": "/",
+    "display": "standalone",
+    "background_color": "#ffffff",
+    "theme_color": "#1d4f91",
+    "icons": [
+        {"src": "/static/icons/icon-192.png", "sizes": "192x192", "type": "image/png", "purpose": "any"},
+        {"src": "/static/icons/icon-512.png", "sizes": "512x512", "type": "image/png", "purpose": "any"},
+        {"src": "/static/icons/maskable-512.png", "sizes": "512x512", "type": "image/png", "purpose": "maskable"},
+    ],
+}
+
+
+@router.get("/manifest.webmanifest")
+async def manifest() -> Response:
+    return Response(json.dumps(MANIFEST, ensure_ascii=False), media_type="application/manifest+json",
+                    headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/sw.js")
+async def service_worker() -> Response:
+    """The service worker, at the root so that it controls every page; its caches are named
+    after the version, so that an upgrade drops the old shell."""
+    source = (STATIC / "sw.js").read_text().replace("__VERSION__", __version__)
+    return Response(source, media_type="text/javascript",
+                    headers={"Cache-Control": "no-cache", "Service-Worker-Allowed": "/"})
+
+
+@router.get("/hors-ligne")
+async def offline_page(request: Request) -> Response:
+    return render(request, "reach/offline.html")
+
+
+# --- Paramètres → Notifications --------------------------------------------------------------
+
+
+@router.get("/parametres/notifications")
+async def notifications_page(request: Request) -> Response:
+    actor = await page_actor(request)
+    prefs = await notifications.get_prefs(core_of(request), actor)
+    return render(request, "reach/notifications.html", prefs=prefs, saved=request.query_params.get("ok") == "1")
+
+
+@router.post("/parametres/notifications")
+async def notifications_save(request: Request) -> Response:
+    actor, form = await form_actor(request)
+    core = core_of(request)
+    changes = {c: form.get(c) == "1" for c in notifications.CHANNELS}
+    changes.update(quiet_start=str(form.get("quiet_start") or ""), quiet_end=str(form.get("quiet_end") or ""))
+    try:
+        await notifications.set_prefs(core, actor, changes)
+    except ServiceError as exc:
+        prefs = await notifications.get_prefs(core, actor)
+        return render(request, "reach/notifications.html", status=exc.status, prefs=prefs, error=exc.detail)
+    return RedirectResponse("/parametres/notifications?ok=1", status_code=303)
+
+
+# --- the printer's suggestions ---------------------------------------------------------------
+
+
+@router.post("/impressions/{job_id}/confirmer")
+async def confirm_print(request: Request, job_id: int) -> Response:
+    """« Utiliser ces suggestions » on the compose page of a printed document."""
+    actor, form = await form_actor(request)
+    try:
+        done = await printer.confirm(core_of(request), actor, job_id, [str(a) for a in form.getlist("recipients")],
+                                     form.get("patient") == "1")
+    except ServiceError as exc:
+        return error_page(request, exc.status, "Suggestions non appliquées", exc.detail)
+    draft = f"{done['mailbox_id']}:{done['draft_id']}"
+    response = RedirectResponse("/ecrire?" + urlencode({"brouillon": draft}), status_code=303)
+    set_flash(request, response, "Suggestions ajoutées au brouillon.")
+    return response
+
+
+# --- DGS-Urgent ------------------------------------------------------------------------------
+
+
+@router.get("/admin/dgs-urgent")
+async def broadcast_page(request: Request) -> Response:
+    actor = await page_actor(request)
+    if not await broadcasts.may_broadcast(core_of(request), actor):
+        return error_page(request, 403, "Accès refusé", "réservé aux administrateurs et à l'adresse nationale")
+    return render(request, "reach/broadcast.html", form={}, sent=None)
+
+
+@router.post("/admin/dgs-urgent")
+async def broadcast_send(request: Request) -> Response:
+    actor, form = await form_actor(request)
+    values = {k: str(form.get(k) or "") for k in ("subject", "body", "professions", "departments")}
+    req = broadcasts.Broadcast(values["subject"], values["body"],
+                               [p for p in (x.strip() for x in values["professions"].split(",")) if p],
+                               [d for d in values["departments"].replace(",", " ").split() if d])
+    try:
+        sent = await broadcasts.send(core_of(request), actor, req)
+    except Forbidden as exc:
+        return error_page(request, 403, "Accès refusé", exc.detail)
+    except ServiceError as exc:
+        return render(request, "reach/broadcast.html", status=exc.status, form=values, error=exc.detail, sent=None)
+    return render(request, "reach/broadcast.html", form={}, sent=sent)
+
+
+async def dgs_alerts(request: Request, actor) -> list[dict]:
+    """The unread DGS-Urgent alerts of the banner."""
+    return await broadcasts.unread_alerts(core_of(request), actor)
+
+
+def opened_alert_url(alert: dict) -> str:
+    return "/boite?" + urlencode({"bal": alert["mailbox_id"], "dossier": "dgs_urgent", "ouvrir": alert["message_id"],
+                                  "ouvrir_bal": alert["mailbox_id"]})
+
