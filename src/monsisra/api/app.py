@@ -87,8 +87,9 @@ async def _maintenance(app: FastAPI, core: Core):
 def _install_components(app: FastAPI, settings: Settings) -> None:
     """Mount the directory API, the web pages and the MSSanté gateway (each has ``install``)."""
     from monsisra.api import directory, identity, portal
+    from monsisra.api import patients as patients_api
     from monsisra.gateway import install as gateway
     from monsisra.web import install as web
 
-    for component in (directory, identity, portal, web, gateway):
+    for component in (directory, identity, portal, patients_api, web, gateway):
         component.install(app, settings)

@@ -7,4 +7,5 @@ from monsisra.store import (
     gateway,  # noqa: F401
     identity,  # noqa: F401
     models,  # noqa: F401
+    patients,  # noqa: F401
 )

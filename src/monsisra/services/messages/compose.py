@@ -248,6 +248,7 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
             "headers": {"on_behalf_of": actor.username} if on_behalf else None,
             "search_text": build_search_text(
                 req.subject, req.body, sender.display_name, sender.address, [a.filename for a in ordered],
+                extra=patients.search_text(patient),
                 mailbox_ids=[sender.id] + ([] if req.draft else [m.id for m in local_boxes])),
         }
         message_pk = (await s.execute(sa.insert(Message).values(**values).returning(Message.id))).scalar_one()

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from monsisra.domain.clock import as_utc, iso
 from monsisra.domain.delegation import Right
+from monsisra.domain.ins import is_valid_ins, validate_ins
 from monsisra.domain.model import Access, Category, Role, View
 from monsisra.domain.text import (
     search_terms,
@@ -118,6 +119,8 @@ async def list_messages(core: Core, actor: Actor, mailbox_id: int, *, view: str 
     if category and category not in {c.value for c in Category}:
         raise Invalid(f"catégorie inconnue : {category}")
     limit = max(1, min(limit, PAGE_MAX))
+    if q and is_valid_ins(q):
+        q = validate_ins(q)  # an INS typed as printed on the card (« 1 80 01 … ») is one word
     terms = [t for t in search_terms(q) if not t.startswith(MAILBOX_TOKEN)] if q else []
     if q and not terms:
         return {"items": [], "next_cursor": None}
