@@ -3,6 +3,7 @@
 from monsisra.store import (
     accounts,  # noqa: F401
     audit,  # noqa: F401
+    conversations,  # noqa: F401
     directory,  # noqa: F401
     gateway,  # noqa: F401
     identity,  # noqa: F401
