@@ -21,6 +21,7 @@ from monsisra.domain.clock import iso
 from monsisra.services import attachments, audit, care_team, patients
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Forbidden, NotFound
+from monsisra.store.conversations import Conversation, ConversationMessage
 from monsisra.store.models import (
     Account,
     Attachment,
@@ -99,7 +100,33 @@ async def _support_requests(s: AsyncSession, patient_id: int) -> list[dict[str, 
             for r, name, address, to_name in rows]
 
 
+async def _conversations(s: AsyncSession, patient_id: int) -> list[dict[str, Any]]:
+    rows = (await s.execute(
+        sa.select(Conversation, Account.civility, Account.first_name, Account.last_name, Account.username)
+        .outerjoin(Account, Account.id == Conversation.created_by)
+        .where(Conversation.patient_id == patient_id).order_by(Conversation.id.desc()).limit(MAX_ITEMS))).all()
+    ids = [c.id for c, *_ in rows]
+    last: dict[int, str] = {}
+    counts: dict[int, int] = {}
+    if ids:
+        for cid, n in await s.execute(sa.select(ConversationMessage.conversation_id, sa.func.count())
+                                      .where(ConversationMessage.conversation_id.in_(ids))
+                                      .group_by(ConversationMessage.conversation_id)):
+            counts[cid] = n
+        last_ids = [c.last_message_id for c, *_ in rows if c.last_message_id]
+        if last_ids:
+            for cid, body in await s.execute(sa.select(ConversationMessage.conversation_id, ConversationMessage.body)
+                                             .where(ConversationMessage.id.in_(last_ids))):
+                last[cid] = body[:200]
+    return [{"kind": "conversation", "id": r[0].id, "at": iso(r[0].last_message_at or r[0].created_at),
+             "title": r[0].title or "Conversation", "summary": last.get(r[0].id, ""), "state": r[0].state,
+             "state_label": "Close" if r[0].state == "closed" else "Ouverte", "messages": counts.get(r[0].id, 0),
+             "author": {"name": care_team.person_name(r) if r.username else "", "address": None},
+             "conversation_id": r[0].id} for r in rows]
+
+
 register_source("messages", _messages)
+register_source("conversations", _conversations)
 register_source("support_requests", _support_requests)
 
 

@@ -20,6 +20,7 @@ from monsisra.domain.text import fold, search_terms
 from monsisra.services import audit
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Invalid, NotFound
+from monsisra.store.conversations import Conversation, ConversationParticipant
 from monsisra.store.models import Delivery, MailboxAccess, Message, Patient
 from monsisra.store.patients import CareTeamMember, PatientContact, SupportRequest
 
@@ -111,6 +112,11 @@ register_link("message", lambda a: sa.select(Message.patient_id)
 register_link("support_request", lambda a: sa.select(SupportRequest.patient_id).where(
     SupportRequest.patient_id.is_not(None),
     sa.or_(SupportRequest.from_mailbox_id.in_(_mailboxes_of(a)), SupportRequest.to_mailbox_id.in_(_mailboxes_of(a)))))
+
+# A conversation about the patient one of the account's mailboxes takes part in (or took part in).
+register_link("conversation", lambda a: sa.select(Conversation.patient_id)
+              .join(ConversationParticipant, ConversationParticipant.conversation_id == Conversation.id)
+              .where(Conversation.patient_id.is_not(None), ConversationParticipant.mailbox_id.in_(_mailboxes_of(a))))
 
 
 def visible_ids(account_id: int) -> sa.Select:

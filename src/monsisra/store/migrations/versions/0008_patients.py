@@ -1,14 +1,14 @@
 """Patients: folded names for search, the care team, who registered a patient, support requests
 
 Revision ID: 0008_patients
-Revises: 0007_core_counts
+Revises: 0008_conversations
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_patients"
-down_revision = "0007_core_counts"
+down_revision = "0008_conversations"
 branch_labels = None
 depends_on = None
 
