@@ -151,6 +151,11 @@ async def care_team_flags(session: AsyncSession, account_id: int, patient_ids: l
     return {pid: pid in mine for pid in patient_ids}
 
 
+async def in_care_team(core: Core, actor: Actor, patient_id: int) -> bool:
+    async with core.read() as s:
+        return (await care_team_flags(s, actor.account_id, [patient_id]))[patient_id]
+
+
 async def _with_flags(session: AsyncSession, actor: Actor, rows: list[Patient]) -> list[dict[str, Any]]:
     flags = await care_team_flags(session, actor.account_id, [p.id for p in rows])
     counts = dict((await session.execute(

@@ -32,6 +32,7 @@ from monsisra.web.common import (
     set_flash,
     short_date,
 )
+from monsisra.web.patients import linked_patient, patient_from_form, typed_patient
 
 router = APIRouter(include_in_schema=False)
 
@@ -90,6 +91,7 @@ async def compose_page(request: Request) -> Response:
         ctx = await _compose_context(request, actor)
     except NotFound:
         return error_page(request, 404, MESSAGE_NOT_FOUND, "il n'existe pas ou n'est pas dans vos boîtes")
+    ctx["patient_typed"] = await linked_patient(core_of(request), actor, int_param(request.query_params.get("patient")))
     return render(request, "compose/compose.html", **ctx)
 
 
@@ -107,6 +109,7 @@ def _compose_from_form(form: Any, draft: bool) -> messages.Compose:
         draft_id=int_param(str(form.get("draft_id") or "") or None),
         in_reply_to=int_param(str(form.get("in_reply_to") or "") or None),
         receipt_requested=form.get("receipt_requested") == "1",
+        patient=patient_from_form(form),
     )
 
 
@@ -127,7 +130,8 @@ async def compose_send(request: Request) -> Response:
     except ServiceError as exc:
         bad = exc.extra.get("invalid_addresses") or []
         return render(request, "compose/compose.html", status=exc.status, error=exc.detail, bad=bad,
-                      bad_addresses={b.get("address") for b in bad},
+                      bad_addresses={b.get("address") for b in bad}, patient_typed=typed_patient(form),
+                      patient_errors=exc.extra.get("errors") or {},
                       **await _compose_state_from_form(request, actor, form))
     # Back where the user was (the inbox they answered from, the drafts…), with a confirmation
     # and a way to the sent message; without a known origin, to the sent message itself.

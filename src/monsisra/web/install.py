@@ -24,6 +24,7 @@ from monsisra.web import (
     inbox,
     my_sessions,
     passwords,
+    patients,
     portal,
     reading,
     security,
@@ -87,7 +88,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.startup_hooks.append(_follow_session_ends)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for area in (auth, signin, inbox, reading, compose, account, security, passwords, my_sessions, delegations,
-                 access_log, portal, admin, admin_accounts):
+                 access_log, portal, admin, admin_accounts, patients):
         app.include_router(area.router)
     security.install(app)
     app.state.error_page = error_page

@@ -408,6 +408,11 @@
     label.appendChild(text);
     label.appendChild(el("span", { "class": "sr-only", id: uid + "-act" }, entry.active ? " (actif)" : " (inactif)"));
     li.appendChild(label);
+    if (entry.is_resource_team && entry.address) {
+      // A resource team's card offers the support request form, addressed to it.
+      li.appendChild(el("a", { "class": "entry-support", href: "/appui/nouvelle?equipe=" + encodeURIComponent(entry.address) },
+                        "Demande d'appui"));
+    }
     return li;
   }
   function renderSection(name, data, append) {
