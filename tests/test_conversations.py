@@ -114,7 +114,7 @@ def test_outsiders_get_404_and_hear_nothing(server, trio, make_user):
 
 
 def test_bad_input_french_errors_nothing_changed(trio):
-    (a, a_addr, _), (b, b_addr, _), (c, c_addr, _) = trio
+    (a, a_addr, _), (b, b_addr, _), (_c, _c_addr, _) = trio
     before = len(a.get("/api/v1/conversations?limit=200").json()["items"])
     cases = [
         ({"title": "x", "participants": ["pas-une-adresse"]}, 422, "participants invalides"),
@@ -154,7 +154,7 @@ def _inbox_letters(client, box_id, title):
 
 
 def test_add_leave_close_summary_in_every_mailbox(server, trio, make_user):
-    (a, a_addr, a_box), (b, b_addr, b_box), (c, c_addr, c_box) = trio
+    (a, _a_addr, a_box), (b, b_addr, b_box), (c, c_addr, c_box) = trio
     # A service mailbox with two members (fresh accounts): each sees the conversation.
     svc = server.call(mailboxes.create_service_mailbox, server.core, local=unique("svc"),
                       display_name="Avis Test — CHU")
@@ -238,7 +238,7 @@ def test_patient_and_photo_exif_removed(server, trio):
 
 
 def test_delegate_author_and_absence_autoreply(server, trio, make_user):
-    (a, a_addr, a_box), (b, b_addr, _), _ = trio
+    (a, a_addr, a_box), (b, _b_addr, _), _ = trio
     sec, _, _ = make_user("Sophie", unique("Sec"))
     server.call(mailboxes.grant, server.core, a_box, server.call(_account_id, server.core, sec), Access.DELEGATE)
     secretary = server.login(sec, "secret-pass")
