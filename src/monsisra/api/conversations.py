@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from monsisra.api.deps import BodyId, PathId, current_actor, get_core
 from monsisra.api.routes import PatientIn
-from monsisra.services import conversations, patients
+from monsisra.services import conversations, patients, presence
 from monsisra.services.core import Actor, Core
 
 router = APIRouter(prefix="/api/v1", tags=["conversations"])
@@ -123,3 +123,11 @@ async def absence(core: CoreDep, actor: ActorDep) -> dict[str, Any]:
 async def set_absence(body: AbsenceIn, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
     """Whether « Apparaître absent » answers new conversation messages, and with which text."""
     return await conversations.set_autoreply(core, actor, autoreply=body.autoreply, message=body.message)
+
+
+@router.get("/presence", tags=["presence"])
+async def presence_of(core: CoreDep, actor: ActorDep,
+                      address: Annotated[list[str], Query(max_length=200)]) -> dict[str, Any]:
+    """``{items: [{address, state, label}]}``: online, away (idle 10 min) or offline for each
+    address (« Apparaître absent » reads as offline)."""
+    return {"items": await presence.of_addresses(core, actor, address)}
