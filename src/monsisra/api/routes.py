@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -16,7 +17,7 @@ from monsisra.api.deps import BodyId, PathId, client_address, current_actor, get
 from monsisra.domain.clock import utcnow
 from monsisra.domain.ins import OID_NIR
 from monsisra.events import Subscription, TooManySubscriptions
-from monsisra.services import accounts, attachments, mailboxes, messages, sessions, signin
+from monsisra.services import accounts, attachments, mailboxes, messages, presence, sessions, signin
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed, ServiceError, TooLarge
 
@@ -266,15 +267,22 @@ async def events(websocket: WebSocket) -> None:
             subscription.set_mailboxes(await mailboxes.usable_mailbox_ids(s, actor.account_id))
         await websocket.accept()
         await websocket.send_json({"type": "hello", "account_id": actor.account_id})
+        await presence.beat(core, actor.account_id, _socket_key(subscription), active=True)
         reason = await _serve_events(websocket, core, actor, subscription)
         if reason:
             with contextlib.suppress(Exception):
                 await websocket.close(code=WS_SESSION_ENDED, reason=reason)
     finally:
         subscription.close()
+        with contextlib.suppress(Exception):
+            await presence.gone(core, actor.account_id, _socket_key(subscription))
         if socket_id is not None:
             with contextlib.suppress(Exception):
                 await sessions.socket_closed(core, socket_id)
+
+
+def _socket_key(subscription: Subscription) -> str:
+    return f"{os.getpid()}-{id(subscription)}"
 
 
 async def _serve_events(websocket: WebSocket, core: Core, actor: Actor, subscription: Subscription) -> str | None:
@@ -288,8 +296,14 @@ async def _serve_events(websocket: WebSocket, core: Core, actor: Actor, subscrip
             await websocket.send_json(payload)
 
     async def pump_in() -> None:
+        key = _socket_key(subscription)
         while True:
-            await websocket.receive_text()  # pings from the client; nothing else expected yet
+            # "ping" every 30 s keeps the socket present; "active" says the user did something.
+            text = await websocket.receive_text()
+            try:
+                await presence.beat(core, actor.account_id, key, active=text == "active")
+            except Exception:
+                log.warning("presence beat failed", exc_info=True)
 
     async def ended() -> str:
         await subscription.ended.wait()

@@ -47,7 +47,10 @@ async def _compose_context(request: Request, actor: Actor) -> dict[str, Any]:
         kind = "courrier"
     draft: dict[str, Any] = {"to": [], "cc": [], "subject": "", "body": "", "attachments": [], "draft_id": None,
                              "in_reply_to": None, "from_mailbox": int_param(qp.get("bal"))}
-    for param, mode in (("repondre", "reply"), ("transferer", "forward"), ("brouillon", "draft")):
+    mode_title = None
+    category_override = None
+    for param, mode in (("repondre", "reply"), ("repondre_tous", "reply_all"), ("transferer", "forward"),
+                        ("brouillon", "draft")):
         ref = qp.get(param)
         if not ref or ":" not in ref:
             continue
@@ -57,12 +60,22 @@ async def _compose_context(request: Request, actor: Actor) -> dict[str, Any]:
         src = await messages.get(core, actor, int(mb), int(mid), mark_read=False)
         kind = CATEGORY_OF_KIND.get(src["category"], "courrier")
         draft["from_mailbox"] = int(mb)
-        if mode == "reply":
+        if mode in ("reply", "reply_all"):
             draft["to"] = [{"address": src["sender"]["address"], "name": src["sender"]["name"]}]
+            if mode == "reply_all":
+                own = {b.address for b in boxes} | {src["sender"]["address"]}
+                draft["to"] += [{"address": r["address"], "name": r["name"]} for r in src["to"]
+                                if r["address"] not in own]
+                draft["cc"] = [{"address": r["address"], "name": r["name"]} for r in src["cc"]
+                               if r["address"] not in own]
             draft["subject"] = src["subject"] if src["subject"].lower().startswith("re:") else f"Re: {src['subject']}"
             draft["body"] = "\n\n" + _quote(src)
             draft["in_reply_to"] = src["id"]
+            # A reply keeps what it answers: a support request stays one (a result is answered by a letter).
+            category_override = messages.reply_category(src["category"])
+            mode_title = "Répondre à tous" if mode == "reply_all" else "Répondre"
         elif mode == "forward":
+            mode_title = "Transférer"
             draft["subject"] = f"Tr: {src['subject']}"
             draft["body"] = "\n\n---------- Message transféré ----------\n" + _quote(src, prefix="")
             draft["attachments"] = src["attachments"]
@@ -74,6 +87,7 @@ async def _compose_context(request: Request, actor: Actor) -> dict[str, Any]:
         landing = await mailboxes.landing(core, actor)
         draft["from_mailbox"] = landing if landing in {b.id for b in boxes} else boxes[0].id if boxes else None
     title, category, picker_kind = COMPOSE_KINDS[kind]
+    title, category = mode_title or title, category_override or category
     return {"boxes": boxes, "kind": kind, "title": title, "category": category, "picker_kind": picker_kind,
             "draft": draft, "patient_domain": PATIENT_DOMAIN, "retour": came_from(request)}
 

@@ -15,13 +15,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from monsisra.domain import delegation
-from monsisra.domain.authorship import author_label, owner_short, person_name
 from monsisra.domain.delegation import Right
 from monsisra.domain.model import Access
+from monsisra.services import authorship
 from monsisra.services.core import Actor
 from monsisra.services.errors import Conflict, Forbidden, NotFound
 from monsisra.store.conversations import Conversation, ConversationParticipant
-from monsisra.store.models import Account, Mailbox, MailboxAccess
+from monsisra.store.models import Mailbox, MailboxAccess
 
 NOT_FOUND = "conversation introuvable"
 CLOSED = "cette conversation est close : on ne peut plus y écrire"
@@ -90,14 +90,7 @@ async def require(s: AsyncSession, actor: Actor, conversation_id: int, *, write:
 
 async def author(s: AsyncSession, actor: Actor, mailbox_id: int, access: str) -> str:
     """The author line of what the actor writes through this mailbox (never a login name)."""
-    me = await s.get(Account, actor.account_id)
-    mailbox = await s.get(Mailbox, mailbox_id)
-    person = person_name(me.civility, me.first_name, me.last_name, fallback=mailbox.display_name if mailbox else "")
-    if mailbox is None or access == Access.OWNER:
-        return person
-    owner = await s.get(Account, mailbox.owner_account_id) if mailbox.owner_account_id else None
-    short = owner_short(owner.civility, owner.last_name, mailbox.display_name) if owner else mailbox.display_name
-    return author_label(person, access, mailbox.display_name, owner=short, secretary=not me.national_id)
+    return await authorship.author_line(s, actor, mailbox_id, access)
 
 
 async def audience(s: AsyncSession, conversation_id: int) -> tuple[list[int], list[int]]:

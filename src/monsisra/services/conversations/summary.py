@@ -12,12 +12,12 @@ from typing import Any
 import sqlalchemy as sa
 from fpdf import FPDF
 
+import monsisra.services.conversations.access as access
 from monsisra.domain.clock import in_paris, utcnow
 from monsisra.domain.model import Category, Role
 from monsisra.domain.text import preview
 from monsisra.services import attachments as att_service
 from monsisra.services import audit, messages
-from monsisra.services.conversations import access
 from monsisra.services.core import Actor, Core
 from monsisra.store.conversations import ConversationAttachment, ConversationMessage, ConversationParticipant
 from monsisra.store.models import Attachment, Mailbox, Message, MessageAttachment, Patient, Recipient

@@ -8,10 +8,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import monsisra.services.conversations.access as access
 from monsisra.domain.clock import iso
 from monsisra.domain.text import preview
 from monsisra.services import audit, patients
-from monsisra.services.conversations import access
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Invalid
 from monsisra.store.conversations import (

@@ -13,6 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import monsisra.services.conversations.access as access
+import monsisra.services.conversations.photos as photos
 from monsisra.domain.addresses import domain_of, normalize_address
 from monsisra.domain.clock import iso, utcnow
 from monsisra.domain.delegation import Right
@@ -20,7 +22,6 @@ from monsisra.domain.model import Access, MailboxKind
 from monsisra.domain.text import TextRefused, check_line, clean_multiline, preview
 from monsisra.services import attachments as att_service
 from monsisra.services import audit, mailboxes, patients
-from monsisra.services.conversations import access, photos
 from monsisra.services.core import Actor, Core, Tx
 from monsisra.services.errors import Invalid, NotFound, TooLarge
 from monsisra.store.conversations import (
@@ -249,7 +250,7 @@ async def post(core: Core, actor: Actor, conversation_id: int, body: str = "",
                          object_id=conversation.id, patient_id=conversation.patient_id, mailbox_id=me.mailbox_id,
                          client=actor.client)
         await _emit_message(tx, conversation, view)
-        from monsisra.services.conversations import absence
+        import monsisra.services.conversations.absence as absence
 
         for reply in await absence.replies(s, conversation.id, me.mailbox_id):
             auto = await _insert_message(tx, conversation, reply.mailbox_id, reply.address, reply.account_id,

@@ -123,8 +123,16 @@
       refreshReceipts(ev.message_id);
     }
   }
+  // Presence: "active" at most once a minute while the user types or clicks (idle after 10 min).
+  var lastActive = 0;
+  ["keydown", "pointerdown", "focus"].forEach(function (type) {
+    window.addEventListener(type, function () {
+      var now = Date.now();
+      if (now - lastActive > 60000 && socket && socket.readyState === 1) { lastActive = now; socket.send("active"); }
+    }, true);
+  });
   function connect() {
-    if (!$("#dossiers") && !$(".receipts")) return;
+    if (!$("#dossiers") && !$(".receipts") && !$("#chat") && !$("[data-conversations-list]")) return;
     var url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/api/v1/events";
     socket = new WebSocket(url);
     socket.onopen = function () {
