@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 from monsisra.domain.ins import format_ins, ins_key
 from monsisra.domain.model import Access
 from monsisra.services import mailboxes
-from tests.browser_support import browser_fixture, open_page  # noqa: F401 (fixture)
+from tests.browser_support import browser_fixture, open_page, wait_live  # noqa: F401 (fixture)
 from tests.support import unique
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres]
@@ -96,6 +96,7 @@ def test_support_request_taken_by_a_team_member(server, make_user, browser, widt
     expect(row).to_have_attribute("data-state", "new")
     expect(row).to_contain_text("Urgent")
 
+    wait_live(req)
     coord = open_page(browser, server, member, "secret-pass", viewport=WIDTHS[width])
     coord.goto(server.base_url + "/appui")
     mine = coord.locator("#support-requests tbody tr").first
@@ -106,8 +107,9 @@ def test_support_request_taken_by_a_team_member(server, make_user, browser, widt
     expect(taken).to_contain_text("Prise en charge par")
     expect(taken.get_by_role("button", name="Prendre en charge")).to_have_count(0)
 
-    req.reload()
+    # The requester's open page shows it live, without reloading.
     expect(req.locator("#support-requests tbody tr").first).to_contain_text("Prise en charge par")
+    expect(req.locator("#support-requests tbody tr").first).to_have_attribute("data-state", "taken")
     assert not req.errors and not coord.errors, req.errors + coord.errors
     req.context.close()
     coord.context.close()

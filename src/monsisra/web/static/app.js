@@ -132,7 +132,8 @@
     }, true);
   });
   function connect() {
-    if (!$("#dossiers") && !$(".receipts") && !$("#chat") && !$("[data-conversations-list]")) return;
+    if (!$("#dossiers") && !$(".receipts") && !$("#chat") && !$("[data-conversations-list]") &&
+        !$("[data-live-page]")) return;
     var url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/api/v1/events";
     socket = new WebSocket(url);
     socket.onopen = function () {
