@@ -150,3 +150,29 @@ def test_demo_patient_visible_to_demo_doctor(server):
     [item] = alice.get("/api/v1/patients", params={"ins": format_ins(DURAND)}).json()["items"]
     assert item["family_name"] == "DURAND"
     assert alice.get(f"/api/v1/patients/{item['id']}").status_code == 200
+
+
+def test_compose_page_links_a_patient_and_shows_the_ins_error_next_to_the_field(server, make_user):
+    from tests.test_web import csrf_of, web_login
+
+    sender, _, sender_box = make_user("Wanda")
+    _, rcpt_address, _ = make_user("Xavier")
+    ins = fresh_ins()
+    with web_login(server, sender, "secret-pass") as web:
+        page = web.get("/ecrire").text
+        assert 'id="patient_ins"' in page
+        token = csrf_of(page)
+        form = {"csrf": token, "from_mailbox": sender_box, "to": rcpt_address, "subject": "Ordonnance",
+                "body": "Ci-joint", "category": "letter", "patient_family_name": "Petitjean"}
+        bad = web.post("/ecrire", data=form | {"patient_ins": ins[:-2] + f"{(int(ins[-2:]) + 1) % 97:02d}"})
+        assert bad.status_code == 422
+        assert 'id="patient_ins-error"' in bad.text and "clé de l&#39;INS" in bad.text
+        assert 'value="Petitjean"' in bad.text
+        sent = web.post("/ecrire", data=form | {"patient_ins": format_ins(ins)})
+        assert sent.status_code == 303, sent.text
+    client = server.login(sender, "secret-pass")
+    [patient] = client.get("/api/v1/patients", params={"ins": ins}).json()["items"]
+    assert patient["family_name"] == "PETITJEAN"
+    # The patient page offers to write about them: the compose form comes filled in.
+    with web_login(server, sender, "secret-pass") as web:
+        assert f'value="{ins}"' in web.get("/ecrire", params={"patient": patient["id"]}).text
