@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from typing import Annotated, Any, Literal
@@ -281,6 +282,24 @@ async def events(websocket: WebSocket) -> None:
                 await sessions.socket_closed(core, socket_id)
 
 
+# One event goes to every socket of every account concerned (500 sockets for a conversation of 50
+# people, 10 devices each) as the same dict: encoded once, not once per socket. The dict is kept
+# with its text, so its id cannot be reused while the entry lives.
+_ENCODED: dict[int, tuple[dict[str, Any], str]] = {}
+_ENCODED_MAX = 512
+
+
+def _encoded(payload: dict[str, Any]) -> str:
+    hit = _ENCODED.get(id(payload))
+    if hit is not None and hit[0] is payload:
+        return hit[1]
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    if len(_ENCODED) >= _ENCODED_MAX:
+        _ENCODED.pop(next(iter(_ENCODED)))
+    _ENCODED[id(payload)] = (payload, text)
+    return text
+
+
 def _socket_key(subscription: Subscription) -> str:
     return f"{os.getpid()}-{id(subscription)}"
 
@@ -293,7 +312,7 @@ async def _serve_events(websocket: WebSocket, core: Core, actor: Actor, subscrip
             payload = await subscription.get()
             if subscription.ended.is_set():
                 return
-            await websocket.send_json(payload)
+            await websocket.send_text(_encoded(payload))
 
     async def pump_in() -> None:
         key = _socket_key(subscription)

@@ -409,6 +409,11 @@
       nameLine.appendChild(document.createTextNode(" "));  // read as two words, never « PETITExpert »
       nameLine.appendChild(el("span", { "class": "tag" }, t[1]));
     });
+    if (entry.address) {
+      // Presence (en ligne / absent / hors ligne), filled and kept live by conversations.js.
+      nameLine.appendChild(document.createTextNode(" "));
+      nameLine.appendChild(el("span", { "class": "presence-tag", "data-presence-address": entry.address }));
+    }
     text.appendChild(nameLine);
     var details = [entry.profession, entry.specialty].filter(Boolean).join(" · ");
     var place = [entry.commune, entry.postcode ? "(" + entry.postcode + ")" : ""].filter(Boolean).join(" ");
@@ -470,6 +475,7 @@
           n += renderSection("services", res.body.services, false);
         }
         $(".picker-empty", picker).hidden = n > 0 || !!section;
+        if (window.monsisraPresence) window.monsisraPresence.fill(picker);
       })
       .catch(function () {
         var err = $(".picker-error", picker);

@@ -68,6 +68,28 @@
     }).catch(function () {});
   }
 
+  /* Presence tags anywhere (the address picker): [data-presence-address] gets a dot and a word. */
+  function fillTags(root) {
+    var tags = Array.prototype.slice.call((root || document).querySelectorAll("[data-presence-address]"));
+    var addresses = tags.map(function (t) { return t.dataset.presenceAddress; }).filter(Boolean);
+    if (!addresses.length) return;
+    var q = addresses.slice(0, 100).map(function (a) { return "address=" + encodeURIComponent(a); }).join("&");
+    api("GET", "/api/v1/presence?" + q).then(function (d) {
+      d.items.forEach(function (i) { tagState(i.address, i.state); });
+    }).catch(function () {});
+  }
+  function tagState(address, st) {
+    document.querySelectorAll('[data-presence-address="' + CSS.escape(address) + '"]').forEach(function (t) {
+      t.className = "presence-tag " + st;
+      t.textContent = { online: "en ligne", away: "absent", offline: "hors ligne" }[st];
+    });
+  }
+  window.monsisraPresence = { fill: fillTags };
+  setInterval(function () {
+    var open = document.querySelector("dialog[open] [data-presence-address]");
+    if (open) fillTags(open.closest("dialog"));
+  }, 30000);
+
   /* ---- the chat ----------------------------------------------------------------------- */
   var chat = $("#chat");
   var state = null;
@@ -213,7 +235,7 @@
     var typingTimer = null;
     document.addEventListener("monsisra:event", function (ev) {
       var d = ev.detail;
-      if (d.conversation_id !== state.id) { if (d.type === "presence") d.addresses.forEach(function (a) { showPresence(a, d.state); }); return; }
+      if (d.conversation_id !== state.id) return;
       if (d.type === "conversation.message") {
         add(d.message, false);
         $("#chat-typing").textContent = "";
@@ -241,6 +263,9 @@
     if (chat) initChat();
     document.addEventListener("monsisra:event", function (ev) {
       var t = ev.detail.type;
+      if (t === "presence") {
+        (ev.detail.addresses || []).forEach(function (a) { showPresence(a, ev.detail.state); tagState(a, ev.detail.state); });
+      }
       if (t === "conversation.message" || t === "conversation.read" || t === "conversation.new" || t === "conversation.closed") {
         refreshBadge(); refreshList();
       }
