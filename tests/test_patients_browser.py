@@ -113,3 +113,17 @@ def test_support_request_taken_by_a_team_member(server, make_user, browser, widt
     assert not req.errors and not coord.errors, req.errors + coord.errors
     req.context.close()
     coord.context.close()
+
+
+def test_resource_team_card_offers_a_support_request(server, browser):
+    page = open_page(browser, server, "alice.martin")
+    page.goto(server.base_url + "/ecrire")
+    page.click("#open-picker")
+    page.fill("#picker-q", "DAC 63")
+    link = page.locator("#picker-results a.entry-support").first
+    expect(link).to_have_text("Demande d'appui")
+    link.click()
+    page.wait_for_url(re.compile(r"/appui/nouvelle\?equipe="))
+    expect(page.locator("#to")).to_have_value(f"dac63@{server.settings.domain}")
+    assert not page.errors, page.errors
+    page.context.close()
