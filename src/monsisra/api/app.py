@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from monsisra import __version__, redaction
 from monsisra.api import accounts as accounts_api
 from monsisra.api import admin_accounts as admin_accounts_api
+from monsisra.api import conversations as conversations_api
 from monsisra.api import problems, transport
 from monsisra.api.limits import BodyLimitMiddleware
 from monsisra.api.mssante import router as mssante_router
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     app.include_router(mssante_router)
     app.include_router(accounts_api.router)
     app.include_router(admin_accounts_api.router)
+    app.include_router(conversations_api.router)
     _install_components(app, settings)
     transport.install(app, settings)  # last: outermost
     return app
@@ -87,8 +89,9 @@ async def _maintenance(app: FastAPI, core: Core):
 def _install_components(app: FastAPI, settings: Settings) -> None:
     """Mount the directory API, the web pages and the MSSanté gateway (each has ``install``)."""
     from monsisra.api import directory, identity, portal, reach
+    from monsisra.api import patients as patients_api
     from monsisra.gateway import install as gateway
     from monsisra.web import install as web
 
-    for component in (directory, identity, portal, reach, web, gateway):
+    for component in (directory, identity, portal, reach, patients_api, web, gateway):
         component.install(app, settings)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -16,7 +18,7 @@ from monsisra.api.deps import BodyId, PathId, client_address, current_actor, get
 from monsisra.domain.clock import utcnow
 from monsisra.domain.ins import OID_NIR
 from monsisra.events import Subscription, TooManySubscriptions
-from monsisra.services import accounts, attachments, mailboxes, messages, sessions, signin
+from monsisra.services import accounts, attachments, mailboxes, messages, presence, sessions, signin
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed, ServiceError, TooLarge
 
@@ -266,15 +268,40 @@ async def events(websocket: WebSocket) -> None:
             subscription.set_mailboxes(await mailboxes.usable_mailbox_ids(s, actor.account_id))
         await websocket.accept()
         await websocket.send_json({"type": "hello", "account_id": actor.account_id})
+        await presence.beat(core, actor.account_id, _socket_key(subscription), active=True)
         reason = await _serve_events(websocket, core, actor, subscription)
         if reason:
             with contextlib.suppress(Exception):
                 await websocket.close(code=WS_SESSION_ENDED, reason=reason)
     finally:
         subscription.close()
+        with contextlib.suppress(Exception):
+            await presence.gone(core, actor.account_id, _socket_key(subscription))
         if socket_id is not None:
             with contextlib.suppress(Exception):
                 await sessions.socket_closed(core, socket_id)
+
+
+# One event goes to every socket of every account concerned (500 sockets for a conversation of 50
+# people, 10 devices each) as the same dict: encoded once, not once per socket. The dict is kept
+# with its text, so its id cannot be reused while the entry lives.
+_ENCODED: dict[int, tuple[dict[str, Any], str]] = {}
+_ENCODED_MAX = 512
+
+
+def _encoded(payload: dict[str, Any]) -> str:
+    hit = _ENCODED.get(id(payload))
+    if hit is not None and hit[0] is payload:
+        return hit[1]
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    if len(_ENCODED) >= _ENCODED_MAX:
+        _ENCODED.pop(next(iter(_ENCODED)))
+    _ENCODED[id(payload)] = (payload, text)
+    return text
+
+
+def _socket_key(subscription: Subscription) -> str:
+    return f"{os.getpid()}-{id(subscription)}"
 
 
 async def _serve_events(websocket: WebSocket, core: Core, actor: Actor, subscription: Subscription) -> str | None:
@@ -285,11 +312,17 @@ async def _serve_events(websocket: WebSocket, core: Core, actor: Actor, subscrip
             payload = await subscription.get()
             if subscription.ended.is_set():
                 return
-            await websocket.send_json(payload)
+            await websocket.send_text(_encoded(payload))
 
     async def pump_in() -> None:
+        key = _socket_key(subscription)
         while True:
-            await websocket.receive_text()  # pings from the client; nothing else expected yet
+            # "ping" every 30 s keeps the socket present; "active" says the user did something.
+            text = await websocket.receive_text()
+            try:
+                await presence.beat(core, actor.account_id, key, active=text == "active")
+            except Exception:
+                log.warning("presence beat failed", exc_info=True)
 
     async def ended() -> str:
         await subscription.ended.wait()

@@ -53,6 +53,24 @@ class Event:
         return {"type": self.type, **self.data}
 
 
+# The copies of an event trimmed to what one account may see are shared by that account's sockets
+# (the transport encodes each copy once); the original is kept with them so its id stays unique.
+_TRIMMED: dict[tuple[int, tuple[int, ...]], tuple[dict[str, Any], dict[str, Any]]] = {}
+_TRIMMED_MAX = 1024
+
+
+def _trimmed(payload: dict[str, Any], kept: list[int]) -> dict[str, Any]:
+    key = (id(payload), tuple(kept))
+    hit = _TRIMMED.get(key)
+    if hit is not None and hit[0] is payload:
+        return hit[1]
+    copy = {**payload, "mailbox_ids": kept}
+    if len(_TRIMMED) >= _TRIMMED_MAX:
+        _TRIMMED.pop(next(iter(_TRIMMED)))
+    _TRIMMED[key] = (payload, copy)
+    return copy
+
+
 class Subscription:
     """One live socket's feed, bound to the token (``tokens.id``) it authenticated with."""
 
@@ -99,7 +117,7 @@ class Subscription:
             if not kept:
                 return None
             if len(kept) != len(ids):
-                return {**payload, "mailbox_ids": kept}
+                return _trimmed(payload, kept)
         return payload
 
     def end(self, reason: str) -> None:

@@ -501,4 +501,8 @@ async def update_preferences(core: Core, actor: Actor, *, appear_absent: bool | 
             account.inbox_categories = sorted(set(inbox_categories))
         mailbox_ids = await mailboxes.usable_mailbox_ids(tx.session, actor.account_id)
         tx.emit("counts", [actor.account_id], mailbox_ids=mailbox_ids)
+    if appear_absent is not None:
+        from monsisra.services import presence  # « Apparaître absent » shows offline everywhere, live
+
+        await presence.announce(core, actor.account_id)
     return account

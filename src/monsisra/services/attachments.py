@@ -147,7 +147,29 @@ async def readable(session: AsyncSession, actor: Actor, attachment_ids: list[str
                    Delivery.deleted.is_(False))
         )
         allowed.update(via_message)
+    others = [i for i in found if i not in allowed]
+    if others:
+        allowed.update(await _via_conversation(session, actor, others))
     return {i: found[i] for i in allowed}
+
+
+async def _via_conversation(session: AsyncSession, actor: Actor, ids: list[str]) -> set[str]:
+    """Files (and their thumbnails) posted in a conversation the actor's mailboxes take part in,
+    before those mailboxes left it."""
+    from monsisra.store.conversations import ConversationAttachment, ConversationMessage, ConversationParticipant
+
+    ca = ConversationAttachment
+    rows = await session.execute(
+        sa.select(ca.attachment_id, ca.thumbnail_id)
+        .join(ConversationMessage, ConversationMessage.id == ca.message_id)
+        .join(ConversationParticipant, ConversationParticipant.conversation_id == ConversationMessage.conversation_id)
+        .join(MailboxAccess, MailboxAccess.mailbox_id == ConversationParticipant.mailbox_id)
+        .where(sa.or_(ca.attachment_id.in_(ids), ca.thumbnail_id.in_(ids)),
+               MailboxAccess.account_id == actor.account_id,
+               sa.or_(ConversationParticipant.left_at.is_(None),
+                      ConversationMessage.created_at <= ConversationParticipant.left_at)))
+    wanted = set(ids)
+    return {x for pair in rows for x in pair if x in wanted}
 
 
 async def open_for(core: Core, actor: Actor, attachment_id: str) -> AttachmentView:

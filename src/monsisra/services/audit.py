@@ -60,6 +60,18 @@ ACTION_LABELS = {
     "socket.close": "Connexion temps réel fermée",
     "trust.add": "Domaine ajouté à l'espace de confiance",
     "trust.remove": "Domaine retiré de l'espace de confiance",
+    "patient.register": "Patient enregistré",
+    "patient.view": "Consultation d'une fiche patient",
+    "patient.search": "Recherche de patients",
+    "patient.care_team.join": "Déclaration dans l'équipe de soins d'un patient",
+    "patient.care_team.leave": "Retrait de l'équipe de soins d'un patient",
+    "patient.care_team.read": "Consultation de l'équipe de soins d'un patient",
+    "patient.record.read": "Consultation du dossier partagé d'un patient",
+    "patient.record.document": "Ouverture d'un document du dossier partagé",
+    "patient.record.refused": "Accès refusé au dossier partagé (hors équipe de soins)",
+    "support.create": "Demande d'appui envoyée",
+    "support.take": "Demande d'appui prise en charge",
+    "support.close": "Demande d'appui clôturée",
 }
 # What an account sees of its own account in its access log (besides its mailboxes).
 OWN_ACTIONS = ("login.success", "login.failure", "login.throttled", "logout", "password.change",

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from monsisra.domain.clock import as_utc, utcnow
 from monsisra.domain.model import Access, Category, MailboxKind, Role
 from monsisra.domain.text import preview
-from monsisra.services import accounts, attachments, mailboxes, messages, totp, trust
+from monsisra.services import accounts, attachments, mailboxes, messages, patients, totp, trust
 from monsisra.services.core import Actor, Core
 from monsisra.store.models import Account, Delivery, Mailbox, Message, Patient, Recipient
 
@@ -256,8 +256,10 @@ async def _seed_messages(core: Core, people: dict[str, Account], bar) -> None:
     async with core.write() as tx:
         for ins, family, given, born, sex in PATIENTS:
             if not await tx.session.scalar(sa.select(Patient.id).where(Patient.ins == ins)):
-                tx.session.add(Patient(ins=ins, ins_oid="1.2.250.1.213.1.4.11", family_name=family,
-                                       given_names=given, birth_date=born, sex=sex))
+                patient = Patient(ins=ins, ins_oid="1.2.250.1.213.1.4.11", family_name=family,
+                                  given_names=given, birth_date=born, sex=sex)
+                patient.search_name = patients.search_name(patient)
+                tx.session.add(patient)
     # Service mailboxes have no human owner in the demo; act as the platform for them.
     async with core.read() as s:
         admin = await s.scalar(sa.select(Account).where(Account.username == "admin"))

@@ -46,7 +46,7 @@ from monsisra.domain.model import Category, Role
 from monsisra.domain.text import fold, preview
 from monsisra.events import Event
 from monsisra.services import attachments as att_service
-from monsisra.services import audit, mailboxes, messages, trust
+from monsisra.services import audit, mailboxes, messages, patients, trust
 from monsisra.services.core import Core
 from monsisra.store.gateway import InboundMessage, RawMessage, sync_sqlite_engine
 from monsisra.store.models import (
@@ -538,7 +538,8 @@ def _new_message(s: Session, job: _Job, targets: list[_Box], now) -> tuple[Simpl
         in_reply_to_id=parent.id if parent else None,
         thread_id=(parent.thread_id or parent.id) if parent else None, is_draft=False, no_reply=False,
         search_text=messages.build_search_text(subject, body, parsed.sender_name, parsed.sender_address,
-                                               [v.filename for v in views], mailbox_ids=[b.id for b in targets]),
+                                               [v.filename for v in views], extra=patients.search_text(patient),
+                                               mailbox_ids=[b.id for b in targets]),
     )
     return message, views
 
@@ -569,6 +570,7 @@ def _patient(s, parsed: mime.ParsedMail, content: xdm.XdmContent | None) -> Pati
     if patient is None and traits is not None and oid in KNOWN_OIDS:
         patient = Patient(ins=ins, ins_oid=oid, family_name=traits.family_name.upper(),
                           given_names=traits.given_names, birth_date=traits.birth_date, sex=traits.sex)
+        patient.search_name = patients.search_name(patient)
         s.add(patient)
         s.flush()
     return patient

@@ -158,6 +158,8 @@ class Patient(Base):
     sex: Mapped[str | None] = mapped_column(Line(1))
     birthplace: Mapped[str | None] = mapped_column(Line(5))
     created_at: Mapped[datetime] = mapped_column(UTC, default=_now)
+    # Folded (lower-case, accent-free) names and INS: « helene » finds « Hélène » on both engines.
+    search_name: Mapped[str] = mapped_column(Line(400), default="", server_default="")
 
 
 class Message(Base):

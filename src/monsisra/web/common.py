@@ -286,7 +286,7 @@ def safe_body(html: str | None) -> Markup:
 
 
 TEMPLATES.env.filters.update(short_date=short_date, long_date=long_date, file_size=file_size,
-                             attachment_kind=attachment_kind, delivery_label=delivery_label)
+                             attachment_kind=attachment_kind, delivery_label=delivery_label, at_time=at_time)
 
 
 TEMPLATES.env.globals.update(safe_body=safe_body, FOLDERS=FOLDERS, COMPOSE_KINDS=COMPOSE_KINDS, ALL=ALL,

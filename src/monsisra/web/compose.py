@@ -32,6 +32,7 @@ from monsisra.web.common import (
     set_flash,
     short_date,
 )
+from monsisra.web.patients import linked_patient, patient_from_form, typed_patient
 
 router = APIRouter(include_in_schema=False)
 
@@ -47,7 +48,10 @@ async def _compose_context(request: Request, actor: Actor) -> dict[str, Any]:
     draft: dict[str, Any] = {"to": [], "cc": [], "subject": "", "body": "", "attachments": [], "draft_id": None,
                              "in_reply_to": None, "from_mailbox": int_param(qp.get("bal"))}
     src: dict[str, Any] = {}
-    for param, mode in (("repondre", "reply"), ("transferer", "forward"), ("brouillon", "draft")):
+    mode_title = None
+    category_override = None
+    for param, mode in (("repondre", "reply"), ("repondre_tous", "reply_all"), ("transferer", "forward"),
+                        ("brouillon", "draft")):
         ref = qp.get(param)
         if not ref or ":" not in ref:
             continue
@@ -57,12 +61,22 @@ async def _compose_context(request: Request, actor: Actor) -> dict[str, Any]:
         src = await messages.get(core, actor, int(mb), int(mid), mark_read=False)
         kind = CATEGORY_OF_KIND.get(src["category"], "courrier")
         draft["from_mailbox"] = int(mb)
-        if mode == "reply":
+        if mode in ("reply", "reply_all"):
             draft["to"] = [{"address": src["sender"]["address"], "name": src["sender"]["name"]}]
+            if mode == "reply_all":
+                own = {b.address for b in boxes} | {src["sender"]["address"]}
+                draft["to"] += [{"address": r["address"], "name": r["name"]} for r in src["to"]
+                                if r["address"] not in own]
+                draft["cc"] = [{"address": r["address"], "name": r["name"]} for r in src["cc"]
+                               if r["address"] not in own]
             draft["subject"] = src["subject"] if src["subject"].lower().startswith("re:") else f"Re: {src['subject']}"
             draft["body"] = "\n\n" + _quote(src)
             draft["in_reply_to"] = src["id"]
+            # A reply keeps what it answers: a support request stays one (a result is answered by a letter).
+            category_override = messages.reply_category(src["category"])
+            mode_title = "Répondre à tous" if mode == "reply_all" else "Répondre"
         elif mode == "forward":
+            mode_title = "Transférer"
             draft["subject"] = f"Tr: {src['subject']}"
             draft["body"] = "\n\n---------- Message transféré ----------\n" + _quote(src, prefix="")
             draft["attachments"] = src["attachments"]
@@ -77,6 +91,7 @@ async def _compose_context(request: Request, actor: Actor) -> dict[str, Any]:
     # A printed document: what its text suggested (patient, recipients), for the user to confirm.
     print_job = (await printer.job_for_draft(core, actor, draft["from_mailbox"], draft["draft_id"])
                  if draft["draft_id"] else None)
+    title, category = mode_title or title, category_override or category
     return {"boxes": boxes, "kind": kind, "title": title, "category": category, "picker_kind": picker_kind,
             "draft": draft, "patient_domain": PATIENT_DOMAIN, "retour": came_from(request), "print_job": print_job,
             "patient": src.get("patient") if draft["draft_id"] else None}
@@ -95,6 +110,7 @@ async def compose_page(request: Request) -> Response:
         ctx = await _compose_context(request, actor)
     except NotFound:
         return error_page(request, 404, MESSAGE_NOT_FOUND, "il n'existe pas ou n'est pas dans vos boîtes")
+    ctx["patient_typed"] = await linked_patient(core_of(request), actor, int_param(request.query_params.get("patient")))
     return render(request, "compose/compose.html", **ctx)
 
 
@@ -112,6 +128,7 @@ def _compose_from_form(form: Any, draft: bool) -> messages.Compose:
         draft_id=int_param(str(form.get("draft_id") or "") or None),
         in_reply_to=int_param(str(form.get("in_reply_to") or "") or None),
         receipt_requested=form.get("receipt_requested") == "1",
+        patient=patient_from_form(form),
     )
 
 
@@ -132,7 +149,8 @@ async def compose_send(request: Request) -> Response:
     except ServiceError as exc:
         bad = exc.extra.get("invalid_addresses") or []
         return render(request, "compose/compose.html", status=exc.status, error=exc.detail, bad=bad,
-                      bad_addresses={b.get("address") for b in bad},
+                      bad_addresses={b.get("address") for b in bad}, patient_typed=typed_patient(form),
+                      patient_errors=exc.extra.get("errors") or {},
                       **await _compose_state_from_form(request, actor, form))
     # Back where the user was (the inbox they answered from, the drafts…), with a confirmation
     # and a way to the sent message; without a known origin, to the sent message itself.

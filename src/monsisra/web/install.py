@@ -20,10 +20,12 @@ from monsisra.web import (
     admin_accounts,
     auth,
     compose,
+    conversations,
     delegations,
     inbox,
     my_sessions,
     passwords,
+    patients,
     portal,
     reach,
     reading,
@@ -87,8 +89,8 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     app.state.startup_hooks.append(_follow_session_ends)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for area in (auth, signin, inbox, reading, compose, account, security, passwords, my_sessions, delegations,
-                 access_log, portal, admin, admin_accounts, reach):
+    for area in (auth, signin, conversations, inbox, reading, compose, account, security, passwords, my_sessions,
+                 delegations, access_log, portal, admin, admin_accounts, patients, reach):
         app.include_router(area.router)
     security.install(app)
     app.state.error_page = error_page

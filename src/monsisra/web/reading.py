@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from monsisra.api.deps import PathId
 from monsisra.domain.model import Category
-from monsisra.services import attachments, mailboxes, mdn, messages
+from monsisra.services import attachments, mailboxes, mdn, messages, patients
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import NotFound, ServiceError
 from monsisra.web.common import MESSAGE_NOT_FOUND, core_of, error_page, form_actor, is_htmx, page_actor, render
@@ -25,6 +25,9 @@ async def load_message(core: Core, actor: Actor, mailbox_id: int, message_id: in
     # A message in the bin opens too (read-only), so that one can see what to restore.
     msg = await messages.get(core, actor, mailbox_id, message_id, include_deleted=True, prefer_deleted=from_trash)
     msg["mailbox_id"] = mailbox_id
+    if msg.get("patient"):
+        # The care-team icon (green: the reader follows this patient).
+        msg["patient"]["care_team_me"] = await patients.in_care_team(core, actor, msg["patient"]["id"])
     msg["receipts"] = await _receipts(core, actor, msg)
     # The thread is shown where exchanges happen: a reply, or a conversation, expertise or
     # support request (a plain letter or result usually stands alone: no extra queries for it).

@@ -16,6 +16,7 @@ from monsisra.services.messages.compose import (
     Compose,
     PatientRef,
     check_address,
+    reply_category,
     send,
 )
 from monsisra.services.messages.placement import (
@@ -38,5 +39,6 @@ from monsisra.services.patients import patient_dict
 __all__ = ["MAILBOX_TOKEN", "MAX_BODY", "MAX_RECIPIENTS", "MAX_SUBJECT", "OUTSIDE_TRUST", "PAGE_MAX", "Compose",
            "PatientRef", "Placement", "access_kind", "allocate_uids", "build_search_text", "bump_modseq",
            "check_address", "counts", "deliver", "get", "list_messages", "mailbox_tokens", "mailboxes",
-           "new_message_id", "patient_dict", "place", "place_sync", "purge_trash", "receipts", "require_sender_access",
+           "new_message_id", "patient_dict", "place", "place_sync", "purge_trash", "receipts", "reply_category",
+           "require_sender_access",
            "restore", "sanitize_html", "send", "tally", "thread", "trash", "update_state"]

@@ -26,7 +26,7 @@ from monsisra.domain.text import (
     preview,
 )
 from monsisra.services import attachments as att_service
-from monsisra.services import audit, mailboxes, patients, trust
+from monsisra.services import audit, authorship, mailboxes, patients, trust
 from monsisra.services.core import Actor, Core, Tx
 from monsisra.services.errors import Forbidden, Invalid, NotFound, TooLarge
 from monsisra.services.messages.placement import (
@@ -84,6 +84,17 @@ class Compose:
     no_reply: bool = False
     context_type: str | None = None
     context_id: int | None = None
+
+
+# Categories a reply keeps (a support request's answer stays in « Demandes d'appui »…); anything
+# else (a result, an event, an alert) is answered by a letter, in the same thread.
+KEPT_ON_REPLY = frozenset({Category.SUPPORT, Category.TELEEXPERTISE, Category.CONVERSATION, Category.PATIENT,
+                           Category.LETTER, Category.MSSANTE})
+
+
+def reply_category(parent_category: str) -> str:
+    """The category of a reply to a message of ``parent_category``."""
+    return parent_category if parent_category in KEPT_ON_REPLY else Category.LETTER
 
 
 def _check_address(raw: str, local_domain: str) -> tuple[str | None, str | None]:
@@ -215,6 +226,9 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
         if (parent is not None and (parent.no_reply or parent.category == Category.DGS_URGENT)
                 and not await _sent_it(s, actor, parent)):
             raise Forbidden(NO_REPLY if parent.category != Category.DGS_URGENT else NO_REPLY_DGS)
+        if parent is not None and req.category == Category.LETTER and not req.draft:
+            # A reply keeps what it answers unless the client chose another kind than the default.
+            req.category = reply_category(parent.category)
         patient = await patients.resolve(s, req.patient) if req.patient else None
         if req.draft_id is not None:
             # Every mailbox this send changes, locked up front (placement.lock_mailboxes).
@@ -225,6 +239,12 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
         ordered = [found[a] for a in wanted_atts]
         local_boxes = [m for _, _, m in recipients if m is not None]
         on_behalf = sender.owner_account_id not in (None, actor.account_id)
+        headers: dict[str, Any] | None = None
+        if sender.access != Access.OWNER:
+            # Written in a service mailbox or as a delegate: everyone reads who wrote it (a name).
+            headers = {"author": await authorship.author_line(s, actor, sender.id, sender.access)}
+            if on_behalf:
+                headers["on_behalf_of"] = actor.username
         values = {
             "message_id": new_message_id(core.settings.domain),
             "in_reply_to_id": parent.id if parent else None,
@@ -248,9 +268,10 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
             "no_reply": req.no_reply,
             "context_type": req.context_type,
             "context_id": req.context_id,
-            "headers": {"on_behalf_of": actor.username} if on_behalf else None,
+            "headers": headers,
             "search_text": build_search_text(
                 req.subject, req.body, sender.display_name, sender.address, [a.filename for a in ordered],
+                extra=patients.search_text(patient),
                 mailbox_ids=[sender.id] + ([] if req.draft else [m.id for m in local_boxes])),
         }
         message_pk = (await s.execute(sa.insert(Message).values(**values).returning(Message.id))).scalar_one()
@@ -321,6 +342,7 @@ def _sent_view(message_pk: int, v: dict[str, Any], role: str, recipient_rows: li
         "message_id": v["message_id"],
         "receipt_requested": v["receipt_requested"],
         "on_behalf_of": (v["headers"] or {}).get("on_behalf_of"),
+        "author": (v["headers"] or {}).get("author"),
     }
 
 

@@ -13,11 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from monsisra.domain.clock import as_utc, iso
 from monsisra.domain.delegation import Right
+from monsisra.domain.ins import is_valid_ins, validate_ins
 from monsisra.domain.model import Access, Category, Role, View
 from monsisra.domain.text import (
     search_terms,
 )
-from monsisra.services import audit, mailboxes, patients
+from monsisra.services import audit, authorship, mailboxes, patients
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Invalid, NotFound
 from monsisra.services.messages.placement import MAILBOX_TOKEN
@@ -118,6 +119,8 @@ async def list_messages(core: Core, actor: Actor, mailbox_id: int, *, view: str 
     if category and category not in {c.value for c in Category}:
         raise Invalid(f"catégorie inconnue : {category}")
     limit = max(1, min(limit, PAGE_MAX))
+    if q and is_valid_ins(q):
+        q = validate_ins(q)  # an INS typed as printed on the card (« 1 80 01 … ») is one word
     terms = [t for t in search_terms(q) if not t.startswith(MAILBOX_TOKEN)] if q else []
     if q and not terms:
         return {"items": [], "next_cursor": None}
@@ -256,7 +259,8 @@ async def get(core: Core, actor: Actor, mailbox_id: int, message_id: int, *, mar
             raise NotFound("message introuvable")
         item = (await _summaries(s, [row]))[0]
     item.update(body=row.body, html=row.html, message_id=row.rfc_id, receipt_requested=row.receipt_requested,
-                on_behalf_of=(row.headers or {}).get("on_behalf_of"))
+                on_behalf_of=(row.headers or {}).get("on_behalf_of"), author=(row.headers or {}).get("author"),
+                read_by=await _read_by(core, actor, row.delivery_id))
     # Every read is on the record (with the patient when the message names one); reading marks
     # the message read only for those who may manage its flags (not a read-only delegate).
     read_entry = audit.entry(actor.account_id, "patient.read" if row.patient_id else "message.read",
@@ -274,6 +278,17 @@ async def get(core: Core, actor: Actor, mailbox_id: int, message_id: int, *, mar
         # mdn_pending: the sender asked for a receipt at another address; the user decides.
         item["mdn"] = await mdn.status(core, actor, mailbox_id, message_id)
     return item
+
+
+async def _read_by(core: Core, actor: Actor, delivery_id: int) -> dict[str, Any] | None:
+    """Who first read this copy, when it was someone else than the viewer (a colleague of a
+    service mailbox, a delegate): the owner sees « lu par Sophie BLANC à 10:42 »."""
+    async with core.read() as s:
+        row = (await s.execute(sa.select(Delivery.first_read_by, Delivery.first_read_at)
+                               .where(Delivery.id == delivery_id))).first()
+        if row is None or row.first_read_by in (None, actor.account_id):
+            return None
+        return {"name": await authorship.reader_name(s, row.first_read_by), "at": iso(row.first_read_at)}
 
 
 async def thread(core: Core, actor: Actor, mailbox_id: int, thread_id: int) -> list[dict[str, Any]]:

@@ -136,8 +136,17 @@
       refreshReceipts(ev.message_id);
     }
   }
+  // Presence: "active" at most once a minute while the user types or clicks (idle after 10 min).
+  var lastActive = 0;
+  ["keydown", "pointerdown", "focus"].forEach(function (type) {
+    window.addEventListener(type, function () {
+      var now = Date.now();
+      if (now - lastActive > 60000 && socket && socket.readyState === 1) { lastActive = now; socket.send("active"); }
+    }, true);
+  });
   function connect() {
-    if (!$("#dossiers") && !$(".receipts")) return;
+    if (!$("#dossiers") && !$(".receipts") && !$("#chat") && !$("[data-conversations-list]") &&
+        !$("[data-live-page]")) return;
     var url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/api/v1/events";
     socket = new WebSocket(url);
     socket.onopen = function () {
@@ -413,6 +422,11 @@
       nameLine.appendChild(document.createTextNode(" "));  // read as two words, never « PETITExpert »
       nameLine.appendChild(el("span", { "class": "tag" }, t[1]));
     });
+    if (entry.address) {
+      // Presence (en ligne / absent / hors ligne), filled and kept live by conversations.js.
+      nameLine.appendChild(document.createTextNode(" "));
+      nameLine.appendChild(el("span", { "class": "presence-tag", "data-presence-address": entry.address }));
+    }
     text.appendChild(nameLine);
     var details = [entry.profession, entry.specialty].filter(Boolean).join(" · ");
     var place = [entry.commune, entry.postcode ? "(" + entry.postcode + ")" : ""].filter(Boolean).join(" ");
@@ -421,6 +435,11 @@
     label.appendChild(text);
     label.appendChild(el("span", { "class": "sr-only", id: uid + "-act" }, entry.active ? " (actif)" : " (inactif)"));
     li.appendChild(label);
+    if (entry.is_resource_team && entry.address) {
+      // A resource team's card offers the support request form, addressed to it.
+      li.appendChild(el("a", { "class": "entry-support", href: "/appui/nouvelle?equipe=" + encodeURIComponent(entry.address) },
+                        "Demande d'appui"));
+    }
     return li;
   }
   function renderSection(name, data, append) {
@@ -469,6 +488,7 @@
           n += renderSection("services", res.body.services, false);
         }
         $(".picker-empty", picker).hidden = n > 0 || !!section;
+        if (window.monsisraPresence) window.monsisraPresence.fill(picker);
       })
       .catch(function () {
         var err = $(".picker-error", picker);

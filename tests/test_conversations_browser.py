@@ -1,0 +1,98 @@
+"""Conversations in Debian's Chromium: two browser contexts exchange messages live (bubble,
+typing, « Vu par … »); a nurse at phone width (375 px) posts a camera photo, whose stored copy
+has no EXIF; an outsider's browser gets the French 404 page."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from PIL import Image
+from playwright.sync_api import expect
+
+from tests.browser_support import browser_fixture, open_page, wait_live  # noqa: F401 (the browser fixture)
+from tests.support import unique
+
+pytestmark = pytest.mark.browser
+DOMAIN = "monsisra.localhost"
+
+
+def _users(make_user, n):
+    return [make_user(first, unique(last), civility="Dr" if i == 0 else "", national_id="8" + str(i + 3) * 11)
+            for i, (first, last) in enumerate((("Anne", "Chat"), ("Claire", "Soin"), ("Olivier", "Dehors"))[:n])]
+
+
+def test_two_contexts_live_bubble_typing_seen(server, browser, make_user):
+    (a_user, _, _), (c_user, c_addr, _), (o_user, _, _) = _users(make_user, 3)
+    anne = open_page(browser, server, a_user, "secret-pass")
+    anne.goto(server.base_url + "/conversations")
+    anne.fill("#title", "Plaie du talon")
+    anne.fill("#participants", c_addr)
+    anne.fill("#body", "Bonjour, pouvez-vous passer ?")
+    anne.click("text=Démarrer la conversation")
+    anne.wait_for_url(re.compile(r"/conversations/\d+$"))
+    url = anne.url
+    claire = open_page(browser, server, c_user, "secret-pass")
+    claire.goto(server.base_url + "/conversations")
+    expect(claire.locator(".conv-item.unread .conv-title")).to_have_text("Plaie du talon")
+    claire.goto(url)
+    wait_live(claire)
+    wait_live(anne)
+    expect(claire.locator(".bubble.theirs .text")).to_have_text("Bonjour, pouvez-vous passer ?")
+    # Anne sees that Claire read it.
+    expect(anne.locator("#chat-seen")).to_contain_text("Vu par")
+    claire.fill("#composer-text", "Oui, je passe à 14 h")
+    expect(anne.locator("#chat-typing")).to_contain_text("écrit")
+    claire.press("#composer-text", "Enter")
+    expect(anne.locator(".bubble.theirs .text")).to_have_text("Oui, je passe à 14 h")
+    expect(claire.locator(".bubble.mine .text")).to_have_text("Oui, je passe à 14 h")
+    # Maj+Entrée: a new line, nothing sent.
+    anne.fill("#composer-text", "ligne 1")
+    anne.press("#composer-text", "Shift+Enter")
+    anne.type("#composer-text", "ligne 2")
+    anne.press("#composer-text", "Enter")
+    expect(claire.locator(".bubble.theirs .text").last).to_have_text("ligne 1\nligne 2")
+    expect(anne.locator(".day")).to_have_count(1)
+    assert not anne.errors and not claire.errors
+    # An outsider gets the French 404 page.
+    outsider = open_page(browser, server, o_user, "secret-pass")
+    response = outsider.goto(url)
+    assert response.status == 404
+    expect(outsider.locator("body")).to_contain_text("Conversation introuvable")
+    for page in (anne, claire, outsider):
+        page.context.close()
+
+
+def test_phone_nurse_posts_camera_photo_without_exif(server, browser, make_user, tmp_path):
+    (a_user, a_addr, _), (c_user, _, _) = _users(make_user, 2)
+    with server.login(c_user, "secret-pass") as api:
+        r = api.post("/api/v1/conversations", json={"title": "Photo plaie", "participants": [a_addr]})
+        assert r.status_code == 201
+        conv_id = r.json()["id"]
+    img = Image.new("RGB", (1600, 1200), (180, 60, 60))
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"
+    exif[0x8825] = {1: "N", 2: (45.0, 46.0, 0.0)}
+    photo = tmp_path / "IMG_0001.jpg"
+    img.save(photo, format="JPEG", exif=exif.tobytes())
+    nurse = open_page(browser, server, c_user, "secret-pass", viewport={"width": 375, "height": 740},
+                      is_mobile=True, has_touch=True)
+    nurse.goto(server.base_url + f"/conversations/{conv_id}")
+    wait_live(nurse)
+    expect(nurse.locator("#chat")).to_have_attribute("data-ready", "1")
+    assert nurse.evaluate("document.documentElement.scrollWidth") <= 375
+    assert nurse.get_attribute("#photo", "accept") == "image/*"
+    assert nurse.get_attribute("#photo", "capture") is not None
+    nurse.fill("#composer-text", "Voici la plaie")
+    nurse.set_input_files("#photo", str(photo))
+    expect(nurse.locator(".bubble.mine img.photo")).to_have_count(1)
+    expect(nurse.locator(".bubble.mine .text")).to_have_text("Voici la plaie")
+    assert nurse.evaluate("document.documentElement.scrollWidth") <= 375
+    with server.login(a_user, "secret-pass") as api:
+        item = api.get(f"/api/v1/conversations/{conv_id}").json()["messages"]["items"][-1]
+        stored = api.get(f"/api/v1/attachments/{item['attachments'][0]['id']}").content
+    with Image.open(io.BytesIO(stored)) as image:
+        assert not image.getexif() and "exif" not in image.info
+    assert not nurse.errors
+    nurse.context.close()
