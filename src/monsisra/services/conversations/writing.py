@@ -235,8 +235,10 @@ async def post(core: Core, actor: Actor, conversation_id: int, body: str = "",
     """Post a message; returns it as the conversation shows it. Absent participants who asked
     for it answer with their absence message."""
     body = _body(body, required=not attachments)
-    async with core.read() as s:
-        await access.require(s, actor, conversation_id, write=True, from_mailbox=from_mailbox)
+    if attachments:
+        # Photos are processed before the transaction: first make sure the actor may post here.
+        async with core.read() as s:
+            await access.require(s, actor, conversation_id, write=True, from_mailbox=from_mailbox)
     atts = await _attachments(core, actor, attachments or [])
     async with core.write() as tx:
         s = tx.session
