@@ -328,6 +328,9 @@ async def mark_read(core: Core, actor: Actor, conversation_id: int, up_to: int |
         target = last if up_to is None else min(up_to, last)
         if up_to is not None and up_to > last:
             raise Invalid("message inconnu dans cette conversation")
+        if Right.FLAGS not in me.rights:
+            # A read-only delegate reads without marking anything read for the owner (as for mail).
+            target = 0
         now = utcnow()
         if target and (me.last_read_message_id or 0) < target:
             await s.execute(sa.update(ConversationParticipant).where(ConversationParticipant.id == me.participant_id)
