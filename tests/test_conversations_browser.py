@@ -40,6 +40,8 @@ def test_two_contexts_live_bubble_typing_seen(server, browser, make_user):
     wait_live(claire)
     wait_live(anne)
     expect(claire.locator(".bubble.theirs .text")).to_have_text("Bonjour, pouvez-vous passer ?")
+    # Presence: Claire, connected, shows online in Anne's chat.
+    expect(anne.locator(f'.person[data-address="{c_addr}"] .dot')).to_have_class(re.compile(r"\bonline\b"))
     # Anne sees that Claire read it.
     expect(anne.locator("#chat-seen")).to_contain_text("Vu par")
     claire.fill("#composer-text", "Oui, je passe à 14 h")

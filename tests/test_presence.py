@@ -44,6 +44,11 @@ def test_online_absent_offline_live(server, make_user):
             event = next_event(bws, "presence")
             assert event["state"] == "online" and a_addr in event["addresses"]
             assert _state(b, a_addr) == "online"
+            # The directory card says it too.
+            b.get("/api/v1/directory/search", params={"q": "Anne"})  # brings new accounts into the directory
+            entry_id = a.get("/api/v1/directory/me").json()["entry_id"]
+            card = b.get(f"/api/v1/directory/entries/{entry_id}").json()
+            assert card["presence"]["state"] == "online" and card["presence"]["label"] == "En ligne"
             # « Apparaître absent »: offline to others at once, still herself to herself.
             a.patch("/api/v1/me", json={"appear_absent": True})
             assert next_event(bws, "presence")["state"] == "offline"

@@ -227,6 +227,22 @@ async def load(core: Core, progress=None) -> None:
         if seeded:
             return
         await _seed_messages(core, people, bar)
+        await _seed_conversation(core, people)
+
+
+async def _seed_conversation(core: Core, people: dict[str, Account]) -> None:
+    """One live conversation (issue 13): the nurse, the GP and the hospital's haemostasis service."""
+    from monsisra.services import conversations
+
+    domain = core.settings.domain
+    claire, alice = _actor(people["claire.roux"]), _actor(people["alice.martin"])
+    conversation_id = await conversations.start(
+        core, claire, title="Plaie du talon — M. DURAND",
+        participants=[f"alice.martin@{domain}", f"avis-hemostase.chu-clermont@{domain}"],
+        body="Bonjour Docteur, la plaie du talon de M. Durand saigne encore sous anticoagulant. "
+             "Je vous envoie une photo au prochain passage.")
+    await conversations.post(core, alice, conversation_id,
+                             "Merci Claire. J'ajoute l'avis hémostase du CHU pour l'adaptation du traitement.")
 
 
 def attachment_name(title: str) -> str:

@@ -48,16 +48,21 @@ async def _mine(s: AsyncSession, actor: Actor, mailbox_id: int | None = None):
 
 
 async def _unread(s: AsyncSession, rows: list[ConversationParticipant]) -> dict[int, int]:
-    """conversation id → messages not yet read by the actor's mailbox (others' messages only)."""
+    """conversation id → messages not yet read by the actor's mailbox (others' messages only),
+    in one grouped query over the index (conversation_id, id)."""
+    present = [p.id for p in rows if p.left_at is None]
+    if not present:
+        return {}
+    cp, cm = ConversationParticipant, ConversationMessage
+    counted = await s.execute(
+        sa.select(cp.conversation_id, cp.id, sa.func.count(cm.id))
+        .join(cm, sa.and_(cm.conversation_id == cp.conversation_id,
+                          cm.id > sa.func.coalesce(cp.last_read_message_id, 0),
+                          sa.or_(cm.mailbox_id.is_(None), cm.mailbox_id != cp.mailbox_id)), isouter=True)
+        .where(cp.id.in_(present)).group_by(cp.conversation_id, cp.id))
     out: dict[int, int] = {}
-    for p in rows:
-        if p.left_at is not None:
-            continue
-        n = await s.scalar(sa.select(sa.func.count()).select_from(ConversationMessage).where(
-            ConversationMessage.conversation_id == p.conversation_id,
-            ConversationMessage.id > (p.last_read_message_id or 0),
-            sa.or_(ConversationMessage.mailbox_id.is_(None), ConversationMessage.mailbox_id != p.mailbox_id)))
-        out[p.conversation_id] = min(out.get(p.conversation_id, n), n)
+    for conversation_id, _, n in counted:
+        out[conversation_id] = min(out.get(conversation_id, n), n)
     return out
 
 

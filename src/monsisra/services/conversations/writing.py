@@ -235,8 +235,10 @@ async def post(core: Core, actor: Actor, conversation_id: int, body: str = "",
     """Post a message; returns it as the conversation shows it. Absent participants who asked
     for it answer with their absence message."""
     body = _body(body, required=not attachments)
-    async with core.read() as s:
-        await access.require(s, actor, conversation_id, write=True, from_mailbox=from_mailbox)
+    if attachments:
+        # Photos are processed before the transaction: first make sure the actor may post here.
+        async with core.read() as s:
+            await access.require(s, actor, conversation_id, write=True, from_mailbox=from_mailbox)
     atts = await _attachments(core, actor, attachments or [])
     async with core.write() as tx:
         s = tx.session
@@ -326,6 +328,9 @@ async def mark_read(core: Core, actor: Actor, conversation_id: int, up_to: int |
         target = last if up_to is None else min(up_to, last)
         if up_to is not None and up_to > last:
             raise Invalid("message inconnu dans cette conversation")
+        if Right.FLAGS not in me.rights:
+            # A read-only delegate reads without marking anything read for the owner (as for mail).
+            target = 0
         now = utcnow()
         if target and (me.last_read_message_id or 0) < target:
             await s.execute(sa.update(ConversationParticipant).where(ConversationParticipant.id == me.participant_id)

@@ -82,7 +82,12 @@ async def get_entry(core: Core, actor: Actor, ref: str) -> dict[str, Any]:
                               "first_name": person.first_name, "last_name": person.last_name,
                               "profession": person.profession, "profession_code": person.profession_code,
                               "active": person.active, "activities": [_activity_dict(a) for a in acts]}
-        return card
+    if card.get("address") and card.get("source") == "local":
+        # A professional or service of this platform: online / away / offline (issue 13).
+        from monsisra.services import presence
+
+        card["presence"] = (await presence.of_addresses(core, actor, [card["address"]]))[0]
+    return card
 
 
 async def _own_profile(s: AsyncSession, account_id: int) -> DirProfile:
