@@ -56,6 +56,20 @@ def test_two_contexts_live_bubble_typing_seen(server, browser, make_user):
     anne.press("#composer-text", "Enter")
     expect(claire.locator(".bubble.theirs .text").last).to_have_text("ligne 1\nligne 2")
     expect(anne.locator(".day")).to_have_count(1)
+    # Add a participant, then close: the summary letter lands in every inbox.
+    (_, d_addr, _), = [make_user("Denis", unique("Ajout"))]
+    anne.click(".chat-actions summary")
+    anne.fill("#add-address", d_addr)
+    anne.click("#chat-add button[type=submit]")
+    expect(anne.locator("#chat-people")).to_contain_text("Denis")
+    anne.on("dialog", lambda d: d.accept())
+    anne.click(".chat-actions summary")
+    anne.click("#chat-close")
+    expect(anne.locator("#chat-closed")).to_contain_text("close")
+    expect(anne.locator("#composer")).to_be_hidden()
+    expect(claire.locator("#chat-closed")).to_contain_text("close")
+    claire.goto(server.base_url + "/boite")
+    expect(claire.locator("#liste")).to_contain_text("Synthèse de la conversation « Plaie du talon »")
     assert not anne.errors and not claire.errors
     # An outsider gets the French 404 page.
     outsider = open_page(browser, server, o_user, "secret-pass")
