@@ -186,7 +186,7 @@ def test_reply_returns_to_the_inbox_with_a_confirmation(server, browser, make_us
     expect(page.locator("#message .msg-subject")).to_have_text(subject)
     page.wait_for_url(re.compile(r"ouvrir="))
     inbox_url = page.url
-    page.locator("#message").get_by_role("link", name="Répondre").click()
+    page.locator("#message").get_by_role("link", name="Répondre", exact=True).click()
     page.wait_for_url(re.compile(r"/ecrire\?"))
     page.fill("#body", "Voici ma réponse.")
     page.click("#send")
