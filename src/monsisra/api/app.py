@@ -88,7 +88,9 @@ def _install_components(app: FastAPI, settings: Settings) -> None:
     """Mount the directory API, the web pages and the MSSanté gateway (each has ``install``)."""
     from monsisra.api import directory, identity, portal
     from monsisra.gateway import install as gateway
+    from monsisra.gateway import submission
+    from monsisra.imap import server as imap
     from monsisra.web import install as web
 
-    for component in (directory, identity, portal, web, gateway):
+    for component in (directory, identity, portal, web, gateway, imap, submission):
         component.install(app, settings)
