@@ -39,8 +39,8 @@ async def start(core: Core, settings: Settings) -> list[asyncio.AbstractServer]:
                 sessions.add(task)
             try:
                 await Session(core, reader, writer, tls_context=context, implicit_tls=implicit).run()
-            except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
-                pass
+            except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.CancelledError):
+                pass  # the client went away, or the server is stopping
             except Exception:
                 log.exception("IMAP session ended on an error")
             finally:

@@ -485,6 +485,8 @@ class Session:
         p.end()
         if vanished and changedsince is None:
             raise Bad("VANISHED demande CHANGEDSINCE")
+        if uid:  # UID commands may be told of arrivals and removals first (RFC 3501 §7.4.1)
+            await self.sync()
         if any(i.name in ("BINARY", "BINARY.SIZE") for i in items):
             raise Bad("BINARY n'est pas pris en charge")
         if uid and not any(i.name == "UID" for i in items):
@@ -500,8 +502,6 @@ class Session:
             if changedsince is not None and item.modseq <= changedsince:
                 continue
             await self._fetch_one(sel, item, items)
-        if uid:
-            await self.sync()
         return "FETCH termine"
 
     def _targets(self, sel: Selected, seqset, uid: bool) -> list[int]:
@@ -642,6 +642,8 @@ class Session:
             raise Bad("ESEARCH n'est pas pris en charge")
         node = sx.parse(p)
         p.end()
+        if uid:
+            await self.sync()
         items = [sel.items[u] for u in sel.uids]
         ctx = sx.Context(items, sel.deleted)
         if sx.needs(node, "text"):
@@ -656,8 +658,6 @@ class Session:
         if sx.needs(node, "modseq") and seqs:
             modseq = f" (MODSEQ {max(items[s - 1].modseq for s in seqs)})"
         await self.untagged("SEARCH" + "".join(f" {n}" for n in found) + modseq)
-        if uid:
-            await self.sync()
         return "SEARCH termine"
 
     # --- selected: COPY / MOVE ---
