@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from tests.imap_support import DOMAIN, imap, mailbox_id, new_account, raw_command, tls_context, uid_of, untagged
+from tests.imap_support import DOMAIN, imap, mailbox_id, new_account, raw_command, tls_context, uid_of
 from tests.support import unique
 
 ALICE = f"alice.martin@{DOMAIN}"
@@ -210,7 +210,7 @@ def test_bad_commands_get_bad_and_the_connection_goes_on(mail_server):
     out = raw_command(c, b'L1 STATUS {5+}\r\nINBOX (MESSAGES)')
     assert out[-1].startswith(b"L1 OK"), out
     assert c.noop()[0] == "OK"
-    typ, data = c.select('"Dossier inconnu"')
+    typ, _ = c.select('"Dossier inconnu"')
     assert typ == "NO"
     c.logout()
 
@@ -260,7 +260,7 @@ def test_mailbox_of_another_account_is_invisible(mail_server):
 
 def test_starttls_port_and_auth_plain(mail_server):
     c = imap(mail_server, None, implicit=False)
-    typ, data = c.authenticate("PLAIN", lambda _: b"\0alice.martin\0demo")
+    typ, _ = c.authenticate("PLAIN", lambda _: b"\0alice.martin\0demo")
     assert typ == "OK"
     assert c.select("Envoy&AOk-s", readonly=True)[0] == "OK"
     c.logout()
