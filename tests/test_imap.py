@@ -276,3 +276,21 @@ def test_connection_closed_mid_literal_does_not_hurt(mail_server):
     c = imap(mail_server)
     assert c.noop()[0] == "OK"
     c.logout()
+
+
+def test_deleted_then_expunge_puts_it_in_the_bin(mail_server):
+    subject = unique("Corbeille IMAP ")
+    send_to_alice(mail_server, subject)
+    c = imap(mail_server)
+    c.select("INBOX")
+    uid = find_uid(c, subject)
+    typ, data = c.uid("STORE", str(uid), "+FLAGS", "(\\Deleted)")
+    assert typ == "OK" and b"\\Deleted" in data[0]
+    api = mail_server.login("alice.martin")
+    assert any(i["subject"] == subject for i in api_items(api, "inbox"))  # not before EXPUNGE
+    typ, data = c.expunge()
+    assert typ == "OK" and data and data[0] is not None
+    assert any(i["subject"] == subject for i in api_items(api, "trash"))
+    c.select("Corbeille")
+    assert find_uid(c, subject) > uid
+    c.logout()

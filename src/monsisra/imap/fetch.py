@@ -63,7 +63,8 @@ def envelope(env: dict[str, Any]) -> bytes:
 
 
 def envelope_of(content: Content, part: dict[str, Any] | None = None) -> bytes:
-    part = part or content.shape
+    if part is None:
+        return envelope(structure.envelope(content.read(0, content.header_end())))
     return envelope(structure.envelope(content.read(part["start"], part["body"])))
 
 
@@ -120,7 +121,17 @@ class NoSuchPart(Exception):
 
 def section_data(content: Content, section: Section) -> Chunk:
     """The bytes a section names, as a file range (or bytes for a header subset)."""
+    if not section.path:  # the message's own header and text: no need of its shape
+        if not section.text:
+            return FileRange(content, 0, content.size)
+        end = content.header_end()
+        if section.text == "HEADER":
+            return FileRange(content, 0, end)
+        if section.text == "TEXT":
+            return FileRange(content, end, content.size)
+        return structure.header_fields(content.read(0, end), section.fields, exclude=section.text.endswith(".NOT"))
     shape = content.shape
+    assert shape is not None, "load_shape first"
     node = structure.find(shape, section.path)
     if node is None:
         return b""  # a part that does not exist reads as empty (RFC 3501 §6.4.5)

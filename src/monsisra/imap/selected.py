@@ -3,11 +3,12 @@ COPY and MOVE (a mixin of :class:`monsisra.imap.session.Session`)."""
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 from monsisra.imap import fetch as fx
 from monsisra.imap import search as sx
-from monsisra.imap.grammar import Bad, FetchItem, Parser, Section, compress, in_set
+from monsisra.imap.grammar import Bad, FetchItem, Parser, Section, compress
 from monsisra.services import mail_access
 from monsisra.services.mail_access import DELETED, FLAG_STATE, Item
 
@@ -64,6 +65,8 @@ class SelectedCommands:
             raise Bad("VANISHED demande CHANGEDSINCE")
         if uid:  # UID commands may be told of arrivals and removals first (RFC 3501 §7.4.1)
             await self.sync()
+        else:
+            await mail_access.modseq(self.core, self.actor, sel.folder)  # access, checked once per command
         if any(i.name in ("BINARY", "BINARY.SIZE") for i in items):
             raise Bad("BINARY n'est pas pris en charge")
         if uid and not any(i.name == "UID" for i in items):
@@ -82,25 +85,39 @@ class SelectedCommands:
         return "FETCH termine"
 
     def _targets(self, sel: Selected, seqset, uid: bool) -> list[int]:
+        """The uids a sequence set names, in order (ranges found by bisection: a client fetching
+        one message at a time costs O(log n) per command, not a scan of the folder)."""
+        uids = sel.uids
+        picked: set[int] = set()
         if uid:
-            largest = sel.uids[-1] if sel.uids else 0
-            return [u for u in sel.uids if in_set(u, seqset, largest)]
-        n = len(sel.uids)
-        for r in seqset:
-            lo, hi = r.resolve(n)
-            if n == 0 or hi > n or lo < 1:
-                raise Bad("numero de message hors limites")
-        return [u for i, u in enumerate(sel.uids, 1) if in_set(i, seqset, n)]
+            largest = uids[-1] if uids else 0
+            for r in seqset:
+                lo, hi = r.resolve(largest)
+                picked.update(uids[bisect.bisect_left(uids, lo):bisect.bisect_right(uids, hi)])
+        else:
+            n = len(uids)
+            for r in seqset:
+                lo, hi = r.resolve(n)
+                if n == 0 or hi > n or lo < 1:
+                    raise Bad("numero de message hors limites")
+                picked.update(uids[lo - 1:hi])
+        return sorted(picked)
 
     async def _fetch_one(self, sel: Selected, item: Item, items: list[FetchItem]) -> None:
         out: list[fx.Chunk] = []
         content = None
         set_seen = False
 
+        needs_shape = any(i.name in ("BODY", "BODYSTRUCTURE") or (i.section is not None and i.section.path)
+                          for i in items)
+
         async def get_content():
             nonlocal content
             if content is None:
-                content = await mail_access.content(self.core, self.actor, sel.folder, item)  # type: ignore[arg-type]
+                content = await mail_access.content(self.core, self.actor, sel.folder, item,  # type: ignore[arg-type]
+                                                    checked=True)
+                if needs_shape:
+                    await mail_access.load_shape(self.core, content)
             return content
 
         for it in items:
@@ -119,7 +136,7 @@ class SelectedCommands:
                 out.append(b"ENVELOPE " + fx.envelope_of(await get_content()))
             elif name in ("BODYSTRUCTURE", "BODY"):
                 c = await get_content()
-                out.append(name.encode() + b" " + fx.bodystructure(c, c.shape, extended=name == "BODYSTRUCTURE"))
+                out.append(name.encode() + b" " + fx.bodystructure(c, c.shape or {}, extended=name == "BODYSTRUCTURE"))
             elif name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
                 c = await get_content()
                 section = Section((), {"RFC822": "", "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[name])
@@ -136,7 +153,7 @@ class SelectedCommands:
             await mail_access.set_flags(self.core, self.actor, sel.folder, item, {"read": True})  # type: ignore[arg-type]
             item = await self._refresh(sel, item)
         if content is not None and any(i.name in ("BODY[]", "RFC822", "RFC822.TEXT") for i in items):
-            await mail_access.record_read(self.core, self.actor, sel.folder, item)  # type: ignore[arg-type]
+            await mail_access.record_read(self.core, self.actor, sel.folder, item, content)  # type: ignore[arg-type]
         if any(i.name == "FLAGS" for i in items) or set_seen:
             out.append(b"FLAGS " + sel.flags(item).encode())
         if any(i.name == "MODSEQ" for i in items):

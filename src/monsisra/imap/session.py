@@ -500,6 +500,8 @@ class Session(SelectedCommands):
         sel = self.sel
         if sel is None:
             return
+        if await mail_access.modseq(self.core, self.actor, sel.folder) == sel.highest_modseq:  # type: ignore[arg-type]
+            return  # nothing changed in the mailbox since the last look (one row read)
         snap = await mail_access.snapshot(self.core, self.actor, sel.folder)  # type: ignore[arg-type]
         now = {i.uid: i for i in snap.items}
         gone = [u for u in sel.uids if u not in now]

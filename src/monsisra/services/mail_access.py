@@ -86,6 +86,8 @@ class Item:
     todo: bool
     modseq: int
     created_at: datetime
+    raw_sha256: str | None = None  # the message as received, when kept
+    patient_id: int | None = None
 
     def flags(self) -> list[str]:
         out = []
@@ -147,8 +149,11 @@ async def snapshot(core: Core, actor: Actor, f: Folder) -> Snapshot:
     """The folder's messages in uid order, with the mailbox's uid bookkeeping; access checked now
     (a delegation taken back ends the view at the next look)."""
     d = Delivery.__table__.c
-    stmt = (sa.select(d.uid, d.message_id, d.role, d.read, d.favorite, d.todo, d.modseq, d.created_at)
-            .where(d.mailbox_id == f.mailbox_id, sa.text(f.condition())).order_by(d.uid))
+    m = Message.__table__.c
+    stmt = (sa.select(d.uid, d.message_id, d.role, d.read, d.favorite, d.todo, d.modseq, d.created_at,
+                      m.raw_sha256, m.patient_id)
+            .join(Message.__table__, m.id == d.message_id)
+            .where(d.mailbox_id == f.mailbox_id, sa.text(_qualified(f.condition()))).order_by(d.uid))
     if f.category:
         stmt = stmt.where(d.category == f.category)
     async with core.read() as s:
@@ -157,6 +162,21 @@ async def snapshot(core: Core, actor: Actor, f: Folder) -> Snapshot:
                                .where(Mailbox.id == f.mailbox_id))).one()
         items = [Item(*row) for row in (await s.execute(stmt)).all()]
     return Snapshot(box.uidvalidity, box.next_uid, box.modseq, items)
+
+
+async def modseq(core: Core, actor: Actor, f: Folder) -> int:
+    """The mailbox's modification sequence, access checked: every change to what any of its
+    folders shows bumps it, so an unchanged value means the session's view is current."""
+    async with core.read() as s:
+        await mailboxes.require_right(s, actor, f.mailbox_id, Right.READ)
+        return int(await s.scalar(sa.select(Mailbox.modseq).where(Mailbox.id == f.mailbox_id)) or 0)
+
+
+def _qualified(cond: str) -> str:
+    """A view's condition on ``deliveries`` columns, usable beside ``messages`` in a join."""
+    import re
+
+    return re.sub(r"\b(role|archived|deleted|read|favorite|todo)\b", r"deliveries.\1", cond)
 
 
 async def status(core: Core, actor: Actor, f: Folder) -> dict[str, int]:
@@ -225,16 +245,27 @@ async def expunge(core: Core, actor: Actor, f: Folder, items: list[Item]) -> lis
 # --- messages as files -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class Content:
+    """A message as a file; its MIME shape is read only when a FETCH needs more than the bytes."""
+
     path: Path
     size: int
-    shape: dict[str, Any]
+    key: str
+    patient_id: int | None = None
+    shape: dict[str, Any] | None = None
 
     def read(self, start: int, end: int) -> bytes:
         with open(self.path, "rb") as fh:
             fh.seek(start)
             return fh.read(max(0, end - start))
+
+    def header_end(self) -> int:
+        """Where the top-level header ends (the body begins), from the file's first bytes."""
+        if self.shape is not None:
+            return int(self.shape["body"])
+        head = self.read(0, min(self.size, 256 * 1024))
+        return structure.header_end(head, 0, len(head))
 
 
 _SHAPES: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -246,27 +277,29 @@ def _cache_dir(core: Core) -> Path:
     return core.settings.data_dir / "imap-cache"
 
 
-async def content(core: Core, actor: Actor, f: Folder, item: Item) -> Content:
-    """The message as RFC 5322 bytes on disk, and its shape. Reading a message linked to a
-    patient is on the record, as on the web page."""
-    async with core.read() as s:
-        await mailboxes.require_right(s, actor, f.mailbox_id, Right.READ)
-        m = (await s.execute(sa.select(Message.id, Message.raw_sha256, Message.patient_id)
-                             .where(Message.id == item.message_id))).first()
-    if m is None:
-        raise NotFound("message introuvable")
-    if m.raw_sha256 and core.blobs.exists(m.raw_sha256):
-        path, key = core.blobs.path(m.raw_sha256), f"raw-{m.raw_sha256}"
+async def content(core: Core, actor: Actor, f: Folder, item: Item, *, checked: bool = False) -> Content:
+    """The message as RFC 5322 bytes on disk: its stored raw MIME when kept, else rendered once
+    through ``domain.mail`` into the cache. ``checked``: the caller verified the actor's access
+    to the folder for this command (:func:`modseq`)."""
+    if not checked:
+        async with core.read() as s:
+            await mailboxes.require_right(s, actor, f.mailbox_id, Right.READ)
+    if item.raw_sha256 and core.blobs.exists(item.raw_sha256):
+        path, key = core.blobs.path(item.raw_sha256), f"raw-{item.raw_sha256}"
     else:
-        path, key = await _rendered(core, m.id), f"msg-{m.id}"
-    shape = await _shape(core, key, path)
-    return Content(path, shape["end"], shape)
+        path, key = await _rendered(core, item.message_id), f"msg-{item.message_id}"
+    return Content(path, path.stat().st_size, key, item.patient_id)
 
 
-async def record_read(core: Core, actor: Actor, f: Folder, item: Item) -> None:
+async def load_shape(core: Core, c: Content) -> dict[str, Any]:
+    if c.shape is None:
+        c.shape = await _shape(core, c.key, c.path)
+    return c.shape
+
+
+async def record_read(core: Core, actor: Actor, f: Folder, item: Item, c: Content) -> None:
     """A body fetched over IMAP: access to patient data is audited like a read on the web page."""
-    async with core.read() as s:
-        patient_id = await s.scalar(sa.select(Message.patient_id).where(Message.id == item.message_id))
+    patient_id = c.patient_id
     if patient_id is not None:
         await audit.record_now(core, [audit.entry(
             actor.account_id, "message.read", object_type="message", object_id=item.message_id,
