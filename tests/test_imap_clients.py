@@ -68,7 +68,12 @@ Sync Pull
 SyncState *
 """)
     done = subprocess.run([mbsync, "-c", str(rc), "-a"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    if done.returncode != 0:  # the protocol trace, to see what the client could not read
+        trace = subprocess.run([mbsync, "-D", "-c", str(rc), "-a"], capture_output=True, text=True, timeout=300)
+        lines = (trace.stdout + trace.stderr).splitlines()
+        bad = [i for i, ln in enumerate(lines) if "bogus" in ln or "error" in ln.lower()]
+        context = "\n".join(lines[max(0, bad[0] - 15):bad[0] + 3]) if bad else "\n".join(lines[-40:])
+        raise AssertionError(f"{done.stderr}\n{context}")
     for folder, local in (("INBOX", "INBOX"), ("Envoy&AOk-s", "Envoy&AOk-s"), ("Archiv&AOk-s", "Archiv&AOk-s")):
         files = [p for sub in ("cur", "new") for p in (maildir / local / sub).iterdir()]
         assert len(files) == exists_of(mail_server, folder), folder
