@@ -294,3 +294,26 @@ def test_deleted_then_expunge_puts_it_in_the_bin(mail_server):
     c.select("Corbeille")
     assert find_uid(c, subject) > uid
     c.logout()
+
+
+def test_imap_changes_reach_the_web_page_live(mail_server):
+    """What the web page listens to (the account's WebSocket) hears IMAP flags and moves at once."""
+    from websockets.sync.client import connect
+
+    from tests.test_realtime import next_event, token_of, ws_url
+
+    subject = unique("En direct IMAP ")
+    sent = send_to_alice(mail_server, subject)
+    api = mail_server.login("alice.martin")
+    c = imap(mail_server)
+    c.select("INBOX")
+    uid = find_uid(c, subject)
+    with connect(ws_url(mail_server.base_url), additional_headers={"Authorization": f"Bearer {token_of(api)}"}) as ws:
+        assert next_event(ws, "hello")
+        c.uid("STORE", str(uid), "+FLAGS", "(\\Flagged)")
+        event = next_event(ws, "message.flags")
+        assert event["message_id"] == sent["id"] and event["flags"] == {"favorite": True}
+        c.uid("MOVE", str(uid), "Archiv&AOk-s")
+        event = next_event(ws, "message.flags")
+        assert event["message_id"] == sent["id"] and event["flags"] == {"archived": True}
+    c.logout()
