@@ -306,8 +306,8 @@ def main() -> None:
     md += ["", f"Ratio MonSisra / Dovecot speed: **{ratio:.2f}×** (first sync), {ratio_again:.2f}× (second) — "
            "target ≥ 0.5×.", "",
            "MonSisra serves each message from its stored raw MIME file in slices (the server's memory stays "
-           "flat whatever the mailbox size); the first sync also parses each message's MIME shape once "
-           "(kept beside the file for the next clients)."]
+           "flat whatever the mailbox size); a message's MIME shape is parsed only when a client asks "
+           "for its structure or a part (then kept beside the file)."]
     write_results("imap_sync", meta, md, {"results": results, "ratio": ratio, "ratio_again": ratio_again,
                                           "fill": filled})
     print("\n".join(md))
