@@ -317,3 +317,20 @@ def test_imap_changes_reach_the_web_page_live(mail_server):
         event = next_event(ws, "message.flags")
         assert event["message_id"] == sent["id"] and event["flags"] == {"archived": True}
     c.logout()
+
+
+def test_many_connections_at_once_are_not_taken_for_an_attack(mail_server):
+    """A client opening ten connections at once logs in ten times: none is throttled."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    username, _address, _ = new_account(mail_server)
+
+    def one(_: int) -> str:
+        c = imap(mail_server, None)
+        try:
+            return c.login(username, "secret-pass-16")[0]
+        finally:
+            c.logout()
+
+    with ThreadPoolExecutor(10) as pool:
+        assert list(pool.map(one, range(10))) == ["OK"] * 10

@@ -15,9 +15,9 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from fastapi import FastAPI
 
 from monsisra.config import Settings
-from monsisra.gateway.smtp import ascii_reply
+from monsisra.gateway.smtp import LimitedSMTP, ascii_reply
 from monsisra.gateway.tls import user_context
-from monsisra.services import accounts, audit, submission
+from monsisra.services import mail_access, submission
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed, Forbidden, ServiceError, Throttled
 
@@ -49,15 +49,14 @@ class Handler:
             return "504 5.5.4 mecanisme non pris en charge (PLAIN ou LOGIN)"
         client = _client(session)
         try:
-            account = await accounts.authenticate(self.core, login.decode("utf-8", "replace"),
-                                                  password.decode("utf-8", "replace"), client)
+            actor = await mail_access.login(self.core, login.decode("utf-8", "replace"),
+                                            password.decode("utf-8", "replace"), client, "submission")
         except Throttled as exc:
             return ascii_reply(f"454 4.7.0 {exc.detail}")
         except AuthFailed:
             return "535 5.7.8 identifiant ou mot de passe incorrect"
         session.authenticated = True
-        session.auth_data = Actor(account.id, account.username, account.is_admin, client=client)
-        await audit.record_now(self.core, [audit.entry(account.id, "login.submission", client=client)])
+        session.auth_data = actor
         return "235 2.7.0 authentification reussie"
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
@@ -116,6 +115,9 @@ class SubmissionSMTP(SMTP):
         super().connection_made(transport)
         if first and transport.get_extra_info("ssl_object") is not None:
             self._tls_protocol = transport  # type: ignore[assignment]
+
+    # DATA read in large chunks, as the gateway does (a 100 KB letter is ~1,800 lines).
+    smtp_DATA = LimitedSMTP.smtp_DATA
 
     async def smtp_AUTH(self, arg: str) -> None:
         if self._auth_require_tls and not self._tls_protocol:

@@ -26,7 +26,7 @@ from monsisra.imap.grammar import (
 )
 from monsisra.imap.selected import No, SelectedCommands, _pairs
 from monsisra.imap.utf7 import encode as utf7
-from monsisra.services import accounts, audit, mail_access
+from monsisra.services import mail_access
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed, Conflict, Forbidden, NotFound, ServiceError, Throttled
 from monsisra.services.mail_access import DELETED, Folder, Item
@@ -254,13 +254,11 @@ class Session(SelectedCommands):
         if not self.tls:
             raise No("connexion refusee sans TLS : utilisez STARTTLS ou le port IMAPS", "PRIVACYREQUIRED")
         try:
-            account = await accounts.authenticate(self.core, user, password, self.client)
+            self.actor = await mail_access.login(self.core, user, password, self.client, "imap")
         except Throttled as exc:
             raise No(exc.detail, "UNAVAILABLE") from None
         except AuthFailed as exc:
             raise No(exc.detail, "AUTHENTICATIONFAILED") from None
-        self.actor = Actor(account.id, account.username, account.is_admin, client=self.client)
-        await audit.record_now(self.core, [audit.entry(account.id, "login.imap", client=self.client)])
         return f"[CAPABILITY {self.caps()}] connecte"
 
     # --- authenticated ---

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,7 +34,7 @@ from monsisra.domain import delegation
 from monsisra.domain.delegation import Right
 from monsisra.domain.mail import structure
 from monsisra.domain.model import CATEGORY_LABELS, Category
-from monsisra.services import audit, mailboxes, messages
+from monsisra.services import accounts, audit, mailboxes, messages
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Conflict, NotFound
 from monsisra.store.models import VIEW_SQL, Delivery, Mailbox, MailboxAccess, Message
@@ -108,6 +109,23 @@ class Snapshot:
     uidnext: int
     highest_modseq: int
     items: list[Item]
+
+
+_LOGIN_LOCKS: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+async def login(core: Core, username: str, password: str, client: str | None, via: str) -> Actor:
+    """A mail client's login (IMAP, SMTP submission): the account's password, throttled like the
+    web login. Logins of one account are taken one at a time in this process: a client opening
+    ten connections at once must not count ten attempts before the first success clears them."""
+    key = username.strip().lower()[:120]
+    lock = _LOGIN_LOCKS.get(key)
+    if lock is None:
+        lock = _LOGIN_LOCKS[key] = asyncio.Lock()
+    async with lock:
+        account = await accounts.authenticate(core, username, password, client)
+    await audit.record_now(core, [audit.entry(account.id, f"login.{via}", client=client)])
+    return Actor(account.id, account.username, account.is_admin, client=client)
 
 
 async def folders(core: Core, actor: Actor) -> list[Folder]:
