@@ -147,11 +147,12 @@ async def start(core: Core, settings: Settings) -> list[asyncio.AbstractServer]:
     servers = []
     if settings.submission_port:
         servers.append(await loop.create_server(factory(False), host=settings.imap_host,
-                                                port=settings.submission_port, reuse_address=True))
+                                                port=settings.submission_port, reuse_address=True,
+                                                reuse_port=True))
     if settings.submissions_port:
         servers.append(await loop.create_server(factory(True), host=settings.imap_host,
                                                 port=settings.submissions_port, reuse_address=True,
-                                                ssl=context, ssl_handshake_timeout=30))
+                                                reuse_port=True, ssl=context, ssl_handshake_timeout=30))
     log.info("submission on %s:%s (STARTTLS) and %s (TLS)", settings.imap_host, settings.submission_port,
              settings.submissions_port)
     return servers

@@ -166,8 +166,10 @@ class SelectedCommands:
         parts.append(b")\r\n")
         await self.send(*parts)
 
-    async def _refresh(self, sel: Selected, item: Item) -> Item:
-        snap = await mail_access.snapshot(self.core, self.actor, sel.folder)  # type: ignore[arg-type]
+    async def _refresh(self, sel: Selected, item: Item, uids: list[int] | None = None) -> Item:
+        """The session's copy of these messages (default: this one) read again after a change."""
+        snap = await mail_access.snapshot(self.core, self.actor, sel.folder,  # type: ignore[arg-type]
+                                          uids if uids is not None else [item.uid])
         for i in snap.items:
             if i.uid in sel.items:
                 sel.items[i.uid] = i
@@ -214,8 +216,9 @@ class SelectedCommands:
             if changes:
                 await mail_access.set_flags(self.core, self.actor, sel.folder, item, changes)  # type: ignore[arg-type]
             changed_uids.append(u)
-        if changed_uids:
-            await self._refresh(sel, sel.items[changed_uids[0]])
+        for start in range(0, len(changed_uids), 1000):
+            chunk = changed_uids[start:start + 1000]
+            await self._refresh(sel, sel.items[chunk[0]], chunk)
         for u in changed_uids:
             item = sel.items[u]
             if silent and unchangedsince is None:

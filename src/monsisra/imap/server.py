@@ -49,14 +49,16 @@ async def start(core: Core, settings: Settings) -> list[asyncio.AbstractServer]:
                 await close_quietly(writer)
         return handle
 
+    # SO_REUSEPORT: several ``monsisra serve`` processes of one deployment share the ports (the
+    # kernel spreads the connections), as they share the database.
     servers = []
     limit = 1 << 17  # a command line (without its literals) fits
     if settings.imap_port:
         servers.append(await asyncio.start_server(handler(False), settings.imap_host, settings.imap_port,
-                                                  reuse_address=True, limit=limit))
+                                                  reuse_address=True, reuse_port=True, limit=limit))
     if settings.imaps_port:
         servers.append(await asyncio.start_server(handler(True), settings.imap_host, settings.imaps_port,
-                                                  ssl=context, reuse_address=True, limit=limit,
+                                                  ssl=context, reuse_address=True, reuse_port=True, limit=limit,
                                                   ssl_handshake_timeout=30))
     log.info("IMAP on %s:%s (STARTTLS) and %s (TLS)", settings.imap_host, settings.imap_port, settings.imaps_port)
     return servers

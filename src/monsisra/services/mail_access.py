@@ -163,9 +163,9 @@ async def folder(core: Core, actor: Actor, name: str) -> Folder:
     raise NotFound("dossier introuvable")
 
 
-async def snapshot(core: Core, actor: Actor, f: Folder) -> Snapshot:
-    """The folder's messages in uid order, with the mailbox's uid bookkeeping; access checked now
-    (a delegation taken back ends the view at the next look)."""
+async def snapshot(core: Core, actor: Actor, f: Folder, uids: list[int] | None = None) -> Snapshot:
+    """The folder's messages in uid order (only ``uids`` when given), with the mailbox's uid
+    bookkeeping; access checked now (a delegation taken back ends the view at the next look)."""
     d = Delivery.__table__.c
     m = Message.__table__.c
     stmt = (sa.select(d.uid, d.message_id, d.role, d.read, d.favorite, d.todo, d.modseq, d.created_at,
@@ -174,6 +174,8 @@ async def snapshot(core: Core, actor: Actor, f: Folder) -> Snapshot:
             .where(d.mailbox_id == f.mailbox_id, sa.text(_qualified(f.condition()))).order_by(d.uid))
     if f.category:
         stmt = stmt.where(d.category == f.category)
+    if uids is not None:
+        stmt = stmt.where(d.uid.in_(uids[:1000]))
     async with core.read() as s:
         await mailboxes.require_right(s, actor, f.mailbox_id, Right.READ)
         box = (await s.execute(sa.select(Mailbox.uidvalidity, Mailbox.next_uid, Mailbox.modseq)
