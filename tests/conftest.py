@@ -41,6 +41,22 @@ def server(database_url, tmp_path_factory, backend):
     running.stop()
 
 
+@pytest.fixture(scope="session")
+def mail_server(backend, tmp_path_factory):
+    """A server with its IMAP and SMTP submission listeners (issue 16), demo data loaded, on a
+    database of its own (its tests change flags and send mail)."""
+    from tests.support import free_port
+
+    with fresh_database(backend, tmp_path_factory.mktemp(f"db-mail-{backend}")) as url:
+        settings = make_settings(url, tmp_path_factory.mktemp(f"data-mail-{backend}"), smtp_enabled=False,
+                                 run_workers=False, imap_port=free_port(), imaps_port=free_port(),
+                                 submission_port=free_port(), submissions_port=free_port())
+        running = start_server(settings)
+        running.call(demo_service.load, running.core)
+        yield running
+        running.stop()
+
+
 @pytest.fixture
 def make_user(server):
     """Create a fresh professional account; returns (username, mailbox address)."""

@@ -95,7 +95,9 @@ def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
 
 def make_settings(url: str, data_dir: Path, **overrides: Any) -> Settings:
     values = dict(database_url=url, data_dir=data_dir, http_port=free_port(), smtp_port=free_port(),
-                  domain="monsisra.localhost", secret_key="test-secret-key-" + "x" * 32)
+                  domain="monsisra.localhost", secret_key="test-secret-key-" + "x" * 32,
+                  # Mail-client listeners only where a test asks for them (fixed default ports).
+                  imap_port=0, imaps_port=0, submission_port=0, submissions_port=0)
     values.update(overrides)
     return Settings(**values)
 

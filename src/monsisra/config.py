@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     smtp_max_connections_per_client: int = 20
     smtp_max_messages_per_minute: int = 1200  # per client address
     smtp_max_recipients: int = 100
+    # Mail clients (issue 16): IMAP with STARTTLS / implicit TLS, SMTP submission with STARTTLS /
+    # implicit TLS; login with the account's username and password. Port 0: that listener is off.
+    imap_host: str = "127.0.0.1"
+    imap_port: int = 1143
+    imaps_port: int = 1993
+    submission_port: int = 1587
+    submissions_port: int = 1465
     outbound_retry_base_seconds: int = 60  # first back-off; doubles up to an hour
     outbound_poll_seconds: float = 2.0
     outbound_timeout_seconds: float = 60.0

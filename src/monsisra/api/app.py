@@ -91,7 +91,9 @@ def _install_components(app: FastAPI, settings: Settings) -> None:
     from monsisra.api import directory, identity, portal, reach
     from monsisra.api import patients as patients_api
     from monsisra.gateway import install as gateway
+    from monsisra.gateway import submission
+    from monsisra.imap import server as imap
     from monsisra.web import install as web
 
-    for component in (directory, identity, portal, reach, patients_api, web, gateway):
+    for component in (directory, identity, portal, reach, patients_api, web, gateway, imap, submission):
         component.install(app, settings)

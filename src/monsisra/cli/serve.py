@@ -33,7 +33,10 @@ def serve(
     port = port or settings.http_port
     https_port = settings.https_port if https_port is None else https_port
     console.print(f"MonSisra sur http://{host}:{port}" + (f" et https://{host}:{https_port}" if https_port else "")
-                  + f" — SMTP sur {settings.smtp_host}:{settings.smtp_port}")
+                  + f" — SMTP sur {settings.smtp_host}:{settings.smtp_port}"
+                  + (f" — IMAP sur {settings.imap_host}:{settings.imap_port} (STARTTLS) et {settings.imaps_port} (TLS),"
+                     f" soumission sur {settings.submission_port} et {settings.submissions_port}"
+                     if settings.imap_port or settings.submission_port else ""))
     code = serving.run(application, settings, host=host, port=port, https_port=https_port)
     if code:
         raise typer.Exit(code)

@@ -113,3 +113,12 @@ def client_context(settings: Settings) -> ssl.SSLContext:
     cert, key = certificate_paths(settings)
     ctx.load_cert_chain(cert, key)  # our operator certificate, for peers that ask for one
     return ctx
+
+
+def user_context(settings: Settings) -> ssl.SSLContext:
+    """Mail clients (IMAP, SMTP submission): the same certificate and TLS rules, no client
+    certificate asked for — users log in with their password, inside TLS."""
+    cert, key = certificate_paths(settings)
+    ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    ctx.load_cert_chain(cert, key)
+    return ctx

@@ -72,6 +72,7 @@ class Compose:
     to: list[str] = field(default_factory=list)
     cc: list[str] = field(default_factory=list)
     subject: str = ""
+    bcc: list[str] = field(default_factory=list)  # SMTP submission: envelope recipients not in the header
     body: str = ""
     html: str | None = None
     category: str = Category.LETTER
@@ -123,7 +124,7 @@ async def _resolve_recipients(session: AsyncSession, core: Core, req: Compose
     wanted: list[tuple[str, str]] = []
     bad: list[dict[str, str]] = []
     seen: set[str] = set()
-    for kind, raws in (("to", req.to), ("cc", req.cc)):
+    for kind, raws in (("to", req.to), ("cc", req.cc), ("bcc", req.bcc)):
         for raw in raws:
             address, reason = _check_address(raw, local_domain)
             if address is None:
@@ -176,7 +177,7 @@ def _check_compose(req: Compose) -> None:
     req.body = clean_multiline(req.body)
     if len(req.body) > MAX_BODY:
         raise Invalid("message trop long")
-    if len(req.to) + len(req.cc) > MAX_RECIPIENTS:
+    if len(req.to) + len(req.cc) + len(req.bcc) > MAX_RECIPIENTS:
         raise Invalid(f"trop de destinataires (au plus {MAX_RECIPIENTS})")
 
 

@@ -140,6 +140,15 @@ async def bump_modseq(session: AsyncSession, mailbox_id: int) -> int:
     )).scalar_one()
 
 
+async def renew_uid(session: AsyncSession, mailbox_id: int) -> tuple[int, int]:
+    """A fresh uid of the mailbox and its next modseq (a message changing IMAP folder)."""
+    row = (await session.execute(
+        sa.update(Mailbox).where(Mailbox.id == mailbox_id)
+        .values(next_uid=Mailbox.next_uid + 1, modseq=Mailbox.modseq + 1)
+        .returning(Mailbox.next_uid, Mailbox.modseq))).one()
+    return row[0] - 1, row[1]
+
+
 # Each message's indexed text also carries one token per mailbox it sits in, so that a search
 # is "this mailbox AND these words" inside the full-text index itself: the engine intersects
 # two posting lists and stops at the first page, instead of matching the whole store.

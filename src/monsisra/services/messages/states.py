@@ -15,7 +15,7 @@ from monsisra.domain.model import Access, Category, Role, View
 from monsisra.services import audit, mailboxes
 from monsisra.services.core import Actor, Core, Tx
 from monsisra.services.errors import Invalid, NotFound
-from monsisra.services.messages.placement import bump_modseq, lock_mailboxes
+from monsisra.services.messages.placement import bump_modseq, lock_mailboxes, renew_uid
 from monsisra.store.models import (
     TRASH_VIEW,
     VIEW_SQL,
@@ -49,7 +49,12 @@ async def _set_flags(core: Core, actor: Actor, delivery_id: int, flags: dict[str
         changed = {k: v for k, v in flags.items() if getattr(d, k) != v}
         if not changed:
             return
-        modseq = await bump_modseq(s, d.mailbox_id)  # the mailbox first (see placement.lock_mailboxes)
+        # The mailbox first (see placement.lock_mailboxes). Archiving, the bin and back move the
+        # message between IMAP folders: it takes a new uid, above any its new folder has shown.
+        if "archived" in changed or "deleted" in changed:
+            d.uid, modseq = await renew_uid(s, d.mailbox_id)
+        else:
+            modseq = await bump_modseq(s, d.mailbox_id)
         for k, v in changed.items():
             setattr(d, k, v)
         if "deleted" in changed:

@@ -1,0 +1,77 @@
+"""The IMAP listeners of ``monsisra serve``: STARTTLS on ``imap_port``, implicit TLS on
+``imaps_port``, in the application's event loop (a startup hook, like the SMTP gateway)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+
+from fastapi import FastAPI
+
+from monsisra.config import Settings
+from monsisra.gateway.tls import user_context
+from monsisra.imap.session import Session, close_quietly
+from monsisra.services.core import Core
+
+log = logging.getLogger("monsisra.imap")
+MAX_CONNECTIONS = 500
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    if settings.imap_port or settings.imaps_port:
+        app.state.startup_hooks.append(_imap_hook)
+
+
+async def start(core: Core, settings: Settings) -> list[asyncio.AbstractServer]:
+    context = user_context(settings)
+    sessions: set[asyncio.Task] = set()
+
+    def handler(implicit: bool):
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            if len(sessions) >= MAX_CONNECTIONS:
+                writer.write(b"* BYE trop de connexions, reessayez plus tard\r\n")
+                await close_quietly(writer)
+                return
+            if task is not None:
+                sessions.add(task)
+            try:
+                await Session(core, reader, writer, tls_context=context, implicit_tls=implicit).run()
+            except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.CancelledError):
+                pass  # the client went away, or the server is stopping
+            except Exception:
+                log.exception("IMAP session ended on an error")
+            finally:
+                if task is not None:
+                    sessions.discard(task)
+                await close_quietly(writer)
+        return handle
+
+    # SO_REUSEPORT: several ``monsisra serve`` processes of one deployment share the ports (the
+    # kernel spreads the connections), as they share the database.
+    servers = []
+    limit = 1 << 17  # a command line (without its literals) fits
+    if settings.imap_port:
+        servers.append(await asyncio.start_server(handler(False), settings.imap_host, settings.imap_port,
+                                                  reuse_address=True, reuse_port=True, limit=limit))
+    if settings.imaps_port:
+        servers.append(await asyncio.start_server(handler(True), settings.imap_host, settings.imaps_port,
+                                                  ssl=context, reuse_address=True, reuse_port=True, limit=limit,
+                                                  ssl_handshake_timeout=30))
+    log.info("IMAP on %s:%s (STARTTLS) and %s (TLS)", settings.imap_host, settings.imap_port, settings.imaps_port)
+    return servers
+
+
+async def _imap_hook(app: FastAPI, core: Core):
+    servers = await start(core, core.settings)
+
+    async def stop() -> None:
+        for server in servers:
+            server.close()
+        for server in servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5)
+
+    return stop
