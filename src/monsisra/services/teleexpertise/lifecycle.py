@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import monsisra.services.teleexpertise.report as report
 from monsisra.domain import teleexpertise as rules
 from monsisra.domain.clock import in_paris, utcnow
 from monsisra.domain.delegation import Right
@@ -23,7 +24,6 @@ from monsisra.domain.text import clean_multiline
 from monsisra.services import audit, mailboxes, messages
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Conflict, Forbidden, Invalid
-from monsisra.services.teleexpertise import report
 from monsisra.services.teleexpertise.common import CONTEXT, account_name, emit, load, steps_of
 from monsisra.services.teleexpertise.requests import get
 from monsisra.store.models import Account, Mailbox, Patient
