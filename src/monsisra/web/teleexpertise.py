@@ -76,6 +76,16 @@ async def form_send(request: Request) -> Response:
     return response
 
 
+@router.get("/teleexpertises/expert")
+async def expert_page(request: Request) -> Response:
+    actor = await page_actor(request)
+    try:
+        card = await teleexpertise.expert_card(core_of(request), actor, request.query_params.get("adresse", ""))
+    except ServiceError as exc:
+        return error_page(request, exc.status, "Expert introuvable", exc.detail)
+    return render(request, "teleexpertise/expert.html", card=card)
+
+
 @router.get("/teleexpertises/statistiques")
 async def stats_page(request: Request) -> Response:
     actor = await page_actor(request)

@@ -22,7 +22,7 @@ from monsisra.domain.model import Category
 from monsisra.domain.text import clean_multiline
 from monsisra.services import audit, messages, patients
 from monsisra.services.core import Actor, Core
-from monsisra.services.errors import Conflict, Forbidden, Invalid
+from monsisra.services.errors import Conflict, Forbidden, Invalid, NotFound
 from monsisra.services.teleexpertise.common import (
     CONTEXT,
     account_name,
@@ -106,6 +106,27 @@ async def expert_box(s: AsyncSession, address: str) -> Mailbox:
             raise Invalid("expert : seuls les médecins et les sages-femmes peuvent répondre à une téléexpertise",
                           errors={"expert": "profession non éligible"})
     return box
+
+
+async def expert_card(core: Core, actor: Actor, address: str) -> dict[str, Any]:
+    """What an expert offers (« fiche d'expertise »): description, documents to provide, urgent
+    contact, specialties and expected answer time; 404 for an address that is no declared expert."""
+    from monsisra.store.directory import DirProfile
+
+    async with core.read() as s:
+        try:
+            box = await expert_box(s, address)
+        except Invalid:
+            raise NotFound("expert introuvable") from None
+        decl: dict[str, Any] = {}
+        if box.owner_account_id:
+            profile = await s.get(DirProfile, box.owner_account_id)
+            decl = dict((profile.expert or {}) if profile is not None else {})
+        days = await answer_days(s, box)
+    return {"address": box.address, "name": box.display_name, "kind": box.kind,
+            "description": decl.get("description") or box.description or "",
+            "documents": decl.get("documents") or "", "urgent_contact": decl.get("urgent_contact") or "",
+            "specialties": decl.get("specialties") or [], "answer_days": days}
 
 
 async def _requester_box(s: AsyncSession, actor: Actor) -> tuple[Account, Mailbox]:
