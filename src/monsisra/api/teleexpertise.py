@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, Query
 from pydantic import BaseModel, Field
 
-from monsisra.api.deps import PathId, current_actor, get_core
+from monsisra.api.deps import MAX_ID, PathId, current_actor, get_core
 from monsisra.api.routes import PatientIn
 from monsisra.config import Settings
 from monsisra.services import patients, teleexpertise
@@ -68,7 +68,8 @@ async def list_teleexpertises(core: CoreDep, actor: ActorDep, role: Literal["req
 
 
 @router.get("/teleexpertises/stats", tags=["teleexpertise"])
-async def teleexpertise_stats(core: CoreDep, actor: ActorDep, mailbox_id: int | None = None) -> dict[str, Any]:
+async def teleexpertise_stats(core: CoreDep, actor: ActorDep,
+                              mailbox_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None) -> dict[str, Any]:
     """Per month: received, answered, declined, median answer time of the actor's expert mailboxes."""
     return await teleexpertise.stats(core, actor, mailbox_id)
 
