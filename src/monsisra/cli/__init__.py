@@ -1,5 +1,5 @@
 """Command line: ``monsisra serve | db upgrade | demo | account … | mailbox … | trust … | directory …
-| audit … | printer …``.
+| audit … | printer … | billing …``.
 
 One module per capability, each with its Typer group; ``runner`` holds what they share.
 """
@@ -13,6 +13,7 @@ import typer
 
 from monsisra.cli.accounts import account_app
 from monsisra.cli.audit import audit_app
+from monsisra.cli.billing import billing_app
 from monsisra.cli.db import db_app
 from monsisra.cli.demo import demo
 from monsisra.cli.directory import directory_app
@@ -33,6 +34,7 @@ app.add_typer(directory_app, name="directory")
 app.add_typer(audit_app, name="audit")
 app.add_typer(portal_app, name="portal")
 app.add_typer(printer_app, name="printer")
+app.add_typer(billing_app, name="billing")
 app.command()(demo)
 app.command()(serve)
 

@@ -92,6 +92,14 @@ SERVICES = [
     ("dgs-urgent", "DGS-Urgent — Ministère de la Santé", "Ministère de la Santé", False, False, []),
 ]
 
+# What an expert service's card says (issue 14: « DEMANDER UNE EXPERTISE » under it).
+SERVICE_DESCRIPTIONS = {
+    "avis-hemostase.chu-clermont": "Téléexpertise en hémostase : bilan de coagulation anormal, saignements, "
+                                   "thromboses, gestion des anticoagulants autour d'un geste. Documents à fournir : "
+                                   "bilan d'hémostase (TP, TCA, fibrinogène), NFS, traitement en cours. "
+                                   "Réponse sous 2 jours ouvrés.",
+}
+
 PATIENTS = [
     # ins (valid key), family, given, birth date, sex
     ("180017510801182", "DURAND", "Pierre Marie", "1980-01-01", "M"),
@@ -208,7 +216,8 @@ async def load(core: Core, progress=None) -> None:
                 kind = MailboxKind.APP if local == "dgs-urgent" else MailboxKind.ORG
                 mb = await mailboxes.create_service_mailbox(core, local=local, display_name=name, kind=kind,
                                                             organisation=org, is_expert=expert,
-                                                            is_resource_team=resource)
+                                                            is_resource_team=resource,
+                                                            description=SERVICE_DESCRIPTIONS.get(local, ""))
                 for username in members:
                     await mailboxes.grant(core, mb.id, people[username].id, Access.MEMBER)
             bar.advance(task)

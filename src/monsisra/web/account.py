@@ -77,6 +77,14 @@ async def profile_save(request: Request) -> Response:
         **{k: str(form.get(k, "")) for k in ("competences", "activities", "equipment", "notification_email",
                                               "notification_phone")},
     }
+    if form.get("expert_on") == "1":
+        changes["expert"] = {
+            "description": str(form.get("expert_description", "")), "documents": str(form.get("expert_documents", "")),
+            "urgent_contact": str(form.get("expert_urgent_contact", "")),
+            "specialties": [x.strip() for x in str(form.get("expert_specialties", "")).splitlines() if x.strip()],
+            "answer_days": str(form.get("expert_answer_days", "") or "7")}
+    elif card.get("expert"):
+        changes["expert"] = None
     postcode, commune = str(form.get("postcode", "")).strip(), str(form.get("commune", "")).strip()
     current = card.get("commune") or {}
     if postcode != (card.get("postcode") or "") or commune != (current.get("name") or ""):
@@ -84,7 +92,7 @@ async def profile_save(request: Request) -> Response:
     try:
         await directory.update_my_profile(core, actor, changes)
     except ServiceError as exc:
-        card.update({k: v for k, v in changes.items() if k not in ("modalities", "commune")})
+        card.update({k: v for k, v in changes.items() if k not in ("modalities", "commune", "expert")})
         return render(request, "account/profile.html", status=exc.status, card=card, MODALITY_LABELS=MODALITY_LABELS,
                       error=exc.detail)
     return RedirectResponse("/profil?ok=1", status_code=303)

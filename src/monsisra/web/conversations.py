@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
+from monsisra.api.deps import PathId
 from monsisra.services import conversations, mailboxes
 from monsisra.services.errors import NotFound, ServiceError
 from monsisra.web.common import core_of, error_page, form_actor, page_actor, render
@@ -54,7 +55,7 @@ async def start(request: Request) -> Response:
 
 
 @router.get("/conversations/{conversation_id}")
-async def chat(request: Request, conversation_id: int) -> Response:
+async def chat(request: Request, conversation_id: PathId) -> Response:
     actor = await page_actor(request)
     try:
         conversation = await conversations.get(core_of(request), actor, conversation_id, limit=1)

@@ -208,7 +208,13 @@ async def update_profile(core: Core, actor: Actor, account_id: int, changes: dic
                 specs = decl.get("specialties") or []
                 if not isinstance(specs, list) or not all(isinstance(x, str) for x in specs):
                     raise Invalid("déclaration d'expertise : liste de spécialités attendue")
-                profile.expert = {"description": decl["description"].strip()[:4000],
+                try:
+                    days = int(decl.get("answer_days") or 7)
+                except (TypeError, ValueError):
+                    days = 0
+                if not 1 <= days <= 90:
+                    raise Invalid("déclaration d'expertise : délai de réponse entre 1 et 90 jours")
+                profile.expert = {"description": decl["description"].strip()[:4000], "answer_days": days,
                                   "documents": (decl.get("documents") or "")[:4000],
                                   "urgent_contact": (decl.get("urgent_contact") or "")[:200],
                                   "specialties": [x[:160] for x in specs][:20]}

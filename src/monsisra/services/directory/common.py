@@ -29,7 +29,7 @@ MODALITIES = ("new_patients", "unscheduled_care", "home_visits", "teleconsultati
               "weekends_holidays", "night_on_call")
 
 
-EXPERT_FIELDS = ("description", "documents", "urgent_contact", "specialties")
+EXPERT_FIELDS = ("description", "documents", "urgent_contact", "specialties", "answer_days")
 
 
 RESOURCE = re.compile(r"\b(dac|cpts|pta|reppop|dispositif d appui|plateforme territoriale d appui|"

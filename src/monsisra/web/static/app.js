@@ -435,6 +435,11 @@
     label.appendChild(text);
     label.appendChild(el("span", { "class": "sr-only", id: uid + "-act" }, entry.active ? " (actif)" : " (inactif)"));
     li.appendChild(label);
+    if (entry.is_expert && entry.address) {
+      // An expert's card (its description) and the tele-expertise request form, addressed to it.
+      li.appendChild(el("a", { "class": "entry-support", href: "/teleexpertises/expert?adresse=" + encodeURIComponent(entry.address) },
+                        "Fiche d'expertise"));
+    }
     if (entry.is_resource_team && entry.address) {
       // A resource team's card offers the support request form, addressed to it.
       li.appendChild(el("a", { "class": "entry-support", href: "/appui/nouvelle?equipe=" + encodeURIComponent(entry.address) },

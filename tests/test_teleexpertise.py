@@ -1,0 +1,243 @@
+"""Tele-expertise through the HTTP API on SQLite and PostgreSQL, with accounts made for the test
+(not the demo's): the full flow with an expert service (assign, elements asked and provided,
+answer, report, summary), billing lines (RQD / TE2, never twice), the CSV export by the CLI in a
+subprocess, statistics, and every bad input of issue 14 refused in French with nothing changed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+from monsisra.domain.ins import ins_key
+from monsisra.domain.model import Access
+from monsisra.domain.teleexpertise import luhn_key
+from monsisra.services import mailboxes
+from tests.support import unique
+
+REQ_NUMBER = "15123456" + str(luhn_key("15123456"))
+EXP_NUMBER = "63123456" + str(luhn_key("63123456"))
+
+
+def fresh_ins(first: str = "1") -> str:
+    first13 = f"{first}680563{int(unique('')[:8], 16) % 1_000_000:06d}"
+    return first13 + f"{ins_key(first13):02d}"
+
+
+def problem(r, status):
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["detail"] and "Traceback" not in r.text
+    return r.json()
+
+
+def expert_service(server, make_user, members: int = 2):
+    """An expert service mailbox with fresh doctor members; returns (address, box id, [clients])."""
+    local = unique("avis")
+    box = server.call(mailboxes.create_service_mailbox, server.core, local=local, display_name=f"Avis test {local}",
+                      organisation="CHU test", is_expert=True, description="Avis d'hémostase sur dossier.")
+    clients = []
+    for i in range(members):
+        username, _, _ = make_user(f"Expert{i}", last=unique("EXP"), profession="Médecin", profession_code="10",
+                                   national_id=f"8{int(unique('')[1:], 16) % 10**11:011d}")
+        account = server.login(username, "secret-pass")
+        server.call(mailboxes.grant, server.core, box.id, account.get("/api/v1/me").json()["id"], Access.MEMBER)
+        clients.append(account)
+    return box.address, box.id, clients
+
+
+def requester(server, make_user, profession: str = "Médecin", code: str | None = "10"):
+    username, _, box = make_user("Requérante", last=unique("REQ"), profession=profession, profession_code=code)
+    return server.login(username, "secret-pass"), box
+
+
+def payload(expert: str, ins: str, **over):
+    body = {"expert": expert, "patient": {"ins": ins, "family_name": "Faure", "given_names": "Lucie",
+                                          "birth_date": "1984-03-02", "sex": "F"},
+            "consent": {"given": True, "by": "patient", "at": datetime.now(UTC).isoformat()},
+            "question": "TCA allongé isolé avant chirurgie : bilan complémentaire ?", "attachments": [],
+            "billing_number": REQ_NUMBER}
+    body.update(over)
+    return body
+
+
+def upload(client, name: str, data: bytes) -> str:
+    r = client.post("/api/v1/attachments", files={"file": (name, data, "application/pdf")})
+    assert r.status_code in (200, 201), r.text
+    return r.json()["id"]
+
+
+def test_full_flow_report_summary_billing_and_stats(server, make_user):
+    address, box_id, (m1, m2) = expert_service(server, make_user)
+    r, r_box = requester(server, make_user)
+    pdf = upload(r, "bilan.pdf", b"%PDF-1.4 bilan de coagulation\n")
+    created = r.post("/api/v1/teleexpertises", json=payload(address, fresh_ins(), attachments=[pdf]))
+    assert created.status_code == 201, created.text
+    te = created.json()
+    assert te["state"] == "submitted" and te["awaited"] == "expert" and te["expert"]["address"] == address
+    assert te["steps"][0]["attachments"] == [pdf]
+
+    # The expert side lists it; outsiders see nothing.
+    [got] = [i for i in m1.get("/api/v1/teleexpertises", params={"role": "expert", "state": "submitted"})
+             .json()["items"] if i["id"] == te["id"]]
+    assert "assign" in got["actions"] and got["patient"]["family_name"]
+    outsider, _ = requester(server, make_user)
+    problem(outsider.get(f"/api/v1/teleexpertises/{te['id']}"), 404)
+    problem(outsider.post(f"/api/v1/teleexpertises/{te['id']}/answer", json={"body": "x"}), 404)
+    # The request's PDF is readable by the expert service (the letter carried it).
+    assert m1.get(f"/api/v1/attachments/{pdf}").status_code == 200
+
+    assigned = m2.post(f"/api/v1/teleexpertises/{te['id']}/assign")
+    assert assigned.status_code == 200, assigned.text
+    assert "Expert1" in assigned.json()["assigned_to"]["name"]
+    body = problem(m1.post(f"/api/v1/teleexpertises/{te['id']}/assign"), 409)
+    assert "déjà prise en charge par" in body["detail"]
+    assert "Expert1" in r.get(f"/api/v1/teleexpertises/{te['id']}").json()["assigned_to"]["name"]
+
+    asked = m2.post(f"/api/v1/teleexpertises/{te['id']}/request-elements",
+                    json={"body": "Merci de joindre le dosage du facteur VIII."})
+    assert asked.status_code == 200 and asked.json()["state"] == "elements_requested"
+    assert asked.json()["awaited"] == "requester"
+    # Answering while elements are awaited: not allowed by the state.
+    problem(m2.post(f"/api/v1/teleexpertises/{te['id']}/answer", json={"body": "x", "billing_number": EXP_NUMBER}),
+            409)
+    fviii = upload(r, "facteur8.pdf", b"%PDF-1.4 FVIII 45 %\n")
+    provided = r.post(f"/api/v1/teleexpertises/{te['id']}/provide-elements",
+                      json={"body": "Voici le dosage.", "attachments": [fviii]})
+    assert provided.status_code == 200 and provided.json()["state"] == "submitted"
+    assert m2.get(f"/api/v1/attachments/{fviii}").status_code == 200
+
+    # The requester is not the expert; a non-assigned member waits for the assignee.
+    assert problem(r.post(f"/api/v1/teleexpertises/{te['id']}/answer", json={"body": "x"}), 403)["detail"]
+    problem(m1.post(f"/api/v1/teleexpertises/{te['id']}/answer", json={"body": "x", "billing_number": EXP_NUMBER}),
+            409)
+    answered = m2.post(f"/api/v1/teleexpertises/{te['id']}/answer",
+                       json={"body": "Hémophilie A mineure probable : avis hématologique avant le geste.",
+                             "billing_number": EXP_NUMBER})
+    assert answered.status_code == 200, answered.text
+    a = answered.json()
+    assert a["state"] == "answered" and a["report_message_id"] and a["report_attachment_id"]
+    assert [s["action"] for s in a["steps"]] == ["submit", "assign", "request_elements", "provide_elements", "answer"]
+    # The report is in the requester's mailbox, a PDF.
+    msg = r.get(f"/api/v1/mailboxes/{r_box}/messages/{a['report_message_id']}").json()
+    assert msg["subject"] == "Compte rendu de téléexpertise" and msg["category"] == "teleexpertise"
+    rep = r.get(f"/api/v1/attachments/{a['report_attachment_id']}")
+    assert rep.status_code == 200 and rep.content.startswith(b"%PDF")
+
+    # Billing: RQD for the requester, TE2 for the member who answered, not for the service.
+    month = datetime.now(UTC).strftime("%Y-%m")
+    mine = [i for i in r.get("/api/v1/billing", params={"month": month}).json()["items"]
+            if i["teleexpertise_id"] == te["id"]]
+    assert [(i["code"], i["amount_eur"], i["billing_number"]) for i in mine] == [("RQD", 10.0, REQ_NUMBER)]
+    assert mine[0]["patient_nir"] == te["patient"]["ins"]
+    theirs = [i for i in m2.get("/api/v1/billing", params={"month": month}).json()["items"]
+              if i["teleexpertise_id"] == te["id"]]
+    assert [(i["code"], i["amount_eur"], i["billing_number"]) for i in theirs] == [("TE2", 20.0, EXP_NUMBER)]
+    assert not [i for i in m1.get("/api/v1/billing", params={"month": month}).json()["items"]
+                if i["teleexpertise_id"] == te["id"]]
+    # Answering again: refused by the state, and the act is never billed twice.
+    problem(m2.post(f"/api/v1/teleexpertises/{te['id']}/answer", json={"body": "bis", "billing_number": EXP_NUMBER}),
+            409)
+    assert len([i for i in m2.get("/api/v1/billing", params={"month": month}).json()["items"]
+                if i["teleexpertise_id"] == te["id"]]) == 1
+    problem(r.get("/api/v1/billing", params={"month": "2026-13"}), 422)
+
+    closed = r.post(f"/api/v1/teleexpertises/{te['id']}/close")
+    assert closed.status_code == 200 and closed.json()["state"] == "closed" and closed.json()["summary_message_id"]
+    problem(r.post(f"/api/v1/teleexpertises/{te['id']}/close"), 409)
+    problem(r.post(f"/api/v1/teleexpertises/{te['id']}/cancel"), 409)
+    summary = m1.get(f"/api/v1/mailboxes/{box_id}/messages/{closed.json()['summary_message_id']}").json()
+    assert summary["subject"] == "Synthèse de la téléexpertise"
+
+    stats = m1.get("/api/v1/teleexpertises/stats", params={"mailbox_id": box_id}).json()["items"]
+    assert stats[0]["month"] == month and stats[0]["received"] == 1 and stats[0]["answered"] == 1
+    assert stats[0]["median_answer_hours"] is not None
+
+    # The operator's CSV export, by the CLI in a subprocess.
+    out = subprocess.run([sys.executable, "-m", "monsisra.cli", "billing", "export", "--month", month],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "MONSISRA_DATABASE_URL": server.settings.database_url,
+                              "MONSISRA_DATA_DIR": str(server.settings.data_dir)})
+    assert out.returncode == 0, out.stderr
+    rows = [row for row in csv.DictReader(io.StringIO(out.stdout)) if row["teleexpertise_id"] == str(te["id"])]
+    assert sorted((row["code"], row["amount_eur"]) for row in rows) == [("RQD", "10.00"), ("TE2", "20.00")]
+    bad = subprocess.run([sys.executable, "-m", "monsisra.cli", "billing", "export", "--month", "mars"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "MONSISRA_DATABASE_URL": server.settings.database_url,
+                              "MONSISRA_DATA_DIR": str(server.settings.data_dir)})
+    assert bad.returncode != 0 and "AAAA-MM" in bad.stderr + bad.stdout
+
+
+def test_decline_and_cancel(server, make_user):
+    address, _, (m1,) = expert_service(server, make_user, members=1)
+    r, _ = requester(server, make_user)
+    te = r.post("/api/v1/teleexpertises", json=payload(address, fresh_ins())).json()
+    problem(m1.post(f"/api/v1/teleexpertises/{te['id']}/decline", json={"reason": ""}), 422)
+    problem(m1.post(f"/api/v1/teleexpertises/{te['id']}/cancel"), 403)
+    declined = m1.post(f"/api/v1/teleexpertises/{te['id']}/decline", json={"reason": "Hors de notre champ."})
+    assert declined.json()["state"] == "declined" and declined.json()["decline_reason"] == "Hors de notre champ."
+    problem(r.post(f"/api/v1/teleexpertises/{te['id']}/cancel"), 409)
+    te2 = r.post("/api/v1/teleexpertises", json=payload(address, fresh_ins())).json()
+    cancelled = r.post(f"/api/v1/teleexpertises/{te2['id']}/cancel")
+    assert cancelled.json()["state"] == "cancelled"
+    problem(m1.post(f"/api/v1/teleexpertises/{te2['id']}/answer", json={"body": "x", "billing_number": EXP_NUMBER}),
+            409)
+    listed = r.get("/api/v1/teleexpertises", params={"role": "requester"}).json()["items"]
+    states = {i["id"]: i["state"] for i in listed}
+    assert states[te["id"]] == "declined" and states[te2["id"]] == "cancelled"
+
+
+def test_bad_inputs_refused_in_french_and_nothing_changed(server, make_user):
+    address, _, (m1,) = expert_service(server, make_user, members=1)
+    r, _ = requester(server, make_user)
+    ins = fresh_ins()
+
+    def count():
+        return len(m1.get("/api/v1/teleexpertises", params={"role": "expert"}).json()["items"])
+
+    before = count()
+    assert "consentement" in problem(r.post("/api/v1/teleexpertises", json=payload(address, ins, consent=None)),
+                                     422)["detail"]
+    assert "consentement" in problem(r.post("/api/v1/teleexpertises", json=payload(
+        address, ins, consent={"given": False, "by": "patient", "at": "2026-01-01T10:00:00+00:00"})), 422)["detail"]
+    problem(r.post("/api/v1/teleexpertises", json=payload(address, ins, consent={"given": True, "at": "hier"})), 422)
+    assert "INS" in problem(r.post("/api/v1/teleexpertises", json=payload(address, ins, patient=None)), 422)["detail"]
+    problem(r.post("/api/v1/teleexpertises", json=payload(address, ins[:-2] + "00")), 422)
+    nia_patient = {"ins": fresh_ins("7"), "oid": "1.2.250.1.213.1.4.9", "family_name": "Faure"}
+    nia = problem(r.post("/api/v1/teleexpertises", json=payload(address, ins, patient=nia_patient)), 422)
+    assert "NIR" in nia["detail"] and "NIA" in nia["detail"]
+    assert "numéro AM" in problem(r.post("/api/v1/teleexpertises", json=payload(address, ins, billing_number="")),
+                                  422)["detail"]
+    assert "Luhn" in problem(r.post("/api/v1/teleexpertises", json=payload(
+        address, ins, billing_number=REQ_NUMBER[:-1] + str((int(REQ_NUMBER[-1]) + 1) % 10))), 422)["detail"]
+    problem(r.post("/api/v1/teleexpertises", json=payload(address, ins, question="  ")), 422)
+    # Not an expert; a profession that may not request.
+    problem(r.post("/api/v1/teleexpertises", json=payload("nobody@monsisra.localhost", ins)), 422)
+    pharmacist, _ = requester(server, make_user, profession="Pharmacien", code="21")
+    assert "ne peut pas demander" in problem(pharmacist.post("/api/v1/teleexpertises", json=payload(address, ins)),
+                                             403)["detail"]
+    assert count() == before
+
+    # Four per patient and requester in 12 months; the fifth is a French 409.
+    for _ in range(4):
+        assert r.post("/api/v1/teleexpertises", json=payload(address, ins)).status_code == 201
+    fifth = problem(r.post("/api/v1/teleexpertises", json=payload(address, ins)), 409)
+    assert "12 derniers mois" in fifth["detail"]
+    assert count() == before + 4
+    # Another requester for the same patient is not concerned.
+    other, _ = requester(server, make_user, profession="Infirmier", code=None)
+    assert other.post("/api/v1/teleexpertises", json=payload(address, ins)).status_code == 201
+
+    # An answer from someone neither the expert nor a member of the service.
+    te = r.get("/api/v1/teleexpertises").json()["items"][0]
+    stranger_doc, _ = requester(server, make_user)
+    problem(stranger_doc.post(f"/api/v1/teleexpertises/{te['id']}/answer",
+                              json={"body": "x", "billing_number": EXP_NUMBER}), 404)
+    problem(r.post(f"/api/v1/teleexpertises/{te['id']}/answer", json={"body": "x", "billing_number": EXP_NUMBER}), 403)
+    # The expert's own numéro AM is checked too; nothing billed.
+    problem(m1.post(f"/api/v1/teleexpertises/{te['id']}/answer", json={"body": "x", "billing_number": "123"}), 422)
+    assert r.get(f"/api/v1/teleexpertises/{te['id']}").json()["state"] == "submitted"
+    problem(r.get("/api/v1/teleexpertises", params={"role": "autre"}), 422)
