@@ -90,8 +90,9 @@ def _install_components(app: FastAPI, settings: Settings) -> None:
     """Mount the directory API, the web pages and the MSSanté gateway (each has ``install``)."""
     from monsisra.api import directory, identity, portal, reach
     from monsisra.api import patients as patients_api
+    from monsisra.api import video as video_api
     from monsisra.gateway import install as gateway
     from monsisra.web import install as web
 
-    for component in (directory, identity, portal, reach, patients_api, web, gateway):
+    for component in (directory, identity, portal, reach, patients_api, video_api, web, gateway):
         component.install(app, settings)

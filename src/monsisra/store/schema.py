@@ -10,4 +10,5 @@ from monsisra.store import (
     models,  # noqa: F401
     patients,  # noqa: F401
     reach,  # noqa: F401
+    video,  # noqa: F401
 )

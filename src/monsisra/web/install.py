@@ -31,6 +31,7 @@ from monsisra.web import (
     reading,
     security,
     signin,
+    video,
 )
 from monsisra.web.common import CsrfFailed, LoginRequired, error_page, is_htmx, render
 from monsisra.web.session import Sessions
@@ -89,7 +90,7 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     app.state.startup_hooks.append(_follow_session_ends)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for area in (auth, signin, conversations, inbox, reading, compose, account, security, passwords, my_sessions,
+    for area in (auth, signin, conversations, video, inbox, reading, compose, account, security, passwords, my_sessions,
                  delegations, access_log, portal, admin, admin_accounts, patients, reach):
         app.include_router(area.router)
     security.install(app)
