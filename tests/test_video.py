@@ -9,6 +9,9 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -18,8 +21,16 @@ from websockets.sync.client import connect
 
 from monsisra.config import Settings
 from monsisra.services.video import turn
-from tests.support import unique
-from tests.test_realtime import next_event, token_of, ws_url
+from tests.support import POSTGRES_URL, REDIS_URL, free_port, fresh_database, unique
+from tests.test_realtime import (
+    _serve,
+    _wait_up,
+    next_event,
+    token_of,
+    ws_url,
+)
+
+DOMAIN = "monsisra.localhost"
 
 SDP = ("v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
        "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=rtpmap:96 VP8/90000\r\n")
@@ -224,3 +235,49 @@ def test_teleconsultation_link_single_use_waiting_room_and_expiry(server, trio):
     gone = patient.get(f"/teleconsultation/{secret}")
     assert gone.status_code == 404 and "expiré" in gone.text
     assert a.get("/api/v1/teleconsultations").json()["items"] == []
+
+
+@pytest.mark.skipif(not (POSTGRES_URL and REDIS_URL),
+                    reason="needs MONSISRA_TEST_POSTGRES_URL and MONSISRA_TEST_REDIS_URL (CI sets both)")
+def test_signalling_across_two_processes_through_redis(tmp_path):
+    """alice on process A rings and signals bruno, whose socket is held by process B."""
+    with fresh_database("postgres", tmp_path) as url:
+        env = {**os.environ, "MONSISRA_DATABASE_URL": url, "MONSISRA_DATA_DIR": str(tmp_path / "data"),
+               "MONSISRA_REDIS_URL": REDIS_URL, "MONSISRA_SECRET_KEY": "k" * 40, "MONSISRA_SMTP_ENABLED": "false",
+               "MONSISRA_RUN_WORKERS": "false", "MONSISRA_SMTP_PORT": str(free_port())}
+        subprocess.run([sys.executable, "-m", "monsisra.cli", "demo"], env=env, check=True,
+                       capture_output=True, timeout=300)
+        port_a, port_b = free_port(), free_port()
+        a, b = _serve(env, port_a), _serve(env, port_b)
+        try:
+            _wait_up(port_a, a)
+            _wait_up(port_b, b)
+            base_a, base_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+
+            def login(base, user):
+                token = httpx.post(f"{base}/api/v1/auth/token", data={"username": user, "password": "demo"})
+                return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token.json()['access_token']}"})
+
+            alice, bruno = login(base_a, "alice.martin"), login(base_b, "bruno.petit")
+            conv = _conversation(alice, [f"bruno.petit@{DOMAIN}"])
+            with connect(ws_url(base_b), additional_headers={"Authorization": f"Bearer {token_of(bruno)}"}) as wsb, \
+                    connect(ws_url(base_a), additional_headers={"Authorization": f"Bearer {token_of(alice)}"}) as wsa:
+                next_event(wsb, "hello")
+                next_event(wsa, "hello")
+                call = alice.post(f"/api/v1/conversations/{conv}/calls").json()
+                assert next_event(wsb, "call.ring", timeout=15)["call_id"] == call["id"]
+                pa = alice.post(f"/api/v1/calls/{call['id']}/join").json()["peer"]
+                pb = bruno.post(f"/api/v1/calls/{call['id']}/join").json()["peer"]
+                wsa.send(json.dumps({"call_id": call["id"], "to": pb, "kind": "offer", "sdp": SDP}))
+                got = next_event(wsb, "call.signal", timeout=15)
+                assert got["from"] == pa and got["sdp"] == SDP
+                wsb.send(json.dumps({"call_id": call["id"], "to": pa, "kind": "answer", "sdp": SDP}))
+                assert next_event(wsa, "call.signal", timeout=15)["kind"] == "answer"
+        finally:
+            for p in (a, b):
+                p.terminate()
+            for p in (a, b):
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()

@@ -34,6 +34,22 @@ def serve(
     https_port = settings.https_port if https_port is None else https_port
     console.print(f"MonSisra sur http://{host}:{port}" + (f" et https://{host}:{https_port}" if https_port else "")
                   + f" — SMTP sur {settings.smtp_host}:{settings.smtp_port}")
-    code = serving.run(application, settings, host=host, port=port, https_port=https_port)
+    coturn = None
+    from monsisra.services.video import turn
+
+    if turn.local_coturn(settings):
+        # No TURN configured and coturn installed: STUN/TURN on 127.0.0.1 for the calls.
+        from monsisra.gateway import turnserver
+
+        coturn = turnserver.start(turn.secret(settings), settings.turn_port, settings.data_dir / "run")
+        if coturn is not None:
+            console.print(f"TURN/STUN (coturn) sur 127.0.0.1:{settings.turn_port}")
+    try:
+        code = serving.run(application, settings, host=host, port=port, https_port=https_port)
+    finally:
+        if coturn is not None:
+            from monsisra.gateway import turnserver
+
+            turnserver.stop(coturn)
     if code:
         raise typer.Exit(code)
