@@ -137,10 +137,8 @@
     } else if (ev.type === "message.stored" || ev.type === "message.flags") {
       if (inScope(ev.mailbox_id)) listSoon();
       if (ev.flags && "deleted" in ev.flags) refreshPane(ev.mailbox_id, ev.message_id, ev.flags.deleted);
-    } else if (ev.type === "call.ring") {
-      ring(ev);
-    } else if (ev.type === "call.stop_ringing" || ev.type === "call.ended") {
-      stopRing(ev.call_id);
+    } else if (ev.type === "call.ring" || ev.type === "call.stop_ringing" || ev.type === "call.ended") {
+      ringEvent(ev);
     } else if (ev.type === "counts") {
       countsSoon();
     } else if (ev.type === "message.read" || ev.type === "message.delivery") {
@@ -148,59 +146,16 @@
       refreshReceipts(ev.message_id);
     }
   }
-  // « Lancer une visio » elsewhere: a banner with Rejoindre / Refuser, a tone (WebAudio) for 30 s
-  // at most, and a system notification when allowed.
-  var ringing = null;
-  function stopRing(callId) {
-    if (!ringing || (callId && ringing.callId !== callId)) return;
-    clearInterval(ringing.timer);
-    if (ringing.audio) ringing.audio.close();
-    ringing.box.remove();
-    ringing = null;
-  }
-  function beep(ctx) {
-    [0, 0.4].forEach(function (at) {
-      var osc = ctx.createOscillator(), gain = ctx.createGain();
-      osc.frequency.value = 660; gain.gain.value = 0.08;
-      osc.connect(gain); gain.connect(ctx.destination);
-      osc.start(ctx.currentTime + at); osc.stop(ctx.currentTime + at + 0.25);
-    });
-  }
-  function ring(ev) {
-    var visio = $("#visio");
-    if (visio && visio.dataset.callId === String(ev.call_id)) return;
-    stopRing();
-    var box = document.createElement("div");
-    box.className = "ring"; box.id = "sonnerie"; box.setAttribute("role", "alertdialog");
-    box.setAttribute("aria-label", "Appel en visio");
-    var p = document.createElement("p");
-    p.textContent = (ev.caller || "") + " vous appelle en visio" + (ev.title ? " — " + ev.title : "");
-    var join = document.createElement("a");
-    join.className = "btn primary"; join.textContent = "Rejoindre"; join.id = "sonnerie-rejoindre";
-    join.href = ev.context === "conversation" ? "/conversations/" + ev.context_id + "?visio=" + ev.call_id
-      : "/visio/" + ev.call_id;
-    var no = document.createElement("button");
-    no.type = "button"; no.className = "btn"; no.textContent = "Refuser";
-    no.addEventListener("click", function () {
-      fetch("/api/v1/calls/" + ev.call_id + "/decline", { method: "POST", credentials: "same-origin",
-        headers: { "X-CSRF-Token": CSRF } });
-      stopRing(ev.call_id);
-    });
-    box.append(p, join, no);
-    document.body.appendChild(box);
-    join.focus();
-    var audio = null;
-    try { audio = new (window.AudioContext || window.webkitAudioContext)(); } catch (e) { audio = null; }
-    ringing = { callId: ev.call_id, box: box, audio: audio, count: 0, timer: null };
-    if (audio) beep(audio);
-    ringing.timer = setInterval(function () {
-      if (!ringing) return;
-      if (++ringing.count > 15) { stopRing(); return; }
-      if (ringing.audio) beep(ringing.audio);
-    }, 2000);
-    if (window.Notification && Notification.permission === "granted" && document.hidden) {
-      try { new Notification("Visio MonSisra", { body: p.textContent, tag: "call-" + ev.call_id }); } catch (e) { /* */ }
-    }
+  // « Lancer une visio » elsewhere: ring.js (loaded at the first call) shows and sounds the ring.
+  var ringQueue = null;
+  function ringEvent(ev) {
+    if (window.MonSisraRing) { window.MonSisraRing(ev); return; }
+    if (ringQueue) { ringQueue.push(ev); return; }
+    ringQueue = [ev];
+    var s = document.createElement("script");
+    s.src = "/static/ring.js";
+    s.onload = function () { ringQueue.splice(0).forEach(window.MonSisraRing); };
+    document.head.appendChild(s);
   }
   // Presence: "active" at most once a minute while the user types or clicks (idle after 10 min).
   var lastActive = 0;

@@ -193,10 +193,11 @@
 
   /* ---- a professional's call (conversation page or /visio/<call>) -------------------------- */
   function proCall(panel) {
-    var callId = parseInt(panel.dataset.callId, 10), mesh = null, local = null, ended = false;
+    var callId = parseInt(panel.dataset.callId, 10), mesh = null, local = null, ended = false, early = [];
     function onEvent(e) {
       var ev = e.detail;
-      if (!mesh || ev.call_id !== callId) return;
+      if (ev.call_id !== callId) return;
+      if (!mesh) { if (ev.type === "call.signal") early.push(e); return; }
       if (ev.type === "call.signal") mesh.onSignal(ev);
       else if (ev.type === "call.joined") { mesh.names[ev.peer] = ev.name; status(ev.name + " a rejoint la visio"); }
       else if (ev.type === "call.left") { mesh.drop(ev.peer); status(ev.name + " a quitté la visio"); }
@@ -218,19 +219,19 @@
         else document.addEventListener("monsisra:open", function () { resolve(); }, { once: true });
       });
     }
-    media().then(function (stream) {
-      local = stream;
-      $("#visio-local").srcObject = stream;
-      return live();
-    }).then(function () {
-      return api("POST", "/api/v1/calls/" + callId + "/join");
-    }).then(function (info) {
+    // The camera opens while the socket connects and the call is joined (in parallel).
+    var joined = live().then(function () { return api("POST", "/api/v1/calls/" + callId + "/join"); });
+    Promise.all([media(), joined]).then(function (both) {
+      var info = both[1];
+      local = both[0];
+      $("#visio-local").srcObject = local;
       mesh = new Mesh({ send: window.MonSisraLive.send, callId: callId, peer: info.peer, iceServers: info.ice_servers,
                         relay: panel.dataset.ice === "relay", local: local });
       window.monsisraCall = mesh;
       controls(mesh);
       status(info.members.length ? "Connexion…" : "En attente des autres participants…");
       info.members.forEach(function (m) { mesh.offer(m.peer, m.name); });
+      early.splice(0).forEach(onEvent);  // offers that came while the camera was opening
     }).catch(function (err) { finish(err.message || "Visio impossible"); });
     $("#visio-hangup").addEventListener("click", function () {
       api("POST", "/api/v1/calls/" + callId + "/leave").finally(function () {
