@@ -281,3 +281,26 @@ def test_signalling_across_two_processes_through_redis(tmp_path):
                     p.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+def test_call_on_the_patient_record(server, make_user):
+    from tests.test_care_team_record import setup_patient
+
+    g, n, o, pid, _, _ = setup_patient(server, make_user)
+    assert g.put(f"/api/v1/patients/{pid}/care-team/me").status_code == 200
+    n_addr = next(b["address"] for b in n.get("/api/v1/mailboxes").json() if b["kind"] == "PER")
+    r = g.post("/api/v1/conversations", json={"title": "Plaie", "participants": [n_addr], "patient_id": pid})
+    assert r.status_code == 201, r.text
+    call = g.post(f"/api/v1/conversations/{r.json()['id']}/calls").json()
+    g.post(f"/api/v1/calls/{call['id']}/join")
+    n.post(f"/api/v1/calls/{call['id']}/join")
+    g.post(f"/api/v1/calls/{call['id']}/end")
+    items = g.get(f"/api/v1/patients/{pid}/record").json()["items"]
+    entry = next(i for i in items if i["kind"] == "call")
+    assert entry["id"] == call["id"] and entry["title"].startswith("Visio") and len(entry["participants"]) == 2
+    assert "Durée" in entry["summary"]
+    # A teleconsultation is booked for a patient of one's care team only.
+    at = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    body = {"patient": {"family_name": "Moreau", "given_names": "Jean"}, "at": at, "patient_id": pid}
+    assert g.post("/api/v1/teleconsultations", json=body).status_code == 201
+    _problem(o.post("/api/v1/teleconsultations", json=body), 404)
