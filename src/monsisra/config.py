@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     notify_relay: str | None = None
     notify_from: str | None = None  # sender of notifications; unset: ne-pas-repondre@<domain>
     password_reset_minutes: int = 30
+    # Video (issue 17): TURN/STUN server (``turn:host:port``, several comma-separated) and its
+    # static-auth-secret; unset URL: ``monsisra serve`` starts coturn on 127.0.0.1 when installed.
+    turn_url: str | None = None
+    turn_secret: str | None = None
+    turn_port: int = 3478
+    turn_ttl_seconds: int = 3600  # lifetime of the TURN credentials handed out for one call
+    teleconsultation_hours: int = 2  # a patient link lasts this long after the appointment time
     password_resets_per_hour: int = 3  # links sent per account and per hour (more are silently dropped)
     # LDAP login (an establishment's directory); unset ldap_url: local passwords only.
     ldap_url: str | None = None  # ldap://host:389 or ldaps://host:636

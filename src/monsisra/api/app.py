@@ -90,11 +90,12 @@ def _install_components(app: FastAPI, settings: Settings) -> None:
     """Mount the directory API, the web pages and the MSSanté gateway (each has ``install``)."""
     from monsisra.api import directory, identity, portal, reach, teleexpertise
     from monsisra.api import patients as patients_api
+    from monsisra.api import video as video_api
     from monsisra.gateway import install as gateway
     from monsisra.gateway import submission
     from monsisra.imap import server as imap
     from monsisra.web import install as web
 
-    for component in (directory, identity, portal, reach, patients_api, teleexpertise, web, gateway, imap,
-                      submission):
+    for component in (directory, identity, portal, reach, patients_api, teleexpertise, video_api, web, gateway,
+                      imap, submission):
         component.install(app, settings)

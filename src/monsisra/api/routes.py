@@ -319,6 +319,13 @@ async def _serve_events(websocket: WebSocket, core: Core, actor: Actor, subscrip
         while True:
             # "ping" every 30 s keeps the socket present; "active" says the user did something.
             text = await websocket.receive_text()
+            if text.startswith("{"):
+                # WebRTC signalling of a call (issue 17): relayed to one joined member of it.
+                from monsisra.api.video import relay
+                from monsisra.services.video import Sender
+
+                await relay(core, Sender(account_id=actor.account_id), text, subscription)
+                continue
             try:
                 await presence.beat(core, actor.account_id, key, active=text == "active")
             except Exception:

@@ -37,6 +37,22 @@ def serve(
                   + (f" — IMAP sur {settings.imap_host}:{settings.imap_port} (STARTTLS) et {settings.imaps_port} (TLS),"
                      f" soumission sur {settings.submission_port} et {settings.submissions_port}"
                      if settings.imap_port or settings.submission_port else ""))
-    code = serving.run(application, settings, host=host, port=port, https_port=https_port)
+    coturn = None
+    from monsisra.services.video import turn
+
+    if turn.local_coturn(settings):
+        # No TURN configured and coturn installed: STUN/TURN on 127.0.0.1 for the calls.
+        from monsisra.gateway import turnserver
+
+        coturn = turnserver.start(turn.secret(settings), settings.turn_port, settings.data_dir / "run")
+        if coturn is not None:
+            console.print(f"TURN/STUN (coturn) sur 127.0.0.1:{settings.turn_port}")
+    try:
+        code = serving.run(application, settings, host=host, port=port, https_port=https_port)
+    finally:
+        if coturn is not None:
+            from monsisra.gateway import turnserver
+
+            turnserver.stop(coturn)
     if code:
         raise typer.Exit(code)

@@ -11,4 +11,5 @@ from monsisra.store import (
     patients,  # noqa: F401
     reach,  # noqa: F401
     teleexpertise,  # noqa: F401
+    video,  # noqa: F401
 )

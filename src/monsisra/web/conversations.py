@@ -11,7 +11,7 @@ from fastapi.responses import RedirectResponse, Response
 from monsisra.api.deps import PathId
 from monsisra.services import conversations, mailboxes
 from monsisra.services.errors import NotFound, ServiceError
-from monsisra.web.common import core_of, error_page, form_actor, page_actor, render
+from monsisra.web.common import core_of, error_page, form_actor, int_param, page_actor, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -62,4 +62,5 @@ async def chat(request: Request, conversation_id: PathId) -> Response:
     except NotFound:
         return error_page(request, 404, "Conversation introuvable",
                           "Elle n'existe pas ou vous n'y participez pas.")
-    return render(request, "conversations/chat.html", conversation=conversation)
+    visio = int_param(request.query_params.get("visio"))
+    return render(request, "conversations/chat.html", conversation=conversation, visio=visio)

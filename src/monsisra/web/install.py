@@ -32,6 +32,7 @@ from monsisra.web import (
     security,
     signin,
     teleexpertise,
+    video,
 )
 from monsisra.web.common import CsrfFailed, LoginRequired, error_page, is_htmx, render
 from monsisra.web.session import Sessions
@@ -90,8 +91,8 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     app.state.startup_hooks.append(_follow_session_ends)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for area in (auth, signin, conversations, inbox, reading, compose, account, security, passwords, my_sessions,
-                 delegations, access_log, portal, admin, admin_accounts, patients, reach, teleexpertise):
+    for area in (auth, signin, conversations, video, inbox, reading, compose, account, security, passwords,
+                 my_sessions, delegations, access_log, portal, admin, admin_accounts, patients, reach, teleexpertise):
         app.include_router(area.router)
     security.install(app)
     app.state.error_page = error_page

@@ -114,7 +114,15 @@
   }
 
   /* ---- live events ------------------------------------------------------------------- */
-  var socket = null, retry = 1000, pinger = null;
+  var socket = null, retry = 1000, pinger = null, outbox = [];
+  // Page scripts send on the live socket (video.js: WebRTC signalling), queued until it is open.
+  window.MonSisraLive = {
+    send: function (obj) {
+      var text = JSON.stringify(obj);
+      if (socket && socket.readyState === 1) socket.send(text); else outbox.push(text);
+    },
+    open: function () { return !!socket && socket.readyState === 1; }
+  };
   function inScope(mailboxId) {
     var list = $("#liste");
     if (!list || !list.dataset.mbs) return false;
@@ -129,12 +137,25 @@
     } else if (ev.type === "message.stored" || ev.type === "message.flags") {
       if (inScope(ev.mailbox_id)) listSoon();
       if (ev.flags && "deleted" in ev.flags) refreshPane(ev.mailbox_id, ev.message_id, ev.flags.deleted);
+    } else if (ev.type === "call.ring" || ev.type === "call.stop_ringing" || ev.type === "call.ended") {
+      ringEvent(ev);
     } else if (ev.type === "counts") {
       countsSoon();
     } else if (ev.type === "message.read" || ev.type === "message.delivery") {
       // A reader, or what the other operator's server answered: the recipients' states change.
       refreshReceipts(ev.message_id);
     }
+  }
+  // « Lancer une visio » elsewhere: ring.js (loaded at the first call) shows and sounds the ring.
+  var ringQueue = null;
+  function ringEvent(ev) {
+    if (window.MonSisraRing) { window.MonSisraRing(ev); return; }
+    if (ringQueue) { ringQueue.push(ev); return; }
+    ringQueue = [ev];
+    var s = document.createElement("script");
+    s.src = "/static/ring.js";
+    s.onload = function () { ringQueue.splice(0).forEach(window.MonSisraRing); };
+    document.head.appendChild(s);
   }
   // Presence: "active" at most once a minute while the user types or clicks (idle after 10 min).
   var lastActive = 0;
@@ -156,6 +177,8 @@
       $$(".receipts").forEach(function (b) { refreshReceipts(b.dataset.messageId); });
       clearInterval(pinger);
       pinger = setInterval(function () { if (socket.readyState === 1) socket.send("ping"); }, 30000);
+      while (outbox.length) socket.send(outbox.shift());
+      document.dispatchEvent(new CustomEvent("monsisra:open"));
     };
     socket.onmessage = function (e) {
       try { onEvent(JSON.parse(e.data)); } catch (err) { /* ignore malformed */ }

@@ -1,0 +1,24 @@
+"""Video (issue 17): calls between professionals in a conversation (or any registered context,
+such as tele-expertise: :func:`start_call` with its own context), TURN credentials, WebRTC
+signalling relayed between a call's members, and teleconsultations with a patient.
+"""
+
+import monsisra.services.video.contexts  # noqa: F401  (registers the contexts)
+import monsisra.services.video.teleconsult as teleconsult
+from monsisra.services.video.calls import (
+    MAX_MEMBERS,
+    Sender,
+    as_message,
+    decline,
+    end,
+    get_call,
+    join,
+    leave,
+    patient_bus_id,
+    register_context,
+    signal,
+    start_call,
+)
+
+__all__ = ["MAX_MEMBERS", "Sender", "as_message", "decline", "end", "get_call", "join", "leave", "patient_bus_id",
+           "register_context", "signal", "start_call", "teleconsult"]
