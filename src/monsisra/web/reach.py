@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from monsisra import __version__
+from monsisra.api.deps import PathId
 from monsisra.services import broadcasts, notifications, printer
 from monsisra.services.errors import Forbidden, ServiceError
 from monsisra.web.common import core_of, error_page, form_actor, page_actor, render, set_flash
@@ -86,7 +87,7 @@ async def notifications_save(request: Request) -> Response:
 
 
 @router.post("/impressions/{job_id}/confirmer")
-async def confirm_print(request: Request, job_id: int) -> Response:
+async def confirm_print(request: Request, job_id: PathId) -> Response:
     """« Utiliser ces suggestions » on the compose page of a printed document."""
     actor, form = await form_actor(request)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
+from monsisra.api.deps import PathId
 from monsisra.services import video
 from monsisra.services.errors import ServiceError
 from monsisra.web.common import core_of, error_page, page_actor, render
@@ -25,7 +26,7 @@ async def teleconsultations(request: Request) -> Response:
 
 
 @router.get("/visio/{call_id}")
-async def call_page(request: Request, call_id: int) -> Response:
+async def call_page(request: Request, call_id: PathId) -> Response:
     actor = await page_actor(request)
     try:
         call = await video.get_call(core_of(request), actor, call_id)
@@ -43,7 +44,8 @@ async def patient_page(request: Request, secret: str) -> Response:
         view, cookie = await video.teleconsult.open_link(core_of(request), secret[:200],
                                                          request.cookies.get(PATIENT_COOKIE))
     except ServiceError as exc:
-        return error_page(request, exc.status, "Téléconsultation", exc.detail)
+        title = "Téléconsultation introuvable" if exc.status == 404 else "Téléconsultation"
+        return error_page(request, exc.status, title, exc.detail)
     response = render(request, "video/patient.html", tc=view, secret=secret)
     if cookie:
         response.set_cookie(PATIENT_COOKIE, cookie, max_age=7 * 24 * 3600, httponly=True, samesite="strict",
