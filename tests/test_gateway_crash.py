@@ -95,6 +95,19 @@ def _subjects(base_url: str) -> list[str]:
         return out
 
 
+def _children_of(tmp_path) -> list[int]:
+    """Processes still running with this test's data directory on their command line."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "turnserver" in cmdline and str(tmp_path) in cmdline:
+            found.append(int(pid))
+    return found
+
+
 def test_sigkill_during_a_burst_loses_no_acknowledged_message(backend, tmp_path):
     pki = PKI.create(tmp_path / "pki")
     cert, key = pki.issue("monsisra", ["localhost", DOMAIN, "127.0.0.1"])
@@ -134,6 +147,8 @@ def test_sigkill_during_a_burst_loses_no_acknowledged_message(backend, tmp_path)
                 t.start()
             wait_for(lambda: len(acked) >= 40, timeout=120, interval=0.01)
             serve.kill()
+            # What serve started (coturn, when installed) does not outlive it.
+            wait_for(lambda: not _children_of(tmp_path), timeout=30, interval=0.1)
             for t in threads:
                 t.join(timeout=120)
             killed_after = len(acked)

@@ -4,9 +4,12 @@ in an owner-only configuration file, never on the command line."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +27,13 @@ def config_text(secret: str, port: int, *, host: str = "127.0.0.1", min_port: in
     return "\n".join(lines) + "\n"
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: coturn gets SIGTERM when ``serve`` dies, even by SIGKILL
+    (otherwise it outlives it and keeps the TURN port)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def start(secret: str, port: int, run_dir: Path, **kw) -> subprocess.Popen | None:
     """Start coturn (None when it is not installed); the caller terminates it."""
     binary = shutil.which("turnserver")
@@ -35,7 +45,7 @@ def start(secret: str, port: int, run_dir: Path, **kw) -> subprocess.Popen | Non
     with os.fdopen(fd, "w") as f:
         f.write(config_text(secret, port, pidfile=run_dir / f"turnserver-{port}.pid", **kw))
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,  # noqa: S603
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     time.sleep(0.2)  # bound: give it a moment to bind before the first call
     return proc
 
