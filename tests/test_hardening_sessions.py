@@ -16,7 +16,6 @@ import re
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import uuid
 import warnings
@@ -32,6 +31,7 @@ from websockets.sync.client import connect
 
 from monsisra.services import accounts
 from monsisra.store.models import Account, AuditEvent
+from tests.identity_support import EXE, ServeProcess
 from tests.support import POSTGRES_URL, REDIS_URL, free_port, fresh_database, make_settings, start_server
 
 DOMAIN = "monsisra.localhost"
@@ -469,45 +469,8 @@ def test_forwarded_proto_is_believed_only_from_trusted_proxies(server, tight_ser
 
 # --- real `monsisra serve` processes: HTTPS and the logs ----------------------------------------
 
-EXE = [sys.executable, "-m", "monsisra.cli"]
 LOG_PASSWORD = "Mot-De-Passe-Secret-4242"
 WRONG_PASSWORD = "Mauvais-Essai-9137"
-
-
-class ServeProcess:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
-        self.http_port, self.https_port = int(env["MONSISRA_HTTP_PORT"]), int(env["MONSISRA_HTTPS_PORT"])
-        out = log.open("ab")
-        self.proc = subprocess.Popen([*EXE, "serve", "--no-migrate"], env=env, stdout=out, stderr=out)
-        out.close()
-        deadline = time.monotonic() + 90
-        while True:
-            assert self.proc.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.http}/openapi.json", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.2)
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def https(self) -> str:
-        return f"https://127.0.0.1:{self.https_port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
 
 
 def _env(url: str, data_dir: Path, **extra: str) -> dict[str, str]:
