@@ -1,6 +1,6 @@
 """Routes that reach professionals outside the web page (issue 16): the virtual printer's
-workstations and jobs, notification preferences and Web Push subscriptions, DGS-Urgent
-broadcasts."""
+workstations and jobs, app passwords of mail clients, notification preferences and Web Push
+subscriptions, DGS-Urgent broadcasts."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from monsisra.api.deps import PathId, client_address, current_actor, get_core
 from monsisra.config import Settings
-from monsisra.services import broadcasts, notifications, printer
+from monsisra.services import app_passwords, broadcasts, notifications, printer
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed
 
@@ -73,6 +73,32 @@ class ConfirmIn(BaseModel):
 async def print_job_confirm(job_id: PathId, body: ConfirmIn, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
     """Accept suggestions: these suggested recipients are added to the draft, the patient linked."""
     return await printer.confirm(core, actor, job_id, body.recipients, body.patient)
+
+
+# --- app passwords (mail clients of an account with a second factor) -------------------------
+
+
+class AppPasswordIn(BaseModel):
+    label: str = Field(max_length=120)
+
+
+@router.get("/me/app-passwords", tags=["auth"])
+async def app_password_list(core: CoreDep, actor: ActorDep) -> list[dict[str, Any]]:
+    """My app passwords in force: label, created, last used (never the secret)."""
+    return await app_passwords.list_mine(core, actor)
+
+
+@router.post("/me/app-passwords", status_code=201, tags=["auth"])
+async def app_password_create(body: AppPasswordIn, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+    """A new app password for a mail client (IMAP, SMTP submission): ``password`` is shown in
+    this answer only."""
+    return await app_passwords.create(core, actor, body.label)
+
+
+@router.delete("/me/app-passwords/{app_password_id}", status_code=204, tags=["auth"])
+async def app_password_revoke(app_password_id: PathId, core: CoreDep, actor: ActorDep) -> Response:
+    await app_passwords.revoke(core, actor, app_password_id)
+    return Response(status_code=204)
 
 
 # --- notifications --------------------------------------------------------------------------

@@ -53,8 +53,8 @@ class Handler:
                                             password.decode("utf-8", "replace"), client, "submission")
         except Throttled as exc:
             return ascii_reply(f"454 4.7.0 {exc.detail}")
-        except AuthFailed:
-            return "535 5.7.8 identifiant ou mot de passe incorrect"
+        except AuthFailed as exc:
+            return ascii_reply("535 5.7.8 " + exc.detail.replace("›", ">"))
         session.authenticated = True
         session.auth_data = actor
         return "235 2.7.0 authentification reussie"

@@ -34,9 +34,9 @@ from monsisra.domain import delegation
 from monsisra.domain.delegation import Right
 from monsisra.domain.mail import structure
 from monsisra.domain.model import CATEGORY_LABELS, Category
-from monsisra.services import accounts, audit, mailboxes, messages
+from monsisra.services import accounts, app_passwords, audit, mailboxes, messages, totp
 from monsisra.services.core import Actor, Core
-from monsisra.services.errors import Conflict, NotFound
+from monsisra.services.errors import AuthFailed, Conflict, NotFound
 from monsisra.store.models import VIEW_SQL, Delivery, Mailbox, MailboxAccess, Message
 
 SEEN, FLAGGED, DELETED, DRAFT, TODO = "\\Seen", "\\Flagged", "\\Deleted", "\\Draft", "$Todo"
@@ -114,17 +114,38 @@ class Snapshot:
 _LOGIN_LOCKS: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
 
+SECOND_FACTOR_REFUSAL = ("Ce compte est protégé par un second facteur : utilisez un mot de passe d'application "
+                         "(Paramètres › Mots de passe d'application).")
+
+
 async def login(core: Core, username: str, password: str, client: str | None, via: str) -> Actor:
-    """A mail client's login (IMAP, SMTP submission): the account's password, throttled like the
-    web login. Logins of one account are taken one at a time in this process: a client opening
-    ten connections at once must not count ten attempts before the first success clears them."""
+    """A mail client's login (IMAP, SMTP submission): one of the account's app passwords
+    (``services/app_passwords.py``), or its password when it has no second factor — with one,
+    the password alone would bypass it and is refused with :data:`SECOND_FACTOR_REFUSAL`.
+
+    Every attempt that is not a valid app password goes through the password check, throttled
+    exactly like the web login; a valid app password (138 random bits, not guessable) is let in
+    even while a guesser has the account locked out, so that the owner's client keeps working.
+    Logins of one account are taken one at a time in this process: a client opening ten
+    connections at once must not count ten attempts before the first success clears them."""
     key = username.strip().lower()[:120]
     lock = _LOGIN_LOCKS.get(key)
     if lock is None:
         lock = _LOGIN_LOCKS[key] = asyncio.Lock()
     async with lock:
+        found = await app_passwords.check(core, username, password, client, via)
+        if found is not None:
+            account, app_password_id = found
+            await audit.record_now(core, [audit.entry(account.id, f"login.{via}", client=client,
+                                                      detail={"method": "app_password", "id": app_password_id})])
+            return Actor(account.id, account.username, account.is_admin, client=client)
         account = await accounts.authenticate(core, username, password, client)
-    await audit.record_now(core, [audit.entry(account.id, f"login.{via}", client=client)])
+    if await totp.is_enrolled(core, account.id):
+        await audit.record_now(core, [audit.entry(account.id, "login.failure", client=client,
+                                                  detail={"via": via, "reason": "second_factor"})])
+        raise AuthFailed(SECOND_FACTOR_REFUSAL)
+    await audit.record_now(core, [audit.entry(account.id, f"login.{via}", client=client,
+                                              detail={"method": "password"})])
     return Actor(account.id, account.username, account.is_admin, client=client)
 
 

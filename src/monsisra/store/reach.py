@@ -1,6 +1,6 @@
 """Tables of reaching professionals outside the web page (issue 16): the virtual printer's
 workstations and jobs, notification preferences and their batching state, Web Push
-subscriptions."""
+subscriptions, app passwords of mail clients."""
 
 from __future__ import annotations
 
@@ -86,3 +86,21 @@ class PushSubscription(Base):
     auth: Mapped[str] = mapped_column(Line(100))
     user_agent: Mapped[str | None] = mapped_column(Line(255))
     created_at: Mapped[datetime] = mapped_column(UTC, default=_now)
+
+
+class AppPassword(Base):
+    """A « mot de passe d'application »: a server-generated secret that lets one mail client
+    (IMAP, SMTP submission) log in to an account protected by a second factor. Only its
+    SHA-256 is kept (see ``services/app_passwords.py``)."""
+
+    __tablename__ = "app_passwords"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(Line(120), default="")
+    secret_hash: Mapped[str] = mapped_column(Line(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTC, default=_now)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTC)
+    last_used_via: Mapped[str | None] = mapped_column(Line(20))  # imap, submission
+    last_used_client: Mapped[str | None] = mapped_column(Line(120))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTC)

@@ -1,19 +1,20 @@
 """Web pages of issue 16: the installable app (manifest, service worker, offline page), the
-notification preferences in Paramètres, the confirmation of a printed document's suggestions,
-and the page where an administrator (or the national address) writes a DGS-Urgent alert."""
+notification preferences and the app passwords of mail clients in Paramètres, the confirmation
+of a printed document's suggestions, and the page where an administrator (or the national
+address) writes a DGS-Urgent alert."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from monsisra import __version__
 from monsisra.api.deps import PathId
-from monsisra.services import broadcasts, notifications, printer
+from monsisra.services import app_passwords, broadcasts, notifications, printer, totp
 from monsisra.services.errors import Forbidden, ServiceError
 from monsisra.web.common import core_of, error_page, form_actor, page_actor, render, set_flash
 
@@ -81,6 +82,56 @@ async def notifications_save(request: Request) -> Response:
         prefs = await notifications.get_prefs(core, actor)
         return render(request, "reach/notifications.html", status=exc.status, prefs=prefs, error=exc.detail)
     return RedirectResponse("/parametres/notifications?ok=1", status_code=303)
+
+
+# --- Paramètres → Mots de passe d'application -------------------------------------------------
+
+APP_PASSWORDS = "/parametres/mots-de-passe-application"
+
+
+def _mail_settings(request: Request) -> dict:
+    """What to type in a mail client: the server name people reach us by, ports, login."""
+    settings = request.app.state.settings
+    host = (urlsplit(settings.public_url).hostname if settings.public_url else None) or request.url.hostname
+    return {"host": host, "imaps_port": settings.imaps_port, "imap_port": settings.imap_port,
+            "submissions_port": settings.submissions_port, "submission_port": settings.submission_port}
+
+
+async def _app_passwords_page(request: Request, actor, status: int = 200, **ctx) -> Response:
+    core = core_of(request)
+    response = render(request, "reach/app_passwords.html", status=status,
+                      items=await app_passwords.list_mine(core, actor), mail=_mail_settings(request),
+                      username=actor.username, second_factor=await totp.is_enrolled(core, actor.account_id), **ctx)
+    if "created" in ctx:
+        response.headers["Cache-Control"] = "no-store"  # the secret is in this page and nowhere else
+    return response
+
+
+@router.get(APP_PASSWORDS)
+async def app_passwords_page(request: Request) -> Response:
+    actor = await page_actor(request)
+    return await _app_passwords_page(request, actor, revoked=request.query_params.get("revoque") == "1")
+
+
+@router.post(APP_PASSWORDS)
+async def app_password_create(request: Request) -> Response:
+    actor, form = await form_actor(request)
+    label = str(form.get("label") or "")
+    try:
+        created = await app_passwords.create(core_of(request), actor, label)
+    except ServiceError as exc:
+        return await _app_passwords_page(request, actor, status=exc.status, error=exc.detail, label=label)
+    return await _app_passwords_page(request, actor, created=created)
+
+
+@router.post(APP_PASSWORDS + "/{app_password_id}/revoquer")
+async def app_password_revoke(request: Request, app_password_id: PathId) -> Response:
+    actor, _ = await form_actor(request)
+    try:
+        await app_passwords.revoke(core_of(request), actor, app_password_id)
+    except ServiceError as exc:
+        return await _app_passwords_page(request, actor, status=exc.status, error=exc.detail)
+    return RedirectResponse(APP_PASSWORDS + "?revoque=1", status_code=303)
 
 
 # --- the printer's suggestions ---------------------------------------------------------------

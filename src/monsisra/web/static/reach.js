@@ -1,6 +1,6 @@
 /* The installable app in the page: registers the service worker, marks a page served offline
    (« Hors ligne »), clears the offline copy on logout, and subscribes this device to Web Push
-   from Paramètres → Notifications. */
+   from Paramètres → Notifications; « Copier » buttons (an app password shown once). */
 (function () {
   "use strict";
   var CSRF = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
@@ -33,6 +33,31 @@
       });
     });
     pushButton();
+    copyButtons();
+  }
+
+  function copyButtons() {
+    document.querySelectorAll("[data-copy]").forEach(function (button) {
+      var source = document.querySelector(button.getAttribute("data-copy"));
+      var status = button.parentNode.querySelector("[data-copy-status]");
+      button.addEventListener("click", function () {
+        var text = source ? source.textContent.trim() : "";
+        var done = function () { if (status) { status.textContent = "Copié."; } };
+        if (navigator.clipboard && window.isSecureContext) {
+          navigator.clipboard.writeText(text).then(done, function () { selectText(source, status); });
+        } else { selectText(source, status); }
+      });
+    });
+  }
+
+  function selectText(node, status) {
+    if (!node) { return; }
+    var range = document.createRange();
+    range.selectNodeContents(node);
+    var sel = window.getSelection();
+    sel.removeAllRanges();
+    sel.addRange(range);
+    if (status) { status.textContent = "Sélectionné : copiez avec Ctrl+C (ou appui long sur mobile)."; }
   }
 
   function b64ToBytes(value) {
