@@ -104,6 +104,47 @@ def test_store_flags_visible_through_api(mail_server):
     c.logout()
 
 
+def select_status(c: imaplib.IMAP4, folder: str) -> dict[str, int]:
+    typ, _ = c.select(folder, readonly=True)
+    assert typ == "OK"
+    out = {}
+    for key in ("UIDNEXT", "HIGHESTMODSEQ"):
+        data = c.response(key)[1]
+        out[key] = int(data[-1])
+    return out
+
+
+def test_a_message_flagged_late_is_new_in_favoris(mail_server):
+    """Favoris has a uid space of its own: a message flagged long after it arrived (from the
+    web page) gets a uid at or above the UIDNEXT a client noted, CONDSTORE reports it, and
+    flagged again after leaving Favoris it is new once more; INBOX keeps its uid."""
+    subject = unique("Favori tardif ")
+    send_to_alice(mail_server, subject)
+    c = imap(mail_server)
+    c.enable("CONDSTORE")
+    c.select("INBOX")
+    inbox_uid = find_uid(c, subject)
+    before = select_status(c, "Favoris")
+    api = mail_server.login("alice.martin")
+    box = mailbox_id(api, ALICE)
+    message = next(i for i in api_items(api, "inbox") if i["subject"] == subject)
+    assert api.patch(f"/api/v1/mailboxes/{box}/messages/{message['id']}", json={"favorite": True}).status_code == 200
+    after = select_status(c, "Favoris")
+    fav_uid = find_uid(c, subject)
+    assert fav_uid >= before["UIDNEXT"] and after["UIDNEXT"] > fav_uid
+    typ, data = c.uid("FETCH", f"{before['UIDNEXT']}:*", f"(FLAGS) (CHANGEDSINCE {before['HIGHESTMODSEQ']})")
+    assert typ == "OK" and any(f"UID {fav_uid} ".encode() in d or f"UID {fav_uid})".encode() in d
+                               for d in data if isinstance(d, bytes)), data
+    # Off and on again: a newer uid in Favoris; INBOX never changed.
+    assert api.patch(f"/api/v1/mailboxes/{box}/messages/{message['id']}", json={"favorite": False}).status_code == 200
+    assert api.patch(f"/api/v1/mailboxes/{box}/messages/{message['id']}", json={"favorite": True}).status_code == 200
+    select_status(c, "Favoris")
+    assert find_uid(c, subject) > fav_uid
+    c.select("INBOX", readonly=True)
+    assert find_uid(c, subject) == inbox_uid
+    c.logout()
+
+
 def test_uid_move_to_archives(mail_server):
     subject = unique("Archive IMAP ")
     send_to_alice(mail_server, subject)
@@ -186,6 +227,81 @@ def test_condstore_and_qresync(mail_server):
     out = raw_command(c, b"R2 UID STORE 1:* (UNCHANGEDSINCE 1) +FLAGS.SILENT (\\Seen)")
     assert out[-1].startswith(b"R2 OK [MODIFIED "), out
     c.logout()
+
+
+def _uidset(text: str) -> set[int]:
+    out: set[int] = set()
+    for part in text.split(","):
+        a, _, b = part.partition(":")
+        out.update(range(int(a), int(b or a) + 1))
+    return out
+
+
+def test_qresync_vanished_is_exactly_what_was_removed_since(mail_server):
+    """The expunge history: a client resyncing with the modseq it noted is told exactly the uids
+    removed after it (archived from the web page, moved to the bin over IMAP, unflagged out of
+    Favoris) — not those removed before, nor the uids of other folders; FETCH (VANISHED) too.
+    Older than the pruned floor, the answer is every uid it cannot show."""
+    username, address, box = new_account(mail_server)
+    bruno = mail_server.login("bruno.petit")
+    subjects = [unique(f"Historique {n} ") for n in range(4)]
+    for subject in subjects:
+        r = bruno.post("/api/v1/messages", json={"from_mailbox": mailbox_id(bruno, f"bruno.petit@{DOMAIN}"),
+                                                 "to": [address], "subject": subject, "body": "Bonjour.",
+                                                 "category": "letter"})
+        assert r.status_code == 201, r.text
+    api = mail_server.login(username, "secret-pass-16")
+    ids = {i["subject"]: i["id"] for i in api.get(f"/api/v1/mailboxes/{box}/messages",
+                                                   params={"view": "inbox"}).json()["items"]}
+    c = imap(mail_server, username, "secret-pass-16")
+    assert c._simple_command("ENABLE", "QRESYNC")[0] == "OK"
+    c.select("INBOX")
+    uids = [find_uid(c, s) for s in subjects]
+    # Removed before the client's modseq: not reported again.
+    assert api.patch(f"/api/v1/mailboxes/{box}/messages/{ids[subjects[0]]}", json={"archived": True}).status_code == 200
+    c.close()
+    c.select("INBOX")
+    ok = b" ".join(c.untagged_responses.get("OK", []))
+    validity = int(re.search(rb"UIDVALIDITY (\d+)", ok).group(1))
+    noted = int(re.search(rb"HIGHESTMODSEQ (\d+)", ok).group(1))
+    # Removed after it: archived from the web page, and moved to the bin over IMAP.
+    assert api.patch(f"/api/v1/mailboxes/{box}/messages/{ids[subjects[1]]}", json={"archived": True}).status_code == 200
+    assert c.uid("STORE", str(uids[2]), "+FLAGS", "(\\Deleted)")[0] == "OK"
+    assert c.expunge()[0] == "OK"
+    c.close()
+    lines = raw_command(c, f"R1 SELECT INBOX (QRESYNC ({validity} {noted}))".encode())
+    assert lines[-1].startswith(b"R1 OK"), lines
+    vanished = [ln for ln in lines if ln.startswith(b"* VANISHED (EARLIER)")]
+    assert len(vanished) == 1 and _uidset(vanished[0].split()[-1].decode()) == {uids[1], uids[2]}, lines
+    out = raw_command(c, f"R2 UID FETCH 1:* (FLAGS) (CHANGEDSINCE {noted} VANISHED)".encode())
+    vanished = [ln for ln in out if ln.startswith(b"* VANISHED (EARLIER)")]
+    assert len(vanished) == 1 and _uidset(vanished[0].split()[-1].decode()) == {uids[1], uids[2]}, out
+    # Favoris: flagged then unflagged from the web page, its uid there vanishes from Favoris
+    # only; INBOX still shows the message under its own uid.
+    flag = f"/api/v1/mailboxes/{box}/messages/{ids[subjects[3]]}"
+    assert api.patch(flag, json={"favorite": True}).status_code == 200
+    c.select("Favoris")
+    fav_uid = find_uid(c, subjects[3])
+    fav_noted = int(c.response("HIGHESTMODSEQ")[1][-1])
+    assert api.patch(flag, json={"favorite": False}).status_code == 200
+    lines = raw_command(c, f"R4 SELECT Favoris (QRESYNC ({validity} {fav_noted}))".encode())
+    vanished = [ln for ln in lines if ln.startswith(b"* VANISHED (EARLIER)")]
+    assert len(vanished) == 1 and _uidset(vanished[0].split()[-1].decode()) == {fav_uid}, lines
+    lines = raw_command(c, f"R5 SELECT INBOX (QRESYNC ({validity} {fav_noted}))".encode())
+    assert not [ln for ln in lines if ln.startswith(b"* VANISHED")], lines
+    # The history pruned past the client's modseq: every uid the folder cannot show.
+    mail_server.call(_raise_floor, mail_server, box, noted + 1)
+    lines = raw_command(c, f"R6 SELECT INBOX (QRESYNC ({validity} {noted}))".encode())
+    vanished = [ln for ln in lines if ln.startswith(b"* VANISHED (EARLIER)")]
+    assert vanished and {uids[0], uids[1], uids[2]} <= _uidset(vanished[0].split()[-1].decode()), lines
+    c.logout()
+
+
+async def _raise_floor(server, mailbox: int, modseq: int) -> None:
+    from monsisra.store.reach import ImapVanishedFloor
+
+    async with server.core.write() as tx:
+        tx.session.add(ImapVanishedFloor(mailbox_id=mailbox, modseq=modseq))
 
 
 def _in_uidset(uid: int, text: str) -> bool:

@@ -1,5 +1,5 @@
 """Real mail clients against MonSisra (issue 16): ``mbsync`` (Debian isync) syncs the demo
-mailbox into a Maildir, ``mutt`` reads a message, ``curl`` speaks imap:// and smtp://."""
+mailbox into a Maildir, ``mutt`` reads a message and saves one to Archivés, ``curl`` speaks imap:// and smtp://."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.imap_support import DOMAIN, imap, mailbox_id
+from tests.imap_support import DOMAIN, imap, mailbox_id, new_account
 from tests.support import unique
 
 ALICE = f"alice.martin@{DOMAIN}"
@@ -177,3 +177,55 @@ def test_curl_imap_and_smtp(mail_server, tmp_path):
                               "--mail-from", f"bruno.petit@{DOMAIN}", "--mail-rcpt", ALICE, "-T", str(mail)],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0
+
+
+def test_mutt_save_to_archives_archives_the_message(mail_server, tmp_path):
+    """mutt's « save » (COPY into Archivés, then \\Deleted and EXPUNGE of the source) archives
+    the message: it is in Archivés once, no longer in INBOX, and not in the bin."""
+    mutt = need("mutt")
+    username, address, box = new_account(mail_server)
+    subject = unique("A archiver par mutt ")
+    bruno = mail_server.login("bruno.petit")
+    r = bruno.post("/api/v1/messages", json={"from_mailbox": mailbox_id(bruno, f"bruno.petit@{DOMAIN}"),
+                                             "to": [address], "subject": subject, "body": "A ranger.",
+                                             "category": "letter"})
+    assert r.status_code == 201
+    rc = tmp_path / "muttrc"
+    rc.write_text(f"""set imap_user={username}
+set imap_pass=secret-pass-16
+set ssl_starttls=yes
+set ssl_force_tls=yes
+set certificate_file={cert_of(mail_server)}
+set ssl_verify_host=no
+set folder=imaps://127.0.0.1:{mail_server.settings.imaps_port}/
+set spoolfile=+INBOX
+set header_cache=
+set mail_check=0
+set wait_key=no
+set confirmappend=no
+set confirmcreate=no
+set delete=yes
+set record=
+""")
+    # Save the only message to =Archiv&AOk-s (its IMAP name), write the mailbox, quit.
+    screen = run_in_pty([mutt, "-n", "-F", str(rc), "-e",
+                         'push "<first-entry><save-message>=Archiv&AOk-s<enter><sync-mailbox><quit>"'])
+    api = mail_server.login(username, "secret-pass-16")
+
+    def subjects(view: str) -> list[str]:
+        got = api.get(f"/api/v1/mailboxes/{box}/messages", params={"view": view, "limit": 50})
+        assert got.status_code == 200, got.text
+        return [i["subject"] for i in got.json()["items"]]
+
+    assert subjects("archived") == [subject], screen[-2000:]
+    assert subject not in subjects("inbox") and subject not in subjects("trash")
+    assert exists_of_user(mail_server, username, "INBOX") == 0
+    assert exists_of_user(mail_server, username, "Archiv&AOk-s") == 1
+
+
+def exists_of_user(mail_server, username: str, folder: str) -> int:
+    c = imap(mail_server, username, "secret-pass-16")
+    typ, data = c.select(folder, readonly=True)
+    c.logout()
+    assert typ == "OK"
+    return int(data[0])

@@ -1,7 +1,8 @@
 """Issue 16, item 3: the virtual printer. A real CUPS (``cupsd`` started here with a private
 configuration on a free 127.0.0.1 port) with the MonSisra queue and backend installed by
 ``monsisra printer install``; ``lp -d MonSisra lettre.pdf`` makes a draft with the PDF attached
-and the patient and recipients its text names as suggestions; the watched folder does the same;
+(``lettre.ps`` too, converted by Ghostscript) and the patient and recipients its text names as
+suggestions; the watched folder does the same;
 a job without a valid workstation token is refused and leaves nothing.
 """
 
@@ -79,6 +80,12 @@ def cups(tmp_path_factory):
 @pytest.fixture(scope="module")
 def printed_user(server):
     return make_pro(server, "Paul", "Imprimeur")
+
+
+def make_postscript(lines: list[str]) -> bytes:
+    """A one-page PostScript letter in Helvetica (ASCII lines)."""
+    body = "".join(f"72 {720 - 16 * n} moveto ({line}) show\n" for n, line in enumerate(lines))
+    return f"%!PS-Adobe-3.0\n/Helvetica findfont 12 scalefont setfont\n{body}showpage\n".encode()
 
 
 def _jobs(server, username: str) -> list[dict]:
@@ -165,6 +172,26 @@ def test_lp_to_the_monsisra_queue_makes_a_draft_with_suggestions(server, cups, p
     job = _jobs(server, username)[0]
     assert len(_jobs(server, username)) == known + 1 and job["title"] == "Compte rendu"
     assert job["suggestions"]["patient"]["family_name"] == "ROUX"
+
+    # PostScript, what older programs print: the backend converts it with Ghostscript (ps2pdf)
+    # and the draft holds a PDF whose text still suggests the recipients.
+    if shutil.which("ps2pdf") is None:
+        pytest.skip("Ghostscript is not installed (.ci/run installs ghostscript)")
+    postscript = tmp_path / "lettre.ps"
+    postscript.write_bytes(make_postscript(["Dr Alice MARTIN - Aurillac", "Cher confrere, Dr Bruno PETIT,",
+                                            "Je vous adresse ce patient pour avis."]))
+    known = len(_jobs(server, username))
+    lp = subprocess.run(["lp", "-h", cups["host"], "-d", "MonSisra", "-t", "Lettre PostScript", str(postscript)],
+                        capture_output=True, text=True, timeout=60)
+    assert lp.returncode == 0, lp.stderr
+    job = _wait_for_job(server, username, known, cups)
+    assert job["title"] == "Lettre PostScript"
+    assert "bruno.petit@monsisra.localhost" in [r["address"] for r in job["suggestions"]["recipients"]]
+    with server.login(username, "secret-pass") as c:
+        draft = c.get(f"/api/v1/mailboxes/{mailbox_id}/messages/{job['draft_id']}").json()
+        [attachment] = draft["attachments"]
+        assert attachment["content_type"] == "application/pdf" and attachment["filename"] == "Lettre PostScript.pdf"
+        assert c.get(f"/api/v1/attachments/{attachment['id']}").content.startswith(b"%PDF-")
 
 
 def test_a_job_without_a_valid_token_is_refused_and_leaves_nothing(server, printed_user):

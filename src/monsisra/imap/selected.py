@@ -76,7 +76,8 @@ class SelectedCommands:
         targets = self._targets(sel, seqset, uid)
         if vanished:
             largest = sel.uidnext - 1
-            await self._vanished_earlier(sel, [r for r in seqset if r.resolve(largest)[0] <= largest])
+            await self._vanished_earlier(sel, [r for r in seqset if r.resolve(largest)[0] <= largest],
+                                         changedsince)
         for u in targets:
             item = sel.items[u]
             if changedsince is not None and item.modseq <= changedsince:

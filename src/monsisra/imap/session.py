@@ -403,23 +403,27 @@ class Session(SelectedCommands):
             return
         since = int(params[1])
         known = _seqset(str(params[2])) if len(params) > 2 and not isinstance(params[2], list) else None
-        await self._vanished_earlier(sel, known)
+        await self._vanished_earlier(sel, known, since)
         for uid in sel.uids:
             item = sel.items[uid]
             if item.modseq > since:
                 await self.untagged(
                     f"{sel.seq_of(uid)} FETCH (UID {uid} FLAGS {sel.flags(item)} MODSEQ ({item.modseq}))")
 
-    async def _vanished_earlier(self, sel: Selected, known) -> None:
-        """Uids the client may know that are gone: every uid below UIDNEXT (or in ``known``) not
-        in the folder now. The store keeps no expunge history: the full set is what RFC 7162
-        asks of such a server."""
+    async def _vanished_earlier(self, sel: Selected, known, since: int | None = None) -> None:
+        """Uids the client may know (below UIDNEXT, or in ``known``) that are gone: those the
+        expunge history says were removed after ``since``; when it no longer reaches that far
+        back (or without ``since``), every such uid not in the folder now (RFC 7162 allows it)."""
         present = set(sel.uids)
+        removed = None if since is None else \
+            await mail_access.vanished_since(self.core, self.actor, sel.folder, since)  # type: ignore[arg-type]
         if known is None:
-            gone = [u for u in range(1, sel.uidnext) if u not in present]
+            candidates = range(1, sel.uidnext) if removed is None else removed
+            gone = [u for u in candidates if u not in present and u < sel.uidnext]
         else:
-            gone = [u for r in known for u in range(r.resolve(sel.uidnext - 1)[0], r.resolve(sel.uidnext - 1)[1] + 1)
-                    if u not in present and u < sel.uidnext]
+            wanted = {u for r in known for u in range(r.resolve(sel.uidnext - 1)[0], r.resolve(sel.uidnext - 1)[1] + 1)}
+            candidates = sorted(wanted) if removed is None else [u for u in removed if u in wanted]
+            gone = [u for u in candidates if u not in present and u < sel.uidnext]
         if gone:
             await self.untagged(f"VANISHED (EARLIER) {compress(gone)}")
 

@@ -6,14 +6,22 @@ gives INBOX (« Réception »), Envoyés (\\Sent), Brouillons (\\Drafts), Archiv
 Favoris (\\Flagged), Corbeille (\\Trash) and one folder per category. A message's IMAP uid is
 its delivery's ``uid``: strictly increasing per mailbox, and renewed when the message changes
 folder (archived, to the bin and back — ``messages.states``), so a folder never shows a uid
-below one it has announced. Favoris and the category folders overlap the others: a message
-flagged long after it arrived joins Favoris with its existing uid.
+below one it has announced. Favoris overlaps the others with a uid space of its own: a message
+takes a new uid of the mailbox (``favorite_uid``) each time it enters Favoris, so a client that
+syncs by UIDNEXT sees a message flagged long after it arrived. Category folders overlap the
+others with the message's uid.
 
 Flags: ``\\Seen`` is read, ``\\Flagged`` is favourite, ``$Todo`` is « à traiter »; ``\\Deleted``
 is kept by the IMAP session and EXPUNGE puts the messages in the bin (restorable 30 days).
+
 Every change goes through ``messages.update_state`` — the same rules, audit and live events as
 the web page. Messages are served from their stored raw MIME when kept (received by SMTP),
 else rendered once through ``domain.mail`` into a cache file; clients read slices of files.
+
+A message has one place in a mailbox, so COPY into Archivés, INBOX or Corbeille *moves* it (the
+source keeps nothing; into Favoris it flags it, and it stays where it was). Clients save that
+way — mutt's « save » is COPY, then \\Deleted and EXPUNGE of the source — so EXPUNGE leaves
+alone a message that already left the folder: saved to Archivés, it is archived, never binned.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from monsisra.services import accounts, app_passwords, audit, mailboxes, message
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import AuthFailed, Conflict, NotFound
 from monsisra.store.models import VIEW_SQL, Delivery, Mailbox, MailboxAccess, Message
+from monsisra.store.reach import ImapVanished, ImapVanishedFloor
 
 SEEN, FLAGGED, DELETED, DRAFT, TODO = "\\Seen", "\\Flagged", "\\Deleted", "\\Draft", "$Todo"
 PERMANENT_FLAGS = (SEEN, FLAGGED, DELETED, TODO)
@@ -189,14 +198,15 @@ async def snapshot(core: Core, actor: Actor, f: Folder, uids: list[int] | None =
     bookkeeping; access checked now (a delegation taken back ends the view at the next look)."""
     d = Delivery.__table__.c
     m = Message.__table__.c
-    stmt = (sa.select(d.uid, d.message_id, d.role, d.read, d.favorite, d.todo, d.modseq, d.created_at,
+    uid = _uid_column(f)
+    stmt = (sa.select(uid, d.message_id, d.role, d.read, d.favorite, d.todo, d.modseq, d.created_at,
                       m.raw_sha256, m.patient_id)
             .join(Message.__table__, m.id == d.message_id)
-            .where(d.mailbox_id == f.mailbox_id, sa.text(_qualified(f.condition()))).order_by(d.uid))
+            .where(d.mailbox_id == f.mailbox_id, sa.text(_qualified(f.condition()))).order_by(uid))
     if f.category:
         stmt = stmt.where(d.category == f.category)
     if uids is not None:
-        stmt = stmt.where(d.uid.in_(uids[:1000]))
+        stmt = stmt.where(uid.in_(uids[:1000]))
     async with core.read() as s:
         await mailboxes.require_right(s, actor, f.mailbox_id, Right.READ)
         box = (await s.execute(sa.select(Mailbox.uidvalidity, Mailbox.next_uid, Mailbox.modseq)
@@ -218,11 +228,34 @@ async def modseq(core: Core, actor: Actor, f: Folder) -> int:
         return int(row.modseq) if row is not None else 0
 
 
+def _uid_column(f: Folder) -> Any:
+    """A message's uid in this folder: Favoris has its own (``favorite_uid``, see the docstring)."""
+    d = Delivery.__table__.c
+    return sa.func.coalesce(d.favorite_uid, d.uid) if f.view == FAVORITES else d.uid
+
+
 def _qualified(cond: str) -> str:
     """A view's condition on ``deliveries`` columns, usable beside ``messages`` in a join."""
     import re
 
     return re.sub(r"\b(role|archived|deleted|read|favorite|todo)\b", r"deliveries.\1", cond)
+
+
+async def vanished_since(core: Core, actor: Actor, f: Folder, since: int) -> list[int] | None:
+    """The uids removed from the folder's mailbox after ``since`` (QRESYNC), from its expunge
+    history (``messages.placement.record_vanished``); None when ``since`` is older than what the
+    history still holds (pruned after 90 days, or before it began): the caller then answers
+    every uid it cannot show. Uids that left Favoris alone count for Favoris only."""
+    async with core.read() as s:
+        await mailboxes.require_right(s, actor, f.mailbox_id, Right.READ)
+        floor = await s.scalar(sa.select(ImapVanishedFloor.modseq).where(ImapVanishedFloor.mailbox_id == f.mailbox_id))
+        if floor is not None and since < floor:
+            return None
+        stmt = sa.select(ImapVanished.uid).where(ImapVanished.mailbox_id == f.mailbox_id,
+                                                 ImapVanished.modseq > since)
+        if f.view != FAVORITES:
+            stmt = stmt.where(ImapVanished.favorites_only.is_(False))
+        return sorted(set(await s.scalars(stmt)))
 
 
 async def status(core: Core, actor: Actor, f: Folder) -> dict[str, int]:
@@ -270,7 +303,7 @@ async def move(core: Core, actor: Actor, src: Folder, dst: Folder, item: Item, *
         changes["favorite"] = False
     await messages.update_state(core, actor, src.mailbox_id, item.message_id, changes, role=item.role)
     async with core.read() as s:
-        return await s.scalar(sa.select(Delivery.uid).where(
+        return await s.scalar(sa.select(_uid_column(dst)).where(
             Delivery.mailbox_id == src.mailbox_id, Delivery.message_id == item.message_id,
             Delivery.role == item.role, sa.text(dst.condition())).order_by(Delivery.id.desc()).limit(1))
 
@@ -281,8 +314,11 @@ async def expunge(core: Core, actor: Actor, f: Folder, items: list[Item]) -> lis
         return []
     if not f.writable:
         raise Conflict("accès en lecture seule à cette boîte")
+    # Only what is still in the folder under that uid: a message copied to Archivés (mutt's save
+    # is COPY, \Deleted, EXPUNGE) has already left it and must not follow into the bin.
+    still = {i.uid for i in (await snapshot(core, actor, f, [i.uid for i in items])).items}
     gone = []
-    for item in items:
+    for item in [i for i in items if i.uid in still]:
         await messages.update_state(core, actor, f.mailbox_id, item.message_id, {"deleted": True}, role=item.role)
         gone.append(item.uid)
     return gone

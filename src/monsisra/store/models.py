@@ -243,6 +243,9 @@ class Delivery(Base):
     deleted: Mapped[bool] = mapped_column(default=False)
     deleted_at: Mapped[datetime | None] = mapped_column(UTC)  # when it went to the bin (purged after 30 days)
     modseq: Mapped[int] = mapped_column(sa.BigInteger, default=1)
+    # Its uid in the IMAP folder Favoris, taken from the mailbox's uids each time it enters it
+    # (NULL: ``uid``), so a message flagged long after it arrived is new there too.
+    favorite_uid: Mapped[int | None] = mapped_column(sa.BigInteger)
     first_read_at: Mapped[datetime | None] = mapped_column(UTC)
     first_read_by: Mapped[int | None] = mapped_column(sa.ForeignKey("accounts.id"))
 

@@ -104,3 +104,29 @@ class AppPassword(Base):
     last_used_via: Mapped[str | None] = mapped_column(Line(20))  # imap, submission
     last_used_client: Mapped[str | None] = mapped_column(Line(120))
     revoked_at: Mapped[datetime | None] = mapped_column(UTC)
+
+
+class ImapVanished(Base):
+    """A uid that stopped naming a message of a mailbox's IMAP folders (QRESYNC's expunge
+    history, RFC 7162): ``favorites_only`` when it left Favoris alone (its uid there). Kept
+    90 days; ``ImapVanishedFloor`` says from which modseq the history of a mailbox is whole."""
+
+    __tablename__ = "imap_vanished"
+    __table_args__ = (sa.Index("ix_imap_vanished_mailbox_modseq", "mailbox_id", "modseq"),)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(sa.ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    uid: Mapped[int] = mapped_column(sa.BigInteger)
+    modseq: Mapped[int] = mapped_column(sa.BigInteger)
+    favorites_only: Mapped[bool] = mapped_column(default=False)
+    removed_at: Mapped[datetime] = mapped_column(UTC, default=_now)
+
+
+class ImapVanishedFloor(Base):
+    """The modseq below which a mailbox's removals are no longer all known (history pruned, or
+    removals before the history began); no row: whole since the mailbox was created."""
+
+    __tablename__ = "imap_vanished_floor"
+
+    mailbox_id: Mapped[int] = mapped_column(sa.ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True)
+    modseq: Mapped[int] = mapped_column(sa.BigInteger)

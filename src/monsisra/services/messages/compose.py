@@ -36,6 +36,7 @@ from monsisra.services.messages.placement import (
     lock_mailboxes,
     new_message_id,
     place,
+    record_vanished,
 )
 from monsisra.store.models import (
     Attachment,
@@ -354,12 +355,16 @@ async def _discard_draft(tx: Tx, actor: Actor, mailbox_id: int, message_id: int)
         Delivery.deleted.is_(False)))
     if delivery is None:
         raise NotFound("brouillon introuvable")
+    gone = (await s.execute(sa.select(Delivery.mailbox_id, Delivery.uid).where(
+        Delivery.message_id == message_id))).all()
     # A draft was never delivered anywhere: it can really go.
     await s.execute(sa.delete(Delivery).where(Delivery.message_id == message_id))
     await s.execute(sa.delete(Recipient).where(Recipient.message_id == message_id))
     await s.execute(sa.delete(MessageAttachment).where(MessageAttachment.message_id == message_id))
     await s.execute(sa.delete(Message).where(Message.id == message_id, Message.is_draft.is_(True)))
-    await bump_modseq(s, mailbox_id)
+    modseq = await bump_modseq(s, mailbox_id)
+    for box, uid in gone:  # IMAP's expunge history (placement.record_vanished)
+        await record_vanished(s, box, [uid], modseq if box == mailbox_id else await bump_modseq(s, box))
 
 
 NO_REPLY = "ce message n'attend pas de réponse : on ne peut pas y répondre"

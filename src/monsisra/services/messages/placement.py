@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from monsisra.domain.clock import utcnow
 from monsisra.domain.model import Role
 from monsisra.domain.text import (
     fold,
@@ -25,6 +26,7 @@ from monsisra.store.models import (
     Mailbox,
     Message,
 )
+from monsisra.store.reach import ImapVanished, ImapVanishedFloor
 
 
 def new_message_id(domain: str) -> str:
@@ -138,6 +140,36 @@ async def bump_modseq(session: AsyncSession, mailbox_id: int) -> int:
         sa.update(Mailbox).where(Mailbox.id == mailbox_id).values(modseq=Mailbox.modseq + 1)
         .returning(Mailbox.modseq)
     )).scalar_one()
+
+
+VANISHED_KEEP_DAYS = 90
+
+
+async def record_vanished(session: AsyncSession, mailbox_id: int, uids, modseq: int,
+                          favorites_only: bool = False) -> None:
+    """Remember uids that stop naming a message of the mailbox's IMAP folders, at ``modseq``
+    (the change that removed them): QRESYNC answers exactly what vanished since a client's
+    modseq (``mail_access.vanished_since``). ``favorites_only``: the uid left Favoris alone."""
+    rows = [{"mailbox_id": mailbox_id, "uid": int(u), "modseq": modseq, "favorites_only": favorites_only,
+             "removed_at": utcnow()} for u in uids]
+    if rows:
+        await session.execute(sa.insert(ImapVanished), rows)
+
+
+async def prune_vanished(session: AsyncSession, now: datetime) -> int:
+    """Forget removals older than 90 days; each mailbox's floor rises to the newest modseq
+    forgotten, so that a client older than that is answered the whole list."""
+    cutoff = now - timedelta(days=VANISHED_KEEP_DAYS)
+    floors = (await session.execute(sa.select(ImapVanished.mailbox_id, sa.func.max(ImapVanished.modseq))
+                                    .where(ImapVanished.removed_at < cutoff)
+                                    .group_by(ImapVanished.mailbox_id))).all()
+    for mailbox_id, modseq in floors:
+        current = await session.get(ImapVanishedFloor, mailbox_id)
+        if current is None:
+            session.add(ImapVanishedFloor(mailbox_id=mailbox_id, modseq=modseq))
+        elif current.modseq < modseq:
+            current.modseq = modseq
+    return (await session.execute(sa.delete(ImapVanished).where(ImapVanished.removed_at < cutoff))).rowcount
 
 
 async def renew_uid(session: AsyncSession, mailbox_id: int) -> tuple[int, int]:

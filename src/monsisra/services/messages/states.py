@@ -15,7 +15,13 @@ from monsisra.domain.model import Access, Category, Role, View
 from monsisra.services import audit, mailboxes
 from monsisra.services.core import Actor, Core, Tx
 from monsisra.services.errors import Invalid, NotFound
-from monsisra.services.messages.placement import bump_modseq, lock_mailboxes, renew_uid
+from monsisra.services.messages.placement import (
+    bump_modseq,
+    lock_mailboxes,
+    prune_vanished,
+    record_vanished,
+    renew_uid,
+)
 from monsisra.store.models import (
     TRASH_VIEW,
     VIEW_SQL,
@@ -51,10 +57,26 @@ async def _set_flags(core: Core, actor: Actor, delivery_id: int, flags: dict[str
             return
         # The mailbox first (see placement.lock_mailboxes). Archiving, the bin and back move the
         # message between IMAP folders: it takes a new uid, above any its new folder has shown.
-        if "archived" in changed or "deleted" in changed:
-            d.uid, modseq = await renew_uid(s, d.mailbox_id)
+        # Entering Favoris (flagged, or back from the bin flagged) gives it a new uid there.
+        # The uids left behind are QRESYNC's expunge history (placement.record_vanished).
+        moves = "archived" in changed or "deleted" in changed
+        favorite_after = changed.get("favorite", d.favorite) and not changed.get("deleted", d.deleted)
+        in_favorites = d.favorite and not d.deleted
+        enters_favorites = favorite_after and not in_favorites
+        old_uid, old_favorite_uid = d.uid, (d.favorite_uid or d.uid) if in_favorites else None
+        if moves or enters_favorites:
+            uid, modseq = await renew_uid(s, d.mailbox_id)
+            if moves:
+                d.uid = uid
+                await record_vanished(s, d.mailbox_id, [old_uid], modseq)
+            if enters_favorites:
+                d.favorite_uid = uid
         else:
             modseq = await bump_modseq(s, d.mailbox_id)
+        new_favorite_uid = (d.favorite_uid or d.uid) if favorite_after else None
+        if old_favorite_uid is not None and old_favorite_uid != new_favorite_uid \
+                and not (moves and old_favorite_uid == old_uid):
+            await record_vanished(s, d.mailbox_id, [old_favorite_uid], modseq, favorites_only=True)
         for k, v in changed.items():
             setattr(d, k, v)
         if "deleted" in changed:
@@ -141,7 +163,7 @@ async def purge_trash(tx: Tx, now: datetime, batch: int = 10_000) -> tuple[int, 
     """
     s = tx.session
     rows = (await s.execute(
-        sa.select(Delivery.id, Delivery.mailbox_id, Delivery.message_id)
+        sa.select(Delivery.id, Delivery.mailbox_id, Delivery.message_id, Delivery.uid)
         .where(sa.text(VIEW_SQL[TRASH_VIEW]), Delivery.deleted_at < now - TRASH_KEEP)
         .order_by(Delivery.deleted_at).limit(batch))).all()
     if not rows:
@@ -150,7 +172,9 @@ async def purge_trash(tx: Tx, now: datetime, batch: int = 10_000) -> tuple[int, 
     await lock_mailboxes(s, boxes)
     await s.execute(sa.delete(Delivery).where(Delivery.id.in_([r.id for r in rows])))
     for mailbox_id in boxes:  # a removal is a change of the mailbox (IMAP expunge)
-        await bump_modseq(s, mailbox_id)
+        modseq = await bump_modseq(s, mailbox_id)
+        await record_vanished(s, mailbox_id, [r.uid for r in rows if r.mailbox_id == mailbox_id], modseq)
+    await prune_vanished(s, now)
     candidates = {r.message_id for r in rows}
     held = set(await s.scalars(sa.select(Delivery.message_id).where(Delivery.message_id.in_(candidates))))
     in_flight = set(await s.scalars(sa.select(Recipient.message_id).where(
