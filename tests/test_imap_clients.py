@@ -202,14 +202,15 @@ set spoolfile=+INBOX
 set header_cache=
 set mail_check=0
 set wait_key=no
+set charset=utf-8
 set confirmappend=no
 set confirmcreate=no
 set delete=yes
 set record=
 """)
-    # Save the only message to =Archiv&AOk-s (its IMAP name), write the mailbox, quit.
+    # Save the only message to =Archivés (mutt writes it Archiv&AOk-s), write the mailbox, quit.
     screen = run_in_pty([mutt, "-n", "-F", str(rc), "-e",
-                         'push "<first-entry><save-message>=Archiv&AOk-s<enter><sync-mailbox><quit>"'])
+                         'push "<first-entry><save-message>=Archivés<enter><sync-mailbox><quit>"'])
     api = mail_server.login(username, "secret-pass-16")
 
     def subjects(view: str) -> list[str]:
@@ -217,7 +218,7 @@ set record=
         assert got.status_code == 200, got.text
         return [i["subject"] for i in got.json()["items"]]
 
-    assert subjects("archived") == [subject], screen[-2000:]
+    assert subjects("archived") == [subject], (subjects("inbox"), subjects("trash"), screen[-6000:])
     assert subject not in subjects("inbox") and subject not in subjects("trash")
     assert exists_of_user(mail_server, username, "INBOX") == 0
     assert exists_of_user(mail_server, username, "Archiv&AOk-s") == 1
