@@ -450,3 +450,77 @@ def test_many_connections_at_once_are_not_taken_for_an_attack(mail_server):
 
     with ThreadPoolExecutor(10) as pool:
         assert list(pool.map(one, range(10))) == ["OK"] * 10
+
+
+def _appended_uid(data: list) -> int:
+    m = re.search(rb"APPENDUID \d+ (\d+)\]", b" ".join(d for d in data if isinstance(d, bytes)))
+    assert m, data
+    return int(m.group(1))
+
+
+def test_append_to_brouillons_makes_a_draft_and_to_envoyes_finds_the_sent_copy(mail_server):
+    """APPEND: into Brouillons a draft the web page lists (a large one streamed to disk); into
+    Envoyés the copy Thunderbird saves after sending through our submission answers the uid of
+    the message already there (same Message-ID) instead of a second copy; any other folder, a
+    message too big, CREATE/DELETE/RENAME: NO [CANNOT]/[TOOBIG] with a reason, nothing changes."""
+    from email.message import EmailMessage
+
+    from tests.imap_support import smtp
+
+    username, address, box = new_account(mail_server)
+    api = mail_server.login(username, "secret-pass-16")
+
+    def subjects(view: str) -> list[str]:
+        r = api.get(f"/api/v1/mailboxes/{box}/messages", params={"view": view, "limit": 50})
+        assert r.status_code == 200, r.text
+        return [i["subject"] for i in r.json()["items"]]
+
+    draft = EmailMessage()
+    draft["From"], draft["To"], draft["Subject"] = address, f"bruno.petit@{DOMAIN}", unique("Brouillon IMAP ")
+    draft.set_content("Cher confrère,\nbrouillon écrit dans Thunderbird.\n")
+    draft.add_attachment(b"%PDF-1.4\n" + b"0" * 300_000, maintype="application", subtype="pdf",
+                         filename="compte-rendu.pdf")  # > 64 KB: the literal goes to a file
+    c = imap(mail_server, username, "secret-pass-16")
+    typ, data = c.append("Brouillons", "(\\Draft)", None, draft.as_bytes())
+    assert typ == "OK", data
+    uid = _appended_uid(data)
+    assert subjects("drafts") == [draft["Subject"]]
+    c.select("Brouillons", readonly=True)
+    assert find_uid(c, draft["Subject"]) == uid
+    saved = next(i for i in api.get(f"/api/v1/mailboxes/{box}/messages", params={"view": "drafts"}).json()["items"])
+    full = api.get(f"/api/v1/mailboxes/{box}/messages/{saved['id']}").json()
+    assert [t["address"] for t in full["to"]] == [f"bruno.petit@{DOMAIN}"]
+    assert [a["filename"] for a in full["attachments"]] == ["compte-rendu.pdf"]
+    # Sent through the submission, then the client saves its copy in Envoyés: not twice.
+    sent = EmailMessage()
+    sent["From"], sent["To"], sent["Subject"] = address, f"bruno.petit@{DOMAIN}", unique("Envoi Thunderbird ")
+    sent["Message-ID"] = f"<{unique('tb')}@client.test>"
+    sent.set_content("Bonjour.\n")
+    with smtp(mail_server, username, "secret-pass-16") as s:
+        assert s.send_message(sent) == {}
+    assert subjects("sent") == [sent["Subject"]]
+    c.select("Envoy&AOk-s", readonly=True)
+    sent_uid = find_uid(c, sent["Subject"])
+    typ, data = c.append("Envoy&AOk-s", "(\\Seen)", None, sent.as_bytes())
+    assert typ == "OK" and _appended_uid(data) == sent_uid, data
+    assert subjects("sent") == [sent["Subject"]]
+    # A copy of something we never sent, other folders, folder management: refused, no change.
+    other = EmailMessage()
+    other["From"], other["To"], other["Subject"] = address, f"bruno.petit@{DOMAIN}", unique("Inconnu ")
+    other.set_content("Jamais envoyé.\n")
+    typ, data = c.append("Envoy&AOk-s", None, None, other.as_bytes())
+    assert typ == "NO" and b"CANNOT" in data[0] and b"soumission" in data[0], data
+    for folder in ("INBOX", "Archiv&AOk-s", "Favoris"):
+        typ, data = c.append(folder, None, None, other.as_bytes())
+        assert typ == "NO" and b"[CANNOT]" in data[0] and b"Brouillons" in data[0], (folder, data)
+    for typ, data in (c.create("Perso"), c.delete("Archiv&AOk-s"), c.rename("Favoris", "Perso")):
+        assert typ == "NO" and b"[CANNOT]" in data[0] and b"MonSisra" in data[0], data
+    assert subjects("inbox") == [] and subjects("sent") == [sent["Subject"]]
+    assert subjects("drafts") == [draft["Subject"]]
+    # Over the size limit: refused before the client sends it (synchronising literal).
+    limit = mail_server.settings.max_message_bytes
+    out = raw_command(c, f"R1 APPEND Brouillons {{{limit + 1}}}".encode())
+    assert out[-1].startswith(b"R1 NO [TOOBIG]"), out
+    assert c.noop()[0] == "OK"  # the connection goes on
+    assert subjects("drafts") == [draft["Subject"]]
+    c.logout()

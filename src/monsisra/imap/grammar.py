@@ -1,16 +1,20 @@
 """The IMAP4rev1 command grammar (RFC 3501, with LITERAL+ RFC 7888, CONDSTORE/QRESYNC RFC 7162):
 reading a command line with its literals off the wire, and a recursive-descent parser for the
 pieces commands are made of (atoms, quoted strings, literals, lists, sequence sets, FETCH items,
-SEARCH keys). Pure: bytes in, values out; :class:`Bad` for anything that does not parse.
+SEARCH keys). Bytes in, values out — except APPEND's large literals, written to files as they
+arrive; :class:`Bad` for anything that does not parse.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 
 MAX_LINE = 64 * 1024
 MAX_LITERAL = 64 * 1024 * 1024
@@ -32,38 +36,109 @@ class RawCommand:
     """A command's text with NULs where its literals were, and the literals in order."""
 
     text: bytes
-    literals: list[bytes] = field(default_factory=list)
+    literals: list[bytes | Spooled] = field(default_factory=list)
+
+    def discard(self) -> None:
+        for lit in self.literals:
+            if isinstance(lit, Spooled):
+                lit.path.unlink(missing_ok=True)
 
 
-async def read_command(reader: asyncio.StreamReader, continuation: Callable[[], Awaitable[None]]) -> RawCommand | None:
+@dataclass
+class Spooled:
+    """An APPEND literal written to a file as it arrived (never whole in memory)."""
+
+    path: Path
+    size: int
+
+
+class TooBig(Exception):
+    """An APPEND literal over the message size limit: answered ``NO [TOOBIG]``."""
+
+    def __init__(self, tag: str, limit: int) -> None:
+        super().__init__(f"message trop gros (limite {limit // (1024 * 1024)} Mo)")
+        self.tag = tag
+
+
+_APPEND = re.compile(rb"^(\S+) APPEND ", re.IGNORECASE)
+CHUNK = 64 * 1024
+
+
+async def _spool(reader: asyncio.StreamReader, size: int, directory: Path) -> Spooled:
+    fd, name = await asyncio.to_thread(_new_file, directory)
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            left = size
+            while left:
+                chunk = await reader.readexactly(min(CHUNK, left))
+                await asyncio.to_thread(fh.write, chunk)
+                left -= len(chunk)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return Spooled(path, size)
+
+
+def _new_file(directory: Path) -> tuple[int, str]:
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return tempfile.mkstemp(dir=directory, prefix="append-")
+
+
+async def _skip(reader: asyncio.StreamReader, size: int) -> None:
+    left = size
+    while left:
+        left -= len(await reader.readexactly(min(CHUNK, left)))
+
+
+async def read_command(reader: asyncio.StreamReader, continuation: Callable[[], Awaitable[None]],
+                       spool_dir: Path | None = None, max_append: int = MAX_LITERAL) -> RawCommand | None:
     """One command off the wire (None at end of stream). A synchronising literal ``{n}`` is
-    answered with ``continuation()`` before its bytes are read; ``{n+}`` is not (LITERAL+)."""
+    answered with ``continuation()`` before its bytes are read; ``{n+}`` is not (LITERAL+).
+    APPEND's literals go to files in ``spool_dir`` as they arrive; one over ``max_append`` is
+    :class:`TooBig` — refused before it is sent when synchronising, read and dropped if not."""
     parts: list[bytes] = []
-    literals: list[bytes] = []
+    literals: list[bytes | Spooled] = []
     total = 0
     while True:
         try:
             line = await reader.readuntil(b"\n")
         except asyncio.IncompleteReadError as exc:
+            RawCommand(b"", literals).discard()
             if not exc.partial and not parts:
                 return None
             raise Bad("ligne incomplete") from None
         except asyncio.LimitOverrunError:
+            RawCommand(b"", literals).discard()
             raise LineTooLong("ligne trop longue") from None
         total += len(line)
         if total > MAX_LINE:
+            RawCommand(b"", literals).discard()
             raise LineTooLong("commande trop longue")
         m = _LITERAL_TAIL.search(line)
         if m is None:
             parts.append(line.rstrip(b"\r\n"))
             return RawCommand(b"".join(parts), literals)
         size = int(m.group(1))
-        if size > MAX_LITERAL:
-            raise LineTooLong("litteral trop grand")
         parts.append(line[: m.start()] + bytes([LITERAL_MARK]))
+        append = spool_dir is not None and _APPEND.match(parts[0])
+        if append and size > max_append:
+            RawCommand(b"", literals).discard()
+            if m.group(2) and size <= MAX_LITERAL:  # LITERAL+: the bytes come anyway
+                await _skip(reader, size)
+                await reader.readuntil(b"\n")
+            elif m.group(2):
+                raise LineTooLong("litteral trop grand")
+            raise TooBig(append.group(1).decode("ascii", "replace"), max_append)
+        if size > MAX_LITERAL:
+            RawCommand(b"", literals).discard()
+            raise LineTooLong("litteral trop grand")
         if not m.group(2):
             await continuation()
-        literals.append(await reader.readexactly(size))
+        if append and size > CHUNK:
+            literals.append(await _spool(reader, size, spool_dir))  # type: ignore[arg-type]
+        else:
+            literals.append(await reader.readexactly(size))
 
 
 @dataclass(frozen=True)
@@ -175,7 +250,19 @@ class Parser:
         if not self.at_end():
             raise Bad("caracteres en trop en fin de commande")
 
+    def message_literal(self) -> bytes | Spooled:
+        """APPEND's message: in memory when small, else a file (see :func:`read_command`)."""
+        if self.peek() != LITERAL_MARK:
+            raise Bad("message attendu en litteral {taille}")
+        return self._take_any_literal()
+
     def _take_literal(self) -> bytes:
+        lit = self._take_any_literal()
+        if not isinstance(lit, bytes):
+            raise Bad("litteral inattendu")
+        return lit
+
+    def _take_any_literal(self) -> bytes | Spooled:
         if self.lit_i >= len(self.lits):
             raise Bad("litteral manquant")
         self.i += 1

@@ -21,6 +21,8 @@ from monsisra.imap.grammar import (
     LineTooLong,
     Parser,
     RawCommand,
+    Spooled,
+    TooBig,
     compress,
     in_set,
     read_command,
@@ -113,7 +115,12 @@ class Session(SelectedCommands):
         await self.untagged(f"OK [CAPABILITY {self.caps()}] MonSisra IMAP pret")
         while not self.done:
             try:
-                raw = await asyncio.wait_for(read_command(self.reader, self._continue), AUTOLOGOUT)
+                raw = await asyncio.wait_for(read_command(
+                    self.reader, self._continue, self.core.settings.data_dir / "imap-append",
+                    self.core.settings.max_message_bytes), AUTOLOGOUT)
+            except TooBig as exc:
+                await self.send(self.line(f"{exc.tag} NO [TOOBIG] {exc}"))
+                continue
             except TimeoutError:
                 await self.untagged("BYE deconnexion apres inactivite")
                 return
@@ -125,7 +132,10 @@ class Session(SelectedCommands):
                 continue
             if raw is None:
                 return
-            await self.dispatch(raw)
+            try:
+                await self.dispatch(raw)
+            finally:
+                raw.discard()
 
     async def _continue(self) -> None:
         await self.send(b"+ pret pour le litteral\r\n")
@@ -337,7 +347,33 @@ class Session(SelectedCommands):
     cmd_delete = cmd_rename = cmd_create
 
     async def cmd_append(self, tag: str, p: Parser) -> str:
-        raise No("envoyez par la soumission SMTP : la copie est classee dans Envoyes", "CANNOT")
+        """Into Brouillons (a draft) or Envoyés (the copy of a message sent by our submission);
+        other folders are MonSisra's views (``mail_access.append``)."""
+        p.sp()
+        f = await mail_access.folder(self.core, self.actor, p.mailbox())  # type: ignore[arg-type]
+        p.sp()
+        if p.peek() == ord("("):
+            p.flag_list()  # a draft is \\Draft and a sent copy \\Seen whatever the client says
+            p.sp()
+        if p.peek() == ord('"'):
+            p.datetime_()  # the message's date is its own
+            p.sp()
+        literal = p.message_literal()
+        p.end()
+        if isinstance(literal, Spooled):
+            if literal.size > self.core.settings.max_message_bytes:
+                raise No("message trop gros", "TOOBIG")
+            data = await asyncio.to_thread(literal.path.read_bytes)
+        else:
+            data = literal
+        if len(data) > self.core.settings.max_message_bytes:
+            raise No("message trop gros", "TOOBIG")
+        try:
+            uid = await mail_access.append(self.core, self.actor, f, data)  # type: ignore[arg-type]
+        except Conflict as exc:
+            raise No(exc.detail, "CANNOT") from None
+        box = await mail_access.snapshot(self.core, self.actor, f, [uid])  # type: ignore[arg-type]
+        return f"[APPENDUID {box.uidvalidity} {uid}] APPEND termine"
 
     async def cmd_status(self, tag: str, p: Parser) -> str:
         p.sp()

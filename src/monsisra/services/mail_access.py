@@ -40,11 +40,11 @@ import sqlalchemy as sa
 
 from monsisra.domain import delegation
 from monsisra.domain.delegation import Right
-from monsisra.domain.mail import structure
-from monsisra.domain.model import CATEGORY_LABELS, Category
-from monsisra.services import accounts, app_passwords, audit, mailboxes, messages, totp
+from monsisra.domain.mail import mime, structure
+from monsisra.domain.model import CATEGORY_LABELS, Category, Role
+from monsisra.services import accounts, app_passwords, attachments, audit, mailboxes, messages, submission, totp
 from monsisra.services.core import Actor, Core
-from monsisra.services.errors import AuthFailed, Conflict, NotFound
+from monsisra.services.errors import AuthFailed, Conflict, Invalid, NotFound
 from monsisra.store.models import VIEW_SQL, Delivery, Mailbox, MailboxAccess, Message
 from monsisra.store.reach import ImapVanished, ImapVanishedFloor
 
@@ -306,6 +306,46 @@ async def move(core: Core, actor: Actor, src: Folder, dst: Folder, item: Item, *
         return await s.scalar(sa.select(_uid_column(dst)).where(
             Delivery.mailbox_id == src.mailbox_id, Delivery.message_id == item.message_id,
             Delivery.role == item.role, sa.text(dst.condition())).order_by(Delivery.id.desc()).limit(1))
+
+
+APPEND_REFUSED = ("on ne depose un message que dans Brouillons (un brouillon) ou Envoyes (la copie d'un envoi) : "
+                  "les autres dossiers sont les vues de MonSisra")
+
+
+async def append(core: Core, actor: Actor, f: Folder, raw: bytes) -> int:
+    """IMAP APPEND: into Brouillons the message becomes a draft (the web page opens it); into
+    Envoyés, the copy a client saves after sending through our submission is recognised by its
+    Message-ID and not stored twice. Returns its uid in ``f`` (APPENDUID)."""
+    if f.view not in (DRAFTS, SENT):
+        raise Conflict(APPEND_REFUSED)
+    try:
+        parsed = await asyncio.to_thread(mime.parse, raw)
+    except mime.MailError as exc:
+        raise Invalid(f"message illisible : {exc}") from None
+    if f.view == SENT:
+        message_id = submission.client_message_id(parsed)
+        async with core.read() as s:
+            await mailboxes.require_right(s, actor, f.mailbox_id, Right.READ)
+            uid = None if message_id is None else await s.scalar(
+                sa.select(Delivery.uid).join(Message, Message.id == Delivery.message_id)
+                .where(Delivery.mailbox_id == f.mailbox_id, Delivery.role == Role.SENT, Delivery.deleted.is_(False),
+                       Message.message_id == message_id).order_by(Delivery.id.desc()).limit(1))
+        if uid is None:
+            raise Conflict("Envoyes ne recoit que la copie d'un message envoye par MonSisra (soumission SMTP) : "
+                           "envoyez-le par la soumission, la copie y est classee d'elle-meme")
+        return int(uid)
+    ids = []
+    for part in parsed.attachments:
+        digest, size = await asyncio.to_thread(core.blobs.put_bytes, part.data)
+        view = await attachments.register(core, actor.account_id, digest, size,
+                                          part.content_type or "application/octet-stream", part.filename)
+        ids.append(view.id)
+    draft = await messages.send(core, actor, messages.Compose(
+        from_mailbox=f.mailbox_id, to=[a for _, a in parsed.to], cc=[a for _, a in parsed.cc],
+        subject=parsed.subject, body=parsed.text, html=parsed.html, attachments=ids, draft=True))
+    async with core.read() as s:
+        return int(await s.scalar(sa.select(Delivery.uid).where(
+            Delivery.mailbox_id == f.mailbox_id, Delivery.message_id == draft["id"], Delivery.role == Role.DRAFT)))
 
 
 async def expunge(core: Core, actor: Actor, f: Folder, items: list[Item]) -> list[int]:

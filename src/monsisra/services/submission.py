@@ -10,6 +10,7 @@ are kept as they came.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -68,5 +69,17 @@ async def submit(core: Core, actor: Actor, mail_from: str, rcpt_tos: list[str], 
         ids.append(view.id)
     req = messages.Compose(from_mailbox=mailbox_id, to=to, cc=cc, bcc=bcc, subject=parsed.subject,
                            body=parsed.text, html=parsed.html, category=Category.LETTER, attachments=ids,
-                           receipt_requested=bool(parsed.notify_to))
+                           receipt_requested=bool(parsed.notify_to), message_id=client_message_id(parsed))
     return await messages.send(core, actor, req)
+
+
+_MESSAGE_ID = re.compile(r"^<[^<>\s@]{1,200}@[^<>\s@]{1,200}>$")
+
+
+def client_message_id(parsed: mime.ParsedMail) -> str | None:
+    """The client's Message-ID when well formed, kept as the message's (RFC 6409 §8.3): its own
+    copy saved in Envoyés afterwards (IMAP APPEND) is then recognised, not stored twice."""
+    value = (parsed.message_id or "").strip()
+    if value and not value.startswith("<"):
+        value = f"<{value}>"
+    return value if len(value) <= 255 and _MESSAGE_ID.match(value) else None

@@ -86,6 +86,7 @@ class Compose:
     no_reply: bool = False
     context_type: str | None = None
     context_id: int | None = None
+    message_id: str | None = None  # the client's Message-ID (SMTP submission keeps it), else ours
 
 
 # Categories a reply keeps (a support request's answer stays in « Demandes d'appui »…); anything
@@ -248,7 +249,7 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
             if on_behalf:
                 headers["on_behalf_of"] = actor.username
         values = {
-            "message_id": new_message_id(core.settings.domain),
+            "message_id": req.message_id or new_message_id(core.settings.domain),
             "in_reply_to_id": parent.id if parent else None,
             "thread_id": (parent.thread_id or parent.id) if parent else None,
             "from_mailbox_id": sender.id,
