@@ -12,7 +12,6 @@ import bisect
 import contextlib
 import logging
 import ssl
-import unicodedata
 from dataclasses import dataclass, field
 
 from monsisra.imap import fetch as fx
@@ -269,7 +268,7 @@ class Session(SelectedCommands):
         except Throttled as exc:
             raise No(exc.detail, "UNAVAILABLE") from None
         except AuthFailed as exc:
-            raise No(_ascii(exc.detail), "AUTHENTICATIONFAILED") from None
+            raise No(exc.detail.replace("›", ">"), "AUTHENTICATIONFAILED") from None
         return f"[CAPABILITY {self.caps()}] connecte"
 
     # --- authenticated ---
@@ -584,12 +583,6 @@ _UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
 _ANY_STATE = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 _NOT_AUTH = {"STARTTLS", "LOGIN", "AUTHENTICATE"}
 _SELECTED = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "FETCH", "STORE", "SEARCH", "COPY", "MOVE"}
-
-
-def _ascii(text: str) -> str:
-    """IMAP4rev1 response text is 7-bit: keep the French wording, drop the accents."""
-    flat = unicodedata.normalize("NFKD", text.replace("›", ">").replace("«", '"').replace("»", '"'))
-    return flat.encode("ascii", "ignore").decode()
 
 
 def _seqset(text: str):
