@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -24,8 +26,19 @@ def install(app: FastAPI, settings: Settings) -> None:
         app.state.startup_hooks.append(_imap_hook)
 
 
+def _sweep_spool(directory: Path) -> None:
+    """APPEND literals a crashed process left on disk (a live session removes its own; other
+    processes of the deployment may be writing theirs: only files an hour old go)."""
+    cutoff = time.time() - 3600
+    for path in directory.glob("append-*") if directory.is_dir() else ():
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+
+
 async def start(core: Core, settings: Settings) -> list[asyncio.AbstractServer]:
     context = user_context(settings)
+    await asyncio.to_thread(_sweep_spool, settings.data_dir / "imap-append")
     sessions: set[asyncio.Task] = set()
 
     def handler(implicit: bool):
