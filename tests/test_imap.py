@@ -461,8 +461,9 @@ def _appended_uid(data: list) -> int:
 def test_append_to_brouillons_makes_a_draft_and_to_envoyes_finds_the_sent_copy(mail_server):
     """APPEND: into Brouillons a draft the web page lists (a large one streamed to disk); into
     Envoyés the copy Thunderbird saves after sending through our submission answers the uid of
-    the message already there (same Message-ID) instead of a second copy; any other folder, a
-    message too big, CREATE/DELETE/RENAME: NO [CANNOT]/[TOOBIG] with a reason, nothing changes."""
+    the message already there (same Message-ID) instead of a second copy, and a message sent
+    elsewhere becomes a copy nobody receives; any other folder, a message too big,
+    CREATE/DELETE/RENAME: NO [CANNOT]/[TOOBIG] with a reason, nothing changes."""
     from email.message import EmailMessage
 
     from tests.imap_support import smtp
@@ -504,18 +505,31 @@ def test_append_to_brouillons_makes_a_draft_and_to_envoyes_finds_the_sent_copy(m
     typ, data = c.append("Envoy&AOk-s", "(\\Seen)", None, sent.as_bytes())
     assert typ == "OK" and _appended_uid(data) == sent_uid, data
     assert subjects("sent") == [sent["Subject"]]
-    # A copy of something we never sent, other folders, folder management: refused, no change.
+    # Sent elsewhere: a copy in Envoyés that nobody receives; from another address: refused.
     other = EmailMessage()
-    other["From"], other["To"], other["Subject"] = address, f"bruno.petit@{DOMAIN}", unique("Inconnu ")
-    other.set_content("Jamais envoyé.\n")
-    typ, data = c.append("Envoy&AOk-s", None, None, other.as_bytes())
-    assert typ == "NO" and b"CANNOT" in data[0] and b"soumission" in data[0], data
+    other["From"], other["To"], other["Subject"] = address, f"bruno.petit@{DOMAIN}", unique("Envoye ailleurs ")
+    other.set_content("Envoyé par un autre serveur.\n")
+    typ, data = c.append("Envoy&AOk-s", "(\\Seen)", None, other.as_bytes())
+    assert typ == "OK", data
+    copy_uid = _appended_uid(data)
+    assert copy_uid > sent_uid and sorted(subjects("sent")) == sorted([sent["Subject"], other["Subject"]])
+    bruno = mail_server.login("bruno.petit")
+    r = bruno.get(f"/api/v1/mailboxes/{mailbox_id(bruno, f'bruno.petit@{DOMAIN}')}/messages",
+                  params={"view": "all", "limit": 100})
+    assert other["Subject"] not in [i["subject"] for i in r.json()["items"]]
+    assert sent["Subject"] in [i["subject"] for i in r.json()["items"]]
+    foreign = EmailMessage()
+    foreign["From"], foreign["To"], foreign["Subject"] = f"bruno.petit@{DOMAIN}", address, unique("Usurpe ")
+    foreign.set_content("Pas de cette boîte.\n")
+    typ, data = c.append("Envoy&AOk-s", None, None, foreign.as_bytes())
+    assert typ == "NO", data
+    # Other folders and folder management: refused with the reason, nothing changes.
     for folder in ("INBOX", "Archiv&AOk-s", "Favoris"):
         typ, data = c.append(folder, None, None, other.as_bytes())
         assert typ == "NO" and b"[CANNOT]" in data[0] and b"Brouillons" in data[0], (folder, data)
     for typ, data in (c.create("Perso"), c.delete("Archiv&AOk-s"), c.rename("Favoris", "Perso")):
         assert typ == "NO" and b"[CANNOT]" in data[0] and b"MonSisra" in data[0], data
-    assert subjects("inbox") == [] and subjects("sent") == [sent["Subject"]]
+    assert subjects("inbox") == [] and sorted(subjects("sent")) == sorted([sent["Subject"], other["Subject"]])
     assert subjects("drafts") == [draft["Subject"]]
     # Over the size limit: refused before the client sends it (synchronising literal).
     limit = mail_server.settings.max_message_bytes

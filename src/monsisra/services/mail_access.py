@@ -315,7 +315,9 @@ APPEND_REFUSED = ("on ne depose un message que dans Brouillons (un brouillon) ou
 async def append(core: Core, actor: Actor, f: Folder, raw: bytes) -> int:
     """IMAP APPEND: into Brouillons the message becomes a draft (the web page opens it); into
     Envoyés, the copy a client saves after sending through our submission is recognised by its
-    Message-ID and not stored twice. Returns its uid in ``f`` (APPENDUID)."""
+    Message-ID and not stored twice, and a message sent elsewhere becomes a sent copy that no
+    one receives (its From must be a mailbox the account may send from). Returns its uid in
+    ``f`` (APPENDUID)."""
     if f.view not in (DRAFTS, SENT):
         raise Conflict(APPEND_REFUSED)
     try:
@@ -330,22 +332,27 @@ async def append(core: Core, actor: Actor, f: Folder, raw: bytes) -> int:
                 sa.select(Delivery.uid).join(Message, Message.id == Delivery.message_id)
                 .where(Delivery.mailbox_id == f.mailbox_id, Delivery.role == Role.SENT, Delivery.deleted.is_(False),
                        Message.message_id == message_id).order_by(Delivery.id.desc()).limit(1))
-        if uid is None:
-            raise Conflict("Envoyes ne recoit que la copie d'un message envoye par MonSisra (soumission SMTP) : "
-                           "envoyez-le par la soumission, la copie y est classee d'elle-meme")
-        return int(uid)
+        if uid is not None:
+            return int(uid)
     ids = []
     for part in parsed.attachments:
         digest, size = await asyncio.to_thread(core.blobs.put_bytes, part.data)
         view = await attachments.register(core, actor.account_id, digest, size,
                                           part.content_type or "application/octet-stream", part.filename)
         ids.append(view.id)
-    draft = await messages.send(core, actor, messages.Compose(
+    copy = f.view == SENT  # sent elsewhere: a copy here, nobody receives it (it was sent already)
+    if copy and not parsed.sender_address:
+        raise Invalid("message sans expéditeur (From)")
+    if copy and await submission.sending_mailbox(core, actor, parsed.sender_address) != f.mailbox_id:
+        raise Conflict("la copie d'un envoi va dans l'Envoyés de la boîte qui l'a envoyé (son expéditeur)")
+    made = await messages.send(core, actor, messages.Compose(
         from_mailbox=f.mailbox_id, to=[a for _, a in parsed.to], cc=[a for _, a in parsed.cc],
-        subject=parsed.subject, body=parsed.text, html=parsed.html, attachments=ids, draft=True))
+        subject=parsed.subject, body=parsed.text, html=parsed.html, attachments=ids, draft=not copy,
+        copy_only=copy, message_id=submission.client_message_id(parsed) if copy else None))
     async with core.read() as s:
         return int(await s.scalar(sa.select(Delivery.uid).where(
-            Delivery.mailbox_id == f.mailbox_id, Delivery.message_id == draft["id"], Delivery.role == Role.DRAFT)))
+            Delivery.mailbox_id == f.mailbox_id, Delivery.message_id == made["id"],
+            Delivery.role == (Role.SENT if copy else Role.DRAFT))))
 
 
 async def expunge(core: Core, actor: Actor, f: Folder, items: list[Item]) -> list[int]:

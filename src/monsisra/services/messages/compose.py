@@ -87,6 +87,7 @@ class Compose:
     context_type: str | None = None
     context_id: int | None = None
     message_id: str | None = None  # the client's Message-ID (SMTP submission keeps it), else ours
+    copy_only: bool = False  # a copy for Envoyés of a message sent elsewhere (IMAP APPEND): nobody receives it
 
 
 # Categories a reply keeps (a support request's answer stays in « Demandes d'appui »…); anything
@@ -214,8 +215,10 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
         if bad:
             raise Invalid("destinataires invalides : " + ", ".join(b["address"] for b in bad),
                           invalid_addresses=bad)
-        if not recipients and not req.draft:
+        if not recipients and not req.draft and not req.copy_only:
             raise Invalid("au moins un destinataire est nécessaire")
+        if req.copy_only:
+            recipients = [(kind, address, None) for kind, address, _ in recipients]  # delivered by no one here
         wanted_atts = list(dict.fromkeys(req.attachments))
         found = await att_service.readable(s, actor, wanted_atts) if wanted_atts else {}
         missing = [a for a in wanted_atts if a not in found]
@@ -287,8 +290,10 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
         recipient_rows = [{
             "message_id": message_pk, "kind": kind, "address": address,
             "display_name": mailbox.display_name if mailbox else "", "mailbox_id": mailbox.id if mailbox else None,
-            "status": "draft" if req.draft else "queued" if mailbox is None else "delivered", "status_at": now,
-            "next_attempt_at": now if mailbox is None and not req.draft else None, "attempts": 0,
+            "status": "draft" if req.draft else "sent" if req.copy_only else "queued" if mailbox is None
+            else "delivered",
+            "status_at": now, "attempts": 0,
+            "next_attempt_at": now if mailbox is None and not req.draft and not req.copy_only else None,
         } for kind, address, mailbox in recipients]
         if recipient_rows:
             await s.execute(sa.insert(Recipient), recipient_rows)
@@ -301,7 +306,8 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
         await place(tx, placements)
         # Every send is on the record, and a draft prepared in someone else's mailbox too.
         if not req.draft or sender.access != Access.OWNER:
-            action = "message.draft" if req.draft else "patient.message" if patient is not None else "message.send"
+            action = "message.draft" if req.draft else "message.copy" if req.copy_only \
+                else "patient.message" if patient is not None else "message.send"
             detail: dict[str, Any] = {"recipients": len(recipients)}
             if sender.access != Access.OWNER:
                 detail["access"] = sender.access
@@ -310,7 +316,7 @@ async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
             audit.record(s, actor.account_id, action, object_type="message", object_id=message_pk,
                          patient_id=patient.id if patient else None, mailbox_id=sender.id, client=actor.client,
                          detail=detail)
-        if len(local_boxes) < len(recipients) and not req.draft:
+        if len(local_boxes) < len(recipients) and not req.draft and not req.copy_only:
             tx.emit("outbox", [actor.account_id], message_id=message_pk)
             tx.outbox_changed()
     return _sent_view(message_pk, values, role, recipient_rows, ordered, patient)
