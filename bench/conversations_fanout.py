@@ -18,7 +18,8 @@ first and last socket reached. Target: p99 < 100 ms.
 ``--profile DIR`` runs each server under cProfile and writes ``DIR/<setup>-<pid>.prof``.
 
 Run: ``.venv/bin/python -m bench.conversations_fanout [--posts 40] [--setups one,two] [--clients 4]``
-(``one-raw`` / ``two-raw``: the same without permessage-deflate, to see what per-socket compression costs)
+(``one-deflate`` / ``two-deflate``: the servers with permessage-deflate, as ``monsisra serve`` ran
+them before, to see what per-socket compression costs)
 (``two`` needs MONSISRA_BENCH_POSTGRES_URL or the local PostgreSQL, and MONSISRA_TEST_REDIS_URL
 or redis://127.0.0.1:6379/0).
 """
@@ -66,7 +67,7 @@ from monsisra.config import Settings
 settings = Settings()
 def serve():
     uvicorn.run(create_app(settings), host="127.0.0.1", port=settings.http_port, log_level="warning",
-                ws="websockets-sansio", ws_per_message_deflate=os.environ.get("BENCH_DEFLATE") != "0")
+                ws="websockets-sansio", ws_per_message_deflate=os.environ.get("BENCH_DEFLATE") == "1")
 if os.environ.get("BENCH_PROFILE"):
     import cProfile
     import signal
@@ -78,7 +79,7 @@ else:
 """
 
 
-def start_server(url: str, data_dir: Path, redis: str | None, profile: str | None = None, deflate: bool = True
+def start_server(url: str, data_dir: Path, redis: str | None, profile: str | None = None, deflate: bool = False
                  ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "MONSISRA_DATABASE_URL": url, "MONSISRA_DATA_DIR": str(data_dir),
@@ -237,7 +238,7 @@ async def run(bases: list[str], users: list[str], posts: int, clients: int) -> d
             "first_to_last_socket": summary_ms(spread)}
 
 
-def setup(kind: str, posts: int, clients: int, profile: str | None = None, deflate: bool = True) -> dict[str, Any]:
+def setup(kind: str, posts: int, clients: int, profile: str | None = None, deflate: bool = False) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
     backend = "sqlite" if kind == "one" else "postgres"
     redis = None if kind == "one" else os.environ.get("MONSISRA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -253,7 +254,7 @@ def setup(kind: str, posts: int, clients: int, profile: str | None = None, defla
             for p, _ in procs:
                 p.wait(timeout=30)
     name = "one process (SQLite)" if kind == "one" else "two processes + Redis (PostgreSQL)"
-    return {"setup": name + ("" if deflate else ", no permessage-deflate"), "deflate": deflate, **result}
+    return {"setup": name + (", with permessage-deflate" if deflate else ""), "deflate": deflate, **result}
 
 
 def main() -> None:
@@ -264,12 +265,12 @@ def main() -> None:
     parser.add_argument("--profile", default=None, help="directory for the servers' cProfile output")
     args = parser.parse_args()
     meta = new_meta()
-    # A set-up ending in "-raw" runs its servers without permessage-deflate (uvicorn's default is
-    # to compress each socket's frames separately: 500 compressions of the same event).
+    # A set-up ending in "-deflate" runs its servers with permessage-deflate, as ``monsisra serve``
+    # did before (uvicorn's default: each socket compresses each event on its own).
     runs: list[dict[str, Any]] = []
     for kind in args.setups.split(","):
-        runs.append(setup(kind.removesuffix("-raw"), args.posts, args.clients, args.profile,
-                          not kind.endswith("-raw")))
+        runs.append(setup(kind.removesuffix("-deflate"), args.posts, args.clients, args.profile,
+                          kind.endswith("-deflate")))
         report(meta, runs, args.clients)  # after each set-up: a slow machine may not see the end
 
 
