@@ -131,7 +131,11 @@ class Listener(uvicorn.Server):
 
 def run(app: Any, settings: Settings, *, host: str, port: int, https_port: int) -> int:
     """Serve until SIGINT/SIGTERM; the exit code is 1 when a listener could not start."""
-    common: dict[str, Any] = dict(host=host, log_level="info", proxy_headers=False, ws="websockets-sansio")
+    # No permessage-deflate: each socket would compress every event on its own (500 compressions of
+    # one conversation message for 500 sockets, about half of the fan-out's time, see
+    # bench/results/conversations_fanout.md); events are small JSON lines, little is saved.
+    common: dict[str, Any] = dict(host=host, log_level="info", proxy_headers=False, ws="websockets-sansio",
+                                  ws_per_message_deflate=False)
     # The HTTP listener runs the lifespan; the HTTPS one shares the app and starts once it is up.
     http = Listener(uvicorn.Config(app, port=port, lifespan="on", **common))
     https = None

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from monsisra.api.deps import BodyId, PathId, current_actor, get_core
 from monsisra.api.routes import PatientIn, file_headers
 from monsisra.config import Settings
-from monsisra.services import care_team, patient_record, patients, support_requests
+from monsisra.services import care_team, conversations, patient_record, patients, support_requests
 from monsisra.services.core import Actor, Core
 
 router = APIRouter(prefix="/api/v1")
@@ -74,6 +74,16 @@ async def get_record_document(patient_id: PathId, attachment_id: Annotated[str, 
     meta = await patient_record.document(core, actor, patient_id, attachment_id)
     return StreamingResponse(core.blobs.iter_file(meta.sha256), media_type=meta.content_type,
                              headers=file_headers(meta.filename, meta.content_type, meta.size, disposition))
+
+
+@router.get("/patients/{patient_id}/record/conversations/{conversation_id}", tags=["patients"])
+async def get_record_conversation(patient_id: PathId, conversation_id: PathId, core: CoreDep, actor: ActorDep,
+                                  cursor: Annotated[str | None, Query(max_length=40)] = None,
+                                  limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
+    """A conversation about the patient, read-only, for a care-team member who does not take part
+    in it (``read_only``, ``me.consultation``); its files download from ``record/documents``.
+    404 outside the team, like a conversation that does not exist; every open audited."""
+    return await conversations.consult(core, actor, patient_id, conversation_id, cursor=cursor, limit=limit)
 
 
 class SupportRequestIn(BaseModel):

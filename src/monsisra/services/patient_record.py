@@ -21,7 +21,12 @@ from monsisra.domain.clock import iso
 from monsisra.services import attachments, audit, care_team, patients
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Forbidden, NotFound
-from monsisra.store.conversations import Conversation, ConversationMessage
+from monsisra.store.conversations import (
+    Conversation,
+    ConversationAttachment,
+    ConversationMessage,
+    ConversationParticipant,
+)
 from monsisra.store.models import (
     Account,
     Attachment,
@@ -125,8 +130,31 @@ async def _conversations(s: AsyncSession, patient_id: int) -> list[dict[str, Any
              "conversation_id": r[0].id} for r in rows]
 
 
+async def _conversation_files(s: AsyncSession, patient_id: int) -> list[dict[str, Any]]:
+    """Files and photos posted in the patient's conversations: documents of the record too."""
+    ca, cm = ConversationAttachment, ConversationMessage
+    rows = (await s.execute(
+        sa.select(Attachment, ca.thumbnail_id, cm.id.label("message_id"), cm.created_at, cm.author_name,
+                  Mailbox.address, Conversation.id.label("conversation_id"), Conversation.title)
+        .join(ca, ca.attachment_id == Attachment.id)
+        .join(cm, cm.id == ca.message_id)
+        .join(Conversation, Conversation.id == cm.conversation_id)
+        .outerjoin(Mailbox, Mailbox.id == cm.mailbox_id)
+        .where(Conversation.patient_id == patient_id)
+        .order_by(cm.id.desc(), ca.position).limit(MAX_ITEMS))).all()
+    return [
+        {"kind": "document", "id": a.id, "at": iso(created_at), "title": a.filename,
+         "summary": f"publié dans la conversation « {title or 'Conversation'} »",
+         "author": {"name": author, "address": address}, "conversation_id": conversation_id,
+         "conversation_title": title or "Conversation",
+         "attachment": {"id": a.id, "filename": a.filename, "content_type": a.content_type, "size": a.size,
+                        "thumbnail_id": thumb}}
+        for a, thumb, _mid, created_at, author, address, conversation_id, title in rows]
+
+
 register_source("messages", _messages)
 register_source("conversations", _conversations)
+register_source("conversation_files", _conversation_files)
 register_source("support_requests", _support_requests)
 
 
@@ -158,6 +186,17 @@ async def _openable(s: AsyncSession, account_id: int, message_ids: list[int]) ->
     return out
 
 
+async def _participating(s: AsyncSession, account_id: int, conversation_ids: list[int]) -> set[int]:
+    """The conversations among these where one of the actor's mailboxes takes (or took) part."""
+    if not conversation_ids:
+        return set()
+    return set(await s.scalars(
+        sa.select(ConversationParticipant.conversation_id)
+        .join(MailboxAccess, MailboxAccess.mailbox_id == ConversationParticipant.mailbox_id)
+        .where(MailboxAccess.account_id == account_id,
+               ConversationParticipant.conversation_id.in_(set(conversation_ids)))))
+
+
 async def record(core: Core, actor: Actor, patient_id: int, *, kind: str | None = None) -> dict[str, Any]:
     """``GET /patients/{id}/record``: the patient and the timeline, newest first."""
     async with core.read() as s:
@@ -170,11 +209,18 @@ async def record(core: Core, actor: Actor, patient_id: int, *, kind: str | None 
         items.sort(key=lambda i: (i["at"] or "", str(i["id"])), reverse=True)
         items = items[:MAX_ITEMS]
         where = await _openable(s, actor.account_id, [i["message_id"] for i in items if i.get("message_id")])
+        joined = await _participating(s, actor.account_id, [i["conversation_id"] for i in items
+                                                            if i.get("conversation_id")])
         name = await s.scalar(sa.select(Account.username).where(Account.id == actor.account_id))
     for item in items:
         item["label"] = KIND_LABELS.get(item["kind"], item["kind"])
         if item.get("message_id") in where:
             item["mailbox_id"] = where[item["message_id"]]
+        if item.get("conversation_id"):
+            # A participant opens the chat; another team member reads it from the record (read-only).
+            item["participant"] = item["conversation_id"] in joined
+        if item["kind"] == "document":
+            item["url"] = f"/api/v1/patients/{patient_id}/record/documents/{item['id']}"
     await audit.record_now(core, [audit.entry(actor.account_id, "patient.record.read", object_type="record",
                                               object_id=patient_id, patient_id=patient_id, client=actor.client,
                                               detail={"items": len(items), "username": name})])
@@ -182,7 +228,8 @@ async def record(core: Core, actor: Actor, patient_id: int, *, kind: str | None 
 
 
 async def document(core: Core, actor: Actor, patient_id: int, attachment_id: str) -> attachments.AttachmentView:
-    """A document of the record (an attachment of a message about the patient), for the team."""
+    """A document of the record, for the team: an attachment of a message about the patient, or
+    a file (or its thumbnail) posted in one of the patient's conversations."""
     async with core.read() as s:
         await _require_member(core, s, actor, patient_id, "document")
         found = (await s.execute(
@@ -190,6 +237,15 @@ async def document(core: Core, actor: Actor, patient_id: int, attachment_id: str
             .join(Message, Message.id == MessageAttachment.message_id)
             .where(Attachment.id == attachment_id, Message.patient_id == patient_id,
                    Message.is_draft.is_(False)).limit(1))).scalar()
+        if found is None:
+            ca = ConversationAttachment
+            posted = (sa.select(sa.literal(1)).select_from(ca)
+                      .join(ConversationMessage, ConversationMessage.id == ca.message_id)
+                      .join(Conversation, Conversation.id == ConversationMessage.conversation_id)
+                      .where(sa.or_(ca.attachment_id == attachment_id, ca.thumbnail_id == attachment_id),
+                             Conversation.patient_id == patient_id))
+            if await s.scalar(posted.limit(1)):
+                found = await s.get(Attachment, attachment_id)
     if found is None:
         raise NotFound("document introuvable dans ce dossier")
     await audit.record_now(core, [audit.entry(actor.account_id, "patient.record.document", object_type="attachment",

@@ -151,6 +151,15 @@ async def care_team_flags(session: AsyncSession, account_id: int, patient_ids: l
     return {pid: pid in mine for pid in patient_ids}
 
 
+async def care_team_marks(core: Core, actor: Actor, patient_ids: list[int]) -> dict[int, bool]:
+    """patient id → whether the actor follows them, for every patient of a page at once (the
+    rows of a message or conversation list: one query, never one per row)."""
+    if not patient_ids:
+        return {}
+    async with core.read() as s:
+        return await care_team_flags(s, actor.account_id, patient_ids)
+
+
 async def in_care_team(core: Core, actor: Actor, patient_id: int) -> bool:
     async with core.read() as s:
         return (await care_team_flags(s, actor.account_id, [patient_id]))[patient_id]

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.background import BackgroundTask
 
-from monsisra.services import accounts, mailboxes, messages
+from monsisra.services import accounts, mailboxes, messages, patients
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import NotFound
 from monsisra.web import reach
@@ -118,7 +118,18 @@ async def load_counts(core: Core, actor: Actor, scope: Scope) -> dict[str, dict[
 
 async def load_list(core: Core, actor: Actor, scope: Scope, cursor: str | None, limit: int
                     ) -> tuple[list[dict[str, Any]], str | None, int | None]:
-    """(items, next cursor for one mailbox, larger limit for "all mailboxes")."""
+    """(items, next cursor for one mailbox, larger limit for "all mailboxes"); each row's patient
+    carries ``care_team_me`` (the green/grey icon), read for the whole page in one query."""
+    items, next_cursor, more = await _load_list(core, actor, scope, cursor, limit)
+    linked = [m["patient"] for m in items if m.get("patient")]
+    marks = await patients.care_team_marks(core, actor, sorted({p["id"] for p in linked}))
+    for p in linked:
+        p["care_team_me"] = marks.get(p["id"], False)
+    return items, next_cursor, more
+
+
+async def _load_list(core: Core, actor: Actor, scope: Scope, cursor: str | None, limit: int
+                     ) -> tuple[list[dict[str, Any]], str | None, int | None]:
     if not scope.ids:
         return [], None, None
     if len(scope.ids) == 1:

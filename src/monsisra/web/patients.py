@@ -13,11 +13,29 @@ from fastapi.responses import RedirectResponse, Response
 
 from monsisra.api.deps import PathId
 from monsisra.domain.ins import OID_DEMO, OID_NIA, OID_NIR, OID_TEST, PatientIdentity
-from monsisra.services import attachments, care_team, mailboxes, patient_record, patients, support_requests
+from monsisra.services import (
+    attachments,
+    care_team,
+    conversations,
+    mailboxes,
+    patient_record,
+    patients,
+    support_requests,
+)
 from monsisra.services.core import Actor
 from monsisra.services.errors import Forbidden, NotFound, ServiceError
 from monsisra.store.models import Mailbox
-from monsisra.web.common import TEMPLATES, core_of, error_page, form_actor, int_param, page_actor, render, set_flash
+from monsisra.web.common import (
+    TEMPLATES,
+    core_of,
+    error_page,
+    form_actor,
+    int_param,
+    long_date,
+    page_actor,
+    render,
+    set_flash,
+)
 
 router = APIRouter(include_in_schema=False)
 FIELDS = ("ins", "oid", "family_name", "given_names", "birth_date", "sex", "birthplace")
@@ -128,6 +146,23 @@ async def record_page(request: Request, patient_id: PathId) -> Response:
         return render(request, "patients/record_refused.html", status=403, patient_id=patient_id, detail=exc.detail)
     return render(request, "patients/record.html", record=record, patient=record["patient"], kind=kind,
                   kinds=patient_record.KIND_LABELS)
+
+
+@router.get("/patients/{patient_id}/dossier/conversations/{conversation_id}")
+async def record_conversation(request: Request, patient_id: PathId, conversation_id: PathId) -> Response:
+    """A conversation of the record, read-only, for a care-team member who does not take part."""
+    actor = await page_actor(request)
+    try:
+        conversation = await conversations.consult(core_of(request), actor, patient_id, conversation_id,
+                                                   cursor=request.query_params.get("avant") or None, limit=100)
+    except NotFound:
+        return error_page(request, 404, "Conversation introuvable",
+                          "Elle n'existe pas, ne concerne pas ce patient, ou vous n'êtes pas acteur de sa prise en "
+                          "charge.")
+    for m in conversation["messages"]["items"]:
+        m["day"], _, m["time"] = long_date(m["created_at"]).rpartition(" à ")
+    return render(request, "patients/record_conversation.html", conversation=conversation,
+                  patient=conversation["patient"])
 
 
 @router.get("/patients/{patient_id}/dossier/documents/{attachment_id}")

@@ -10,7 +10,7 @@ requests open their conversation with :func:`start`.
 from monsisra.services.conversations.absence import set_autoreply, settings_of
 from monsisra.services.conversations.access import NOT_FOUND, participations
 from monsisra.services.conversations.summary import close, render_pdf, summary_title
-from monsisra.services.conversations.views import get, list_conversations, unread_total
+from monsisra.services.conversations.views import consult, get, list_conversations, unread_total
 from monsisra.services.conversations.writing import (
     MAX_BODY,
     MAX_TITLE,
@@ -22,6 +22,6 @@ from monsisra.services.conversations.writing import (
     typing,
 )
 
-__all__ = ["MAX_BODY", "MAX_TITLE", "NOT_FOUND", "add_participants", "close", "get", "leave", "list_conversations",
-           "mark_read", "participations", "post", "render_pdf", "set_autoreply", "settings_of", "start",
-           "summary_title", "typing", "unread_total"]
+__all__ = ["MAX_BODY", "MAX_TITLE", "NOT_FOUND", "add_participants", "close", "consult", "get", "leave",
+           "list_conversations", "mark_read", "participations", "post", "render_pdf", "set_autoreply", "settings_of",
+           "start", "summary_title", "typing", "unread_total"]

@@ -1,0 +1,67 @@
+"""Issue 13 in Chromium, with fresh accounts: the care-team icon follows the patient into the
+message list, the conversation list and the chat header (grey, then green once the viewer
+declares themselves from the patient page the icon leads to); a team member who takes no part in
+a conversation about the patient reads it from the record, read-only, at phone width."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser_support import browser_fixture, open_page  # noqa: F401 (the browser fixture)
+from tests.test_care_team_record import setup_patient
+from tests.test_record_conversations import conversation_about
+
+pytestmark = pytest.mark.browser
+PHONE = {"width": 375, "height": 740}
+
+
+def test_icon_in_rows_and_chat_header_turns_green(server, make_user, browser):
+    g, n, _o, pid, sent, _att = setup_patient(server, make_user)
+    nurse = n.get("/api/v1/me").json()
+    conv = g.post("/api/v1/conversations", json={"title": "Suivi de plaie", "participants": [sent["to"][0]["address"]],
+                                                 "patient_id": pid, "body": "Pansement fait ?"})
+    assert conv.status_code == 201, conv.text
+    page = open_page(browser, server, nurse["username"], "secret-pass")
+    row = page.locator("li.item", has_text="Soins de plaie")
+    expect(row.locator(".item-patient .ct-icon.off")).to_have_count(1)
+    expect(row.locator(".item-patient")).to_contain_text("MOREAU")
+    page.goto(server.base_url + "/conversations")
+    conv_row = page.locator(".conv-item", has_text="Suivi de plaie")
+    expect(conv_row.locator(".conv-patient .ct-icon.off")).to_have_attribute("aria-label",
+                                                                              "Vous ne suivez pas ce patient")
+    # The icon leads to the patient page, where one declares oneself.
+    conv_row.locator(".conv-patient").click()
+    page.wait_for_url(re.compile(rf"/patients/{pid}$"))
+    page.get_by_role("button", name=re.compile("Me déclarer acteur")).click()
+    expect(page.locator("h1 .ct-icon.on")).to_have_count(1)
+    page.goto(server.base_url + "/conversations")
+    expect(page.locator(".conv-item", has_text="Suivi de plaie").locator(".conv-patient .ct-icon.on")) \
+        .to_have_attribute("aria-label", "Vous êtes acteur de la prise en charge")
+    page.goto(server.base_url + "/boite")
+    expect(page.locator("li.item", has_text="Soins de plaie").locator(".item-patient .ct-icon.on")).to_have_count(1)
+    page.goto(server.base_url + f"/conversations/{conv.json()['id']}")
+    expect(page.locator(".chat-patient .ct-icon.on")).to_have_count(1)
+    expect(page.locator(".chat-patient a")).to_have_attribute("href", f"/patients/{pid}")
+    assert not page.errors, page.errors
+    page.context.close()
+
+
+def test_team_member_reads_conversation_from_record_read_only(server, make_user, browser):
+    g, n, _o, pid, _sent, _att = setup_patient(server, make_user)
+    _c, conv, _file = conversation_about(server, make_user, g, pid)
+    n.put(f"/api/v1/patients/{pid}/care-team/me")
+    page = open_page(browser, server, n.get("/api/v1/me").json()["username"], "secret-pass", viewport=PHONE)
+    page.goto(server.base_url + f"/patients/{pid}/dossier")
+    page.locator("#timeline .kind-conversation a", has_text="Avis cicatrisation").click()
+    page.wait_for_url(re.compile(rf"/patients/{pid}/dossier/conversations/{conv['id']}$"))
+    expect(page.locator("#consult-banner")).to_contain_text("Consultation depuis le dossier partagé")
+    expect(page.locator(".bubble .text").last).to_have_text("Le compte rendu")
+    expect(page.locator(".bubble .attachment")).to_contain_text("compte-rendu.pdf")
+    expect(page.locator("#composer, #composer-text, textarea")).to_have_count(0)
+    # Nothing overflows the phone's width.
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    assert not page.errors, page.errors
+    page.context.close()
