@@ -5,6 +5,7 @@ subprocess, statistics, and every bad input of issue 14 refused in French with n
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import io
 import os
@@ -241,3 +242,43 @@ def test_bad_inputs_refused_in_french_and_nothing_changed(server, make_user):
     problem(m1.post(f"/api/v1/teleexpertises/{te['id']}/answer", json={"body": "x", "billing_number": "123"}), 422)
     assert r.get(f"/api/v1/teleexpertises/{te['id']}").json()["state"] == "submitted"
     problem(r.get("/api/v1/teleexpertises", params={"role": "autre"}), 422)
+
+
+def _letters(client, box_id: int, view: str = "inbox") -> list[str]:
+    items = client.get(f"/api/v1/mailboxes/{box_id}/messages", params={"view": view, "limit": 200}).json()["items"]
+    return [m["subject"] for m in items if m["subject"].startswith("Téléexpertise")]
+
+
+def test_concurrent_steps_exactly_one_wins_and_only_its_letter_exists(server, make_user):
+    """Steps raced through HTTP: one state change wins, and only the winner's letter was delivered
+    (the letter commits with the state change, never before it)."""
+    address, _, members = expert_service(server, make_user, members=3)
+    r, r_box = requester(server, make_user)
+    for _ in range(3):
+        te = r.post("/api/v1/teleexpertises", json=payload(address, fresh_ins())).json()
+        before = len(_letters(r, r_box))
+        # Each of these leaves a state from which none of the others is allowed.
+        calls = [(members[0], "answer", {"body": "Avis : bilan normal.", "billing_number": EXP_NUMBER}),
+                 (members[1], "decline", {"reason": "Hors de notre champ."}),
+                 (members[2], "decline", {"reason": "Pas de place cette semaine."}),
+                 (r, "cancel", None)]
+        url = f"/api/v1/teleexpertises/{te['id']}"
+        with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+            codes = list(pool.map(lambda c, url=url: c[0].post(f"{url}/{c[1]}", json=c[2]).status_code, calls))
+        assert sorted(codes) == [200, 409, 409, 409], codes
+        winner = calls[codes.index(200)][1]
+        got = r.get(f"/api/v1/teleexpertises/{te['id']}").json()
+        assert [s["action"] for s in got["steps"]] == ["submit", winner.replace("-", "_")]
+        after = _letters(r, r_box)
+        expected = {"answer": ["Téléexpertise : réponse de l'expert"], "decline": ["Téléexpertise refusée"],
+                    "cancel": []}[winner]
+        assert len(after) - before == len(expected) and after[:len(expected)] == expected, (winner, after)
+
+    # Two members take the same request at once: exactly one is shown as taking it.
+    te = r.post("/api/v1/teleexpertises", json=payload(address, fresh_ins())).json()
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        codes = list(pool.map(lambda c: c.post(f"/api/v1/teleexpertises/{te['id']}/assign").status_code, members))
+    assert sorted(codes) == [200, 409, 409]
+    got = r.get(f"/api/v1/teleexpertises/{te['id']}").json()
+    assert [s["action"] for s in got["steps"]] == ["submit", "assign"]
+    assert got["assigned_to"]["account_id"] == members[codes.index(200)].get("/api/v1/me").json()["id"]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query
@@ -19,7 +16,6 @@ from monsisra.services.core import Actor, Core
 router = APIRouter(prefix="/api/v1")
 ActorDep = Annotated[Actor, Depends(current_actor)]
 CoreDep = Annotated[Core, Depends(get_core)]
-log = logging.getLogger("monsisra")
 StateName = Literal["submitted", "elements_requested", "answered", "closed", "declined", "cancelled"]
 
 
@@ -126,31 +122,7 @@ async def billing_lines(core: CoreDep, actor: ActorDep,
     return await teleexpertise.lines(core, actor, month)
 
 
-async def _reminders(app: FastAPI, core: Core):
-    """The reminder worker: every few minutes, requests past their expected answer time."""
-    if not core.settings.run_workers:
-        return None
-
-    async def loop() -> None:
-        while True:
-            try:
-                await teleexpertise.remind_overdue(core)
-            except Exception:  # the loop must survive one bad pass
-                log.exception("tele-expertise reminder pass failed")
-            await asyncio.sleep(300)
-
-    task = asyncio.create_task(loop())
-
-    async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return stop
-
-
 def install(app: FastAPI, settings: Settings) -> None:
     app.include_router(router)
-    app.state.startup_hooks.append(_reminders)
 
 

@@ -172,12 +172,14 @@ async def create(core: Core, actor: Actor, req: NewTeleexpertise) -> dict[str, A
     subject = f"Demande de téléexpertise — {ref.family_name} {ref.given_names}".strip()
     body = (f"{question}\n\nConsentement donné par {CONSENT_BY[by]} le {at.strftime('%d/%m/%Y %H:%M')} (UTC)."
             f"\nDemandeur : {account_name(account)}.")
-    letter = await messages.send(core, actor, messages.Compose(
-        from_mailbox=from_box.id, to=[box.address], subject=subject[:200], body=body,
-        category=Category.TELEEXPERTISE, attachments=list(req.attachments), patient=ref, context_type=CONTEXT))
     now = utcnow()
     async with core.write() as tx:
         s = tx.session
+        # The letter and the request commit together (a refused request leaves no letter).
+        letter = await messages.send(core, actor, messages.Compose(
+            from_mailbox=from_box.id, to=[box.address], subject=subject[:200], body=body,
+            category=Category.TELEEXPERTISE, attachments=list(req.attachments), patient=ref,
+            context_type=CONTEXT), tx=tx)
         message = await s.get(Message, letter["id"])
         assert message is not None and message.patient_id is not None
         if await count_recent(s, message.patient_id, actor.account_id) >= rules.MAX_PER_PATIENT_YEAR:
