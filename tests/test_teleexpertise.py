@@ -11,7 +11,7 @@ import io
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from monsisra.domain.ins import ins_key
 from monsisra.domain.model import Access
@@ -282,3 +282,83 @@ def test_concurrent_steps_exactly_one_wins_and_only_its_letter_exists(server, ma
     got = r.get(f"/api/v1/teleexpertises/{te['id']}").json()
     assert [s["action"] for s in got["steps"]] == ["submit", "assign"]
     assert got["assigned_to"]["account_id"] == members[codes.index(200)].get("/api/v1/me").json()["id"]
+
+
+class _MailSink:
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], bytes]] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+
+def test_overdue_request_is_reminded_once_and_shown_late_on_both_sides(backend, tmp_path_factory):
+    """The expected answer time has passed (set in the test's own row, no waiting): the sweep
+    reminds once — a step, a letter in the service's mailbox, an e-mail notification to its
+    member who is away — and both sides see « En retard »; a second sweep does nothing."""
+    from aiosmtpd.controller import Controller
+
+    from monsisra.services import maintenance, notifications
+    from monsisra.store.teleexpertise import Teleexpertise
+    from tests.reach_support import make_pro, own_server, web_session
+    from tests.support import free_port
+
+    sink = _MailSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        with own_server(backend, tmp_path_factory.mktemp(f"te-remind-{backend}"), demo=False,
+                        smtp_relay=f"127.0.0.1:{controller.port}") as srv:
+            box = srv.call(mailboxes.create_service_mailbox, srv.core, local=unique("avis"),
+                           display_name="Avis test retard", organisation="CHU test", is_expert=True)
+            member, _, _ = make_pro(srv, "Expert", profession="Médecin", profession_code="10",
+                                    notification_email="expert.perso@example.org")
+            m = srv.login(member, "secret-pass")
+            srv.call(mailboxes.grant, srv.core, box.id, m.get("/api/v1/me").json()["id"], Access.MEMBER)
+            req_user, _, r_box = make_pro(srv, "Requérant", profession="Médecin", profession_code="10")
+            r = srv.login(req_user, "secret-pass")
+            srv.call(notifications.run_pass, srv.core)  # the first pass only starts the cursor
+            te = r.post("/api/v1/teleexpertises", json=payload(box.address, fresh_ins())).json()
+            assert te["overdue"] is False
+            srv.call(notifications.run_pass, srv.core)  # the request itself is announced
+            sink.messages.clear()
+
+            async def past_due() -> None:
+                async with srv.core.write() as tx:
+                    row = await tx.session.get(Teleexpertise, te["id"])
+                    row.due_at = row.created_at - timedelta(hours=1)
+
+            srv.call(past_due)
+            assert srv.call(maintenance.sweep, srv.core) == {"teleexpertise_reminders": 1}
+            assert srv.call(maintenance.sweep, srv.core) == {"teleexpertise_reminders": 0}
+
+            for side in (m, r):
+                got = side.get(f"/api/v1/teleexpertises/{te['id']}").json()
+                assert got["overdue"] is True and got["overdue_label"] == "En retard" and got["reminded_at"]
+                assert [s["action"] for s in got["steps"]] == ["submit", "remind"]
+            subject = f"Relance : téléexpertise n° {te['id']} en retard"
+            inbox = m.get(f"/api/v1/mailboxes/{box.id}/messages", params={"limit": 200}).json()["items"]
+            assert [i["subject"] for i in inbox].count(subject) == 1
+            sent = r.get(f"/api/v1/mailboxes/{r_box}/messages", params={"view": "sent"}).json()["items"]
+            assert [i["subject"] for i in sent].count(subject) == 1
+            # The member is away: the notification worker tells them (no subject, no patient data).
+            later = datetime.now(UTC) + timedelta(minutes=16)
+            assert srv.call(notifications.run_pass, srv.core, later)["email"] == 1
+            [(rcpts, raw)] = sink.messages
+            assert rcpts == ["expert.perso@example.org"] and b"1 nouveau message" in raw and b"Faure" not in raw
+            # Both lists show it late.
+            for user, view in ((member, "?vue=recues"), (req_user, "")):
+                with web_session(srv, user, "secret-pass") as (web, _):
+                    page = web.get("/teleexpertises" + view).text
+                    row_html = page.split(f'data-teleexpertise="{te["id"]}"', 1)[1].split("</tr>", 1)[0]
+                    assert "En retard" in row_html
+            # Elements provided restart the expected answer time: no longer late.
+            m.post(f"/api/v1/teleexpertises/{te['id']}/request-elements", json={"body": "Le bilan, svp."})
+            back = r.post(f"/api/v1/teleexpertises/{te['id']}/provide-elements", json={"body": "Voici."}).json()
+            assert back["overdue"] is False and back["reminded_at"] is None
+            assert srv.call(maintenance.sweep, srv.core) == {"teleexpertise_reminders": 0}
+            m.close()
+            r.close()
+    finally:
+        controller.stop()
