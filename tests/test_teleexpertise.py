@@ -362,3 +362,56 @@ def test_overdue_request_is_reminded_once_and_shown_late_on_both_sides(backend, 
             r.close()
     finally:
         controller.stop()
+
+
+def test_experts_near_me_nearest_first_by_real_distance(server, make_user):
+    """Experts of the test's own in three communes at known distances from the requester's
+    practice (Clermont-Ferrand) and one with no place: nearest first, the placeless last; the
+    distance is the great-circle one on the communes' coordinates."""
+    from monsisra.services import communes
+
+    specialty = unique("hemato")  # one word: only this test's experts match it
+    index = communes.package_index()
+    home = index.by_code["63113"]
+    made = {}
+    # Created farthest first, so that neither creation nor name order gives the expected order.
+    for code, last in (("03310", "Aubert"), ("", "Bonnet"), ("63178", "Chabrol"), ("63300", "Dumas")):
+        username, address, _ = make_user("Expert", last=f"{last}{unique('')}", profession="Médecin",
+                                         profession_code="10")
+        client = server.login(username, "secret-pass")
+        card = {"expert": {"description": "Avis sur dossier.", "specialties": [specialty], "answer_days": 5}}
+        if code:
+            card["commune_code"] = code
+        assert client.patch("/api/v1/directory/me", json=card).status_code == 200
+        made[address] = code
+    r_user, _, _ = make_user("Requérante", last=unique("REQ"), profession="Médecin", profession_code="10")
+    r = server.login(r_user, "secret-pass")
+    assert r.patch("/api/v1/directory/me", json={"commune_code": home.code}).status_code == 200
+
+    got = r.get("/api/v1/teleexpertises/experts", params={"q": specialty})
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["reference"]["code"] == "63113"
+    mine = [i for i in body["items"] if i["address"] in made]
+    assert [made[i["address"]] for i in mine] == ["63300", "63178", "03310", ""]
+    for item in mine[:3]:
+        place = index.by_code[made[item["address"]]]
+        expected = communes.distance_km(home.latitude, home.longitude, place.latitude, place.longitude)
+        assert abs(item["distance_km"] - expected) <= 0.1, (item, expected)
+    assert mine[3]["distance_km"] is None
+    assert [round(i["distance_km"]) for i in mine[:3]] == [13, 29, 47]
+
+    # The page says from where, and lists them in that order.
+    from tests.reach_support import web_session
+
+    with web_session(server, r_user, "secret-pass") as (web, _):
+        page = web.get("/teleexpertises/experts", params={"q": specialty})
+    assert page.status_code == 200 and "Clermont-Ferrand" in page.text
+    positions = [page.text.index(f'data-address="{a}"') for a in [i["address"] for i in mine]]
+    assert positions == sorted(positions)
+
+    # Someone without a practice commune gets the experts without a distance order, and is told so.
+    nowhere, _ = requester(server, make_user)
+    plain = nowhere.get("/api/v1/teleexpertises/experts", params={"q": specialty}).json()
+    assert plain["reference"] is None and {i["address"] for i in plain["items"]} >= set(made)
+    problem(r.get("/api/v1/teleexpertises/experts", params={"limit": 0}), 422)

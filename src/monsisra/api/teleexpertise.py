@@ -70,6 +70,14 @@ async def teleexpertise_stats(core: CoreDep, actor: ActorDep,
     return await teleexpertise.stats(core, actor, mailbox_id)
 
 
+@router.get("/teleexpertises/experts", tags=["teleexpertise"])
+async def experts_near_me(core: CoreDep, actor: ActorDep, q: Annotated[str, Query(max_length=200)] = "",
+                          limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict[str, Any]:
+    """Declared experts (people and services), nearest first from the actor's practice commune
+    (``distance_km``); those without a known place last. ``reference``: that commune, or null."""
+    return await teleexpertise.experts_near(core, actor, q=q, limit=limit)
+
+
 @router.get("/teleexpertises/{te_id}", tags=["teleexpertise"])
 async def get_teleexpertise(te_id: PathId, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
     return await teleexpertise.get(core, actor, te_id)

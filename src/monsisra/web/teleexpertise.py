@@ -86,6 +86,14 @@ async def expert_page(request: Request) -> Response:
     return render(request, "teleexpertise/expert.html", card=card)
 
 
+@router.get("/teleexpertises/experts")
+async def experts_page(request: Request) -> Response:
+    actor = await page_actor(request)
+    q = (request.query_params.get("q") or "")[:200]
+    data = await teleexpertise.experts_near(core_of(request), actor, q=q, limit=50)
+    return render(request, "teleexpertise/experts.html", data=data, q=q)
+
+
 @router.get("/teleexpertises/statistiques")
 async def stats_page(request: Request) -> Response:
     actor = await page_actor(request)
