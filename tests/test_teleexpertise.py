@@ -415,3 +415,79 @@ def test_experts_near_me_nearest_first_by_real_distance(server, make_user):
     plain = nowhere.get("/api/v1/teleexpertises/experts", params={"q": specialty}).json()
     assert plain["reference"] is None and {i["address"] for i in plain["items"]} >= set(made)
     problem(r.get("/api/v1/teleexpertises/experts", params={"limit": 0}), 422)
+
+
+def test_service_managers_declare_their_service_expert(server, make_user):
+    """A service's managers declare it expert (the personal card's fields); a plain member gets
+    403 and an outsider 404, with nothing changed; the declaration reaches the directory, the
+    expertise card and the expected answer time of new requests; withdrawing it stops requests."""
+    from monsisra.services import mailboxes as mb_service
+    from tests.reach_support import web_session
+
+    local = unique("svc")
+    box = server.call(mb_service.create_service_mailbox, server.core, local=local,
+                      display_name=f"Avis test {local}", organisation="CHU test")
+    people = []
+    for first in ("Gestionnaire", "Membre"):
+        username, _, _ = make_user(first, last=unique("SVC"), profession="Médecin", profession_code="10")
+        client = server.login(username, "secret-pass")
+        server.call(mb_service.grant, server.core, box.id, client.get("/api/v1/me").json()["id"], Access.MEMBER)
+        people.append((username, client))
+    (manager_user, manager), (plain_user, plain) = people
+    server.call(mb_service.set_manager, server.core, box.id, manager.get("/api/v1/me").json()["id"])
+    outsider, _ = requester(server, make_user)
+    specialty = unique("thrombo")
+    decl = {"description": "Avis sur les thromboses récidivantes.", "specialties": [specialty],
+            "documents": "Bilan de thrombophilie.", "urgent_contact": "04 73 00 00 00", "answer_days": 3}
+    url = f"/api/v1/mailboxes/{box.id}/expert"
+
+    card = plain.get(url).json()
+    assert card["can_manage"] is False and card["expert"] is None
+    assert [m["manager"] for m in card["members"] if m["name"].startswith("Gestionnaire")] == [True]
+    assert "gestionnaires" in problem(plain.put(url, json={"expert": decl}), 403)["detail"]
+    problem(outsider.put(url, json={"expert": decl}), 404)
+    problem(outsider.get(url), 404)
+    assert "90 jours" in problem(manager.put(url, json={"expert": {**decl, "answer_days": 200}}), 422)["detail"]
+    problem(manager.put(url, json={"expert": {**decl, "description": "  "}}), 422)
+    assert plain.get(url).json()["expert"] is None
+    problem(outsider.post("/api/v1/teleexpertises", json=payload(box.address, fresh_ins())), 422)
+
+    done = manager.put(url, json={"expert": decl})
+    assert done.status_code == 200, done.text
+    assert done.json()["can_manage"] is True and done.json()["expert"]["specialties"] == [specialty]
+    assert plain.get(url).json()["expert"]["answer_days"] == 3
+    found = outsider.get("/api/v1/teleexpertises/experts", params={"q": specialty}).json()["items"]
+    assert [i["address"] for i in found] == [box.address]
+    te = outsider.post("/api/v1/teleexpertises", json=payload(box.address, fresh_ins()))
+    assert te.status_code == 201, te.text
+    te = te.json()
+    delay = datetime.fromisoformat(te["due_at"]) - datetime.fromisoformat(te["created_at"])
+    assert timedelta(days=3) - timedelta(minutes=1) <= delay <= timedelta(days=3)
+
+    # The page: the form for the manager only; a plain member reads the declaration.
+    with web_session(server, plain_user, "secret-pass") as (web, csrf):
+        page = web.get(f"/boites/{box.id}/fiche").text
+        assert "service-expert-form" not in page and "Seuls les gestionnaires" in page
+        refused = web.post(f"/boites/{box.id}/fiche", data={"csrf": csrf})
+        assert refused.status_code == 403 and "gestionnaires" in refused.text
+    assert plain.get(url).json()["expert"] is not None
+    with web_session(server, manager_user, "secret-pass") as (web, csrf):
+        page = web.get(f"/boites/{box.id}/fiche").text
+        assert 'id="service-expert-form"' in page and specialty in page
+        shown = web.get("/teleexpertises/expert", params={"adresse": box.address}).text
+        assert "Bilan de thrombophilie." in shown and "04 73 00 00 00" in shown
+        assert f'href="/boites/{box.id}/fiche"' in web.get("/teleexpertises").text
+        bad = web.post(f"/boites/{box.id}/fiche", data={"csrf": csrf, "expert_on": "1", "expert_description": "x",
+                                                        "expert_answer_days": "0"})
+        assert bad.status_code == 422 and "90 jours" in bad.text
+        saved = web.post(f"/boites/{box.id}/fiche", data={
+            "csrf": csrf, "expert_on": "1", "expert_description": "Avis thromboses.",
+            "expert_specialties": f"{specialty}\nHématologie", "expert_documents": "", "expert_urgent_contact": "",
+            "expert_answer_days": "5"})
+        assert saved.status_code == 303
+        assert plain.get(url).json()["expert"]["specialties"] == [specialty, "Hématologie"]
+        # Switched off: withdrawn; new requests are refused.
+        assert web.post(f"/boites/{box.id}/fiche", data={"csrf": csrf}).status_code == 303
+    assert plain.get(url).json()["expert"] is None
+    assert "expert déclaré" in problem(outsider.post("/api/v1/teleexpertises",
+                                                     json=payload(box.address, fresh_ins())), 422)["detail"]

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query
 from pydantic import BaseModel, Field
 
 from monsisra.api.deps import MAX_ID, PathId, current_actor, get_core
+from monsisra.api.directory import Expert
 from monsisra.api.routes import PatientIn
 from monsisra.config import Settings
 from monsisra.services import patients, teleexpertise
@@ -121,6 +122,25 @@ async def decline_teleexpertise(te_id: PathId, body: DeclineIn, core: CoreDep, a
 @router.post("/teleexpertises/{te_id}/cancel", tags=["teleexpertise"])
 async def cancel_teleexpertise(te_id: PathId, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
     return await teleexpertise.act(core, actor, te_id, "cancel")
+
+
+class ServiceExpertIn(BaseModel):
+    expert: Expert | None = None
+
+
+@router.get("/mailboxes/{mailbox_id}/expert", tags=["teleexpertise"])
+async def service_expert_card(mailbox_id: PathId, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+    """A service mailbox's card for its members: ``can_manage``, members, the expert declaration."""
+    return await teleexpertise.service_card(core, actor, mailbox_id)
+
+
+@router.put("/mailboxes/{mailbox_id}/expert", tags=["teleexpertise"])
+async def declare_service_expert(mailbox_id: PathId, body: ServiceExpertIn, core: CoreDep,
+                                 actor: ActorDep) -> dict[str, Any]:
+    """Declare the service expert (``expert`` as on a person's card) or withdraw (``expert: null``):
+    the service's managers only (403 for another member)."""
+    return await teleexpertise.declare_expert(core, actor, mailbox_id,
+                                              body.expert.model_dump() if body.expert else None)
 
 
 @router.get("/billing", tags=["teleexpertise"])

@@ -17,7 +17,7 @@ from monsisra.services.core import Actor
 from monsisra.services.errors import NotFound
 from monsisra.store.directory import DirProfile
 from monsisra.store.models import Account, Mailbox, MailboxAccess, Patient
-from monsisra.store.teleexpertise import Teleexpertise, TeleexpertiseStep
+from monsisra.store.teleexpertise import ServiceExpert, Teleexpertise, TeleexpertiseStep
 
 EVENT = "teleexpertise.updated"
 CONTEXT = "teleexpertise"
@@ -29,16 +29,22 @@ def account_name(a: Account | None) -> str:
     return person_name(a) if a is not None else ""
 
 
-async def answer_days(s: AsyncSession, box: Mailbox) -> int:
-    """The expected answer time the expert declared (days), else the default."""
+async def declaration(s: AsyncSession, box: Mailbox) -> dict[str, Any]:
+    """The expert declaration of a mailbox: its owner's card, or the service's (managers')."""
     if box.owner_account_id:
         profile = await s.get(DirProfile, box.owner_account_id)
-        decl = (profile.expert or {}) if profile is not None else {}
-        try:
-            return max(1, min(int(decl.get("answer_days") or DEFAULT_ANSWER_DAYS), 90))
-        except (TypeError, ValueError):
-            return DEFAULT_ANSWER_DAYS
-    return DEFAULT_ANSWER_DAYS
+        return dict((profile.expert or {}) if profile is not None else {})
+    row = await s.get(ServiceExpert, box.id)
+    return dict(row.declaration) if row is not None else {}
+
+
+async def answer_days(s: AsyncSession, box: Mailbox) -> int:
+    """The expected answer time the expert declared (days), else the default."""
+    decl = await declaration(s, box)
+    try:
+        return max(1, min(int(decl.get("answer_days") or DEFAULT_ANSWER_DAYS), 90))
+    except (TypeError, ValueError):
+        return DEFAULT_ANSWER_DAYS
 
 
 async def sides_of(s: AsyncSession, actor: Actor, row: Teleexpertise) -> set[str]:

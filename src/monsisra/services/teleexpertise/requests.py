@@ -27,6 +27,7 @@ from monsisra.services.teleexpertise.common import (
     CONTEXT,
     account_name,
     answer_days,
+    declaration,
     emit,
     item,
     load,
@@ -111,17 +112,12 @@ async def expert_box(s: AsyncSession, address: str) -> Mailbox:
 async def expert_card(core: Core, actor: Actor, address: str) -> dict[str, Any]:
     """What an expert offers (« fiche d'expertise »): description, documents to provide, urgent
     contact, specialties and expected answer time; 404 for an address that is no declared expert."""
-    from monsisra.store.directory import DirProfile
-
     async with core.read() as s:
         try:
             box = await expert_box(s, address)
         except Invalid:
             raise NotFound("expert introuvable") from None
-        decl: dict[str, Any] = {}
-        if box.owner_account_id:
-            profile = await s.get(DirProfile, box.owner_account_id)
-            decl = dict((profile.expert or {}) if profile is not None else {})
+        decl = await declaration(s, box)
         days = await answer_days(s, box)
     return {"address": box.address, "name": box.display_name, "kind": box.kind,
             "description": decl.get("description") or box.description or "",
