@@ -20,7 +20,7 @@ from monsisra.domain.clock import utcnow
 from monsisra.domain.ins import is_nia
 from monsisra.domain.model import Category
 from monsisra.domain.text import clean_multiline
-from monsisra.services import audit, messages, patients
+from monsisra.services import audit, listing, messages, patients
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Conflict, Forbidden, Invalid, NotFound
 from monsisra.services.teleexpertise.common import (
@@ -34,7 +34,7 @@ from monsisra.services.teleexpertise.common import (
     select_rows,
     steps_of,
 )
-from monsisra.store.models import Account, Mailbox, MailboxAccess, Message, Patient
+from monsisra.store.models import Account, Mailbox, Message, Patient
 from monsisra.store.teleexpertise import Teleexpertise, TeleexpertiseStep
 
 MAX_QUESTION = 20_000
@@ -221,19 +221,9 @@ async def list_requests(core: Core, actor: Actor, *, role: str = "requester", st
         raise Invalid("rôle : « requester » ou « expert »")
     if state is not None and state not in rules.STATES:
         raise Invalid("état inconnu : " + ", ".join(rules.STATES))
-    limit = max(1, min(limit, 200))
-    mine = sa.select(MailboxAccess.mailbox_id).where(MailboxAccess.account_id == actor.account_id)
-    column = Teleexpertise.requester_mailbox_id if role == "requester" else Teleexpertise.expert_mailbox_id
-    stmt = select_rows().where(column.in_(mine))
-    if state:
-        stmt = stmt.where(Teleexpertise.state == state)
-    async with core.read() as s:
-        rows = (await s.execute(stmt.order_by(Teleexpertise.id.desc()).limit(limit))).all()
-        boxes = set(await s.scalars(mine))
-    items = []
-    for full in rows:
-        r = full[0]
-        sides = {side for side, b in (("requester", r.requester_mailbox_id), ("expert", r.expert_mailbox_id))
-                 if b in boxes}
-        items.append(item(full, sides))
+    rows = await listing.by_side(core, actor, select_rows(), role=role, state=state, limit=limit,
+                                 sides={"requester": Teleexpertise.requester_mailbox_id,
+                                        "expert": Teleexpertise.expert_mailbox_id},
+                                 newest=Teleexpertise.id, state_column=Teleexpertise.state)
+    items = [item(full, sides) for full, sides in rows]
     return {"items": items}
