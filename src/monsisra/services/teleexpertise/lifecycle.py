@@ -3,8 +3,9 @@
 submitted → (request-elements ⇄ provide-elements) → answered → closed; also declined (reason)
 and cancelled (by the requester, before the answer); assign is « Je prends en charge » by one
 member of the expert's mailbox, shown to the others. A step with a text or documents also goes
-as a letter to the other side (their documents become readable there). Answering writes, in one
-transaction, the new state, the two billing lines (RQD, TE2: unique per act) and the report.
+as a letter to the other side (their documents become readable there). Each step is one
+transaction: the guarded state change, its letter (answering: the two billing lines, RQD and TE2,
+unique per act, and the report; closing: the summary) and its events, published after the commit.
 """
 
 from __future__ import annotations
