@@ -434,7 +434,16 @@ def test_service_managers_declare_their_service_expert(server, make_user):
         server.call(mb_service.grant, server.core, box.id, client.get("/api/v1/me").json()["id"], Access.MEMBER)
         people.append((username, client))
     (manager_user, manager), (plain_user, plain) = people
-    server.call(mb_service.set_manager, server.core, box.id, manager.get("/api/v1/me").json()["id"])
+    # The administrator makes the first member a manager (/admin/boites); a member cannot.
+    with web_session(server, plain_user, "secret-pass") as (web, csrf):
+        assert web.post(f"/admin/boites/{box.id}/gestionnaire",
+                        data={"csrf": csrf, "username": plain_user, "manager": "1"}).status_code == 403
+    with web_session(server, "admin", "demo") as (web, csrf):
+        done = web.post(f"/admin/boites/{box.id}/gestionnaire",
+                        data={"csrf": csrf, "username": manager_user, "manager": "1"})
+        assert done.status_code == 303
+        row = web.get(f"/admin/boites/{box.id}").text.split(f'data-username="{manager_user}"', 1)[1]
+        assert "gestionnaire de la boîte" in row.split("</tr>", 1)[0]
     outsider, _ = requester(server, make_user)
     specialty = unique("thrombo")
     decl = {"description": "Avis sur les thromboses récidivantes.", "specialties": [specialty],

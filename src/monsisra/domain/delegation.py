@@ -71,7 +71,7 @@ def decode(stored: str | None) -> frozenset[Right]:
 def describe(rights: frozenset[Right]) -> str:
     """« lecture seule », « complète », or the list of what is allowed, in French."""
     if rights >= ALL_RIGHTS:
-        return "complète"
+        return "complète, gestionnaire de la boîte" if Right.MANAGE in rights else "complète"
     if rights <= READ_ONLY:
         return "lecture seule"
     return ", ".join(RIGHT_LABELS[r] for r in Right if r in rights)
