@@ -175,5 +175,13 @@ def test_service_manager_declares_the_service_expert(server, browser, width):
     page.get_by_role("link", name="Voir la fiche d'expertise telle que les requérants la voient").click()
     expect(page.locator("body")).to_contain_text(contact)
     assert page.evaluate("() => document.documentElement.scrollWidth") <= WIDTHS[width]["width"]
+    # Requesters find the service among the experts by its declared specialty.
+    page.goto(server.base_url + "/teleexpertises")
+    page.get_by_role("link", name="Trouver un expert près de chez moi").click()
+    page.fill("#experts-q", "Hémostase")
+    page.get_by_role("button", name="Rechercher").click()
+    expect(page.locator("#experts")).to_contain_text("Avis Hémostase")
+    expect(page.locator("#experts-reference")).to_be_visible()
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= WIDTHS[width]["width"]
     assert not page.errors, page.errors
     page.context.close()
