@@ -5,12 +5,13 @@ subprocess, statistics, and every bad input of issue 14 refused in French with n
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import io
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from monsisra.domain.ins import ins_key
 from monsisra.domain.model import Access
@@ -241,3 +242,261 @@ def test_bad_inputs_refused_in_french_and_nothing_changed(server, make_user):
     problem(m1.post(f"/api/v1/teleexpertises/{te['id']}/answer", json={"body": "x", "billing_number": "123"}), 422)
     assert r.get(f"/api/v1/teleexpertises/{te['id']}").json()["state"] == "submitted"
     problem(r.get("/api/v1/teleexpertises", params={"role": "autre"}), 422)
+
+
+def _letters(client, box_id: int, view: str = "inbox") -> list[str]:
+    items = client.get(f"/api/v1/mailboxes/{box_id}/messages", params={"view": view, "limit": 200}).json()["items"]
+    return [m["subject"] for m in items if m["subject"].startswith("Téléexpertise")]
+
+
+def test_concurrent_steps_exactly_one_wins_and_only_its_letter_exists(server, make_user):
+    """Steps raced through HTTP: one state change wins, and only the winner's letter was delivered
+    (the letter commits with the state change, never before it)."""
+    address, _, members = expert_service(server, make_user, members=3)
+    r, r_box = requester(server, make_user)
+    for _ in range(3):
+        te = r.post("/api/v1/teleexpertises", json=payload(address, fresh_ins())).json()
+        before = len(_letters(r, r_box))
+        # Each of these leaves a state from which none of the others is allowed.
+        calls = [(members[0], "answer", {"body": "Avis : bilan normal.", "billing_number": EXP_NUMBER}),
+                 (members[1], "decline", {"reason": "Hors de notre champ."}),
+                 (members[2], "decline", {"reason": "Pas de place cette semaine."}),
+                 (r, "cancel", None)]
+        url = f"/api/v1/teleexpertises/{te['id']}"
+        with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+            codes = list(pool.map(lambda c, url=url: c[0].post(f"{url}/{c[1]}", json=c[2]).status_code, calls))
+        assert sorted(codes) == [200, 409, 409, 409], codes
+        winner = calls[codes.index(200)][1]
+        got = r.get(f"/api/v1/teleexpertises/{te['id']}").json()
+        assert [s["action"] for s in got["steps"]] == ["submit", winner.replace("-", "_")]
+        after = _letters(r, r_box)
+        expected = {"answer": ["Téléexpertise : réponse de l'expert"], "decline": ["Téléexpertise refusée"],
+                    "cancel": []}[winner]
+        assert len(after) - before == len(expected) and after[:len(expected)] == expected, (winner, after)
+
+    # Two members take the same request at once: exactly one is shown as taking it.
+    te = r.post("/api/v1/teleexpertises", json=payload(address, fresh_ins())).json()
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        codes = list(pool.map(lambda c: c.post(f"/api/v1/teleexpertises/{te['id']}/assign").status_code, members))
+    assert sorted(codes) == [200, 409, 409]
+    got = r.get(f"/api/v1/teleexpertises/{te['id']}").json()
+    assert [s["action"] for s in got["steps"]] == ["submit", "assign"]
+    assert got["assigned_to"]["account_id"] == members[codes.index(200)].get("/api/v1/me").json()["id"]
+
+
+class _MailSink:
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], bytes]] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+
+def test_overdue_request_is_reminded_once_and_shown_late_on_both_sides(backend, tmp_path_factory):
+    """The expected answer time has passed (set in the test's own row, no waiting): the sweep
+    reminds once — a step, a letter in the service's mailbox, an e-mail notification to its
+    member who is away — and both sides see « En retard »; a second sweep does nothing."""
+    from aiosmtpd.controller import Controller
+
+    from monsisra.services import maintenance, notifications
+    from monsisra.store.teleexpertise import Teleexpertise
+    from tests.reach_support import make_pro, own_server, web_session
+    from tests.support import free_port
+
+    sink = _MailSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        with own_server(backend, tmp_path_factory.mktemp(f"te-remind-{backend}"), demo=False,
+                        smtp_relay=f"127.0.0.1:{controller.port}") as srv:
+            box = srv.call(mailboxes.create_service_mailbox, srv.core, local=unique("avis"),
+                           display_name="Avis test retard", organisation="CHU test", is_expert=True)
+            member, _, _ = make_pro(srv, "Expert", profession="Médecin", profession_code="10",
+                                    notification_email="expert.perso@example.org")
+            m = srv.login(member, "secret-pass")
+            srv.call(mailboxes.grant, srv.core, box.id, m.get("/api/v1/me").json()["id"], Access.MEMBER)
+            req_user, _, r_box = make_pro(srv, "Requérant", profession="Médecin", profession_code="10")
+            r = srv.login(req_user, "secret-pass")
+            srv.call(notifications.run_pass, srv.core)  # the first pass only starts the cursor
+            te = r.post("/api/v1/teleexpertises", json=payload(box.address, fresh_ins())).json()
+            assert te["overdue"] is False
+            srv.call(notifications.run_pass, srv.core)  # the request itself is announced
+            sink.messages.clear()
+
+            async def past_due() -> None:
+                async with srv.core.write() as tx:
+                    row = await tx.session.get(Teleexpertise, te["id"])
+                    row.due_at = row.created_at - timedelta(hours=1)
+
+            srv.call(past_due)
+            assert srv.call(maintenance.sweep, srv.core) == {"teleexpertise_reminders": 1}
+            assert srv.call(maintenance.sweep, srv.core) == {"teleexpertise_reminders": 0}
+
+            for side in (m, r):
+                got = side.get(f"/api/v1/teleexpertises/{te['id']}").json()
+                assert got["overdue"] is True and got["overdue_label"] == "En retard" and got["reminded_at"]
+                assert [s["action"] for s in got["steps"]] == ["submit", "remind"]
+            subject = f"Relance : téléexpertise n° {te['id']} en retard"
+            inbox = m.get(f"/api/v1/mailboxes/{box.id}/messages", params={"limit": 200}).json()["items"]
+            assert [i["subject"] for i in inbox].count(subject) == 1
+            sent = r.get(f"/api/v1/mailboxes/{r_box}/messages", params={"view": "sent"}).json()["items"]
+            assert [i["subject"] for i in sent].count(subject) == 1
+            # The member is away: the notification worker tells them (no subject, no patient data).
+            later = datetime.now(UTC) + timedelta(minutes=16)
+            assert srv.call(notifications.run_pass, srv.core, later)["email"] == 1
+            [(rcpts, raw)] = sink.messages
+            assert rcpts == ["expert.perso@example.org"] and b"1 nouveau message" in raw and b"Faure" not in raw
+            # Both lists show it late.
+            for user, view in ((member, "?vue=recues"), (req_user, "")):
+                with web_session(srv, user, "secret-pass") as (web, _):
+                    page = web.get("/teleexpertises" + view).text
+                    row_html = page.split(f'data-teleexpertise="{te["id"]}"', 1)[1].split("</tr>", 1)[0]
+                    assert "En retard" in row_html
+            # Elements provided restart the expected answer time: no longer late.
+            m.post(f"/api/v1/teleexpertises/{te['id']}/request-elements", json={"body": "Le bilan, svp."})
+            back = r.post(f"/api/v1/teleexpertises/{te['id']}/provide-elements", json={"body": "Voici."}).json()
+            assert back["overdue"] is False and back["reminded_at"] is None
+            assert srv.call(maintenance.sweep, srv.core) == {"teleexpertise_reminders": 0}
+            m.close()
+            r.close()
+    finally:
+        controller.stop()
+
+
+def test_experts_near_me_nearest_first_by_real_distance(server, make_user):
+    """Experts of the test's own in three communes at known distances from the requester's
+    practice (Clermont-Ferrand) and one with no place: nearest first, the placeless last; the
+    distance is the great-circle one on the communes' coordinates."""
+    from monsisra.services import communes
+
+    specialty = unique("hemato")  # one word: only this test's experts match it
+    index = communes.package_index()
+    home = index.by_code["63113"]
+    made = {}
+    # Created farthest first, so that neither creation nor name order gives the expected order.
+    for code, last in (("03310", "Aubert"), ("", "Bonnet"), ("63178", "Chabrol"), ("63300", "Dumas")):
+        username, address, _ = make_user("Expert", last=f"{last}{unique('')}", profession="Médecin",
+                                         profession_code="10")
+        client = server.login(username, "secret-pass")
+        card = {"expert": {"description": "Avis sur dossier.", "specialties": [specialty], "answer_days": 5}}
+        if code:
+            card["commune_code"] = code
+        assert client.patch("/api/v1/directory/me", json=card).status_code == 200
+        made[address] = code
+    r_user, _, _ = make_user("Requérante", last=unique("REQ"), profession="Médecin", profession_code="10")
+    r = server.login(r_user, "secret-pass")
+    assert r.patch("/api/v1/directory/me", json={"commune_code": home.code}).status_code == 200
+
+    got = r.get("/api/v1/teleexpertises/experts", params={"q": specialty})
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["reference"]["code"] == "63113"
+    mine = [i for i in body["items"] if i["address"] in made]
+    assert [made[i["address"]] for i in mine] == ["63300", "63178", "03310", ""]
+    for item in mine[:3]:
+        place = index.by_code[made[item["address"]]]
+        expected = communes.distance_km(home.latitude, home.longitude, place.latitude, place.longitude)
+        assert abs(item["distance_km"] - expected) <= 0.1, (item, expected)
+    assert mine[3]["distance_km"] is None
+    assert [round(i["distance_km"]) for i in mine[:3]] == [13, 29, 47]
+
+    # The page says from where, and lists them in that order.
+    from tests.reach_support import web_session
+
+    with web_session(server, r_user, "secret-pass") as (web, _):
+        page = web.get("/teleexpertises/experts", params={"q": specialty})
+    assert page.status_code == 200 and "Clermont-Ferrand" in page.text
+    positions = [page.text.index(f'data-address="{a}"') for a in [i["address"] for i in mine]]
+    assert positions == sorted(positions)
+
+    # Someone without a practice commune gets the experts without a distance order, and is told so.
+    nowhere, _ = requester(server, make_user)
+    plain = nowhere.get("/api/v1/teleexpertises/experts", params={"q": specialty}).json()
+    assert plain["reference"] is None and {i["address"] for i in plain["items"]} >= set(made)
+    problem(r.get("/api/v1/teleexpertises/experts", params={"limit": 0}), 422)
+
+
+def test_service_managers_declare_their_service_expert(server, make_user):
+    """A service's managers declare it expert (the personal card's fields); a plain member gets
+    403 and an outsider 404, with nothing changed; the declaration reaches the directory, the
+    expertise card and the expected answer time of new requests; withdrawing it stops requests."""
+    from monsisra.services import mailboxes as mb_service
+    from tests.reach_support import web_session
+
+    local = unique("svc")
+    box = server.call(mb_service.create_service_mailbox, server.core, local=local,
+                      display_name=f"Avis test {local}", organisation="CHU test")
+    people = []
+    for first in ("Gestionnaire", "Membre"):
+        username, _, _ = make_user(first, last=unique("SVC"), profession="Médecin", profession_code="10")
+        client = server.login(username, "secret-pass")
+        server.call(mb_service.grant, server.core, box.id, client.get("/api/v1/me").json()["id"], Access.MEMBER)
+        people.append((username, client))
+    (manager_user, manager), (plain_user, plain) = people
+    # The administrator makes the first member a manager (/admin/boites); a member cannot.
+    with web_session(server, plain_user, "secret-pass") as (web, csrf):
+        assert web.post(f"/admin/boites/{box.id}/gestionnaire",
+                        data={"csrf": csrf, "username": plain_user, "manager": "1"}).status_code == 403
+    with web_session(server, "admin", "demo") as (web, csrf):
+        done = web.post(f"/admin/boites/{box.id}/gestionnaire",
+                        data={"csrf": csrf, "username": manager_user, "manager": "1"})
+        assert done.status_code == 303
+        row = web.get(f"/admin/boites/{box.id}").text.split(f'data-username="{manager_user}"', 1)[1]
+        assert "gestionnaire de la boîte" in row.split("</tr>", 1)[0]
+    outsider, _ = requester(server, make_user)
+    specialty = unique("thrombo")
+    decl = {"description": "Avis sur les thromboses récidivantes.", "specialties": [specialty],
+            "documents": "Bilan de thrombophilie.", "urgent_contact": "04 73 00 00 00", "answer_days": 3}
+    url = f"/api/v1/mailboxes/{box.id}/expert"
+
+    card = plain.get(url).json()
+    assert card["can_manage"] is False and card["expert"] is None
+    assert [m["manager"] for m in card["members"] if m["name"].startswith("Gestionnaire")] == [True]
+    assert "gestionnaires" in problem(plain.put(url, json={"expert": decl}), 403)["detail"]
+    problem(outsider.put(url, json={"expert": decl}), 404)
+    problem(outsider.get(url), 404)
+    assert "90 jours" in problem(manager.put(url, json={"expert": {**decl, "answer_days": 200}}), 422)["detail"]
+    problem(manager.put(url, json={"expert": {**decl, "description": "  "}}), 422)
+    assert plain.get(url).json()["expert"] is None
+    problem(outsider.post("/api/v1/teleexpertises", json=payload(box.address, fresh_ins())), 422)
+
+    done = manager.put(url, json={"expert": decl})
+    assert done.status_code == 200, done.text
+    assert done.json()["can_manage"] is True and done.json()["expert"]["specialties"] == [specialty]
+    assert plain.get(url).json()["expert"]["answer_days"] == 3
+    found = outsider.get("/api/v1/teleexpertises/experts", params={"q": specialty}).json()["items"]
+    assert [i["address"] for i in found] == [box.address]
+    te = outsider.post("/api/v1/teleexpertises", json=payload(box.address, fresh_ins()))
+    assert te.status_code == 201, te.text
+    te = te.json()
+    delay = datetime.fromisoformat(te["due_at"]) - datetime.fromisoformat(te["created_at"])
+    assert timedelta(days=3) - timedelta(minutes=1) <= delay <= timedelta(days=3)
+
+    # The page: the form for the manager only; a plain member reads the declaration.
+    with web_session(server, plain_user, "secret-pass") as (web, csrf):
+        page = web.get(f"/boites/{box.id}/fiche").text
+        assert "service-expert-form" not in page and "Seuls les gestionnaires" in page
+        refused = web.post(f"/boites/{box.id}/fiche", data={"csrf": csrf})
+        assert refused.status_code == 403 and "gestionnaires" in refused.text
+    assert plain.get(url).json()["expert"] is not None
+    with web_session(server, manager_user, "secret-pass") as (web, csrf):
+        page = web.get(f"/boites/{box.id}/fiche").text
+        assert 'id="service-expert-form"' in page and specialty in page
+        shown = web.get("/teleexpertises/expert", params={"adresse": box.address}).text
+        assert "Bilan de thrombophilie." in shown and "04 73 00 00 00" in shown
+        assert f'href="/boites/{box.id}/fiche"' in web.get("/teleexpertises").text
+        bad = web.post(f"/boites/{box.id}/fiche", data={"csrf": csrf, "expert_on": "1", "expert_description": "x",
+                                                        "expert_answer_days": "0"})
+        assert bad.status_code == 422 and "90 jours" in bad.text
+        saved = web.post(f"/boites/{box.id}/fiche", data={
+            "csrf": csrf, "expert_on": "1", "expert_description": "Avis thromboses.",
+            "expert_specialties": f"{specialty}\nHématologie", "expert_documents": "", "expert_urgent_contact": "",
+            "expert_answer_days": "5"})
+        assert saved.status_code == 303
+        assert plain.get(url).json()["expert"]["specialties"] == [specialty, "Hématologie"]
+        # Switched off: withdrawn; new requests are refused.
+        assert web.post(f"/boites/{box.id}/fiche", data={"csrf": csrf}).status_code == 303
+    assert plain.get(url).json()["expert"] is None
+    assert "expert déclaré" in problem(outsider.post("/api/v1/teleexpertises",
+                                                     json=payload(box.address, fresh_ins())), 422)["detail"]

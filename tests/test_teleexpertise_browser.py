@@ -95,3 +95,93 @@ def test_request_elements_answer_report_billing(server, browser, width):
     for page in (alice, expert):
         assert not page.errors, page.errors
         page.context.close()
+
+
+def test_requester_page_and_list_follow_the_expert_live(server, browser):
+    """Two contexts: the requester keeps the request's page (and then the list) open; the expert
+    service's member takes it, then asks for elements — the open pages show « Prise en charge
+    par … », the new state and the new element without any reload."""
+    alice = open_page(browser, server, "alice.martin")
+    expert = open_page(browser, server, "hemostase.admin")
+    alice_api, expert_api = server.login("alice.martin"), server.login("hemostase.admin")
+    r = alice_api.post("/api/v1/teleexpertises", json={
+        "expert": f"avis-hemostase.chu-clermont@{server.settings.domain}",
+        "patient": {"ins": fresh_ins(), "family_name": "Vidal", "given_names": "Rose", "birth_date": "1985-05-06",
+                    "sex": "F"},
+        "consent": {"given": True, "by": "patient", "at": datetime.now(UTC).isoformat()},
+        "question": "Plaquettes à 90 G/L isolées : avis ?", "billing_number": "15123456" + str(luhn_key("15123456"))})
+    assert r.status_code == 201, r.text
+    te_id = r.json()["id"]
+    alice.goto(f"{server.base_url}/teleexpertises/{te_id}")
+    expect(alice.locator("body")).to_have_attribute("data-live", "1")
+    expect(alice.locator("#te-state")).to_have_text("Soumise")
+    expect(alice.locator("#te-taken")).to_have_count(0)
+    marker = alice.evaluate("() => { window.__sameDocument = 1; return 1; }")
+
+    expert.goto(f"{server.base_url}/teleexpertises/{te_id}")
+    expert.get_by_role("button", name="Je prends en charge").click()
+    expect(expert.locator("#te-taken")).to_contain_text("MOREL")
+    expect(alice.locator("#te-taken")).to_contain_text("Prise en charge par")
+    expect(alice.locator("#te-taken")).to_contain_text("MOREL")
+
+    expert.fill("#ask-body", "Un frottis sanguin, s'il vous plaît.")
+    expert.get_by_role("button", name="Demander des éléments").click()
+    expect(alice.locator("#te-state")).to_have_text("Éléments demandés")
+    expect(alice.locator("#te-awaited")).to_contain_text("requérant")
+    expect(alice.locator('#te-steps li[data-action="request_elements"]')).to_contain_text("frottis")
+    expect(alice.locator("#provide-body")).to_be_visible()
+    assert alice.evaluate("() => window.__sameDocument") == marker  # no reload happened
+
+    # The list, open on the requester's side, follows too.
+    alice.goto(server.base_url + "/teleexpertises")
+    expect(alice.locator("body")).to_have_attribute("data-live", "1")
+    row = alice.locator(f'#teleexpertises tr[data-teleexpertise="{te_id}"]')
+    expect(row).to_contain_text("Éléments demandés")
+    alice.evaluate("() => { window.__sameDocument = 2; }")
+    declined = expert_api.post(f"/api/v1/teleexpertises/{te_id}/decline",
+                               json={"reason": "Hors champ après lecture du frottis."})
+    assert declined.status_code == 200, declined.text
+    expect(row).to_contain_text("Refusée")
+    assert alice.evaluate("() => window.__sameDocument") == 2
+    for page in (alice, expert):
+        assert not page.errors, page.errors
+        page.context.close()
+    alice_api.close()
+    expert_api.close()
+
+
+@pytest.mark.parametrize("width", list(WIDTHS))
+def test_service_manager_declares_the_service_expert(server, browser, width):
+    """hemostase.admin manages « Avis Hémostase »: from the service's card page, the expert form
+    (the personal card's fields) changes what requesters read on the expertise card."""
+    page = open_page(browser, server, "hemostase.admin", viewport=WIDTHS[width])
+    page.goto(server.base_url + "/teleexpertises")
+    page.locator("#service-cards a", has_text="Avis Hémostase").click()
+    page.wait_for_url(re.compile(r"/boites/\d+/fiche$"))
+    expect(page.locator("#service-members")).to_contain_text("gestionnaire")
+    expect(page.locator("#expert_on")).to_be_checked()
+    contact = f"Astreinte {width} : 04 73 75 {len(width):02d} 00"
+    page.fill("#expert_urgent_contact", contact)
+    description = page.locator("#expert_description").input_value()
+    page.fill("#expert_description", "")
+    page.get_by_role("button", name="Enregistrer la fiche du service").click()
+    expect(page.locator(".error")).to_contain_text("description de l'expertise requise")
+    expect(page.locator("#expert_urgent_contact")).to_have_value(contact)  # what was typed is kept
+    page.fill("#expert_description", description)
+    page.fill("#expert_answer_days", "3")
+    page.get_by_role("button", name="Enregistrer la fiche du service").click()
+    expect(page.locator(".ok")).to_contain_text("enregistrée")
+    expect(page.locator("#expert_answer_days")).to_have_value("3")
+    page.get_by_role("link", name="Voir la fiche d'expertise telle que les requérants la voient").click()
+    expect(page.locator("body")).to_contain_text(contact)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= WIDTHS[width]["width"]
+    # Requesters find the service among the experts by its declared specialty.
+    page.goto(server.base_url + "/teleexpertises")
+    page.get_by_role("link", name="Trouver un expert près de chez moi").click()
+    page.fill("#experts-q", "Hémostase")
+    page.get_by_role("button", name="Rechercher").click()
+    expect(page.locator("#experts")).to_contain_text("Avis Hémostase")
+    expect(page.locator("#experts-reference")).to_be_visible()
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= WIDTHS[width]["width"]
+    assert not page.errors, page.errors
+    page.context.close()

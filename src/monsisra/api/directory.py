@@ -43,6 +43,7 @@ class Expert(BaseModel):
     documents: str = ""
     urgent_contact: str = ""
     specialties: list[str] = []
+    answer_days: int | None = None  # expected answer time (days, 1 to 90; 7 when not given)
 
 
 class ProfileChanges(BaseModel):

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query
 from pydantic import BaseModel, Field
 
 from monsisra.api.deps import MAX_ID, PathId, current_actor, get_core
+from monsisra.api.directory import Expert
 from monsisra.api.routes import PatientIn
 from monsisra.config import Settings
 from monsisra.services import patients, teleexpertise
@@ -19,7 +17,6 @@ from monsisra.services.core import Actor, Core
 router = APIRouter(prefix="/api/v1")
 ActorDep = Annotated[Actor, Depends(current_actor)]
 CoreDep = Annotated[Core, Depends(get_core)]
-log = logging.getLogger("monsisra")
 StateName = Literal["submitted", "elements_requested", "answered", "closed", "declined", "cancelled"]
 
 
@@ -74,6 +71,14 @@ async def teleexpertise_stats(core: CoreDep, actor: ActorDep,
     return await teleexpertise.stats(core, actor, mailbox_id)
 
 
+@router.get("/teleexpertises/experts", tags=["teleexpertise"])
+async def experts_near_me(core: CoreDep, actor: ActorDep, q: Annotated[str, Query(max_length=200)] = "",
+                          limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict[str, Any]:
+    """Declared experts (people and services), nearest first from the actor's practice commune
+    (``distance_km``); those without a known place last. ``reference``: that commune, or null."""
+    return await teleexpertise.experts_near(core, actor, q=q, limit=limit)
+
+
 @router.get("/teleexpertises/{te_id}", tags=["teleexpertise"])
 async def get_teleexpertise(te_id: PathId, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
     return await teleexpertise.get(core, actor, te_id)
@@ -119,6 +124,25 @@ async def cancel_teleexpertise(te_id: PathId, core: CoreDep, actor: ActorDep) ->
     return await teleexpertise.act(core, actor, te_id, "cancel")
 
 
+class ServiceExpertIn(BaseModel):
+    expert: Expert | None = None
+
+
+@router.get("/mailboxes/{mailbox_id}/expert", tags=["teleexpertise"])
+async def service_expert_card(mailbox_id: PathId, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+    """A service mailbox's card for its members: ``can_manage``, members, the expert declaration."""
+    return await teleexpertise.service_card(core, actor, mailbox_id)
+
+
+@router.put("/mailboxes/{mailbox_id}/expert", tags=["teleexpertise"])
+async def declare_service_expert(mailbox_id: PathId, body: ServiceExpertIn, core: CoreDep,
+                                 actor: ActorDep) -> dict[str, Any]:
+    """Declare the service expert (``expert`` as on a person's card) or withdraw (``expert: null``):
+    the service's managers only (403 for another member)."""
+    return await teleexpertise.declare_expert(core, actor, mailbox_id,
+                                              body.expert.model_dump() if body.expert else None)
+
+
 @router.get("/billing", tags=["teleexpertise"])
 async def billing_lines(core: CoreDep, actor: ActorDep,
                         month: Annotated[str, Query(max_length=7)] = "") -> dict[str, Any]:
@@ -126,31 +150,7 @@ async def billing_lines(core: CoreDep, actor: ActorDep,
     return await teleexpertise.lines(core, actor, month)
 
 
-async def _reminders(app: FastAPI, core: Core):
-    """The reminder worker: every few minutes, requests past their expected answer time."""
-    if not core.settings.run_workers:
-        return None
-
-    async def loop() -> None:
-        while True:
-            try:
-                await teleexpertise.remind_overdue(core)
-            except Exception:  # the loop must survive one bad pass
-                log.exception("tele-expertise reminder pass failed")
-            await asyncio.sleep(300)
-
-    task = asyncio.create_task(loop())
-
-    async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return stop
-
-
 def install(app: FastAPI, settings: Settings) -> None:
     app.include_router(router)
-    app.state.startup_hooks.append(_reminders)
 
 

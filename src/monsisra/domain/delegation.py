@@ -17,9 +17,13 @@ class Right(StrEnum):
     DRAFT = "draft"
     SEND = "send"
     FLAGS = "flags"
+    # Not a delegate's right: a member who manages a service mailbox (its card, its expert
+    # declaration). Stored on that member's access row; plain members have NULL (ALL_RIGHTS).
+    MANAGE = "manage"
 
 
-ALL_RIGHTS = frozenset(Right)
+ALL_RIGHTS = frozenset({Right.READ, Right.DRAFT, Right.SEND, Right.FLAGS})
+MANAGER_RIGHTS = ALL_RIGHTS | {Right.MANAGE}
 READ_ONLY = frozenset({Right.READ})
 
 RIGHT_LABELS = {
@@ -27,6 +31,7 @@ RIGHT_LABELS = {
     Right.DRAFT: "préparer des brouillons",
     Right.SEND: "envoyer de la part du titulaire",
     Right.FLAGS: "classer (lu, favori, à traiter, archive, corbeille)",
+    Right.MANAGE: "gérer la boîte de service (fiche, déclaration d'expert)",
 }
 
 # Presets offered by the pages; the API takes any list.
@@ -46,7 +51,7 @@ def parse(values: Iterable[str] | None) -> frozenset[Right]:
     if values is None:
         return ALL_RIGHTS
     names = {str(v).strip().lower() for v in values if str(v).strip()}
-    unknown = sorted(n for n in names if n not in {r.value for r in Right})
+    unknown = sorted(n for n in names if n not in {r.value for r in ALL_RIGHTS})
     if unknown:
         raise BadRights(f"droits inconnus : {', '.join(unknown)} (attendus : read, draft, send, flags)")
     return frozenset({Right.READ, *(Right(n) for n in names)})
@@ -54,7 +59,7 @@ def parse(values: Iterable[str] | None) -> frozenset[Right]:
 
 def encode(rights: frozenset[Right]) -> str | None:
     """The stored form: None for every right (the default), else the sorted list."""
-    return None if rights >= ALL_RIGHTS else ",".join(sorted(r.value for r in rights))
+    return None if rights == ALL_RIGHTS else ",".join(sorted(r.value for r in rights))
 
 
 def decode(stored: str | None) -> frozenset[Right]:
@@ -66,7 +71,7 @@ def decode(stored: str | None) -> frozenset[Right]:
 def describe(rights: frozenset[Right]) -> str:
     """« lecture seule », « complète », or the list of what is allowed, in French."""
     if rights >= ALL_RIGHTS:
-        return "complète"
+        return "complète, gestionnaire de la boîte" if Right.MANAGE in rights else "complète"
     if rights <= READ_ONLY:
         return "lecture seule"
     return ", ".join(RIGHT_LABELS[r] for r in Right if r in rights)

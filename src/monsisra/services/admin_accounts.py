@@ -249,6 +249,14 @@ async def grant(core: Core, actor: Actor, mailbox_id: int, username: str, access
                                  wanted if access == Access.DELEGATE else None)
 
 
+async def set_manager(core: Core, actor: Actor, mailbox_id: int, username: str, manager: bool) -> None:
+    """Make a member of a service mailbox one of its managers (its card, its expert declaration)."""
+    require_admin(actor)
+    async with core.read() as s:
+        account = await _account(s, username)
+    await mailboxes.set_manager(core, mailbox_id, account.id, manager, actor)
+
+
 async def revoke(core: Core, actor: Actor, mailbox_id: int, username: str) -> None:
     """Take back a membership or delegation (the owner's access cannot be taken)."""
     require_admin(actor)

@@ -100,6 +100,12 @@ SERVICE_DESCRIPTIONS = {
                                    "Réponse sous 2 jours ouvrés.",
 }
 
+SERVICE_EXPERTISE = {
+    "avis-hemostase.chu-clermont": {"specialties": ["Hémostase", "Hématologie"], "answer_days": 2,
+                                    "documents": "Bilan d'hémostase (TP, TCA, fibrinogène), NFS, traitement en cours.",
+                                    "urgent_contact": "Hématologue d'astreinte : 04 73 75 00 00"},
+}
+
 PATIENTS = [
     # ins (valid key), family, given, birth date, sex
     ("180017510801182", "DURAND", "Pierre Marie", "1980-01-01", "M"),
@@ -220,6 +226,13 @@ async def load(core: Core, progress=None) -> None:
                                                             description=SERVICE_DESCRIPTIONS.get(local, ""))
                 for username in members:
                     await mailboxes.grant(core, mb.id, people[username].id, Access.MEMBER)
+                    # The demo's service members manage their service (card, expert declaration).
+                    await mailboxes.set_manager(core, mb.id, people[username].id)
+                if expert and members and local in SERVICE_EXPERTISE:
+                    from monsisra.services import teleexpertise
+
+                    await teleexpertise.declare_expert(core, _actor(people[members[0]]), mb.id, {
+                        "description": SERVICE_DESCRIPTIONS[local], **SERVICE_EXPERTISE[local]})
             bar.advance(task)
         # The other MSSanté operators whose mail the demo shows (and patients' Mon espace santé).
         await trust.add(core, list(TRUSTED_DEMO_DOMAINS), note="démonstration")

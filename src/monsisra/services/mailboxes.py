@@ -217,6 +217,21 @@ async def revoke_in(tx: Tx, mailbox_id: int, account_id: int, actor: Actor | Non
     tx.emit(MAILBOX_REVOKED, [account_id], mailbox_id=mailbox_id, address=address, access=access)
 
 
+async def set_manager(core: Core, mailbox_id: int, account_id: int, manager: bool = True,
+                      actor: Actor | None = None) -> None:
+    """Make a member of a service mailbox one of its managers (or a plain member again).
+    Callers check who may do it (an administrator; the CLI and demo act as the system)."""
+    async with core.write() as tx:
+        s = tx.session
+        row = await s.get(MailboxAccess, (mailbox_id, account_id))
+        if row is None or row.access != Access.MEMBER:
+            raise Invalid("seul un membre d'une boîte de service peut en être gestionnaire")
+        row.rights = delegation.encode(delegation.MANAGER_RIGHTS if manager else delegation.ALL_RIGHTS)
+        audit.record(s, actor.account_id if actor else None, "mailbox.manager", object_type="mailbox",
+                     object_id=mailbox_id, mailbox_id=mailbox_id, client=actor.client if actor else None,
+                     detail={"account_id": account_id, "manager": manager})
+
+
 async def access_of(session: AsyncSession, actor: Actor, mailbox_id: int) -> str:
     """The actor's access to a mailbox, or :class:`NotFound` (never reveal it exists)."""
     return (await rights_of(session, actor, mailbox_id))[0]
@@ -261,6 +276,7 @@ RIGHT_REFUSED = {
     Right.DRAFT: "votre délégation sur cette boîte ne permet pas de préparer de brouillon",
     Right.SEND: "votre délégation sur cette boîte ne permet pas d'envoyer de la part du titulaire",
     Right.FLAGS: "votre délégation sur cette boîte ne permet pas de classer les messages",
+    Right.MANAGE: "seuls les gestionnaires de cette boîte de service peuvent modifier sa fiche",
 }
 
 

@@ -1,5 +1,6 @@
 """Housekeeping: expired tokens, stale throttling rows, the bins (messages deleted more than 30
-days ago), uploads never attached to a message."""
+days ago), uploads never attached to a message (hourly); and the frequent sweep of what falls due
+(tele-expertises past their expected answer time: one reminder each)."""
 
 from __future__ import annotations
 
@@ -86,12 +87,29 @@ async def _unreferenced_elsewhere(core: Core, digest: str) -> bool:
 BLOB_REFERENCES: list = []
 
 
-async def run_periodically(core: Core, every_seconds: float = 3600) -> None:
+async def sweep(core: Core) -> dict[str, int]:
+    """What falls due by the clock, every few minutes: the overdue tele-expertise reminders."""
+    from monsisra.services import teleexpertise
+
+    return {"teleexpertise_reminders": await teleexpertise.remind_overdue(core)}
+
+
+async def run_periodically(core: Core, every_seconds: float = 3600, sweep_seconds: float = 300) -> None:
+    loop = asyncio.get_running_loop()
+    next_purge = loop.time()
     while True:
+        if loop.time() >= next_purge:
+            next_purge = loop.time() + every_seconds
+            try:
+                report = await purge(core)
+                if report.tokens or report.uploads or report.trashed or report.partial_uploads:
+                    log.info("purge: %s", report)
+            except Exception:
+                log.exception("purge failed")
         try:
-            report = await purge(core)
-            if report.tokens or report.uploads or report.trashed or report.partial_uploads:
-                log.info("purge: %s", report)
-        except Exception:
-            log.exception("purge failed")
-        await asyncio.sleep(every_seconds)
+            done = await sweep(core)
+            if any(done.values()):
+                log.info("sweep: %s", done)
+        except Exception:  # the loop must survive one bad pass
+            log.exception("sweep failed")
+        await asyncio.sleep(min(sweep_seconds, every_seconds))

@@ -20,7 +20,7 @@ from monsisra.domain.clock import iso, utcnow
 from monsisra.domain.delegation import Right
 from monsisra.domain.model import Category
 from monsisra.domain.text import clean_multiline
-from monsisra.services import audit, mailboxes, messages, patients
+from monsisra.services import audit, listing, mailboxes, messages, patients
 from monsisra.services.care_team import person_name
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Conflict, Forbidden, Invalid, NotFound
@@ -262,18 +262,9 @@ async def list_requests(core: Core, actor: Actor, *, role: str = "received", sta
         raise Invalid("role : « sent » ou « received »")
     if state is not None and state not in STATES:
         raise Invalid("état : « new », « taken » ou « closed »")
-    limit = max(1, min(limit, 200))
-    mine = sa.select(MailboxAccess.mailbox_id).where(MailboxAccess.account_id == actor.account_id)
-    column = SupportRequest.from_mailbox_id if role == "sent" else SupportRequest.to_mailbox_id
-    stmt = _select().where(column.in_(mine))
-    if state:
-        stmt = stmt.where(SupportRequest.state == state)
-    async with core.read() as s:
-        rows = (await s.execute(stmt.order_by(SupportRequest.id.desc()).limit(limit))).all()
-        boxes = set(await s.scalars(mine))
-    items = []
-    for row in rows:
-        r = row[0]
-        sides = {side for side, box in (("sent", r.from_mailbox_id), ("received", r.to_mailbox_id)) if box in boxes}
-        items.append(_item(row, sides))
+    rows = await listing.by_side(core, actor, _select(), role=role, state=state, limit=limit,
+                                 sides={"sent": SupportRequest.from_mailbox_id,
+                                        "received": SupportRequest.to_mailbox_id},
+                                 newest=SupportRequest.id, state_column=SupportRequest.state)
+    items = [_item(row, sides) for row, sides in rows]
     return {"items": items}

@@ -82,3 +82,14 @@ class BillingLine(Base):
     patient_nir: Mapped[str] = mapped_column(Line(15))
     billing_number: Mapped[str] = mapped_column(Line(9))
     created_at: Mapped[datetime] = mapped_column(UTC, default=_now)
+
+
+class ServiceExpert(Base):
+    """A service mailbox's expert declaration, made by its managers (a person's is on their card)."""
+
+    __tablename__ = "service_experts"
+
+    mailbox_id: Mapped[int] = mapped_column(sa.ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True)
+    declaration: Mapped[dict] = mapped_column(sa.JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTC, default=_now)
+    updated_by: Mapped[int | None] = mapped_column(sa.ForeignKey("accounts.id"))

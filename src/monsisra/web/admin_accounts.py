@@ -188,6 +188,21 @@ async def mailbox_grant(request: Request, mailbox_id: PathId) -> Response:
     return _back(request, f"/admin/boites/{mailbox_id}", f"Accès donné à {username}.")
 
 
+@router.post("/admin/boites/{mailbox_id}/gestionnaire")
+async def mailbox_manager(request: Request, mailbox_id: PathId) -> Response:
+    actor, form = await form_actor(request)
+    username = str(form.get("username", "")).strip()[:120]
+    manager = form.get("manager") == "1"
+    try:
+        await admin.set_manager(core_of(request), actor, mailbox_id, username, manager)
+    except ServiceError as exc:
+        if exc.status == 403:
+            raise
+        return await _mailbox_page(request, mailbox_id, status=exc.status, error=_err(exc))
+    done = "est maintenant gestionnaire de la boîte" if manager else "n'est plus gestionnaire de la boîte"
+    return _back(request, f"/admin/boites/{mailbox_id}", f"{username} {done}.")
+
+
 @router.post("/admin/boites/{mailbox_id}/retirer")
 async def mailbox_revoke(request: Request, mailbox_id: PathId) -> Response:
     actor, form = await form_actor(request)

@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from monsisra.api.deps import PathId
 from monsisra.domain import teleexpertise as rules
-from monsisra.services import attachments, teleexpertise
+from monsisra.services import attachments, mailboxes, teleexpertise
 from monsisra.services.errors import ServiceError
 from monsisra.web.common import core_of, error_page, form_actor, page_actor, render, set_flash
 from monsisra.web.patients import OIDS, patient_from_form, typed_patient
@@ -44,8 +44,9 @@ async def list_page(request: Request) -> Response:
     state = request.query_params.get("etat") or None
     state = state if state in rules.STATES else None
     page = await teleexpertise.list_requests(core_of(request), actor, role=role, state=state)
+    services = [m for m in await mailboxes.list_for(core_of(request), actor) if m.access == "member"]
     return render(request, "teleexpertise/list.html", items=page["items"], role=role, state=state,
-                  states=rules.STATE_LABELS)
+                  states=rules.STATE_LABELS, services=services)
 
 
 @router.get("/teleexpertises/nouvelle")
@@ -86,6 +87,14 @@ async def expert_page(request: Request) -> Response:
     return render(request, "teleexpertise/expert.html", card=card)
 
 
+@router.get("/teleexpertises/experts")
+async def experts_page(request: Request) -> Response:
+    actor = await page_actor(request)
+    q = (request.query_params.get("q") or "")[:200]
+    data = await teleexpertise.experts_near(core_of(request), actor, q=q, limit=50)
+    return render(request, "teleexpertise/experts.html", data=data, q=q)
+
+
 @router.get("/teleexpertises/statistiques")
 async def stats_page(request: Request) -> Response:
     actor = await page_actor(request)
@@ -120,6 +129,44 @@ async def action(request: Request, te_id: PathId, action: str) -> Response:
         return response
     set_flash(request, response, DONE[verb])
     return response
+
+
+def _declaration_from_form(form: Any) -> dict[str, Any] | None:
+    """The expert fields of a card form (the same as « Ma fiche »); None when the switch is off."""
+    if form.get("expert_on") != "1":
+        return None
+    return {"description": str(form.get("expert_description", "")), "documents": str(form.get("expert_documents", "")),
+            "urgent_contact": str(form.get("expert_urgent_contact", "")),
+            "specialties": [x.strip() for x in str(form.get("expert_specialties", "")).splitlines() if x.strip()],
+            "answer_days": str(form.get("expert_answer_days", "") or "7")}
+
+
+@router.get("/boites/{mailbox_id}/fiche")
+async def service_card_page(request: Request, mailbox_id: PathId) -> Response:
+    actor = await page_actor(request)
+    try:
+        card = await teleexpertise.service_card(core_of(request), actor, mailbox_id)
+    except ServiceError as exc:
+        return error_page(request, exc.status, "Boîte de service introuvable", exc.detail)
+    return render(request, "teleexpertise/service_card.html", card=card, ex=card["expert"] or {},
+                  saved=request.query_params.get("ok") == "1")
+
+
+@router.post("/boites/{mailbox_id}/fiche")
+async def service_card_save(request: Request, mailbox_id: PathId) -> Response:
+    actor, form = await form_actor(request)
+    core = core_of(request)
+    decl = _declaration_from_form(form)
+    try:
+        await teleexpertise.declare_expert(core, actor, mailbox_id, decl)
+    except ServiceError as exc:
+        try:
+            card = await teleexpertise.service_card(core, actor, mailbox_id)
+        except ServiceError:
+            return error_page(request, exc.status, "Boîte de service introuvable", exc.detail)
+        return render(request, "teleexpertise/service_card.html", status=exc.status, card=card,
+                      ex=decl or card["expert"] or {}, expert_on=decl is not None, error=exc.detail)
+    return RedirectResponse(f"/boites/{mailbox_id}/fiche?ok=1", status_code=303)
 
 
 @router.get("/facturation")

@@ -201,28 +201,38 @@ async def update_profile(core: Core, actor: Actor, account_id: int, changes: dic
                 if box is not None:
                     box.is_expert = False
             else:
-                if not isinstance(decl, dict) or set(decl) - set(EXPERT_FIELDS):
-                    raise Invalid(f"déclaration d'expertise : champs attendus {', '.join(EXPERT_FIELDS)}")
-                if not (decl.get("description") or "").strip():
-                    raise Invalid("déclaration d'expertise : description de l'expertise requise")
-                specs = decl.get("specialties") or []
-                if not isinstance(specs, list) or not all(isinstance(x, str) for x in specs):
-                    raise Invalid("déclaration d'expertise : liste de spécialités attendue")
-                try:
-                    days = int(decl.get("answer_days") or 7)
-                except (TypeError, ValueError):
-                    days = 0
-                if not 1 <= days <= 90:
-                    raise Invalid("déclaration d'expertise : délai de réponse entre 1 et 90 jours")
-                profile.expert = {"description": decl["description"].strip()[:4000], "answer_days": days,
-                                  "documents": (decl.get("documents") or "")[:4000],
-                                  "urgent_contact": (decl.get("urgent_contact") or "")[:200],
-                                  "specialties": [x[:160] for x in specs][:20]}
+                profile.expert = check_expert_declaration(decl)
                 if box is not None:
                     box.is_expert = True
         profile.updated_at = utcnow()
     await sync_local(core, force=True)
     return await get_my_profile(core, actor)
+
+
+def check_expert_declaration(decl: Any) -> dict[str, Any]:
+    """An expert declaration (a person's card or a service's), as stored; French refusals."""
+    if not isinstance(decl, dict) or set(decl) - set(EXPERT_FIELDS):
+        raise Invalid(f"déclaration d'expertise : champs attendus {', '.join(EXPERT_FIELDS)}")
+    if not (decl.get("description") or "").strip():
+        raise Invalid("déclaration d'expertise : description de l'expertise requise")
+    specs = decl.get("specialties") or []
+    if not isinstance(specs, list) or not all(isinstance(x, str) for x in specs):
+        raise Invalid("déclaration d'expertise : liste de spécialités attendue")
+    try:
+        days = int(decl.get("answer_days") or 7)
+    except (TypeError, ValueError):
+        days = 0
+    if not 1 <= days <= 90:
+        raise Invalid("déclaration d'expertise : délai de réponse entre 1 et 90 jours")
+    return {"description": decl["description"].strip()[:4000], "answer_days": days,
+            "documents": (decl.get("documents") or "")[:4000],
+            "urgent_contact": (decl.get("urgent_contact") or "")[:200],
+            "specialties": [x[:160] for x in specs][:20]}
+
+
+def clean_expert_declaration(decl: Any) -> Any:
+    """The text rule on a declaration's fields (see :func:`_clean_card_changes`)."""
+    return _clean_card_changes({"expert": decl})["expert"]
 
 
 _CARD_LINES = {"notification_phone": "téléphone de notification", "notification_email": "e-mail de notification",

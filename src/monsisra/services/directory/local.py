@@ -32,6 +32,7 @@ from monsisra.store.directory import (
     DirSearch,
 )
 from monsisra.store.models import Account, Mailbox
+from monsisra.store.teleexpertise import ServiceExpert
 
 _LOCAL_STATE = sa.select(
     sa.func.count(Mailbox.id), sa.func.max(Mailbox.id),
@@ -81,6 +82,7 @@ async def _sync_local_in(s: AsyncSession, sig: str) -> None:
     people = {p.national_id: p for p in (await s.execute(sa.select(DirPerson).where(DirPerson.national_id.in_(
         [a.national_id for a in owners.values() if a.national_id])))).scalars()}
     acts = await activities_of(s, [p.id for p in people.values()])
+    service_experts = {r.mailbox_id: r.declaration or {} for r in (await s.execute(sa.select(ServiceExpert))).scalars()}
     docs: list[Doc] = []
     for b in boxes:
         e = entries.get(b.address)
@@ -133,6 +135,8 @@ async def _sync_local_in(s: AsyncSession, sig: str) -> None:
                                is_resource_team=bool(b.is_resource_team), local_mailbox_id=b.id,
                                name=b.display_name)
             doc.words += ds.words(b.description or "")
+            if b.is_expert and b.id in service_experts:
+                doc.words += ds.words(" ".join(service_experts[b.id].get("specialties") or []))
         docs.append(doc)
     table = DirSearch.__table__
     if not is_postgres(s):

@@ -178,8 +178,9 @@ def _item(row: Any, opened: dict[int, Any], ref) -> dict[str, Any]:
 
 
 async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", kind: str = "all",
-                 limit: int = 20, offset: int = 0, near: str = "") -> dict[str, Any]:
-    """Directory search: two sections (professionals, services), each paged and ranked."""
+                 limit: int = 20, offset: int = 0, near: str | communes_service.Commune = "") -> dict[str, Any]:
+    """Directory search: two sections (professionals, services), each paged and ranked; ``near``
+    (a place, or a commune such as the actor's practice) orders by distance from it."""
     if kind not in KINDS:
         raise Invalid(f"type inconnu : {kind} (attendu : {', '.join(KINDS)})")
     limit = max(1, min(int(limit), 100))
@@ -188,7 +189,9 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
     tokens = ds.query_tokens(q)
     place = resolve_where(where)
     ref = place.ref
-    if near:
+    if isinstance(near, communes_service.Commune):
+        ref = near
+    elif near:
         ref = resolve_where(near).ref or ref
     filters: tuple[ds.Group, ...] = place.groups
     if kind == "experts":

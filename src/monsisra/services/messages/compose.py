@@ -4,6 +4,8 @@ the recipients checked (trust space, local mailboxes, patient addresses) before 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,15 +202,25 @@ async def _sending_mailbox(s: AsyncSession, actor: Actor, mailbox_id: int, draft
     return row
 
 
-async def send(core: Core, actor: Actor, req: Compose) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def _joined(core: Core, tx: Tx | None) -> AsyncIterator[Tx]:
+    if tx is not None:
+        yield tx
+    else:
+        async with core.write() as fresh:
+            yield fresh
+
+
+async def send(core: Core, actor: Actor, req: Compose, *, tx: Tx | None = None) -> dict[str, Any]:
     """Send (or save as draft) a message; returns it as the sending mailbox sees it.
 
     Validation first (nothing is written when anything is wrong), then one transaction with one
-    statement per table; events go out after the commit.
+    statement per table; events go out after the commit. With ``tx`` the letter joins the caller's
+    transaction (a step and its letter commit together, or neither does).
     """
     _check_compose(req)
     html = sanitize_html(req.html) if req.html else None
-    async with core.write() as tx:
+    async with _joined(core, tx) as tx:
         s = tx.session
         sender = await _sending_mailbox(s, actor, req.from_mailbox, req.draft)
         recipients, bad = await _resolve_recipients(s, core, req)

@@ -8,16 +8,18 @@ import io
 import re
 import statistics
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from monsisra.domain.clock import utcnow
+import monsisra.services.teleexpertise.report as report
+from monsisra.domain.clock import in_paris, utcnow
 from monsisra.services import audit
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Invalid, NotFound
 from monsisra.services.teleexpertise.common import emit
-from monsisra.store.models import MailboxAccess
+from monsisra.store.models import Mailbox, MailboxAccess, Patient
 from monsisra.store.teleexpertise import BillingLine, Teleexpertise, TeleexpertiseStep
 
 CSV_COLUMNS = ["date", "code", "amount_eur", "patient_nir", "billing_number", "teleexpertise_id", "account_id"]
@@ -100,23 +102,44 @@ async def stats(core: Core, actor: Actor, mailbox_id: int | None = None) -> dict
     return {"items": items}
 
 
-async def remind_overdue(core: Core, limit: int = 200) -> int:
-    """A worker pass: each request still awaiting the expert past its expected answer time gets
-    one reminder (a step and a live event to both sides). Returns how many were reminded."""
-    now = utcnow()
+async def remind_overdue(core: Core, limit: int = 200, now: datetime | None = None) -> int:
+    """A sweep (services/maintenance.py): each request still awaiting the expert past its expected
+    answer time is reminded once: a step, a letter into the expert's mailbox (from the requester's,
+    so it also sits in their « Envoyés »; the notification worker tells members who are away) and
+    a live event to both sides. A second sweep finds nothing. Returns how many were reminded."""
+    now = now or utcnow()
+    reminded = 0
     async with core.write() as tx:
         s = tx.session
         rows = (await s.scalars(sa.select(Teleexpertise).where(
             Teleexpertise.state == "submitted", Teleexpertise.due_at < now, Teleexpertise.reminded_at.is_(None))
             .order_by(Teleexpertise.id).limit(limit))).all()
         for row in rows:
-            row.reminded_at = now
+            # Guarded: of two sweeps (two processes) only one reminds.
+            done = await s.execute(sa.update(Teleexpertise).where(
+                Teleexpertise.id == row.id, Teleexpertise.state == "submitted",
+                Teleexpertise.reminded_at.is_(None)).values(reminded_at=now))
+            if done.rowcount != 1:
+                continue
+            await s.refresh(row)
+            req_box = await s.get(Mailbox, row.requester_mailbox_id)
+            exp_box = await s.get(Mailbox, row.expert_mailbox_id)
+            patient = await s.get(Patient, row.patient_id)
+            assert req_box is not None and exp_box is not None and patient is not None
+            since = in_paris(row.due_at).strftime("%d/%m/%Y %H:%M") if row.due_at else "—"
+            text = (f"Relance : la demande de téléexpertise du {in_paris(row.created_at).strftime('%d/%m/%Y')} "
+                    f"pour {patient.family_name} {patient.given_names}".rstrip() + " attend votre réponse ; le délai "
+                    f"de réponse annoncé est dépassé depuis le {since}.\n\n"
+                    f"Question : {row.question[:500]}\n\n"
+                    f"Pour répondre : {core.settings.base_url}/teleexpertises/{row.id}")
             s.add(TeleexpertiseStep(teleexpertise_id=row.id, action="remind", account_id=None,
                                     author_name="MonSisra", created_at=now,
                                     body="Relance : le délai de réponse annoncé par l'expert est dépassé.",
                                     attachments=[]))
+            await report.deliver(core, tx, None, sender=req_box, sender_name=f"MonSisra pour {req_box.display_name}",
+                                 to=[exp_box], subject=f"Relance : téléexpertise n° {row.id} en retard",
+                                 body=text, patient_id=row.patient_id, blob=None, filename="", te_id=row.id,
+                                 now=now)
             await emit(tx, row)
-            tx.emit("teleexpertise.reminder", [], id=row.id)
-        return len(rows)
-
-
+            reminded += 1
+    return reminded

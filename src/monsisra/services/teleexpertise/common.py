@@ -10,14 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from monsisra.domain import teleexpertise as rules
-from monsisra.domain.clock import iso
+from monsisra.domain.clock import as_utc, iso, utcnow
 from monsisra.services import mailboxes, patients
 from monsisra.services.care_team import person_name
 from monsisra.services.core import Actor
 from monsisra.services.errors import NotFound
 from monsisra.store.directory import DirProfile
 from monsisra.store.models import Account, Mailbox, MailboxAccess, Patient
-from monsisra.store.teleexpertise import Teleexpertise, TeleexpertiseStep
+from monsisra.store.teleexpertise import ServiceExpert, Teleexpertise, TeleexpertiseStep
 
 EVENT = "teleexpertise.updated"
 CONTEXT = "teleexpertise"
@@ -29,16 +29,22 @@ def account_name(a: Account | None) -> str:
     return person_name(a) if a is not None else ""
 
 
-async def answer_days(s: AsyncSession, box: Mailbox) -> int:
-    """The expected answer time the expert declared (days), else the default."""
+async def declaration(s: AsyncSession, box: Mailbox) -> dict[str, Any]:
+    """The expert declaration of a mailbox: its owner's card, or the service's (managers')."""
     if box.owner_account_id:
         profile = await s.get(DirProfile, box.owner_account_id)
-        decl = (profile.expert or {}) if profile is not None else {}
-        try:
-            return max(1, min(int(decl.get("answer_days") or DEFAULT_ANSWER_DAYS), 90))
-        except (TypeError, ValueError):
-            return DEFAULT_ANSWER_DAYS
-    return DEFAULT_ANSWER_DAYS
+        return dict((profile.expert or {}) if profile is not None else {})
+    row = await s.get(ServiceExpert, box.id)
+    return dict(row.declaration) if row is not None else {}
+
+
+async def answer_days(s: AsyncSession, box: Mailbox) -> int:
+    """The expected answer time the expert declared (days), else the default."""
+    decl = await declaration(s, box)
+    try:
+        return max(1, min(int(decl.get("answer_days") or DEFAULT_ANSWER_DAYS), 90))
+    except (TypeError, ValueError):
+        return DEFAULT_ANSWER_DAYS
 
 
 async def sides_of(s: AsyncSession, actor: Actor, row: Teleexpertise) -> set[str]:
@@ -91,6 +97,14 @@ def _person(a: Account | None) -> dict[str, Any] | None:
 AWAITED_LABELS = {"expert": "En attente de l'expert", "requester": "En attente du requérant"}
 
 
+OVERDUE_LABEL = "En retard"
+
+
+def is_overdue(r: Teleexpertise) -> bool:
+    """Still awaiting the expert past the expected answer time."""
+    return r.state == "submitted" and r.due_at is not None and as_utc(r.due_at) < utcnow()
+
+
 def item(full: Any, sides: set[str]) -> dict[str, Any]:
     r, req_box, exp_box, requester, assignee, answerer, patient = full
     awaited = rules.awaited(r.state)
@@ -98,6 +112,7 @@ def item(full: Any, sides: set[str]) -> dict[str, Any]:
         awaited_label = "Réponse reçue : à clôturer"
     else:
         awaited_label = AWAITED_LABELS.get(awaited or "", "Terminée")
+    overdue = is_overdue(r)
     actions = [a for a, (side, froms, _to) in rules.TRANSITIONS.items()
                if r.state in froms and (side == "either" or side in sides)]
     if "assign" in actions and r.assigned_to is not None:
@@ -105,6 +120,7 @@ def item(full: Any, sides: set[str]) -> dict[str, Any]:
     return {"id": r.id, "state": r.state, "state_label": rules.STATE_LABELS[r.state], "awaited": awaited,
             "awaited_label": awaited_label, "question": r.question, "created_at": iso(r.created_at),
             "updated_at": iso(r.updated_at), "due_at": iso(r.due_at),
+            "overdue": overdue, "overdue_label": OVERDUE_LABEL if overdue else None, "reminded_at": iso(r.reminded_at),
             "consent": {"given": True, "by": r.consent_by, "at": iso(r.consent_at)},
             "billing_number": r.billing_number if "requester" in sides else None,
             "requester": {"mailbox_id": req_box.id, "address": req_box.address, "name": req_box.display_name,

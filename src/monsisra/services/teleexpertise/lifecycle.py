@@ -3,13 +3,14 @@
 submitted → (request-elements ⇄ provide-elements) → answered → closed; also declined (reason)
 and cancelled (by the requester, before the answer); assign is « Je prends en charge » by one
 member of the expert's mailbox, shown to the others. A step with a text or documents also goes
-as a letter to the other side (their documents become readable there). Answering writes, in one
-transaction, the new state, the two billing lines (RQD, TE2: unique per act) and the report.
+as a letter to the other side (their documents become readable there). Each step is one
+transaction: the guarded state change, its letter (answering: the two billing lines, RQD and TE2,
+unique per act, and the report; closing: the summary) and its events, published after the commit.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,19 +18,22 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import monsisra.services.teleexpertise.report as report
 from monsisra.domain import teleexpertise as rules
-from monsisra.domain.clock import in_paris, utcnow
+from monsisra.domain.clock import in_paris, iso, utcnow
 from monsisra.domain.delegation import Right
 from monsisra.domain.model import Category
 from monsisra.domain.text import clean_multiline
 from monsisra.services import audit, mailboxes, messages
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Conflict, Forbidden, Invalid
-from monsisra.services.teleexpertise.common import CONTEXT, account_name, emit, load, steps_of
+from monsisra.services.teleexpertise.common import CONTEXT, account_name, answer_days, emit, load, steps_of
 from monsisra.services.teleexpertise.requests import get
 from monsisra.store.models import Account, Mailbox, Patient
 from monsisra.store.teleexpertise import BillingLine, Teleexpertise, TeleexpertiseStep
 
 MAX_BODY = 20_000
+STEP_SUBJECTS = {"request_elements": "Téléexpertise : éléments demandés",
+                 "provide_elements": "Téléexpertise : éléments fournis",
+                 "answer": "Téléexpertise : réponse de l'expert", "decline": "Téléexpertise refusée"}
 SIDE_REFUSALS = {"expert": "seul l'expert ou un membre du service expert peut {verb} cette téléexpertise",
                  "requester": "seul le demandeur peut {verb} cette téléexpertise"}
 
@@ -98,20 +102,12 @@ async def act(core: Core, actor: Actor, te_id: int, action: str, *, body: str | 
         other = row.requester_mailbox_id if box_id == row.expert_mailbox_id else row.expert_mailbox_id
         other_box = await s.get(Mailbox, other)
         parent = row.message_id
-    step_message = None
-    if (text or attachments) and action in ("request_elements", "provide_elements", "answer", "decline"):
-        subjects = {"request_elements": "Téléexpertise : éléments demandés",
-                    "provide_elements": "Téléexpertise : éléments fournis",
-                    "answer": "Téléexpertise : réponse de l'expert", "decline": "Téléexpertise refusée"}
-        letter = await messages.send(core, actor, messages.Compose(
-            from_mailbox=box_id, to=[other_box.address], subject=subjects[action], body=text,
-            category=Category.TELEEXPERTISE, attachments=attachments, in_reply_to=parent,
-            context_type=CONTEXT, context_id=te_id))
-        step_message = letter
+        days = await answer_days(s, await s.get(Mailbox, row.expert_mailbox_id))
     now = utcnow()
-    pdf_blob = None
-    if action == "answer":
-        pdf_blob = await _report_pdf(core, te_id, actor, text, now)
+    # The PDFs are rendered before the transaction (no write lock held while fpdf works); a step
+    # that then loses its race leaves only an unreferenced file.
+    pdf_blob = await _report_pdf(core, te_id, actor, text, now) if action == "answer" else None
+    summary_blob = await _summary_pdf(core, te_id, me, now) if action == "close" else None
     async with core.write() as tx:
         s = tx.session
         row, sides = await load(s, actor, te_id, lock=True)
@@ -124,6 +120,9 @@ async def act(core: Core, actor: Actor, te_id: int, action: str, *, body: str | 
             values.update(answered_by=actor.account_id, answered_at=now, expert_billing_number=number)
             if row.assigned_to is None:
                 values.update(assigned_to=actor.account_id, assigned_at=now)
+        elif action == "provide_elements":
+            # The expert's expected answer time starts again with the elements (and so may a reminder).
+            values.update(due_at=now + timedelta(days=days), reminded_at=None)
         elif action in ("close", "cancel", "decline"):
             values.update(closed_at=now)
             if action == "decline":
@@ -135,6 +134,13 @@ async def act(core: Core, actor: Actor, te_id: int, action: str, *, body: str | 
         if done.rowcount != 1:
             raise Conflict("la téléexpertise vient de changer d'état : rechargez-la")
         await s.refresh(row)
+        # The step's letter to the other side joins this transaction: a step that loses leaves no letter.
+        step_message = None
+        if (text or attachments) and action in STEP_SUBJECTS:
+            step_message = await messages.send(core, actor, messages.Compose(
+                from_mailbox=box_id, to=[other_box.address], subject=STEP_SUBJECTS[action], body=text,
+                category=Category.TELEEXPERTISE, attachments=attachments, in_reply_to=parent,
+                context_type=CONTEXT, context_id=te_id), tx=tx)
         s.add(TeleexpertiseStep(teleexpertise_id=row.id, action=action, account_id=actor.account_id,
                                 author_name=account_name(me)[:200], body=text,
                                 attachments=[a["id"] for a in (step_message or {}).get("attachments") or []],
@@ -142,12 +148,12 @@ async def act(core: Core, actor: Actor, te_id: int, action: str, *, body: str | 
         if action == "answer":
             await _bill(s, row, actor.account_id, number or "", now)
             await _send_report(core, tx, actor, row, me, pdf_blob, now)
+        elif action == "close":
+            await _send_summary(core, tx, actor, row, me, summary_blob, now)
         audit.record(s, actor.account_id, f"teleexpertise.{action}", object_type="teleexpertise", object_id=row.id,
                      patient_id=row.patient_id, mailbox_id=box_id, client=actor.client,
                      detail={"state": new_state})
         await emit(tx, row)
-    if action == "close":
-        await _send_summary(core, actor, te_id)
     return await get(core, actor, te_id)
 
 
@@ -202,31 +208,33 @@ async def _send_report(core: Core, tx: Any, actor: Actor, row: Teleexpertise, me
     row.report_message_id, row.report_attachment_id = message_id, att_id
 
 
-async def _send_summary(core: Core, actor: Actor, te_id: int) -> None:
-    """Closing sends both sides the summary of the exchange (every step, in order)."""
+async def _summary_pdf(core: Core, te_id: int, me: Account | None, now: datetime) -> tuple[str, int]:
+    """The summary of the exchange (every step, in order, ending with this closing)."""
     async with core.read() as s:
         row = await s.get(Teleexpertise, te_id)
         assert row is not None
         steps = await steps_of(s, te_id)
         patient = await s.get(Patient, row.patient_id)
-        me = await s.get(Account, actor.account_id)
+    steps.append({"action": "close", "author": account_name(me), "body": "", "attachments": [], "at": iso(now)})
     pdf = report.render_pdf("Synthèse de la téléexpertise", [("Patient", report.patient_line(patient)),
                                                              ("Question", row.question[:300])],
                             report.summary_sections(steps))
-    blob = await report.store_pdf(core, pdf)
-    async with core.write() as tx:
-        s = tx.session
-        row = await s.get(Teleexpertise, te_id)
-        assert row is not None
-        sides = await _sender_side(s, actor, row)
-        sender = await s.get(Mailbox, sides)
-        boxes = [await s.get(Mailbox, row.requester_mailbox_id), await s.get(Mailbox, row.expert_mailbox_id)]
-        message_id, _ = await report.deliver(
-            core, tx, actor, sender=sender, sender_name=account_name(me), to=[b for b in boxes if b is not None],
-            subject="Synthèse de la téléexpertise", body="Synthèse de la téléexpertise close : l'échange complet "
-            "est joint en PDF.", patient_id=row.patient_id, blob=blob,
-            filename=f"Synthese teleexpertise {te_id}.pdf", te_id=te_id, now=utcnow())
-        row.summary_message_id = message_id
+    return await report.store_pdf(core, pdf)
+
+
+async def _send_summary(core: Core, tx: Any, actor: Actor, row: Teleexpertise, me: Account | None,
+                        blob: tuple[str, int] | None, now: datetime) -> None:
+    """Closing sends both sides the summary of the exchange, in the closing transaction."""
+    s = tx.session
+    assert blob is not None
+    sender = await s.get(Mailbox, await _sender_side(s, actor, row))
+    boxes = [await s.get(Mailbox, row.requester_mailbox_id), await s.get(Mailbox, row.expert_mailbox_id)]
+    message_id, _ = await report.deliver(
+        core, tx, actor, sender=sender, sender_name=account_name(me), to=[b for b in boxes if b is not None],
+        subject="Synthèse de la téléexpertise", body="Synthèse de la téléexpertise close : l'échange complet "
+        "est joint en PDF.", patient_id=row.patient_id, blob=blob,
+        filename=f"Synthese teleexpertise {row.id}.pdf", te_id=row.id, now=now)
+    row.summary_message_id = message_id
 
 
 async def _sender_side(s: AsyncSession, actor: Actor, row: Teleexpertise) -> int:

@@ -74,24 +74,31 @@ async def store_pdf(core: Core, pdf: bytes) -> tuple[str, int]:
     return await asyncio.to_thread(core.blobs.put_bytes, pdf)
 
 
-async def deliver(core: Core, tx: Tx, actor: Actor, *, sender: Mailbox, sender_name: str, to: list[Mailbox],
-                  subject: str, body: str, patient_id: int, blob: tuple[str, int], filename: str,
-                  te_id: int, now: datetime) -> tuple[int, str]:
-    """A letter carrying one PDF from ``sender`` into ``to`` (local delivery), in ``tx``."""
+async def deliver(core: Core, tx: Tx, actor: Actor | None, *, sender: Mailbox, sender_name: str,
+                  to: list[Mailbox], subject: str, body: str, patient_id: int, blob: tuple[str, int] | None,
+                  filename: str, te_id: int, now: datetime) -> tuple[int, str | None]:
+    """A letter from ``sender`` into ``to`` (local delivery), in ``tx``, carrying one PDF when
+    ``blob`` is given; ``actor`` None is MonSisra itself (the overdue reminder)."""
     s = tx.session
-    digest, size = blob
-    safe = att_service.safe_filename(filename)
-    att = await att_service.register(core, actor.account_id, digest, size, "application/pdf", safe, session=s)
+    att = None
+    safe = att_service.safe_filename(filename) if blob is not None else ""
+    if blob is not None:
+        assert actor is not None
+        digest, size = blob
+        att = await att_service.register(core, actor.account_id, digest, size, "application/pdf", safe, session=s)
     letter = Message(message_id=messages.new_message_id(core.settings.domain), from_mailbox_id=sender.id,
-                     author_account_id=actor.account_id, sender_address=sender.address,
+                     author_account_id=actor.account_id if actor else None, sender_address=sender.address,
                      sender_name=sender_name[:200], subject=subject[:998], body=body, preview=preview(body),
                      category=Category.TELEEXPERTISE, created_at=now, sent_at=now, origin="local",
-                     patient_id=patient_id, has_attachments=True, context_type="teleexpertise", context_id=te_id,
-                     search_text=messages.build_search_text(subject, body, sender_name, sender.address, [safe]))
+                     patient_id=patient_id, has_attachments=att is not None, context_type="teleexpertise",
+                     context_id=te_id,
+                     search_text=messages.build_search_text(subject, body, sender_name, sender.address,
+                                                            [safe] if safe else []))
     s.add(letter)
     await s.flush()
     letter.thread_id = letter.id
-    s.add(MessageAttachment(message_id=letter.id, attachment_id=att.id, position=0))
+    if att is not None:
+        s.add(MessageAttachment(message_id=letter.id, attachment_id=att.id, position=0))
     placements: list[tuple[int, str]] = []
     for box in to:
         s.add(Recipient(message_id=letter.id, kind="to", address=box.address, display_name=box.display_name,
@@ -100,7 +107,7 @@ async def deliver(core: Core, tx: Tx, actor: Actor, *, sender: Mailbox, sender_n
     if sender.id not in {b.id for b in to}:
         placements.append((sender.id, Role.SENT))
     await messages.deliver(tx, letter, placements)
-    return letter.id, att.id
+    return letter.id, att.id if att is not None else None
 
 
 def report_sections(question: str, answer: str) -> list[tuple[str, str]]:

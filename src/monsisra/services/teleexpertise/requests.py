@@ -20,20 +20,21 @@ from monsisra.domain.clock import utcnow
 from monsisra.domain.ins import is_nia
 from monsisra.domain.model import Category
 from monsisra.domain.text import clean_multiline
-from monsisra.services import audit, messages, patients
+from monsisra.services import audit, listing, messages, patients
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Conflict, Forbidden, Invalid, NotFound
 from monsisra.services.teleexpertise.common import (
     CONTEXT,
     account_name,
     answer_days,
+    declaration,
     emit,
     item,
     load,
     select_rows,
     steps_of,
 )
-from monsisra.store.models import Account, Mailbox, MailboxAccess, Message, Patient
+from monsisra.store.models import Account, Mailbox, Message, Patient
 from monsisra.store.teleexpertise import Teleexpertise, TeleexpertiseStep
 
 MAX_QUESTION = 20_000
@@ -111,17 +112,12 @@ async def expert_box(s: AsyncSession, address: str) -> Mailbox:
 async def expert_card(core: Core, actor: Actor, address: str) -> dict[str, Any]:
     """What an expert offers (« fiche d'expertise »): description, documents to provide, urgent
     contact, specialties and expected answer time; 404 for an address that is no declared expert."""
-    from monsisra.store.directory import DirProfile
-
     async with core.read() as s:
         try:
             box = await expert_box(s, address)
         except Invalid:
             raise NotFound("expert introuvable") from None
-        decl: dict[str, Any] = {}
-        if box.owner_account_id:
-            profile = await s.get(DirProfile, box.owner_account_id)
-            decl = dict((profile.expert or {}) if profile is not None else {})
+        decl = await declaration(s, box)
         days = await answer_days(s, box)
     return {"address": box.address, "name": box.display_name, "kind": box.kind,
             "description": decl.get("description") or box.description or "",
@@ -172,12 +168,14 @@ async def create(core: Core, actor: Actor, req: NewTeleexpertise) -> dict[str, A
     subject = f"Demande de téléexpertise — {ref.family_name} {ref.given_names}".strip()
     body = (f"{question}\n\nConsentement donné par {CONSENT_BY[by]} le {at.strftime('%d/%m/%Y %H:%M')} (UTC)."
             f"\nDemandeur : {account_name(account)}.")
-    letter = await messages.send(core, actor, messages.Compose(
-        from_mailbox=from_box.id, to=[box.address], subject=subject[:200], body=body,
-        category=Category.TELEEXPERTISE, attachments=list(req.attachments), patient=ref, context_type=CONTEXT))
     now = utcnow()
     async with core.write() as tx:
         s = tx.session
+        # The letter and the request commit together (a refused request leaves no letter).
+        letter = await messages.send(core, actor, messages.Compose(
+            from_mailbox=from_box.id, to=[box.address], subject=subject[:200], body=body,
+            category=Category.TELEEXPERTISE, attachments=list(req.attachments), patient=ref,
+            context_type=CONTEXT), tx=tx)
         message = await s.get(Message, letter["id"])
         assert message is not None and message.patient_id is not None
         if await count_recent(s, message.patient_id, actor.account_id) >= rules.MAX_PER_PATIENT_YEAR:
@@ -223,19 +221,9 @@ async def list_requests(core: Core, actor: Actor, *, role: str = "requester", st
         raise Invalid("rôle : « requester » ou « expert »")
     if state is not None and state not in rules.STATES:
         raise Invalid("état inconnu : " + ", ".join(rules.STATES))
-    limit = max(1, min(limit, 200))
-    mine = sa.select(MailboxAccess.mailbox_id).where(MailboxAccess.account_id == actor.account_id)
-    column = Teleexpertise.requester_mailbox_id if role == "requester" else Teleexpertise.expert_mailbox_id
-    stmt = select_rows().where(column.in_(mine))
-    if state:
-        stmt = stmt.where(Teleexpertise.state == state)
-    async with core.read() as s:
-        rows = (await s.execute(stmt.order_by(Teleexpertise.id.desc()).limit(limit))).all()
-        boxes = set(await s.scalars(mine))
-    items = []
-    for full in rows:
-        r = full[0]
-        sides = {side for side, b in (("requester", r.requester_mailbox_id), ("expert", r.expert_mailbox_id))
-                 if b in boxes}
-        items.append(item(full, sides))
+    rows = await listing.by_side(core, actor, select_rows(), role=role, state=state, limit=limit,
+                                 sides={"requester": Teleexpertise.requester_mailbox_id,
+                                        "expert": Teleexpertise.expert_mailbox_id},
+                                 newest=Teleexpertise.id, state_column=Teleexpertise.state)
+    items = [item(full, sides) for full, sides in rows]
     return {"items": items}
