@@ -76,7 +76,7 @@ async def end(call_id: PathId, core: CoreDep, actor: ActorDep) -> dict[str, Any]
 @router.post("/calls/{call_id}/signal", status_code=202)
 async def signal(call_id: PathId, core: CoreDep, actor: ActorDep,
                  message: Annotated[dict[str, Any], Body()]) -> Response:
-    """{to, kind: offer|answer|candidate, sdp | candidate}: relayed to that joined member only."""
+    """{to, kind: offer|answer|candidate|state, sdp | candidate | audio+video}: relayed to that joined member only."""
     await video.signal(core, video.Sender(account_id=actor.account_id), {**message, "call_id": call_id})
     return Response(status_code=202)
 

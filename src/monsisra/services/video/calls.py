@@ -29,7 +29,7 @@ from monsisra.store.video import Call, CallMember
 NOT_FOUND = "visio introuvable"
 MAX_MEMBERS = 6
 MAX_SDP = 64_000
-SIGNAL_KINDS = ("offer", "answer", "candidate")
+SIGNAL_KINDS = ("offer", "answer", "candidate", "state")  # state: my microphone / camera on or off
 
 
 @dataclass
@@ -305,9 +305,14 @@ def check_signal(message: Any) -> tuple[int, str, str, dict[str, Any]]:
     if not isinstance(to, str) or not 1 <= len(to) <= 40:
         raise Invalid("destinataire non précisé")
     if kind not in SIGNAL_KINDS:
-        raise Invalid("type de message de signalisation inconnu (offer, answer ou candidate)")
+        raise Invalid("type de message de signalisation inconnu (offer, answer, candidate ou state)")
     if kind == "candidate":
         payload: dict[str, Any] = {"candidate": _check_candidate(message.get("candidate"))}
+    elif kind == "state":
+        audio, video = message.get("audio"), message.get("video")
+        if not isinstance(audio, bool) or not isinstance(video, bool):
+            raise Invalid("état du micro et de la caméra invalide (audio et video : vrai ou faux)")
+        payload = {"audio": audio, "video": video}
     else:
         payload = {"sdp": _check_sdp(message.get("sdp"))}
     return call_id, to, kind, payload
