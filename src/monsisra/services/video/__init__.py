@@ -4,6 +4,7 @@ signalling relayed between a call's members, and teleconsultations with a patien
 """
 
 import monsisra.services.video.contexts  # noqa: F401  (registers the contexts)
+import monsisra.services.video.teleexpertise  # noqa: F401  (registers the tele-expertise context)
 import monsisra.services.video.teleconsult as teleconsult
 from monsisra.services.video.calls import (
     MAX_MEMBERS,
