@@ -64,7 +64,7 @@ def test_teleexpertise_call_rings_both_sides_refuses_outsiders_and_is_recorded(s
     r.post(f"/api/v1/calls/{call['id']}/leave")
     assert m2.post(f"/api/v1/calls/{call['id']}/end").json() == {"id": call["id"], "ended": True}
     steps = [s for s in r.get(f"/api/v1/teleexpertises/{te['id']}").json()["steps"] if s["action"] == "visio"]
-    assert [s["body"] for s in steps][0].endswith("a lancé une visio.")
+    assert len(steps) == 2 and steps[0]["body"].endswith("a lancé une visio.")
     end = steps[1]["body"]
     assert end.startswith("Visio terminée — durée") and "Requérante" in end and "Expert1" in end
     assert "Expert0" not in end  # rung, did not join

@@ -24,6 +24,11 @@
     });
   }
 
+  // When each step of joining happened (Date.now(); the benchmark reads them).
+  var marks = window.monsisraMarks = window.monsisraMarks || {};
+  function mark(name) { if (!marks[name]) marks[name] = Date.now(); }
+  mark("script");
+
   function status(text) { var s = $("#visio-status"); if (s) s.textContent = text; }
 
   /* ---- the mesh ------------------------------------------------------------------------- */
@@ -82,12 +87,13 @@
       if (e.candidate) self.post(peer, "candidate", { candidate: e.candidate.toJSON() });
     };
     pc.ontrack = function (e) {
+      mark("track");
       var fig = self.tile(peer);
       var stream = e.streams[0] || new MediaStream([e.track]);
       if (fig) { var v = $("video", fig); if (v.srcObject !== stream) v.srcObject = stream; }
     };
     pc.onconnectionstatechange = function () {
-      if (pc.connectionState === "connected") status("En visio");
+      if (pc.connectionState === "connected") { mark("connected"); status("En visio"); }
       if (pc.connectionState === "failed") status("Connexion impossible avec " + (self.names[peer] || "un participant"));
     };
     return pc;
@@ -113,7 +119,7 @@
       pc.addTransceiver(self.sending[kind] || kind, { direction: "sendrecv", streams: [self.local] });
     });
     return pc.createOffer().then(function (o) { return pc.setLocalDescription(o); })
-      .then(function () { self.post(peer, "offer", { sdp: pc.localDescription.sdp }); self.tell(peer); });
+      .then(function () { mark("offer"); self.post(peer, "offer", { sdp: pc.localDescription.sdp }); self.tell(peer); });
   };
   Mesh.prototype.flush = function (peer) {
     var pc = this.pcs[peer], list = this.pending[peer] || [];
@@ -129,6 +135,7 @@
   Mesh.prototype.onSignal = function (ev) {
     var self = this, pc;
     if (ev.call_id !== this.callId || ev.to !== this.peer) return;
+    mark("signal-" + ev.kind);
     if (ev.kind === "offer") {
       pc = this.connection(ev.from);
       this.tile(ev.from);
@@ -306,17 +313,22 @@
     // The camera opens while the call is created and joined; the offers do not wait for it.
     media().then(function (s) {
       if (ended) { s.getTracks().forEach(function (t) { t.stop(); }); return; }
+      mark("media");
       local = s;
       if (mesh) mesh.setMedia(s); else $("#visio-local").srcObject = s;
     }, function () { status("Caméra et micro inaccessibles : les autres ne vous voient ni ne vous entendent."); });
     (start ? start() : Promise.resolve(callId)).then(function (id) {
       callId = id;
       panel.dataset.callId = id;
+      mark("started");
       return live();
     }).then(function () {
+      mark("live");
+      // After the socket is open: an offer from someone joining right after us cannot be missed.
       return api("POST", "/api/v1/calls/" + callId + "/join");
     }).then(function (info) {
       if (ended) return;
+      mark("joined");
       mesh = new Mesh({ send: window.MonSisraLive.send, callId: callId, peer: info.peer, iceServers: info.ice_servers,
                         relay: panel.dataset.ice === "relay" });
       if (local) mesh.setMedia(local);
