@@ -48,7 +48,16 @@
     this.pending = {};               // peer -> candidates before the remote description
     this.signals = 0;                // signalling messages sent (benchmark)
     this.grid = $("#visio-grid");
+    // A connection made in advance gathers its ICE candidates (a TURN allocation for relay-only)
+    // while nobody is there yet; the first peer to come takes it.
+    this.spare = this.make();
   }
+  Mesh.prototype.make = function () {
+    var config = {};
+    for (var k in this.config) config[k] = this.config[k];
+    config.iceCandidatePoolSize = 1;
+    return new RTCPeerConnection(config);
+  };
   Mesh.prototype.post = function (to, kind, extra) {
     var msg = { call_id: this.callId, to: to, kind: kind };
     for (var k in extra) msg[k] = extra[k];
@@ -81,7 +90,8 @@
   Mesh.prototype.connection = function (peer) {
     var self = this, pc = this.pcs[peer];
     if (pc) return pc;
-    pc = new RTCPeerConnection(this.config);
+    pc = this.spare || this.make();
+    this.spare = null;
     this.pcs[peer] = pc;
     pc.onicecandidate = function (e) {
       if (e.candidate) self.post(peer, "candidate", { candidate: e.candidate.toJSON() });
@@ -168,6 +178,7 @@
   };
   Mesh.prototype.close = function () {
     for (var p in this.pcs) this.drop(p);
+    if (this.spare) { this.spare.close(); this.spare = null; }
     this.local.getTracks().forEach(function (t) { t.stop(); });
   };
   // Send this track (or nothing: null) as my audio or video on every connection.
