@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import sync_playwright
 
-from bench.common import free_port, fresh_database, header, new_meta, percentile, summary_ms, write_results
+from bench.common import free_port, fresh_database, header, new_meta, percentile, summary_ms, uptime, write_results
 from bench.conversations_browser import login, make_two
 from bench.conversations_fanout import PASSWORD, start_server
 from monsisra.gateway import turnserver
@@ -112,31 +112,35 @@ def main() -> None:
     os.environ["MONSISRA_TURN_URL"] = f"turn:127.0.0.1:{port}?transport=udp,turn:127.0.0.1:{port}?transport=tcp"
     os.environ["MONSISRA_TURN_SECRET"] = SECRET
     results = {}
+    loads: dict[str, str] = {}
     try:
         with fresh_database("sqlite", tmp) as url:
             addresses = asyncio.run(make_two(url, tmp / "data"))
             proc, base = start_server(url, tmp / "data", None)
             try:
                 for mode in ("direct", "relay"):
+                    loads[mode] = uptime().split("load average:")[-1].strip()
                     results[mode] = measure(base, addresses, args.calls, mode == "relay")
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
     finally:
         turnserver.stop(coturn)
+    meta["load_after"] = uptime()
     out = header("Visio in Chromium: « Lancer une visio » → first frame decoded by the callee", meta)
     out += [f"Target: p95 < {TARGET_P95_MS:.0f} ms. Two contexts of one Chromium, fake devices, loopback; "
             "coturn 127.0.0.1 for relay-only.", "",
-            "| ICE | calls | p50 | p95 | max | signalling messages per call (mean, max) | verdict |",
-            "|---|---|---|---|---|---|---|"]
+            "| ICE | calls | p50 | p95 | max | signalling messages per call (mean, max) | load at start | verdict |",
+            "|---|---|---|---|---|---|---|---|"]
     data = {}
     for mode, (samples, signals, _steps) in results.items():
         s = summary_ms(samples)
         p95 = percentile([x * 1000 for x in samples], 95)
         mean = sum(signals) / len(signals)
         out.append(f"| {mode} | {s['n']} | {s['p50']:.0f} ms | {p95:.0f} ms | {s['max']:.0f} ms | {mean:.1f}, "
-                   f"{max(signals)} | {'ok' if p95 < TARGET_P95_MS else 'over target'} |")
+                   f"{max(signals)} | {loads[mode]} | {'ok' if p95 < TARGET_P95_MS else 'over target'} |")
         data[mode] = {"samples_ms": [round(x * 1000, 1) for x in samples], "summary": s, "p95_ms": p95,
+                      "load_average_at_start": loads[mode],
                       "signalling_messages": signals}
     out += ["", "Callee's steps, median time since the click on « Lancer une visio » (ms): page script run, "
             "live socket open, joined, offer sent, answer received, ICE connected.", "",
