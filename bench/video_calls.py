@@ -49,6 +49,8 @@ NOTE = ("How: the time starts at the click event on « Lancer une visio » in th
         "from the driver's click with the driver following the ring's link): the caller's call starts in "
         "place (no reload), the offers no longer wait for the camera (transceivers first, tracks put in "
         "with replaceTrack) and a spare connection pre-gathers ICE (the TURN allocation) for the first peer.")
+DRIVER_NOTE = ("How (--driver, the previous method, kept to compare): the time starts before the test driver's "
+               "click and the driver follows the ring's link, so its round trips are in the figure.")
 STEPS = ("script", "live", "joined", "offer", "signal-answer", "connected")
 FIRST_FRAME = """(() => {
   const poll = setInterval(async () => {
@@ -58,8 +60,8 @@ FIRST_FRAME = """(() => {
 })();"""
 
 
-def measure(base: str, addresses: list[str], n: int,
-            relay: bool) -> tuple[list[float], list[int], dict[str, list[float]]]:
+def measure(base: str, addresses: list[str], n: int, relay: bool,
+            driver: bool = False) -> tuple[list[float], list[int], dict[str, list[float]]]:
     with httpx.Client(base_url=base) as http:
         token = http.post("/api/v1/auth/token", data={"username": "bench.anne", "password": PASSWORD}).json()
         r = http.post("/api/v1/conversations", headers={"Authorization": f"Bearer {token['access_token']}"},
@@ -72,8 +74,9 @@ def measure(base: str, addresses: list[str], n: int,
             "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
         caller, callee = login(browser, base, "bench.anne"), login(browser, base, "bench.claire")
         callee.context.add_init_script(FIRST_FRAME)
-        callee.context.add_init_script(AUTO_JOIN % suffix)
-        caller.context.add_init_script(CLICKED)
+        if not driver:
+            callee.context.add_init_script(AUTO_JOIN % suffix)
+            caller.context.add_init_script(CLICKED)
         samples: list[float] = []
         signals: list[int] = []
         steps: dict[str, list[float]] = {k: [] for k in STEPS}
@@ -82,10 +85,14 @@ def measure(base: str, addresses: list[str], n: int,
             callee.wait_for_selector("body[data-live='1']")
             caller.goto(f"{base}/conversations/{conv}" + ("?ice=relay" if relay else ""))
             caller.wait_for_selector("body[data-live='1']")
+            t0 = caller.evaluate("() => Date.now()")
             caller.click("#chat-visio")
+            if driver:  # the previous method: the test driver follows the ring's link
+                link = callee.wait_for_selector("#sonnerie-rejoindre", timeout=20_000).get_attribute("href")
+                callee.goto(base + link + suffix)
             callee.wait_for_url(re.compile(r"visio="), timeout=20_000)
             callee.wait_for_function("() => !!window.__firstFrame", timeout=20_000)
-            t0 = caller.evaluate("() => window.__clickedAt")
+            t0 = t0 if driver else caller.evaluate("() => window.__clickedAt")
             t1 = callee.evaluate("() => window.__firstFrame")
             marks = callee.evaluate("() => window.monsisraMarks")
             caller.wait_for_function("async () => !!window.monsisraCall && "
@@ -109,6 +116,8 @@ def measure(base: str, addresses: list[str], n: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--driver", action="store_true",
+                        help="the previous method: time from before the driver's click, the driver follows the link")
     args = parser.parse_args()
     meta = new_meta()
     tmp = Path(tempfile.mkdtemp(prefix="bench-video-"))
@@ -126,7 +135,7 @@ def main() -> None:
             try:
                 for mode in ("direct", "relay"):
                     loads[mode] = uptime().split("load average:")[-1].strip()
-                    results[mode] = measure(base, addresses, args.calls, mode == "relay")
+                    results[mode] = measure(base, addresses, args.calls, mode == "relay", args.driver)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
@@ -148,14 +157,15 @@ def main() -> None:
         data[mode] = {"samples_ms": [round(x * 1000, 1) for x in samples], "summary": s, "p95_ms": p95,
                       "load_average_at_start": loads[mode],
                       "signalling_messages": signals}
-    out += ["", NOTE, "", "Callee's steps, median time since the click on « Lancer une visio » (ms): page script run, "
+    how = DRIVER_NOTE if args.driver else NOTE
+    out += ["", how, "", "Callee's steps, median time since the click on « Lancer une visio » (ms): page script run, "
             "live socket open, joined, offer sent, answer received, ICE connected.", "",
             "| ICE | " + " | ".join(STEPS) + " |", "|---|" + "---|" * len(STEPS)]
     for mode, (_s, _n, steps) in results.items():
         out.append(f"| {mode} | " + " | ".join(f"{percentile([x * 1000 for x in steps[k]], 50):.0f}"
                                               if steps[k] else "—" for k in STEPS) + " |")
         data[mode]["steps_ms_p50"] = {k: percentile([x * 1000 for x in steps[k]], 50) for k in STEPS if steps[k]}
-    write_results("video_calls", meta, out, data)
+    write_results("video_calls_driver" if args.driver else "video_calls", meta, out, data)
     print("\n".join(out))
 
 

@@ -48,9 +48,10 @@ def test_teleexpertise_call_rings_both_sides_refuses_outsiders_and_is_recorded(s
 
     # Anyone on neither side: 404 everywhere, nothing revealed, nothing written.
     assert "introuvable" in problem(outsider.post(f"/api/v1/teleexpertises/{te['id']}/calls"), 404)["detail"]
-    for verb in ("join", "decline", "leave", "end"):
-        problem(outsider.post(f"/api/v1/calls/{call['id']}/{verb}"), 404)
-    problem(outsider.get(f"/api/v1/calls/{call['id']}"), 404)
+    for verb in ("join", "decline", "leave", "end"):  # the same answer as for a call that does not exist
+        assert problem(outsider.post(f"/api/v1/calls/{call['id']}/{verb}"), 404)["detail"] == "visio introuvable"
+    assert problem(outsider.get(f"/api/v1/calls/{call['id']}"), 404)["detail"] == "visio introuvable"
+    assert problem(outsider.post("/api/v1/calls/99999999/join"), 404)["detail"] == "visio introuvable"
     problem(outsider.post(f"/api/v1/calls/{call['id']}/signal", json={"to": "x" * 30, "kind": "candidate",
                                                                      "candidate": None}), 404)
     problem(r.post("/api/v1/teleexpertises/99999999/calls"), 404)

@@ -192,8 +192,8 @@
     var self = this;
     stream.getTracks().forEach(function (t) { self.local.addTrack(t); });
     var audio = stream.getAudioTracks()[0] || null, video = stream.getVideoTracks()[0] || null;
-    if (audio) { audio.enabled = this.state.audio; this.sendTrack("audio", audio); }
-    if (video && this.state.video) this.sendTrack("video", video);
+    if (audio) { audio.enabled = this.state.audio; if (this.state.audio) this.sendTrack("audio", audio); }
+    if (video) { video.enabled = this.state.video; if (this.state.video && !this.sharing) this.sendTrack("video", video); }
     var v = $("#visio-local"); if (v) v.srcObject = this.local;
   };
   function counter(field, kind) {
