@@ -150,6 +150,10 @@ def test_signalling_relayed_only_between_joined_members(server, trio):
                 "sdpMLineIndex": 0}
         wsb.send(json.dumps({"call_id": call["id"], "to": pa, "kind": "candidate", "candidate": cand}))
         assert next_event(wsa, "call.signal")["candidate"] == cand
+        # Microphone / camera state (the others show « micro coupé », « caméra coupée »).
+        wsb.send(json.dumps({"call_id": call["id"], "to": pa, "kind": "state", "audio": False, "video": True}))
+        got = next_event(wsa, "call.signal")
+        assert (got["kind"], got["audio"], got["video"], got["from"]) == ("state", False, True, pb)
         wsb.send(json.dumps({"call_id": call["id"], "to": pa, "kind": "offer", "sdp": "v=0\r\nBAD"}))
         err = next_event(wsb, "call.error")
         assert err["status"] == 422 and "SDP" in err["detail"]
@@ -163,7 +167,8 @@ def test_signalling_relayed_only_between_joined_members(server, trio):
     for bad in ({"to": pb, "kind": "offer", "sdp": "hello"}, {"to": pb, "kind": "offer", "sdp": SDP + "x\r\n"},
                 {"to": pb, "kind": "offer", "sdp": "v=0\r\nm=video\r\n" + "a=x\u0001\r\n"},
                 {"to": pb, "kind": "candidate", "candidate": {"candidate": "evil\r\nline"}},
-                {"to": pb, "kind": "hangup"}, {"kind": "offer", "sdp": SDP}):
+                {"to": pb, "kind": "hangup"}, {"kind": "offer", "sdp": SDP},
+                {"to": pb, "kind": "state", "audio": "off", "video": True}, {"to": pb, "kind": "state"}):
         _problem(a.post(f"/api/v1/calls/{call['id']}/signal", json=bad), 422)
     # c (not in this conversation) cannot signal into a's call, even with a valid peer.
     _problem(c.post(f"/api/v1/calls/{call['id']}/signal", json={"to": pb, "kind": "offer", "sdp": SDP}), 404)

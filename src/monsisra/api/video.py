@@ -1,6 +1,6 @@
-"""/api/v1 calls and teleconsultations (issue 17): start a visio in a conversation, join,
-decline, leave, end, signalling over HTTP (the pages use the live socket), and the patient's
-side of a teleconsultation (no account: the link and the browser it is bound to)."""
+"""/api/v1 calls and teleconsultations (issue 17): start a visio in a conversation or on a
+tele-expertise, join, decline, leave, end, signalling over HTTP (the pages use the live socket),
+and the patient's side of a teleconsultation (no account: the link and the browser it is bound to)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,14 @@ async def start_call(conversation_id: PathId, core: CoreDep, actor: ActorDep) ->
     return await video.start_call(core, actor, "conversation", conversation_id)
 
 
+@router.post("/teleexpertises/{te_id}/calls", status_code=201)
+async def start_teleexpertise_call(te_id: PathId, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
+    """« Lancer une visio » on a tele-expertise: rings the requester and the expert (for a service,
+    the member who took it in charge, else every member online); ``{id, ice_servers}``; 404 to anyone
+    on neither side."""
+    return await video.start_call(core, actor, "teleexpertise", te_id)
+
+
 @router.get("/calls/{call_id}")
 async def get_call(call_id: PathId, core: CoreDep, actor: ActorDep) -> dict[str, Any]:
     return await video.get_call(core, actor, call_id)
@@ -76,7 +84,7 @@ async def end(call_id: PathId, core: CoreDep, actor: ActorDep) -> dict[str, Any]
 @router.post("/calls/{call_id}/signal", status_code=202)
 async def signal(call_id: PathId, core: CoreDep, actor: ActorDep,
                  message: Annotated[dict[str, Any], Body()]) -> Response:
-    """{to, kind: offer|answer|candidate, sdp | candidate}: relayed to that joined member only."""
+    """{to, kind: offer|answer|candidate|state, sdp | candidate | audio+video}: relayed to that joined member only."""
     await video.signal(core, video.Sender(account_id=actor.account_id), {**message, "call_id": call_id})
     return Response(status_code=202)
 

@@ -35,7 +35,8 @@ async def call_page(request: Request, call_id: PathId) -> Response:
     if call["context"] == "conversation":
         query = f"?visio={call_id}" + ("&ice=relay" if request.query_params.get("ice") == "relay" else "")
         return RedirectResponse(f"/conversations/{call['context_id']}{query}", status_code=303)
-    return render(request, "video/call.html", call=call)
+    back = f"/teleexpertises/{call['context_id']}" if call["context"] == "teleexpertise" else "/visio"
+    return render(request, "video/call.html", call=call, back_url=back)
 
 
 @router.get("/teleconsultation/{secret}")

@@ -3,8 +3,9 @@ such as tele-expertise: :func:`start_call` with its own context), TURN credentia
 signalling relayed between a call's members, and teleconsultations with a patient.
 """
 
-import monsisra.services.video.contexts  # noqa: F401  (registers the contexts)
+import monsisra.services.video.contexts  # registers the conversation and teleconsultation contexts
 import monsisra.services.video.teleconsult as teleconsult
+import monsisra.services.video.teleexpertise  # noqa: F401  (registers the tele-expertise context)
 from monsisra.services.video.calls import (
     MAX_MEMBERS,
     Sender,

@@ -29,7 +29,7 @@ from monsisra.store.video import Call, CallMember
 NOT_FOUND = "visio introuvable"
 MAX_MEMBERS = 6
 MAX_SDP = 64_000
-SIGNAL_KINDS = ("offer", "answer", "candidate")
+SIGNAL_KINDS = ("offer", "answer", "candidate", "state")  # state: my microphone / camera on or off
 
 
 @dataclass
@@ -65,6 +65,15 @@ async def _invitation(s: AsyncSession, actor: Actor, context: str, context_id: i
     if entry is None:
         raise NotFound(NOT_FOUND)
     return await entry[0](s, actor, context_id)
+
+
+async def _invited(s: AsyncSession, actor: Actor, call: Call) -> Invitation:
+    """The actor's invitation to this call; anyone else gets the same 404 whatever the call's
+    context (the message does not tell a tele-expertise's call from a conversation's)."""
+    try:
+        return await _invitation(s, actor, call.context, call.context_id)
+    except NotFound:
+        raise NotFound(NOT_FOUND) from None
 
 
 async def _record(tx: Tx, call: Call, what: str, text: str) -> None:
@@ -131,7 +140,7 @@ async def start_call(core: Core, actor: Actor, context: str, context_id: int) ->
 async def get_call(core: Core, actor: Actor, call_id: int) -> dict[str, Any]:
     async with core.read() as s:
         call = await _open_call(s, call_id)
-        inv = await _invitation(s, actor, call.context, call.context_id)
+        inv = await _invited(s, actor, call)
         members = await _members(s, call_id)
     return {"id": call.id, "context": call.context, "context_id": call.context_id, "title": call.title or inv.title,
             "started_at": iso(call.started_at), "ended_at": iso(call.ended_at) if call.ended_at else None,
@@ -143,7 +152,7 @@ async def join(core: Core, actor: Actor, call_id: int) -> dict[str, Any]:
     async with core.write() as tx:
         s = tx.session
         call = await _open_call(s, call_id, lock=True)
-        inv = await _invitation(s, actor, call.context, call.context_id)
+        inv = await _invited(s, actor, call)
         if call.ended_at is not None:
             raise Conflict("cette visio est terminée")
         members = await _members(s, call_id)
@@ -173,7 +182,7 @@ async def decline(core: Core, actor: Actor, call_id: int) -> None:
     async with core.write() as tx:
         s = tx.session
         call = await _open_call(s, call_id)
-        inv = await _invitation(s, actor, call.context, call.context_id)
+        inv = await _invited(s, actor, call)
         members = await _members(s, call_id)
         mine = next((m for m in members if m.account_id == actor.account_id), None)
         if mine is None:
@@ -196,7 +205,7 @@ async def leave(core: Core, actor: Actor, call_id: int) -> dict[str, Any]:
     async with core.write() as tx:
         s = tx.session
         call = await _open_call(s, call_id, lock=True)
-        await _invitation(s, actor, call.context, call.context_id)
+        await _invited(s, actor, call)
         members = await _members(s, call_id)
         mine = next((m for m in members if m.account_id == actor.account_id), None)
         if mine is not None and mine.joined_at is not None and mine.left_at is None:
@@ -213,7 +222,7 @@ async def end(core: Core, actor: Actor, call_id: int) -> dict[str, Any]:
     async with core.write() as tx:
         s = tx.session
         call = await _open_call(s, call_id, lock=True)
-        await _invitation(s, actor, call.context, call.context_id)
+        await _invited(s, actor, call)
         if call.ended_at is None:
             await _end(tx, call, await _members(s, call_id), actor.account_id)
         return {"id": call_id, "ended": True}
@@ -305,9 +314,14 @@ def check_signal(message: Any) -> tuple[int, str, str, dict[str, Any]]:
     if not isinstance(to, str) or not 1 <= len(to) <= 40:
         raise Invalid("destinataire non précisé")
     if kind not in SIGNAL_KINDS:
-        raise Invalid("type de message de signalisation inconnu (offer, answer ou candidate)")
+        raise Invalid("type de message de signalisation inconnu (offer, answer, candidate ou state)")
     if kind == "candidate":
         payload: dict[str, Any] = {"candidate": _check_candidate(message.get("candidate"))}
+    elif kind == "state":
+        audio, video = message.get("audio"), message.get("video")
+        if not isinstance(audio, bool) or not isinstance(video, bool):
+            raise Invalid("état du micro et de la caméra invalide (audio et video : vrai ou faux)")
+        payload = {"audio": audio, "video": video}
     else:
         payload = {"sdp": _check_sdp(message.get("sdp"))}
     return call_id, to, kind, payload
