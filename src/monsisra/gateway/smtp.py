@@ -7,6 +7,7 @@ The handler stays thin: every rule (trust, recipients, parsing, storage) lives i
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 import unicodedata
@@ -14,6 +15,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import AnyStr
 
+from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from monsisra.config import Settings
@@ -95,12 +97,37 @@ class Handler:
             log.exception("inbound message from %s failed", _client(session))
             return "451 4.3.0 erreur temporaire du serveur : reessayez plus tard"
 
+    async def handle_PROXY(self, server: SMTP, session: Session, envelope: Envelope, proxy_data: ProxyData) -> bool:
+        """With ``smtp_proxy_protocol``: believe the header only from a trusted balancer, and count
+        the connection against the client it names (the limits of ``connection_made`` are skipped)."""
+        peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else None
+        if not proxied_by_trusted(peer, self.core.settings.trusted_proxy_list):
+            log.warning("PROXY header from %s, which is not in MONSISRA_TRUSTED_PROXIES: connection closed", peer)
+            return False
+        if proxy_data.src_addr is None:  # "PROXY UNKNOWN" / LOCAL: the balancer's own check
+            return True
+        assert isinstance(server, LimitedSMTP)
+        return server.count_client(str(proxy_data.src_addr))
+
     async def handle_exception(self, error: Exception) -> str:
         log.error("SMTP session error: %r", error)
         return "421 4.3.0 erreur du serveur, fermeture de la connexion"
 
 
+def proxied_by_trusted(peer: str | None, trusted: list[str]) -> bool:
+    if peer is None:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+        return any(address in ipaddress.ip_network(t, strict=False) for t in trusted)
+    except ValueError:
+        return False
+
+
 def _client(session: Session) -> str:
+    proxied = session.proxy_data.src_addr if session.proxy_data is not None else None
+    if proxied is not None:
+        return str(proxied)
     peer = session.peer
     return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "-")
 
@@ -149,16 +176,21 @@ class LimitedSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None and self.transport is None
         super().connection_made(transport)
-        if not first:
-            return  # the same connection, after STARTTLS
+        if not first or self._proxy_timeout is not None:
+            return  # the same connection after STARTTLS, or counted once its PROXY header names the client
         peer = transport.get_extra_info("peername")
-        client = str(peer[0]) if peer else "-"
+        self.count_client(str(peer[0]) if peer else "-")
+
+    def count_client(self, client: str) -> bool:
+        """Count this connection against ``client``; refused (421, closed) over the limit."""
+        assert self.transport is not None
         if self._limits.connections[client] >= self._limits.max_connections:
-            transport.write(b"421 4.7.0 trop de connexions simultanees depuis votre adresse\r\n")  # type: ignore[attr-defined]
-            transport.close()
-            return
+            self.transport.write(b"421 4.7.0 trop de connexions simultanees depuis votre adresse\r\n")  # type: ignore[attr-defined]
+            self.transport.close()
+            return False
         self._limits.connections[client] += 1
         self._counted = client
+        return True
 
     async def smtp_DATA(self, arg: str) -> None:
         """DATA read in large chunks instead of aiosmtpd's line-by-line loop (the hot path of
@@ -238,7 +270,8 @@ async def start_server(core: Core, settings: Settings) -> Listening:
     def factory() -> LimitedSMTP:
         return LimitedSMTP(handler, limits, data_size_limit=settings.max_message_bytes, hostname=settings.domain,
                            ident="MonSisra MSSante ESMTP", tls_context=context,
-                           require_starttls=settings.smtp_require_tls, timeout=120, loop=loop)
+                           require_starttls=settings.smtp_require_tls, timeout=120, loop=loop,
+                           proxy_protocol_timeout=10 if settings.smtp_proxy_protocol else None)
 
     server = await loop.create_server(factory, host=settings.smtp_host, port=settings.smtp_port,
                                       reuse_address=True)
