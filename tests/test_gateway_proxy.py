@@ -4,11 +4,13 @@ the trusted balancer names, and a PROXY header from anyone else is refused."""
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
+import time
 
 import pytest
 
-from tests.support import fresh_database, make_settings, start_server
+from tests.support import REDIS_URL, fresh_database, make_settings, start_server
 
 
 def _line(f) -> bytes:
@@ -73,3 +75,39 @@ def test_limits_count_the_client_the_balancer_names(gateway):
         assert not _reply(s, f, "MAIL FROM:<a@autre.localhost>").startswith(b"451")
         assert _reply(s, f, "RSET").startswith(b"250")
         assert _reply(s, f, "MAIL FROM:<a@autre.localhost>").startswith(b"451")
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="MONSISRA_TEST_REDIS_URL is not set (CI sets it)")
+def test_message_rate_is_shared_by_the_processes(backend, tmp_path):
+    """Two gateways on one database and one Redis (two processes behind a balancer): a client's
+    messages per minute are counted once, whichever process its connections reach."""
+    with fresh_database(backend, tmp_path / "db") as url:
+        servers = [start_server(make_settings(url, tmp_path / f"data{i}", smtp_enabled=True, run_workers=False,
+                                              smtp_proxy_protocol=True, trusted_proxies="127.0.0.1",
+                                              smtp_require_tls=False, smtp_max_messages_per_minute=1,
+                                              redis_url=REDIS_URL))
+                   for i in range(2)]
+        try:
+            for _attempt in range(2):  # a minute's edge between the two MAILs resets the window: again
+                minute = int(time.time() // 60)
+                client, other = (f"198.51.100.{random.randint(1, 254)}" for _ in range(2))
+                with _proxied(servers[0].settings.smtp_port, client) as (s, f):
+                    assert _line(f).startswith(b"220")
+                    assert _reply(s, f, "EHLO mx.autre.localhost").startswith(b"250")
+                    first = _reply(s, f, "MAIL FROM:<a@autre.localhost>")
+                with _proxied(servers[1].settings.smtp_port, client) as (s, f):
+                    assert _line(f).startswith(b"220")
+                    assert _reply(s, f, "EHLO mx.autre.localhost").startswith(b"250")
+                    second = _reply(s, f, "MAIL FROM:<a@autre.localhost>")
+                with _proxied(servers[1].settings.smtp_port, other) as (s, f):
+                    assert _line(f).startswith(b"220")
+                    assert _reply(s, f, "EHLO mx.ailleurs.localhost").startswith(b"250")
+                    third = _reply(s, f, "MAIL FROM:<a@ailleurs.localhost>")
+                if int(time.time() // 60) == minute:
+                    break
+            assert not first.startswith(b"451"), first
+            assert second.startswith(b"451") and b"trop de messages" in second, second
+            assert not third.startswith(b"451"), third
+        finally:
+            for server in servers:
+                server.stop()

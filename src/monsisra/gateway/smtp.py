@@ -13,7 +13,7 @@ import time
 import unicodedata
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from typing import AnyStr
+from typing import Any, AnyStr
 
 from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -35,14 +35,45 @@ def ascii_reply(text: str) -> str:
     return flat.encode("ascii", "ignore").decode()
 
 
-class Limits:
-    """Connections and messages per minute, per client address."""
+RATE_KEY = "monsisra:smtp-rate"
 
-    def __init__(self, max_connections: int, max_per_minute: int) -> None:
+
+class Limits:
+    """Connections and messages per minute, per client address.
+
+    Connections are counted by each process (they are its sockets). Messages per minute are counted
+    in Redis when it is configured, so that several processes behind a balancer share one budget
+    per client (a fixed one-minute window: up to twice the rate across a window's edge); without
+    Redis, or while it is unreachable, each process counts on its own (a sliding window)."""
+
+    def __init__(self, max_connections: int, max_per_minute: int, redis_url: str | None = None) -> None:
         self.max_connections = max_connections
         self.max_per_minute = max_per_minute
         self.connections: dict[str, int] = defaultdict(int)
         self.recent: dict[str, deque[float]] = defaultdict(deque)
+        self._redis: Any = None
+        if redis_url:
+            import redis.asyncio as redis
+
+            self._redis = redis.from_url(redis_url)
+
+    async def allow(self, client: str) -> bool:
+        """One more message from ``client``: within its budget for this minute?"""
+        if self._redis is not None:
+            key = f"{RATE_KEY}:{client}:{int(time.time() // 60)}"
+            try:
+                pipe = self._redis.pipeline()
+                pipe.incr(key)
+                pipe.expire(key, 120)
+                count, _ = await pipe.execute()
+                return int(count) <= self.max_per_minute
+            except Exception as exc:
+                log.warning("SMTP message rate counted in this process only (Redis: %s)", exc)
+        return self.allow_message(client)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
 
     def allow_message(self, client: str) -> bool:
         now = time.monotonic()
@@ -63,7 +94,7 @@ class Handler:
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
         client = _client(session)
-        if not self.limits.allow_message(client):
+        if not await self.limits.allow(client):
             return "451 4.7.1 trop de messages de ce client : reessayez dans une minute"
         refusal = await inbound.check_sender(self.core, "" if address == NULL_SENDER else address,
                                              _peer_names(session))
@@ -263,7 +294,8 @@ class Listening:
 async def start_server(core: Core, settings: Settings) -> Listening:
     """Listen on ``smtp_host:smtp_port`` in the running loop."""
     context = tls.server_context(settings)
-    limits = Limits(settings.smtp_max_connections_per_client, settings.smtp_max_messages_per_minute)
+    limits = Limits(settings.smtp_max_connections_per_client, settings.smtp_max_messages_per_minute,
+                    settings.redis_url)
     handler = Handler(core, limits)
     loop = asyncio.get_running_loop()
 
