@@ -224,6 +224,21 @@ class EventBus:
         return None
 
 
+# Commands of one process in flight on Redis at once; more wait (up to REDIS_WAIT seconds) for one
+# to come back. redis-py's default pool instead fails at once past 100 (MaxConnectionsError): a
+# burst of sockets reconnecting to a process after another one died broke their presence beats.
+REDIS_CONNECTIONS = 64
+REDIS_WAIT = 10.0
+
+
+def redis_client(url: str) -> Any:
+    """A Redis client of this process whose commands queue for a connection instead of failing."""
+    import redis.asyncio as redis
+
+    pool = redis.BlockingConnectionPool.from_url(url, max_connections=REDIS_CONNECTIONS, timeout=REDIS_WAIT)
+    return redis.Redis(connection_pool=pool)
+
+
 def channel_for(url: str) -> str:
     """The pub/sub channel of the deployment using the Redis database of ``url``. Pub/sub ignores
     database numbers: without the number in the name, two deployments (or a deployment and a
@@ -239,9 +254,7 @@ class RedisEventBus(EventBus):
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        import redis.asyncio as redis
-
-        self._redis = redis.from_url(url)
+        self._redis = redis_client(url)
         self.channel = channel_for(url)
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()

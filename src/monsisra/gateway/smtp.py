@@ -53,9 +53,9 @@ class Limits:
         self.recent: dict[str, deque[float]] = defaultdict(deque)
         self._redis: Any = None
         if redis_url:
-            import redis.asyncio as redis
+            from monsisra.events.bus import redis_client
 
-            self._redis = redis.from_url(redis_url)
+            self._redis = redis_client(redis_url)
 
     async def allow(self, client: str) -> bool:
         """One more message from ``client``: within its budget for this minute?"""
