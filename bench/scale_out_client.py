@@ -188,13 +188,15 @@ async def ws_role(plan: dict[str, Any]) -> dict[str, Any]:
     from websockets.asyncio.client import connect
 
     accounts = plan["accounts"]
-    per_account = plan["sockets_per_account"]
+    total = len(accounts) * plan["sockets_per_account"]
+    mine = [i for i in range(total) if i % plan["parts"] == plan["part"]]  # global socket numbers
     stop_at = plan["start_at"] + plan["duration"] + plan["grace"]
     url = plan["http"].replace("http://", "ws://") + "/api/v1/events"
     intervals: list[list[Any]] = []  # [socket, account index, opened, closed, close code/reason]
     events: list[list[Any]] = []  # [socket, account index, message id, subject, received at]
     failures: list[list[Any]] = []  # [socket, time, kind]
     stop = asyncio.Event()
+    live: set[Any] = set()
 
     async def one(sock: int, ai: int, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -209,21 +211,18 @@ async def ws_role(plan: dict[str, Any]) -> dict[str, Any]:
                     if hello.get("type") != "hello":
                         raise RuntimeError(f"first frame {hello.get('type')}")
                     opened = time.time()
-                    while True:
-                        recv = asyncio.ensure_future(ws.recv())
-                        halt = asyncio.ensure_future(stop.wait())
-                        done, _ = await asyncio.wait({recv, halt}, return_when=asyncio.FIRST_COMPLETED)
-                        if halt in done:
-                            recv.cancel()
-                            why = "end of run"
-                            break
-                        halt.cancel()
-                        data = json.loads(recv.result())
-                        if data.get("type") == "message.new":
-                            events.append([sock, ai, data.get("message_id"), data.get("subject"), time.time()])
+                    live.add(ws)
+                    try:
+                        async for text in ws:
+                            if '"message.new"' in text:  # "counts" and the others: not parsed
+                                data = json.loads(text)
+                                events.append([sock, ai, data.get("message_id"), data.get("subject"), time.time()])
+                    finally:
+                        live.discard(ws)
+                why = "end of run" if stop.is_set() else "closed by the server"
             except Exception as exc:
-                why = f"{_kind(exc)} {str(exc)[:80]}"
-                if opened is None:
+                why = "end of run" if stop.is_set() else f"{_kind(exc)} {str(exc)[:80]}"
+                if opened is None and not stop.is_set():
                     failures.append([sock, time.time(), why])
             if opened is not None:
                 intervals.append([sock, ai, opened, time.time(), why])
@@ -231,17 +230,19 @@ async def ws_role(plan: dict[str, Any]) -> dict[str, Any]:
                 await asyncio.sleep(0.5 + random.random())  # then reconnect, like the web page does
 
     ramp = max(1.0, plan["start_at"] - time.time() - 5)
-    total = len(accounts) * per_account
-    tasks = [asyncio.create_task(one(i, i % len(accounts), ramp * i / total)) for i in range(total)]
+    tasks = [asyncio.create_task(one(i, i % len(accounts), ramp * n / len(mine))) for n, i in enumerate(mine)]
     await asyncio.sleep(max(0.0, stop_at - time.time()))
     stop.set()
-    await asyncio.wait(tasks, timeout=30)
+    await asyncio.wait([asyncio.ensure_future(ws.close()) for ws in list(live)] or [asyncio.sleep(0)], timeout=20)
+    await asyncio.wait(tasks, timeout=20)
+    for t in tasks:
+        t.cancel()
     return {"intervals": intervals, "events": events, "failures": failures, "sockets": total}
 
 
 def main() -> None:
     plan = json.loads(Path(sys.argv[1]).read_text())
-    role = {"smtp": smtp_role, "api": api_role, "ws": ws_role}[plan["role"]]
+    role = {"smtp": smtp_role, "api": api_role, "ws": ws_role}[plan["role"].split("-")[0]]
     if plan["role"] == "smtp":
         # Senders start together at start_at (the sockets have ramped up by then).
         time.sleep(max(0.0, plan["start_at"] - time.time()))
