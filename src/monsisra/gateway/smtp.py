@@ -146,13 +146,22 @@ class Handler:
 
 
 def proxied_by_trusted(peer: str | None, trusted: list[str]) -> bool:
+    """Is ``peer`` one of the trusted proxies (addresses, networks, or ``*`` as for HTTP)?"""
     if peer is None:
         return False
     try:
         address = ipaddress.ip_address(peer)
-        return any(address in ipaddress.ip_network(t, strict=False) for t in trusted)
     except ValueError:
         return False
+    for entry in trusted:
+        if entry == "*":
+            return True
+        try:
+            if address in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue  # a host name: meaningful to the HTTP middleware only
+    return False
 
 
 def _client(session: Session) -> str:
