@@ -108,6 +108,30 @@ def _children_of(tmp_path) -> list[int]:
     return found
 
 
+def _descendants(pid: int) -> list[int]:
+    """Processes started by ``pid`` (its pools' helpers, coturn), at any depth."""
+    parents = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parents[int(entry)] = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        kids = [c for c, p in parents.items() if p == parent]
+        out += kids
+        todo += kids
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
 def test_sigkill_during_a_burst_loses_no_acknowledged_message(backend, tmp_path):
     pki = PKI.create(tmp_path / "pki")
     cert, key = pki.issue("monsisra", ["localhost", DOMAIN, "127.0.0.1"])
@@ -129,6 +153,12 @@ def test_sigkill_during_a_burst_loses_no_acknowledged_message(backend, tmp_path)
         acked: list[str] = []
         lock = threading.Lock()
         ctx = client_ssl(pki)
+        # A letter large enough to be parsed in a helper process: the pool is running at the kill.
+        big = EmailMessage()
+        big["From"], big["To"], big["Subject"] = f"secretariat@{OTHER_DOMAIN}", f"crash.test@{DOMAIN}", f"gros-{run}"
+        big.set_content("Compte rendu.\n" * 6000)
+        assert smtp_send(smtp_port, f"secretariat@{OTHER_DOMAIN}", [f"crash.test@{DOMAIN}"], big.as_bytes(),
+                         ctx)[0] == 250
 
         def sender(worker: int) -> None:
             for i in range(worker, BURST, 10):
@@ -146,9 +176,13 @@ def test_sigkill_during_a_burst_loses_no_acknowledged_message(backend, tmp_path)
             for t in threads:
                 t.start()
             wait_for(lambda: len(acked) >= 40, timeout=120, interval=0.01)
+            assert serve.proc is not None
+            started = _descendants(serve.proc.pid)
+            assert started, "the parsing helpers run"
             serve.kill()
-            # What serve started (coturn, when installed) does not outlive it.
+            # What serve started (coturn, when installed; the parsing helpers) does not outlive it.
             wait_for(lambda: not _children_of(tmp_path), timeout=30, interval=0.1)
+            wait_for(lambda: not [p for p in started if _running(p)], timeout=30, interval=0.1)
             for t in threads:
                 t.join(timeout=120)
             killed_after = len(acked)

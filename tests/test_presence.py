@@ -101,3 +101,25 @@ def test_redis_store_shared_between_processes():
             await two.redis.aclose()
 
     asyncio.run(run())
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="MONSISRA_TEST_REDIS_URL is not set (CI sets it)")
+def test_redis_store_takes_a_burst_of_sockets():
+    """300 sockets beating at once in one process (the sockets of a process that died, reconnecting
+    to this one): they wait for a Redis connection instead of failing (redis-py's default pool
+    refuses the 101st command in flight, and the socket was answered 500)."""
+    base = int(time.time() * 1000) % 1_000_000_000 + 2_000_000_000
+
+    async def run():
+        store = presence._Redis(REDIS_URL)
+        try:
+            now = time.time()
+            await asyncio.gather(*(store.beat(base + i, f"p-{unique()}", now, True) for i in range(300)))
+            seen = await store.read([base + i for i in range(300)], now)
+            assert all(alive for alive, _ in seen.values())
+            await store.redis.delete(*(f"{presence._PREFIX}:{kind}:{base + i}" for i in range(300)
+                                       for kind in ("sockets", "active")))
+        finally:
+            await store.redis.aclose()
+
+    asyncio.run(run())

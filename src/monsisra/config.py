@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     smtp_max_connections_per_client: int = 20
     smtp_max_messages_per_minute: int = 1200  # per client address
     smtp_max_recipients: int = 100
+    # Behind a TCP load balancer (haproxy ``send-proxy``): every inbound connection starts with a
+    # PROXY protocol header (v1 or v2) naming the client, accepted only from ``trusted_proxies``;
+    # the per-client limits and the logs then use the client's address, not the balancer's.
+    smtp_proxy_protocol: bool = False
     # Mail clients (issue 16): IMAP with STARTTLS / implicit TLS, SMTP submission with STARTTLS /
     # implicit TLS; login with the account's username and password. Port 0: that listener is off.
     imap_host: str = "127.0.0.1"

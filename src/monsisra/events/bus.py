@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
-CHANNEL = "monsisra:events"
+CHANNEL = "monsisra:events"  # + ":<Redis database number>", see RedisEventBus
 SESSION_ENDED = "session.ended"
 # data of a SESSION_ENDED event: {"token_ids": [ids] or None (every session of the accounts), "reason": str,
 # "socket_ids": [ids] (optional: only those live sockets)}
@@ -224,14 +224,38 @@ class EventBus:
         return None
 
 
+# Commands of one process in flight on Redis at once; more wait (up to REDIS_WAIT seconds) for one
+# to come back. redis-py's default pool instead fails at once past 100 (MaxConnectionsError): a
+# burst of sockets reconnecting to a process after another one died broke their presence beats.
+REDIS_CONNECTIONS = 64
+REDIS_WAIT = 10.0
+
+
+def redis_client(url: str) -> Any:
+    """A Redis client of this process whose commands queue for a connection instead of failing."""
+    import redis.asyncio as redis
+
+    pool = redis.BlockingConnectionPool.from_url(url, max_connections=REDIS_CONNECTIONS, timeout=REDIS_WAIT)
+    return redis.Redis(connection_pool=pool)
+
+
+def channel_for(url: str) -> str:
+    """The pub/sub channel of the deployment using the Redis database of ``url``. Pub/sub ignores
+    database numbers: without the number in the name, two deployments (or a deployment and a
+    test run) sharing one Redis server on different databases would read each other's events,
+    and account ids repeat across databases — message subjects would reach strangers' sockets."""
+    from redis.connection import parse_url
+
+    return f"{CHANNEL}:{int(parse_url(url).get('db') or 0)}"
+
+
 class RedisEventBus(EventBus):
-    """Bus spanning processes through one Redis pub/sub channel."""
+    """Bus spanning processes through one Redis pub/sub channel (one per Redis database)."""
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        import redis.asyncio as redis
-
-        self._redis = redis.from_url(url)
+        self._redis = redis_client(url)
+        self.channel = channel_for(url)
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
         self.origin = f"{os.getpid()}-{id(self)}"
@@ -244,7 +268,7 @@ class RedisEventBus(EventBus):
                 self._deliver(event.account_ids, event.payload())
             message = json.dumps({"accounts": event.account_ids, "payload": event.payload()})
             try:
-                await self._redis.publish(CHANNEL, message)
+                await self._redis.publish(self.channel, message)
             except Exception:
                 # Redis down: local sessions still get the event; remote ones resync on reconnect
                 # (and remote sockets find an ended session at their next token check).
@@ -260,7 +284,7 @@ class RedisEventBus(EventBus):
         while True:
             try:
                 pubsub = self._redis.pubsub()
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(self.channel)
                 self._ready.set()
                 async for message in pubsub.listen():
                     if message.get("type") != "message":

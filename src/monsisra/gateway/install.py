@@ -67,6 +67,7 @@ async def _smtp_hook(app: FastAPI, core: Core):
         await inbound.stop(core)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 5)
+        await listening.limits.close()
 
     return stop
 

@@ -7,13 +7,15 @@ The handler stays thin: every rule (trust, recipients, parsing, storage) lives i
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 import unicodedata
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from typing import AnyStr
+from typing import Any, AnyStr
 
+from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from monsisra.config import Settings
@@ -33,14 +35,45 @@ def ascii_reply(text: str) -> str:
     return flat.encode("ascii", "ignore").decode()
 
 
-class Limits:
-    """Connections and messages per minute, per client address."""
+RATE_KEY = "monsisra:smtp-rate"
 
-    def __init__(self, max_connections: int, max_per_minute: int) -> None:
+
+class Limits:
+    """Connections and messages per minute, per client address.
+
+    Connections are counted by each process (they are its sockets). Messages per minute are counted
+    in Redis when it is configured, so that several processes behind a balancer share one budget
+    per client (a fixed one-minute window: up to twice the rate across a window's edge); without
+    Redis, or while it is unreachable, each process counts on its own (a sliding window)."""
+
+    def __init__(self, max_connections: int, max_per_minute: int, redis_url: str | None = None) -> None:
         self.max_connections = max_connections
         self.max_per_minute = max_per_minute
         self.connections: dict[str, int] = defaultdict(int)
         self.recent: dict[str, deque[float]] = defaultdict(deque)
+        self._redis: Any = None
+        if redis_url:
+            from monsisra.events.bus import redis_client
+
+            self._redis = redis_client(redis_url)
+
+    async def allow(self, client: str) -> bool:
+        """One more message from ``client``: within its budget for this minute?"""
+        if self._redis is not None:
+            key = f"{RATE_KEY}:{client}:{int(time.time() // 60)}"
+            try:
+                pipe = self._redis.pipeline()
+                pipe.incr(key)
+                pipe.expire(key, 120)
+                count, _ = await pipe.execute()
+                return int(count) <= self.max_per_minute
+            except Exception as exc:
+                log.warning("SMTP message rate counted in this process only (Redis: %s)", exc)
+        return self.allow_message(client)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
 
     def allow_message(self, client: str) -> bool:
         now = time.monotonic()
@@ -61,7 +94,7 @@ class Handler:
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
         client = _client(session)
-        if not self.limits.allow_message(client):
+        if not await self.limits.allow(client):
             return "451 4.7.1 trop de messages de ce client : reessayez dans une minute"
         refusal = await inbound.check_sender(self.core, "" if address == NULL_SENDER else address,
                                              _peer_names(session))
@@ -95,12 +128,46 @@ class Handler:
             log.exception("inbound message from %s failed", _client(session))
             return "451 4.3.0 erreur temporaire du serveur : reessayez plus tard"
 
+    async def handle_PROXY(self, server: SMTP, session: Session, envelope: Envelope, proxy_data: ProxyData) -> bool:
+        """With ``smtp_proxy_protocol``: believe the header only from a trusted balancer, and count
+        the connection against the client it names (the limits of ``connection_made`` are skipped)."""
+        peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else None
+        if not proxied_by_trusted(peer, self.core.settings.trusted_proxy_list):
+            log.warning("PROXY header from %s, which is not in MONSISRA_TRUSTED_PROXIES: connection closed", peer)
+            return False
+        if proxy_data.src_addr is None:  # "PROXY UNKNOWN" / LOCAL: the balancer's own check
+            return True
+        assert isinstance(server, LimitedSMTP)
+        return server.count_client(str(proxy_data.src_addr))
+
     async def handle_exception(self, error: Exception) -> str:
         log.error("SMTP session error: %r", error)
         return "421 4.3.0 erreur du serveur, fermeture de la connexion"
 
 
+def proxied_by_trusted(peer: str | None, trusted: list[str]) -> bool:
+    """Is ``peer`` one of the trusted proxies (addresses, networks, or ``*`` as for HTTP)?"""
+    if peer is None:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    for entry in trusted:
+        if entry == "*":
+            return True
+        try:
+            if address in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue  # a host name: meaningful to the HTTP middleware only
+    return False
+
+
 def _client(session: Session) -> str:
+    proxied = session.proxy_data.src_addr if session.proxy_data is not None else None
+    if proxied is not None:
+        return str(proxied)
     peer = session.peer
     return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "-")
 
@@ -149,16 +216,21 @@ class LimitedSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None and self.transport is None
         super().connection_made(transport)
-        if not first:
-            return  # the same connection, after STARTTLS
+        if not first or self._proxy_timeout is not None:
+            return  # the same connection after STARTTLS, or counted once its PROXY header names the client
         peer = transport.get_extra_info("peername")
-        client = str(peer[0]) if peer else "-"
+        self.count_client(str(peer[0]) if peer else "-")
+
+    def count_client(self, client: str) -> bool:
+        """Count this connection against ``client``; refused (421, closed) over the limit."""
+        assert self.transport is not None
         if self._limits.connections[client] >= self._limits.max_connections:
-            transport.write(b"421 4.7.0 trop de connexions simultanees depuis votre adresse\r\n")  # type: ignore[attr-defined]
-            transport.close()
-            return
+            self.transport.write(b"421 4.7.0 trop de connexions simultanees depuis votre adresse\r\n")  # type: ignore[attr-defined]
+            self.transport.close()
+            return False
         self._limits.connections[client] += 1
         self._counted = client
+        return True
 
     async def smtp_DATA(self, arg: str) -> None:
         """DATA read in large chunks instead of aiosmtpd's line-by-line loop (the hot path of
@@ -231,14 +303,16 @@ class Listening:
 async def start_server(core: Core, settings: Settings) -> Listening:
     """Listen on ``smtp_host:smtp_port`` in the running loop."""
     context = tls.server_context(settings)
-    limits = Limits(settings.smtp_max_connections_per_client, settings.smtp_max_messages_per_minute)
+    limits = Limits(settings.smtp_max_connections_per_client, settings.smtp_max_messages_per_minute,
+                    settings.redis_url)
     handler = Handler(core, limits)
     loop = asyncio.get_running_loop()
 
     def factory() -> LimitedSMTP:
         return LimitedSMTP(handler, limits, data_size_limit=settings.max_message_bytes, hostname=settings.domain,
                            ident="MonSisra MSSante ESMTP", tls_context=context,
-                           require_starttls=settings.smtp_require_tls, timeout=120, loop=loop)
+                           require_starttls=settings.smtp_require_tls, timeout=120, loop=loop,
+                           proxy_protocol_timeout=10 if settings.smtp_proxy_protocol else None)
 
     server = await loop.create_server(factory, host=settings.smtp_host, port=settings.smtp_port,
                                       reuse_address=True)

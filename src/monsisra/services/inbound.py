@@ -48,6 +48,7 @@ from monsisra.events import Event
 from monsisra.services import attachments as att_service
 from monsisra.services import audit, mailboxes, messages, patients, trust
 from monsisra.services.core import Core
+from monsisra.services.helper_processes import watch_parent
 from monsisra.store.gateway import InboundMessage, RawMessage, sync_sqlite_engine
 from monsisra.store.models import (
     Attachment,
@@ -69,7 +70,8 @@ _pool: list[ProcessPoolExecutor] = []
 def _parse_pool() -> ProcessPoolExecutor:
     if not _pool:
         workers = max(1, min(2, (os.cpu_count() or 1)))
-        _pool.append(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
+        _pool.append(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=watch_parent))
     return _pool[0]
 
 

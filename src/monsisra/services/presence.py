@@ -48,9 +48,9 @@ class _Memory:
 
 class _Redis:
     def __init__(self, url: str) -> None:
-        import redis.asyncio as redis
+        from monsisra.events.bus import redis_client
 
-        self.redis = redis.from_url(url)
+        self.redis = redis_client(url)
 
     async def beat(self, account_id: int, socket: str, now: float, active: bool) -> None:
         pipe = self.redis.pipeline()

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from monsisra.services.helper_processes import watch_parent
+
 HELPERS = min(os.cpu_count() or 1, 4)  # processes; each holds the communes (~150 MB)
 
 
@@ -39,7 +41,8 @@ class HelperPool:
                 future.set_exception(exc)
         else:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(HELPERS, mp_context=multiprocessing.get_context("spawn"))
+                self._pool = ProcessPoolExecutor(HELPERS, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=watch_parent)
             future = loop.run_in_executor(self._pool, fn, *args)
         self._pending.append(future)
 
