@@ -6,6 +6,7 @@ private key, RFC 8291)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -16,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import http_ece
 import pytest
+import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,9 +25,10 @@ from websockets.sync.client import connect
 
 from monsisra.domain.clock import utcnow
 from monsisra.services import notifications
-from monsisra.store.reach import PushSubscription
+from monsisra.services.core import Core
+from monsisra.store.reach import NotifyState, PushSubscription
 from tests.reach_support import count_rows, make_pro, own_server
-from tests.support import free_port
+from tests.support import _run_alone, free_port, fresh_database, make_settings
 
 pytestmark = pytest.mark.postgres
 SMS_TOKEN = "sms-secret-token"
@@ -235,3 +238,27 @@ def test_notifications_settings_page(srv):
         prefs = api.get("/api/v1/me/notifications").json()
         assert (prefs["email"], prefs["sms"], prefs["push"]) == (True, True, False)
         assert (prefs["quiet_start"], prefs["quiet_end"]) == ("22:00", "07:00")
+
+
+def test_processes_starting_together_make_one_cursor(backend, tmp_path):
+    """Several processes' first pass on a new database all find no cursor: one row is made, and
+    none of them fails on the duplicate key (four servers started at once behind a balancer)."""
+    with fresh_database(backend, tmp_path / "db") as url:
+        async def go() -> tuple[list, int]:
+            cores = [Core(make_settings(url, tmp_path / f"data{i}", smtp_enabled=False, run_workers=False))
+                     for i in range(4)]
+            try:
+                now = utcnow()
+                outcomes = await asyncio.gather(*(notifications._plan(c, now) for c in cores),
+                                                return_exceptions=True)
+                async with cores[0].read() as s:
+                    rows = await s.scalar(sa.select(sa.func.count()).select_from(NotifyState)
+                                          .where(NotifyState.account_id == 0))
+                return outcomes, rows
+            finally:
+                for c in cores:
+                    await c.close()
+
+        outcomes, rows = _run_alone(go())
+    assert outcomes == [[], [], [], []]
+    assert rows == 1

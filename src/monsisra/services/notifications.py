@@ -31,6 +31,7 @@ from monsisra.services import audit
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Invalid
 from monsisra.store.accounts import LiveSocket
+from monsisra.store.db import insert_ignoring_duplicates
 from monsisra.store.directory import DirProfile
 from monsisra.store.files import private_dir
 from monsisra.store.models import Account, Delivery, MailboxAccess
@@ -243,8 +244,10 @@ async def _plan(core: Core, now: datetime) -> list[Due]:
         state0 = await s.scalar(sa.select(NotifyState).where(NotifyState.account_id == 0).with_for_update())
         if state0 is None:
             # First pass ever: what was there before is not news.
+            # Processes starting together on a new database all find no row: the first insert wins.
             top = await s.scalar(sa.select(sa.func.max(Delivery.id))) or 0
-            s.add(NotifyState(account_id=0, cursor=top, pending_email=0, pending_sms=0, pending_push=0))
+            await s.execute(insert_ignoring_duplicates(NotifyState.__table__, s.bind.dialect.name).values(
+                account_id=0, cursor=top, pending_email=0, pending_sms=0, pending_push=0))
             return []
         new = await _scan(s, core, state0, now)
         live = await _live_accounts(s, core, now)

@@ -140,6 +140,16 @@ _TRANSIENT_SQLSTATES = {
 _SQLITE_BUSY = ("database is locked", "database is busy", "database table is locked", "database schema is locked")
 
 
+def insert_ignoring_duplicates(table: sa.Table, dialect: str) -> sa.Insert:
+    """``INSERT … ON CONFLICT DO NOTHING`` for either engine: a row that several processes may
+    create at once (the first of its kind) is made by whichever comes first, without an error."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table).on_conflict_do_nothing()
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     todo: list[BaseException | None] = [exc]
