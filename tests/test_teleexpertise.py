@@ -244,6 +244,19 @@ def test_bad_inputs_refused_in_french_and_nothing_changed(server, make_user):
     problem(r.get("/api/v1/teleexpertises", params={"role": "autre"}), 422)
 
 
+def test_requests_sent_together_never_make_a_fifth(server, make_user):
+    """Four requests for one patient in 12 months, even when the last ones are sent at once."""
+    address, _, _ = expert_service(server, make_user, members=1)
+    r, _ = requester(server, make_user)
+    ins = fresh_ins()
+    assert r.post("/api/v1/teleexpertises", json=payload(address, ins)).status_code == 201
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        codes = list(pool.map(lambda _: r.post("/api/v1/teleexpertises", json=payload(address, ins)).status_code,
+                              range(5)))
+    assert sorted(codes) == [201, 201, 201, 409, 409], codes
+    assert len(r.get("/api/v1/teleexpertises", params={"role": "requester"}).json()["items"]) == 4
+
+
 def _letters(client, box_id: int, view: str = "inbox") -> list[str]:
     items = client.get(f"/api/v1/mailboxes/{box_id}/messages", params={"view": view, "limit": 200}).json()["items"]
     return [m["subject"] for m in items if m["subject"].startswith("Téléexpertise")]

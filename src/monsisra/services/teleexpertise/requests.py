@@ -171,6 +171,14 @@ async def create(core: Core, actor: Actor, req: NewTeleexpertise) -> dict[str, A
     now = utcnow()
     async with core.write() as tx:
         s = tx.session
+        if known is not None:
+            # Requests for one patient count one at a time, the patient's row locked first: two
+            # sent together on PostgreSQL would otherwise both count 3 and make a fifth. NO KEY
+            # UPDATE: rows that merely refer to the patient (audit entries written while this is
+            # held) must not wait for it, or the audit chain's head lock closes a deadlock.
+            await s.execute(sa.select(Patient.id).where(Patient.id == known).with_for_update(key_share=True))
+            if await count_recent(s, known, actor.account_id) >= rules.MAX_PER_PATIENT_YEAR:
+                raise _too_many()
         # The letter and the request commit together (a refused request leaves no letter).
         letter = await messages.send(core, actor, messages.Compose(
             from_mailbox=from_box.id, to=[box.address], subject=subject[:200], body=body,
