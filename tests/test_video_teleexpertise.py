@@ -90,3 +90,14 @@ def test_teleexpertise_call_rings_both_sides_refuses_outsiders_and_is_recorded(s
         r.post(f"/api/v1/calls/{again['id']}/end")
         seen = _events_until(w1, "teleexpertise.updated", 2)  # the call's start and end steps
         assert not [e for e in seen if e["type"] == "call.ring"], seen
+
+    # The kind filter of the record knows calls.
+    kinds = {i["kind"] for i in r.get(f"/api/v1/patients/{pid}/record", params={"kind": "call"}).json()["items"]}
+    assert kinds == {"call"}
+
+    # A request that has ended takes no new call (409 in French); nothing is started.
+    assert r.post(f"/api/v1/teleexpertises/{te['id']}/cancel").status_code == 200
+    refused = problem(r.post(f"/api/v1/teleexpertises/{te['id']}/calls"), 409)
+    assert "annulée" in refused["detail"]
+    steps = [s for s in r.get(f"/api/v1/teleexpertises/{te['id']}").json()["steps"] if s["action"] == "visio"]
+    assert len(steps) == 4  # the two calls' starts and ends, no more

@@ -56,7 +56,7 @@ async def leave_care_team(patient_id: PathId, core: CoreDep, actor: ActorDep) ->
     return await care_team.leave(core, actor, patient_id)
 
 
-RecordKind = Literal["letter", "result", "teleexpertise", "support", "support_request", "patient_exchange",
+RecordKind = Literal["letter", "result", "teleexpertise", "support", "support_request", "patient_exchange", "call",
                      "conversation", "event", "document", "message"]
 
 

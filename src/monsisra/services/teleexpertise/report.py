@@ -117,7 +117,7 @@ def report_sections(question: str, answer: str) -> list[tuple[str, str]]:
 def summary_sections(steps: list[dict[str, Any]]) -> list[tuple[str, str]]:
     labels = {"submit": "Demande", "assign": "Prise en charge", "request_elements": "Demande d'éléments",
               "provide_elements": "Éléments fournis", "answer": "Réponse", "decline": "Refus",
-              "cancel": "Annulation", "close": "Clôture", "remind": "Relance"}
+              "cancel": "Annulation", "close": "Clôture", "remind": "Relance", "visio": "Visio"}
     out = []
     for st in steps:
         files = f"\n[{len(st['attachments'])} pièce(s) jointe(s)]" if st["attachments"] else ""

@@ -41,6 +41,7 @@ class Invitation:
     accounts: list[int]  # who is invited (rung)
     mailbox_ids: list[int] = field(default_factory=list)  # the sockets' mailbox filter, if any
     patient_id: int | None = None
+    ended: str | None = None  # why no new call may start here (a closed request…); joining stays open
 
 
 # (session, actor, context_id) -> Invitation, or NotFound for anyone not invited.
@@ -121,6 +122,8 @@ async def start_call(core: Core, actor: Actor, context: str, context_id: int) ->
         call = await s.scalar(sa.select(Call).where(Call.context == context, Call.context_id == context_id,
                                                     Call.ended_at.is_(None)))
         if call is None:
+            if inv.ended:
+                raise Conflict(inv.ended)
             call = Call(context=context, context_id=context_id, patient_id=inv.patient_id, title=inv.title[:200],
                         started_by=actor.account_id, started_at=utcnow())
             s.add(call)

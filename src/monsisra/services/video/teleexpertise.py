@@ -18,6 +18,9 @@ from monsisra.store.video import Call
 
 CONTEXT = "teleexpertise"
 STEP = "visio"  # the action of the exchange's step a call writes
+ENDED = {"closed": "cette téléexpertise est clôturée : on n'y lance plus de visio",
+         "cancelled": "cette téléexpertise a été annulée : on n'y lance plus de visio",
+         "declined": "cette téléexpertise a été refusée : on n'y lance plus de visio"}
 
 
 async def _ringed(s: AsyncSession, row: Teleexpertise) -> list[int]:
@@ -38,7 +41,8 @@ async def _teleexpertise(s: AsyncSession, actor: Actor, te_id: int) -> Invitatio
     patient = await s.get(Patient, row.patient_id)
     who = f"{patient.family_name.upper()} {patient.given_names}" if patient is not None else "patient"
     return Invitation(title=f"Téléexpertise — {who}", name=common.account_name(me) or actor.username,
-                      accounts=await _ringed(s, row), patient_id=row.patient_id)
+                      accounts=await _ringed(s, row), patient_id=row.patient_id,
+                      ended=ENDED.get(row.state))
 
 
 async def _record(tx: Tx, call: Call, what: str, text: str) -> None:
