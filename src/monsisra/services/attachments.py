@@ -6,8 +6,9 @@ import asyncio
 import re
 import secrets
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import filetype
 import sqlalchemy as sa
@@ -127,6 +128,18 @@ async def register(core: Core, account_id: int | None, digest: str, size: int, c
     async with core.write() as tx:
         tx.session.add(att)
     return view(att)
+
+
+async def store_parts(core: Core, actor: Actor, parts: Iterable[Any]) -> list[str]:
+    """The attachments of a message a mail client handed over (parsed MIME parts with ``data``,
+    ``content_type`` and ``filename``), in the blob store and recorded for the actor: their ids."""
+    ids = []
+    for part in parts:
+        digest, size = await asyncio.to_thread(core.blobs.put_bytes, part.data)
+        att = await register(core, actor.account_id, digest, size, part.content_type or "application/octet-stream",
+                             part.filename)
+        ids.append(att.id)
+    return ids
 
 
 async def readable(session: AsyncSession, actor: Actor, attachment_ids: list[str]) -> dict[str, Attachment]:

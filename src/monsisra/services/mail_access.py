@@ -334,12 +334,7 @@ async def append(core: Core, actor: Actor, f: Folder, raw: bytes) -> int:
                        Message.message_id == message_id).order_by(Delivery.id.desc()).limit(1))
         if uid is not None:
             return int(uid)
-    ids = []
-    for part in parsed.attachments:
-        digest, size = await asyncio.to_thread(core.blobs.put_bytes, part.data)
-        view = await attachments.register(core, actor.account_id, digest, size,
-                                          part.content_type or "application/octet-stream", part.filename)
-        ids.append(view.id)
+    ids = await attachments.store_parts(core, actor, parsed.attachments)
     copy = f.view == SENT  # sent elsewhere: a copy here, nobody receives it (it was sent already)
     if copy and not parsed.sender_address:
         raise Invalid("message sans expéditeur (From)")

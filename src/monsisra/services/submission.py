@@ -61,12 +61,7 @@ async def submit(core: Core, actor: Actor, mail_from: str, rcpt_tos: list[str], 
     wanted = {normalize_address(r) for r in rcpt_tos}
     to = [a for a in to if normalize_address(a) in wanted]
     cc = [a for a in cc if normalize_address(a) in wanted]
-    ids = []
-    for part in parsed.attachments:
-        digest, size = await asyncio.to_thread(core.blobs.put_bytes, part.data)
-        view = await attachments.register(core, actor.account_id, digest, size,
-                                          part.content_type or "application/octet-stream", part.filename)
-        ids.append(view.id)
+    ids = await attachments.store_parts(core, actor, parsed.attachments)
     req = messages.Compose(from_mailbox=mailbox_id, to=to, cc=cc, bcc=bcc, subject=parsed.subject,
                            body=parsed.text, html=parsed.html, category=Category.LETTER, attachments=ids,
                            receipt_requested=bool(parsed.notify_to), message_id=client_message_id(parsed))
