@@ -101,6 +101,7 @@
     }
     return go;
   }
+  window.MonSisraOneAtATime = oneAtATime;  // for the pages' own scripts (teleexpertise.js)
   var listSoon = debounce(oneAtATime(refreshList), 150);
   var countsSoon = debounce(oneAtATime(refreshCounts), 150);
   document.body.addEventListener("monsisra:refresh", function () { listSoon(); });

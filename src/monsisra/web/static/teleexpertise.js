@@ -5,16 +5,7 @@
    left alone while the user is writing in them (their text would be lost). */
 (function () {
   "use strict";
-  function oneAtATime(run) {
-    var busy = false, again = false;
-    function go() {
-      if (busy) { again = true; return; }
-      busy = true; again = false;
-      var done = function () { busy = false; if (again) go(); };
-      run().then(done, done);
-    }
-    return go;
-  }
+  var oneAtATime = window.MonSisraOneAtATime;  // app.js runs first (both deferred, in this order)
   function writing(part) {
     if (!part) return false;
     if (part.contains(document.activeElement) && document.activeElement.matches("textarea, input")) return true;
