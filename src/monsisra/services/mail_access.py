@@ -48,9 +48,9 @@ from monsisra.services.errors import AuthFailed, Conflict, Invalid, NotFound
 from monsisra.store.models import VIEW_SQL, Delivery, Mailbox, MailboxAccess, Message
 from monsisra.store.reach import ImapVanished, ImapVanishedFloor
 
-SEEN, FLAGGED, DELETED, DRAFT, TODO = "\\Seen", "\\Flagged", "\\Deleted", "\\Draft", "$Todo"
-PERMANENT_FLAGS = (SEEN, FLAGGED, DELETED, TODO)
-FLAG_STATE = {SEEN: "read", FLAGGED: "favorite", TODO: "todo"}
+SEEN, FLAGGED, DELETED, DRAFT, TO_HANDLE = "\\Seen", "\\Flagged", "\\Deleted", "\\Draft", "$Todo"
+PERMANENT_FLAGS = (SEEN, FLAGGED, DELETED, TO_HANDLE)
+FLAG_STATE = {SEEN: "read", FLAGGED: "favorite", TO_HANDLE: "todo"}  # TO_HANDLE: « à traiter »
 
 INBOX, SENT, DRAFTS, ARCHIVED, FAVORITES, TRASH, CATEGORY = (
     "inbox", "sent", "drafts", "archived", "favorites", "trash", "category")
@@ -106,7 +106,7 @@ class Item:
         if self.favorite:
             out.append(FLAGGED)
         if self.todo:
-            out.append(TODO)
+            out.append(TO_HANDLE)
         if self.role == "draft":
             out.append(DRAFT)
         return out
