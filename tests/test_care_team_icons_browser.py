@@ -49,6 +49,29 @@ def test_icon_in_rows_and_chat_header_turns_green(server, make_user, browser):
     page.context.close()
 
 
+def test_icons_follow_a_declaration_made_elsewhere_live(server, make_user, browser):
+    """Declared or withdrawn from another device (here the API): the open list's icon and the open
+    letter's icon change in place, without a reload."""
+    _g, n, _o, pid, _sent, _att = setup_patient(server, make_user)
+    page = open_page(browser, server, n.get("/api/v1/me").json()["username"], "secret-pass")
+    row = page.locator("li.item", has_text="Soins de plaie")
+    expect(row.locator(".item-patient .ct-icon.off")).to_have_count(1)
+    row.locator("a").first.click()
+    expect(page.locator("#message .patient .ct-icon.off")).to_have_count(1)
+    expect(page.locator("body[data-live='1']")).to_have_count(1)
+    page.evaluate("window.__same_page = true")
+    assert n.put(f"/api/v1/patients/{pid}/care-team/me").status_code == 200
+    expect(row.locator(".item-patient .ct-icon.on")).to_have_attribute("aria-label",
+                                                                       "Vous êtes acteur de la prise en charge")
+    expect(page.locator("#message .patient .ct-icon.on")).to_have_count(1)
+    assert n.delete(f"/api/v1/patients/{pid}/care-team/me").status_code == 200
+    expect(row.locator(".item-patient .ct-icon.off")).to_have_attribute("aria-label", "Vous ne suivez pas ce patient")
+    expect(page.locator("#message .patient .ct-icon.off")).to_have_count(1)
+    assert page.evaluate("window.__same_page === true")  # no reload happened
+    assert not page.errors, page.errors
+    page.context.close()
+
+
 def test_team_member_reads_conversation_from_record_read_only(server, make_user, browser):
     g, n, _o, pid, _sent, _att = setup_patient(server, make_user)
     _c, conv, _file = conversation_about(server, make_user, g, pid)

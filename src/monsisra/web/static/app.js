@@ -129,7 +129,22 @@
     if (!list || !list.dataset.mbs) return false;
     return list.dataset.mbs.split(",").indexOf(String(mailboxId)) >= 0;
   }
+  var me = null;  // the account, from the socket's "hello"
+  // The care-team icon of a patient, wherever the page shows it, when the user joins or leaves the
+  // team in another tab or device.
+  function careTeamIcons(ev) {
+    if (me === null || ev.account_id !== me) return;
+    var label = ev.member ? "Vous êtes acteur de la prise en charge" : "Vous ne suivez pas ce patient";
+    $$('.ct-icon[data-ct-patient="' + ev.patient_id + '"]').forEach(function (icon) {
+      icon.classList.toggle("on", !!ev.member);
+      icon.classList.toggle("off", !ev.member);
+      icon.setAttribute("aria-label", label);
+      icon.title = label;
+    });
+  }
   function onEvent(ev) {
+    if (ev.type === "hello") me = ev.account_id;
+    else if (ev.type === "patient.care_team") careTeamIcons(ev);
     // Other page scripts (accounts.js: a delegation taken back) follow the same feed.
     document.dispatchEvent(new CustomEvent("monsisra:event", { detail: ev }));
     if (ev.type === "message.new") {
