@@ -1,7 +1,8 @@
 """Issue 13 in Chromium, with fresh accounts: the care-team icon follows the patient into the
 message list, the conversation list and the chat header (grey, then green once the viewer
 declares themselves from the patient page the icon leads to); a team member who takes no part in
-a conversation about the patient reads it from the record, read-only, at phone width."""
+a conversation about the patient reads it from the record, read-only, at phone width, and sees
+new messages arrive in place."""
 
 from __future__ import annotations
 
@@ -86,5 +87,13 @@ def test_team_member_reads_conversation_from_record_read_only(server, make_user,
     expect(page.locator("#composer, #composer-text, textarea")).to_have_count(0)
     # Nothing overflows the phone's width.
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    # A participant writes: the read-only view shows it in place (the team member is told that the
+    # record changed, and the page reads it again).
+    expect(page.locator("body[data-live='1']")).to_have_count(1)
+    page.evaluate("window.__same_page = true")
+    assert g.post(f"/api/v1/conversations/{conv['id']}/messages", json={"body": "Cicatrisation en bonne voie"}
+                  ).status_code == 201
+    expect(page.locator(".bubble .text").last).to_have_text("Cicatrisation en bonne voie")
+    assert page.evaluate("window.__same_page === true")
     assert not page.errors, page.errors
     page.context.close()

@@ -31,8 +31,10 @@ from monsisra.store.conversations import (
     ConversationParticipant,
 )
 from monsisra.store.models import Attachment, Mailbox, MailboxAccess, Patient
+from monsisra.store.patients import CareTeamMember
 
 MAX_TITLE = 200
+PATIENT_RECORD = "patient.record"  # event type: something was added to a patient's shared record
 MAX_BODY = 20_000
 MAX_PARTICIPANTS = 100
 MAX_ATTACHMENTS = 10
@@ -181,6 +183,14 @@ async def _emit_message(tx: Tx, conversation: Conversation, view: dict[str, Any]
     accounts_, boxes = await access.audience(tx.session, conversation.id)
     tx.emit("conversation.message", accounts_, conversation_id=conversation.id, mailbox_ids=boxes,
             title=conversation.title, message=view, preview=preview(view["body"]))
+    if conversation.patient_id is not None:
+        # The patient's care team may be reading the record: told that it changed, never what
+        # (their page fetches it again, and that read is audited like any other).
+        team = set(await tx.session.scalars(sa.select(CareTeamMember.account_id).where(
+            CareTeamMember.patient_id == conversation.patient_id)))
+        watchers = sorted(team - set(accounts_))
+        if watchers:
+            tx.emit(PATIENT_RECORD, watchers, patient_id=conversation.patient_id, conversation_id=conversation.id)
 
 
 async def start(core: Core, actor: Actor, *, from_mailbox: int | None = None, title: str = "",

@@ -1,5 +1,6 @@
-/* MonSisra — live refresh of the « Demandes d'appui » list and of a patient's care team: when the
-   server says a request or a team changed, the table is fetched again and swapped in place. */
+/* MonSisra — live refresh of the « Demandes d'appui » list, of a patient's care team and of the
+   shared record (its timeline, a conversation read from it): when the server says one changed, the
+   part is fetched again and swapped in place. */
 (function () {
   "use strict";
   var busy = false;
@@ -21,5 +22,12 @@
     var ev = e.detail || {};
     if (ev.type === "support_request.updated") refresh("#support-requests");
     else if (ev.type === "patient.care_team") refresh("#care-team");
+    else if (ev.type === "patient.record") {
+      var here = document.querySelector("[data-record-patient]");
+      if (!here || here.dataset.recordPatient !== String(ev.patient_id)) return;
+      var chat = document.getElementById("chat-consultation");
+      if (!chat) refresh("#timeline");
+      else if (chat.dataset.conversationId === String(ev.conversation_id)) refresh("#chat-log");
+    }
   });
 })();
