@@ -13,10 +13,13 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
+import sqlalchemy as sa
+
 from monsisra.domain.ins import ins_key
 from monsisra.domain.model import Access
 from monsisra.domain.teleexpertise import luhn_key
 from monsisra.services import mailboxes
+from monsisra.store.models import Attachment
 from tests.support import unique
 
 REQ_NUMBER = "15123456" + str(luhn_key("15123456"))
@@ -262,11 +265,22 @@ def _letters(client, box_id: int, view: str = "inbox") -> list[str]:
     return [m["subject"] for m in items if m["subject"].startswith("Téléexpertise")]
 
 
+def _blob_files(server) -> set:
+    root = server.core.settings.blob_dir
+    return {p for p in root.glob("??/??/*") if p.is_file()}
+
+
+async def _named_digests(core, digests: set[str]) -> set[str]:
+    async with core.read() as s:
+        return set(await s.scalars(sa.select(Attachment.sha256).where(Attachment.sha256.in_(digests))))
+
+
 def test_concurrent_steps_exactly_one_wins_and_only_its_letter_exists(server, make_user):
     """Steps raced through HTTP: one state change wins, and only the winner's letter was delivered
     (the letter commits with the state change, never before it)."""
     address, _, members = expert_service(server, make_user, members=3)
     r, r_box = requester(server, make_user)
+    files_before = _blob_files(server)
     for _ in range(3):
         te = r.post("/api/v1/teleexpertises", json=payload(address, fresh_ins())).json()
         before = len(_letters(r, r_box))
@@ -286,6 +300,10 @@ def test_concurrent_steps_exactly_one_wins_and_only_its_letter_exists(server, ma
         expected = {"answer": ["Téléexpertise : réponse de l'expert"], "decline": ["Téléexpertise refusée"],
                     "cancel": []}[winner]
         assert len(after) - before == len(expected) and after[:len(expected)] == expected, (winner, after)
+    # A losing answer had its report PDF rendered before the race: it is gone again, and every file
+    # the rounds left is an attachment's.
+    new_files = {p.name for p in _blob_files(server) - files_before}
+    assert server.call(_named_digests, server.core, new_files) == new_files
 
     # Two members take the same request at once: exactly one is shown as taking it.
     te = r.post("/api/v1/teleexpertises", json=payload(address, fresh_ins())).json()

@@ -105,55 +105,60 @@ async def act(core: Core, actor: Actor, te_id: int, action: str, *, body: str | 
         days = await answer_days(s, await s.get(Mailbox, row.expert_mailbox_id))
     now = utcnow()
     # The PDFs are rendered before the transaction (no write lock held while fpdf works); a step
-    # that then loses its race leaves only an unreferenced file.
+    # that then loses its race removes them again.
     pdf_blob = await _report_pdf(core, te_id, actor, text, now) if action == "answer" else None
     summary_blob = await _summary_pdf(core, te_id, me, now) if action == "close" else None
-    async with core.write() as tx:
-        s = tx.session
-        row, sides = await load(s, actor, te_id, lock=True)
-        await _check(s, actor, row, sides, action)
-        new_state = rules.next_state(action, row.state)
-        values: dict[str, Any] = {"state": new_state, "updated_at": now}
-        if action == "assign":
-            values.update(assigned_to=actor.account_id, assigned_at=now)
-        elif action == "answer":
-            values.update(answered_by=actor.account_id, answered_at=now, expert_billing_number=number)
-            if row.assigned_to is None:
+    try:
+        async with core.write() as tx:
+            s = tx.session
+            row, sides = await load(s, actor, te_id, lock=True)
+            await _check(s, actor, row, sides, action)
+            new_state = rules.next_state(action, row.state)
+            values: dict[str, Any] = {"state": new_state, "updated_at": now}
+            if action == "assign":
                 values.update(assigned_to=actor.account_id, assigned_at=now)
-        elif action == "provide_elements":
-            # The expert's expected answer time starts again with the elements (and so may a reminder).
-            values.update(due_at=now + timedelta(days=days), reminded_at=None)
-        elif action in ("close", "cancel", "decline"):
-            values.update(closed_at=now)
-            if action == "decline":
-                values["decline_reason"] = text
-        # Guarded update: of two concurrent steps from the same state exactly one wins.
-        done = await s.execute(sa.update(Teleexpertise).where(Teleexpertise.id == row.id,
-                                                             Teleexpertise.state == row.state)
-                               .values(**values))
-        if done.rowcount != 1:
-            raise Conflict("la téléexpertise vient de changer d'état : rechargez-la")
-        await s.refresh(row)
-        # The step's letter to the other side joins this transaction: a step that loses leaves no letter.
-        step_message = None
-        if (text or attachments) and action in STEP_SUBJECTS:
-            step_message = await messages.send(core, actor, messages.Compose(
-                from_mailbox=box_id, to=[other_box.address], subject=STEP_SUBJECTS[action], body=text,
-                category=Category.TELEEXPERTISE, attachments=attachments, in_reply_to=parent,
-                context_type=CONTEXT, context_id=te_id), tx=tx)
-        s.add(TeleexpertiseStep(teleexpertise_id=row.id, action=action, account_id=actor.account_id,
-                                author_name=account_name(me)[:200], body=text,
-                                attachments=[a["id"] for a in (step_message or {}).get("attachments") or []],
-                                message_id=(step_message or {}).get("id"), created_at=now))
-        if action == "answer":
-            await _bill(s, row, actor.account_id, number or "", now)
-            await _send_report(core, tx, actor, row, me, pdf_blob, now)
-        elif action == "close":
-            await _send_summary(core, tx, actor, row, me, summary_blob, now)
-        audit.record(s, actor.account_id, f"teleexpertise.{action}", object_type="teleexpertise", object_id=row.id,
-                     patient_id=row.patient_id, mailbox_id=box_id, client=actor.client,
-                     detail={"state": new_state})
-        await emit(tx, row)
+            elif action == "answer":
+                values.update(answered_by=actor.account_id, answered_at=now, expert_billing_number=number)
+                if row.assigned_to is None:
+                    values.update(assigned_to=actor.account_id, assigned_at=now)
+            elif action == "provide_elements":
+                # The expert's expected answer time starts again with the elements (and so may a reminder).
+                values.update(due_at=now + timedelta(days=days), reminded_at=None)
+            elif action in ("close", "cancel", "decline"):
+                values.update(closed_at=now)
+                if action == "decline":
+                    values["decline_reason"] = text
+            # Guarded update: of two concurrent steps from the same state exactly one wins.
+            done = await s.execute(sa.update(Teleexpertise).where(Teleexpertise.id == row.id,
+                                                                 Teleexpertise.state == row.state)
+                                   .values(**values))
+            if done.rowcount != 1:
+                raise Conflict("la téléexpertise vient de changer d'état : rechargez-la")
+            await s.refresh(row)
+            # The step's letter to the other side joins this transaction: a step that loses leaves no letter.
+            step_message = None
+            if (text or attachments) and action in STEP_SUBJECTS:
+                step_message = await messages.send(core, actor, messages.Compose(
+                    from_mailbox=box_id, to=[other_box.address], subject=STEP_SUBJECTS[action], body=text,
+                    category=Category.TELEEXPERTISE, attachments=attachments, in_reply_to=parent,
+                    context_type=CONTEXT, context_id=te_id), tx=tx)
+            s.add(TeleexpertiseStep(teleexpertise_id=row.id, action=action, account_id=actor.account_id,
+                                    author_name=account_name(me)[:200], body=text,
+                                    attachments=[a["id"] for a in (step_message or {}).get("attachments") or []],
+                                    message_id=(step_message or {}).get("id"), created_at=now))
+            if action == "answer":
+                await _bill(s, row, actor.account_id, number or "", now)
+                await _send_report(core, tx, actor, row, me, pdf_blob, now)
+            elif action == "close":
+                await _send_summary(core, tx, actor, row, me, summary_blob, now)
+            audit.record(s, actor.account_id, f"teleexpertise.{action}", object_type="teleexpertise", object_id=row.id,
+                         patient_id=row.patient_id, mailbox_id=box_id, client=actor.client,
+                         detail={"state": new_state})
+            await emit(tx, row)
+    except BaseException:
+        # Lost its race (or failed): the PDFs rendered for it are nobody's.
+        await report.discard_unused(core, pdf_blob, summary_blob)
+        raise
     return await get(core, actor, te_id)
 
 

@@ -5,9 +5,11 @@ documents (fpdf, the fonts of the conversation summary), delivered as letters of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
 from fpdf import FPDF
 
 from monsisra.domain.clock import in_paris
@@ -18,7 +20,7 @@ from monsisra.services import attachments as att_service
 from monsisra.services import messages
 from monsisra.services.conversations.summary import FONT_DIR
 from monsisra.services.core import Actor, Core, Tx
-from monsisra.store.models import Mailbox, Message, MessageAttachment, Patient, Recipient
+from monsisra.store.models import Attachment, Mailbox, Message, MessageAttachment, Patient, Recipient
 
 
 def when(value: datetime | None) -> str:
@@ -72,6 +74,19 @@ def professional(name: str, national_id: str | None, box: Mailbox) -> str:
 
 async def store_pdf(core: Core, pdf: bytes) -> tuple[str, int]:
     return await asyncio.to_thread(core.blobs.put_bytes, pdf)
+
+
+async def discard_unused(core: Core, *blobs: tuple[str, int] | None) -> None:
+    """Removes PDFs stored for a step that did not happen, unless an attachment names the same
+    bytes (blobs are shared by content)."""
+    for blob in blobs:
+        if blob is None:
+            continue
+        async with core.read() as s:
+            named = await s.scalar(sa.select(Attachment.id).where(Attachment.sha256 == blob[0]).limit(1))
+        if named is None:
+            with contextlib.suppress(FileNotFoundError):
+                core.blobs.path(blob[0]).unlink()
 
 
 async def deliver(core: Core, tx: Tx, actor: Actor | None, *, sender: Mailbox, sender_name: str,
