@@ -432,6 +432,13 @@ def test_experts_near_me_nearest_first_by_real_distance(server, make_user):
     assert mine[3]["distance_km"] is None
     assert [round(i["distance_km"]) for i in mine[:3]] == [13, 29, 47]
 
+    # The compose picker's « experts » filter asks the directory for the same order (near=moi).
+    picked = r.get("/api/v1/directory/search", params={"q": specialty, "kind": "experts", "near": "moi"}).json()
+    people = [i for i in picked["professionals"]["items"] if i["address"] in made]
+    assert [made[i["address"]] for i in people] == ["63300", "63178", "03310", ""]
+    assert [round(i["distance_km"]) for i in people[:3]] == [13, 29, 47]
+    assert picked["query"]["reference"]["code"] == "63113"
+
     # The page says from where, and lists them in that order.
     from tests.reach_support import web_session
 

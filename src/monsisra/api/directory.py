@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from monsisra.api.deps import current_actor, get_core
 from monsisra.config import Settings
-from monsisra.services import communes, directory
+from monsisra.services import communes, directory, teleexpertise
 from monsisra.services.core import Actor, Core
 
 router = APIRouter(prefix="/api/v1/directory", tags=["directory"])
@@ -26,8 +26,12 @@ Kind = Literal["all", "professionals", "services", "experts", "resource_teams"]
 async def search(core: CoreDep, actor: ActorDep, q: SearchText = "", where: SearchText = "", kind: Kind = "all",
                  limit: Annotated[int, Query(ge=1, le=100)] = 20, offset: Annotated[int, Query(ge=0, le=1000)] = 0,
                  near: SearchText = "") -> dict[str, Any]:
-    """Find professionals and services by fragments of names, specialties and places (typos forgiven)."""
-    return await directory.search(core, actor, q=q, where=where, kind=kind, limit=limit, offset=offset, near=near)
+    """Find professionals and services by fragments of names, specialties and places (typos forgiven);
+    ``near`` orders by distance from a place, ``near=moi`` from the caller's practice commune."""
+    place: str | communes.Commune = near
+    if near.strip().lower() == "moi":
+        place = await teleexpertise.practice_commune(core, actor) or ""
+    return await directory.search(core, actor, q=q, where=where, kind=kind, limit=limit, offset=offset, near=place)
 
 
 @router.get("/communes")

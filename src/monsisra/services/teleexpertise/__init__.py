@@ -3,7 +3,7 @@ billing (RQD / TE2) and an expert service's statistics. See the modules for each
 
 from monsisra.services import patients
 from monsisra.services.teleexpertise.billing import export_csv, lines, remind_overdue, stats
-from monsisra.services.teleexpertise.experts import experts_near
+from monsisra.services.teleexpertise.experts import experts_near, practice_commune
 from monsisra.services.teleexpertise.lifecycle import act
 from monsisra.services.teleexpertise.requests import NewTeleexpertise, create, expert_card, get, list_requests
 from monsisra.services.teleexpertise.service_card import declare_expert, service_card
@@ -11,7 +11,7 @@ from monsisra.store.models import MailboxAccess
 from monsisra.store.teleexpertise import Teleexpertise
 
 __all__ = ["NewTeleexpertise", "act", "create", "declare_expert", "expert_card", "experts_near", "export_csv",
-           "get", "lines", "list_requests", "remind_overdue", "service_card", "stats"]
+           "get", "lines", "list_requests", "practice_commune", "remind_overdue", "service_card", "stats"]
 
 # Both sides of a request see its patient (the identity; the record stays for the care team).
 patients.register_link("teleexpertise", lambda a: sa_select_patients(a))

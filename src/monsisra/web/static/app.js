@@ -468,7 +468,8 @@
     }
     text.appendChild(nameLine);
     var details = [entry.profession, entry.specialty].filter(Boolean).join(" · ");
-    var place = [entry.commune, entry.postcode ? "(" + entry.postcode + ")" : ""].filter(Boolean).join(" ");
+    var place = [entry.commune, entry.postcode ? "(" + entry.postcode + ")" : "",
+                 entry.distance_km != null ? "à " + Math.round(entry.distance_km) + " km" : ""].filter(Boolean).join(" ");
     text.appendChild(el("span", { "class": "entry-sub", id: uid + "-sub" }, [details, place].filter(Boolean).join(" — ")));
     text.appendChild(el("span", { "class": "entry-addr muted", id: uid + "-addr" }, entry.address || "pas de messagerie"));
     label.appendChild(text);
@@ -516,6 +517,8 @@
     $(".picker-hint", picker).hidden = true;
     var params = new URLSearchParams({ q: search.q, where: search.where, kind: search.kind,
                                        limit: "10", offset: String(offset || 0) });
+    // Experts: nearest first from one's practice, unless a place is typed.
+    if (search.kind === "experts" && !search.where) params.set("near", "moi");
     var seq = ++pickerSeq;
     fetch("/api/v1/directory/search?" + params.toString(), { credentials: "same-origin",
                                                               headers: { Accept: "application/json" } })
