@@ -135,7 +135,9 @@ def command_line() -> str:
 
 
 def header(title: str, meta: dict[str, Any]) -> list[str]:
+    """The results page's opening lines; called once measuring is over (load after = now, if unset)."""
     m = meta["machine"]
+    meta.setdefault("load_after", uptime())
     return [
         f"# {title}",
         "",
@@ -145,7 +147,7 @@ def header(title: str, meta: dict[str, Any]) -> list[str]:
         f"- Python {m['python']}, SQLite {m['sqlite']}, PostgreSQL {m['postgresql']}, "
         f"SQLAlchemy {m['sqlalchemy']}",
         f"- Load before: `{meta['load_before']}`",
-        f"- Load after: `{meta.get('load_after', '?')}`",
+        f"- Load after: `{meta['load_after']}`",
         "- The machine is shared with other engineers (2 cores): figures are indicative, not a lab measure.",
         "",
     ]
