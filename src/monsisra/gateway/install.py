@@ -63,10 +63,8 @@ async def _smtp_hook(app: FastAPI, core: Core):
     async def stop() -> None:
         from monsisra.services import inbound
 
-        server.close()
+        await listening.sessions.drain([server])  # transactions in progress end with their reply
         await inbound.stop(core)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 5)
         await listening.limits.close()
 
     return stop

@@ -20,6 +20,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from monsisra.config import Settings
 from monsisra.gateway import tls
+from monsisra.gateway.draining import DrainingSMTP, Sessions
 from monsisra.services import inbound
 from monsisra.services.core import Core
 
@@ -188,7 +189,7 @@ def _peer_names(session: Session) -> list[str] | None:
     return [n.lower() for n in names]
 
 
-class LimitedSMTP(SMTP):
+class LimitedSMTP(DrainingSMTP):
     """aiosmtpd's server with a per-client connection cap, the null sender ``<>`` accepted in
     MAIL (reports travel with it) and no AUTH: this port is for other operators' servers, which
     prove who they are by certificate; users submit on the submission ports."""
@@ -298,6 +299,7 @@ class LimitedSMTP(SMTP):
 class Listening:
     server: asyncio.AbstractServer
     limits: Limits
+    sessions: Sessions
 
 
 async def start_server(core: Core, settings: Settings) -> Listening:
@@ -306,15 +308,16 @@ async def start_server(core: Core, settings: Settings) -> Listening:
     limits = Limits(settings.smtp_max_connections_per_client, settings.smtp_max_messages_per_minute,
                     settings.redis_url)
     handler = Handler(core, limits)
+    sessions = Sessions()
     loop = asyncio.get_running_loop()
 
     def factory() -> LimitedSMTP:
-        return LimitedSMTP(handler, limits, data_size_limit=settings.max_message_bytes, hostname=settings.domain,
-                           ident="MonSisra MSSante ESMTP", tls_context=context,
+        return LimitedSMTP(handler, limits, sessions=sessions, data_size_limit=settings.max_message_bytes,
+                           hostname=settings.domain, ident="MonSisra MSSante ESMTP", tls_context=context,
                            require_starttls=settings.smtp_require_tls, timeout=120, loop=loop,
                            proxy_protocol_timeout=10 if settings.smtp_proxy_protocol else None)
 
     server = await loop.create_server(factory, host=settings.smtp_host, port=settings.smtp_port,
                                       reuse_address=True)
     log.info("SMTP gateway on %s:%s", settings.smtp_host, settings.smtp_port)
-    return Listening(server, limits)
+    return Listening(server, limits, sessions)

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import logging
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from fastapi import FastAPI
 
 from monsisra.config import Settings
+from monsisra.gateway.draining import DrainingSMTP, Sessions
 from monsisra.gateway.smtp import LimitedSMTP, ascii_reply
 from monsisra.gateway.tls import user_context
 from monsisra.services import mail_access, submission
@@ -106,7 +106,7 @@ def _client(session: Session) -> str:
     return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "-")
 
 
-class SubmissionSMTP(SMTP):
+class SubmissionSMTP(DrainingSMTP):
     """aiosmtpd with authentication required; on the implicit-TLS port the connection is
     TLS from the first byte, which counts as TLS for AUTH."""
 
@@ -131,15 +131,17 @@ def install(app: FastAPI, settings: Settings) -> None:
         app.state.startup_hooks.append(_hook)
 
 
-async def start(core: Core, settings: Settings) -> list[asyncio.AbstractServer]:
+async def start(core: Core, settings: Settings) -> tuple[list[asyncio.AbstractServer], Sessions]:
     context = user_context(settings)
     handler = Handler(core)
     loop = asyncio.get_running_loop()
+    sessions = Sessions()
 
     def factory(implicit: bool):
         def make() -> SubmissionSMTP:
-            return SubmissionSMTP(handler, data_size_limit=settings.max_message_bytes, hostname=settings.domain,
-                                  ident="MonSisra soumission", tls_context=None if implicit else context,
+            return SubmissionSMTP(handler, sessions=sessions, data_size_limit=settings.max_message_bytes,
+                                  hostname=settings.domain, ident="MonSisra soumission",
+                                  tls_context=None if implicit else context,
                                   require_starttls=not implicit, auth_required=True, auth_require_tls=True,
                                   authenticator=lambda *a: AuthResult(success=False), timeout=300, loop=loop)
         return make
@@ -155,18 +157,14 @@ async def start(core: Core, settings: Settings) -> list[asyncio.AbstractServer]:
                                                 reuse_port=True, ssl=context, ssl_handshake_timeout=30))
     log.info("submission on %s:%s (STARTTLS) and %s (TLS)", settings.imap_host, settings.submission_port,
              settings.submissions_port)
-    return servers
+    return servers, sessions
 
 
 async def _hook(app: FastAPI, core: Core):
-    servers = await start(core, core.settings)
+    servers, sessions = await start(core, core.settings)
 
     async def stop() -> None:
-        for server in servers:
-            server.close()
-        for server in servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 5)
+        await sessions.drain(servers)  # a message being submitted gets its reply first
 
     return stop
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from monsisra.config import Settings
+from monsisra.gateway.draining import DRAIN_SECONDS
 from monsisra.gateway.tls import user_context
 from monsisra.imap.session import Session, close_quietly
 from monsisra.services.core import Core
@@ -36,10 +37,10 @@ def _sweep_spool(directory: Path) -> None:
                 path.unlink()
 
 
-async def start(core: Core, settings: Settings) -> list[asyncio.AbstractServer]:
+async def start(core: Core, settings: Settings) -> tuple[list[asyncio.AbstractServer], dict]:
     context = user_context(settings)
     await asyncio.to_thread(_sweep_spool, settings.data_dir / "imap-append")
-    sessions: set[asyncio.Task] = set()
+    sessions: dict[asyncio.Task, Session | None] = {}
 
     def handler(implicit: bool):
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -48,17 +49,18 @@ async def start(core: Core, settings: Settings) -> list[asyncio.AbstractServer]:
                 writer.write(b"* BYE trop de connexions, reessayez plus tard\r\n")
                 await close_quietly(writer)
                 return
+            session = Session(core, reader, writer, tls_context=context, implicit_tls=implicit)
             if task is not None:
-                sessions.add(task)
+                sessions[task] = session
             try:
-                await Session(core, reader, writer, tls_context=context, implicit_tls=implicit).run()
+                await session.run()
             except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.CancelledError):
                 pass  # the client went away, or the server is stopping
             except Exception:
                 log.exception("IMAP session ended on an error")
             finally:
                 if task is not None:
-                    sessions.discard(task)
+                    sessions.pop(task, None)
                 await close_quietly(writer)
         return handle
 
@@ -74,17 +76,27 @@ async def start(core: Core, settings: Settings) -> list[asyncio.AbstractServer]:
                                                   ssl=context, reuse_address=True, reuse_port=True, limit=limit,
                                                   ssl_handshake_timeout=30))
     log.info("IMAP on %s:%s (STARTTLS) and %s (TLS)", settings.imap_host, settings.imap_port, settings.imaps_port)
-    return servers
+    return servers, sessions
+
+
+async def drain(servers: list[asyncio.AbstractServer], sessions: dict, seconds: float = DRAIN_SECONDS) -> None:
+    """Stop listening; every session says BYE, after the command it is carrying out; those
+    still busy after ``seconds`` are cancelled."""
+    for server in servers:
+        server.close()
+    for session in list(sessions.values()):
+        if session is not None:
+            session.stop()
+    if sessions:
+        await asyncio.wait(list(sessions), timeout=seconds)
+    for task in list(sessions):
+        task.cancel()
 
 
 async def _imap_hook(app: FastAPI, core: Core):
-    servers = await start(core, core.settings)
+    servers, sessions = await start(core, core.settings)
 
     async def stop() -> None:
-        for server in servers:
-            server.close()
-        for server in servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 5)
+        await drain(servers, sessions)
 
     return stop

@@ -40,6 +40,7 @@ ALL_FLAGS = "(\\Seen \\Flagged \\Deleted \\Draft $Todo)"
 PERMANENT = "(\\Seen \\Flagged \\Deleted $Todo)"
 IDLE_RECHECK = 30.0
 AUTOLOGOUT = 30 * 60.0
+STOPPING = "BYE serveur en cours d'arret, reconnectez-vous dans un instant"
 CHUNK = 256 * 1024
 
 
@@ -77,6 +78,8 @@ class Session(SelectedCommands):
         self.condstore = False
         self.qresync = False
         self.done = False
+        self.busy = False  # a command is being carried out (IDLE's wait does not count)
+        self.stopping = False
 
     # --- output ---
     async def send(self, *chunks: fx.Chunk) -> None:
@@ -131,10 +134,26 @@ class Session(SelectedCommands):
                 continue
             if raw is None:
                 return
+            self.busy = True
             try:
                 await self.dispatch(raw)
             finally:
+                self.busy = False
                 raw.discard()
+            if self.stopping:
+                if not self.writer.is_closing():
+                    await self.untagged(STOPPING)
+                return
+
+    def stop(self) -> None:
+        """The server is stopping: BYE now when waiting for a command, else after the current one
+        (an APPEND being stored, a FETCH being sent) has its tagged reply."""
+        self.stopping = True
+        if self.busy:
+            return
+        with contextlib.suppress(Exception):
+            self.writer.write(self.line("* " + STOPPING))
+            self.writer.close()  # the pending read ends: run() returns
 
     async def _continue(self) -> None:
         await self.send(b"+ pret pour le litteral\r\n")
@@ -500,6 +519,9 @@ class Session(SelectedCommands):
             await self.send(b"+ en attente\r\n")
             await self.sync()
             reading = asyncio.ensure_future(self.reader.readline())
+            self.busy = False  # waiting: a stopping server says BYE without waiting for DONE
+            if self.stopping:
+                self.stop()
             try:
                 while True:
                     waiting = asyncio.ensure_future(sub.get())
