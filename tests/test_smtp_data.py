@@ -228,3 +228,23 @@ def test_mutated_messages_parse_the_same():
             assert _shape(tree) == _shape(email.message_from_bytes(raw, policy=mime.READ_POLICY))
         assert _outcome(raw, fast=True) == _outcome(raw, fast=False)
     assert taken > 50  # most mutations stay in the cut's hands
+
+
+@pytest.mark.parametrize("arg", [
+    "<a@b.c>", "<a.b+c@x-y.example.fr> SIZE=123 BODY=8BITMIME", "<a@b.c>  SIZE=1 ", "<a@b.c> ",
+    "<a@b.c>\tBODY=7BIT", "<A.B@Ex.FR>", "<a..b@c>", "<.a@b>", '<"q u"@b.c>', "<a@[1.2.3.4]>",
+    "<@r:a@b.c>", "a@b.c", "<a@b.c>x", "<a(c)@b.c>", "<a@b..c>", "<" + "l" * 70 + "@b.c>",
+])
+def test_mail_and_rcpt_paths_read_as_the_library_reads_them(arg):
+    from aiosmtpd.smtp import SMTP
+
+    from monsisra.gateway.smtp import LimitedSMTP
+
+    ours, lib = LimitedSMTP.__new__(LimitedSMTP), SMTP.__new__(SMTP)
+    ours.local_part_limit = lib.local_part_limit = 64
+    address, params = ours._getaddr(arg)
+    expected, expected_params = SMTP._getaddr(lib, arg)
+    assert address == expected
+    # aiosmtpd uses the parameters as ``params.upper().split()`` and tests whether there are any.
+    assert (params or "").upper().split() == (expected_params or "").upper().split()
+    assert bool(params) == bool(expected_params)
