@@ -248,3 +248,9 @@ def test_mail_and_rcpt_paths_read_as_the_library_reads_them(arg):
     # aiosmtpd uses the parameters as ``params.upper().split()`` and tests whether there are any.
     assert (params or "").upper().split() == (expected_params or "").upper().split()
     assert bool(params) == bool(expected_params)
+
+
+def test_many_parts_go_to_the_full_parser():
+    raw = _handmade([b"Content-Type: text/plain\n\nx"] * 150)
+    assert_same(raw, cut=False)
+    assert len(mime.parse(raw).attachments) == 0

@@ -83,6 +83,8 @@ def _delimiter_lines(body: bytes, boundary: bytes) -> list[re.Match[bytes]]:
         match = line.match(body, at + 1)
         if match:
             found.append(match)
+            if len(found) > MAX_PARTS + 1:
+                raise _NotMine  # hostile or huge: the full parser and its limits decide
         at = body.find(needle, at + 1)
     return found
 
