@@ -6,6 +6,7 @@ whole burst (as it does for unacknowledged mail), each message is stored exactly
 
 from __future__ import annotations
 
+import email
 import os
 import signal
 import smtplib
@@ -35,6 +36,9 @@ def _mail(i: int, run: str) -> tuple[str, bytes]:
     msg["Subject"] = subject
     msg["Message-ID"] = f"<{run}.{i}@{OTHER_DOMAIN}>"
     msg.set_content(f"Message {i} de la rafale.\n" + "Ligne de texte.\n" * 200)
+    # Each letter carries its own PDF, as real ones do: its blob must be on disk before the 250.
+    msg.add_attachment(b"%PDF-1.4\n" + os.urandom(30_000) + b"\n%%EOF\n", maintype="application", subtype="pdf",
+                       filename=f"cr-{i:03d}.pdf")
     return subject, msg.as_bytes()
 
 
@@ -89,6 +93,30 @@ def _subjects(base_url: str) -> list[str]:
             params = {"view": "all", "limit": 200, **({"cursor": cursor} if cursor else {})}
             page = c.get(f"/api/v1/mailboxes/{box}/messages", params=params).json()
             out += [m["subject"] for m in page["items"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        return out
+
+
+def _pdfs_of(base_url: str, subjects: set[str]) -> dict[str, bytes]:
+    """subject → the bytes of its attachment, for the stored messages with these subjects."""
+    with httpx.Client(base_url=base_url, timeout=30) as c:
+        token = c.post("/api/v1/auth/token", data={"username": "crash.test", "password": "secret-pass"}).json()[
+            "access_token"]
+        c.headers["Authorization"] = f"Bearer {token}"
+        box = c.get("/api/v1/mailboxes").json()[0]["id"]
+        out, cursor = {}, None
+        for _ in range(20):
+            params = {"view": "all", "limit": 200, **({"cursor": cursor} if cursor else {})}
+            page = c.get(f"/api/v1/mailboxes/{box}/messages", params=params).json()
+            for m in page["items"]:
+                if m["subject"] in subjects:
+                    detail = c.get(f"/api/v1/mailboxes/{box}/messages/{m['id']}").json()
+                    for a in detail["attachments"]:
+                        got = c.get(f"/api/v1/attachments/{a['id']}")
+                        assert got.status_code == 200, got.text
+                        out[m["subject"]] = got.content
             cursor = page["next_cursor"]
             if not cursor:
                 break
@@ -153,10 +181,11 @@ def test_sigkill_during_a_burst_loses_no_acknowledged_message(backend, tmp_path)
         acked: list[str] = []
         lock = threading.Lock()
         ctx = client_ssl(pki)
-        # A letter large enough to be parsed in a helper process: the pool is running at the kill.
+        # A letter large enough to be parsed in a helper process (over 2 MB): the pool is running at the kill.
         big = EmailMessage()
         big["From"], big["To"], big["Subject"] = f"secretariat@{OTHER_DOMAIN}", f"crash.test@{DOMAIN}", f"gros-{run}"
         big.set_content("Compte rendu.\n" * 6000)
+        big.add_attachment(os.urandom(2_200_000), maintype="application", subtype="pdf", filename="scan.pdf")
         assert smtp_send(smtp_port, f"secretariat@{OTHER_DOMAIN}", [f"crash.test@{DOMAIN}"], big.as_bytes(),
                          ctx)[0] == 250
 
@@ -194,6 +223,10 @@ def test_sigkill_during_a_burst_loses_no_acknowledged_message(backend, tmp_path)
             burst = [s for s in subjects if s.startswith(f"burst-{run}-")]
             assert set(acked) <= set(burst), f"lost after 250: {sorted(set(acked) - set(burst))[:5]}"
             assert len(burst) == len(set(burst)), "a message was stored twice"
+            # Every acknowledged letter's PDF is there, byte for byte.
+            pdfs = _pdfs_of(f"http://127.0.0.1:{http_port}", set(acked))
+            sent = {s: email.message_from_bytes(raw).get_payload()[1].get_payload(decode=True) for s, raw in mails}
+            assert {s: pdfs.get(s) for s in acked} == {s: sent[s] for s in acked}
 
             # The other operator retries everything it is unsure of: still one copy each.
             for _subject, raw in mails:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import time
 import unicodedata
 from collections import defaultdict, deque
@@ -174,6 +175,11 @@ def _client(session: Session) -> str:
 
 
 NULL_SENDER = "<>"
+# ``<local@domain>`` with a dot-atom local part and a plain domain, then the parameters: what
+# MAIL FROM / RCPT TO carry in practice. The library's RFC 5322 grammar (~50 µs a line) reads
+# every other form (quoted local parts, source routes, address literals, comments).
+_PLAIN_PATH = re.compile(r"<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+\.)*[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+                         r"@(?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]+)>(?:[ \t]+(.*))?")
 
 
 def _peer_names(session: Session) -> list[str] | None:
@@ -212,6 +218,12 @@ class LimitedSMTP(DrainingSMTP):
         text = arg.lstrip()
         if text.startswith(NULL_SENDER):
             return NULL_SENDER, text[len(NULL_SENDER):].strip()
+        plain = _PLAIN_PATH.fullmatch(text)
+        if plain is not None:
+            address = plain.group(1)
+            if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+                return None, None
+            return address, plain.group(2) or ""
         return super()._getaddr(arg)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

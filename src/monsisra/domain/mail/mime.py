@@ -21,6 +21,7 @@ from email.message import EmailMessage, Message
 from monsisra.domain.html import html_to_text
 from monsisra.domain.mail import headers as hdr
 from monsisra.domain.mail import reports as mdn_mod
+from monsisra.domain.mail import split
 from monsisra.domain.text import clean_multiline, flatten_line
 
 MAX_DEPTH = 16
@@ -156,9 +157,12 @@ def _read(raw: bytes) -> Message:
         raise MailError(f"message illisible ({type(exc).__name__})") from None
 
 
-def parse(raw: bytes, return_path: str | None = None) -> ParsedMail:
-    """Parse a received message; raises :class:`MailError` for what cannot be accepted."""
-    msg = _read(raw)
+def parse(raw: bytes, return_path: str | None = None, *, fast: bool = True) -> ParsedMail:
+    """Parse a received message; raises :class:`MailError` for what cannot be accepted.
+
+    Ordinary mail is cut at the byte level (:mod:`monsisra.domain.mail.split`, the same tree as
+    the library's); anything else, or ``fast=False``, goes through the library's full parser."""
+    msg = (split.cut(raw, READ_POLICY) if fast else None) or _read(raw)
     name, address = _address(msg, "From")
     if not address or "@" not in address:
         raise MailError("en-tête From absent ou invalide", "550 5.1.7")
