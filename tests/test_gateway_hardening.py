@@ -499,3 +499,23 @@ def test_one_message_that_cannot_be_sent_fails_alone(gw):
                                if i["status"] == "failed"])
     assert "n'a pas été envoyé" in status[0]["detail"]
     assert wait_for(lambda: find(alice, box, "Non distribué : Pièce perdue"))
+
+
+def test_a_large_forwarded_message_is_parsed_off_the_loop_and_stored(gw):
+    """A forwarded message of 300 KB is not for the byte-level cut, and too large to be fully
+    parsed in the event loop: it goes to the parsing helpers, and arrives whole."""
+    alice = gw.server.login("alice.martin")
+    box = mailbox_id(alice, f"alice.martin@{DOMAIN}")
+    subject = f"Transfert volumineux {uuid.uuid4().hex[:6]}"
+    inner = (f"From: resultats@{LAB}\r\nSubject: bilan transfere\r\n\r\n"
+             + "Hemoglobine 13,2 g/dL, plaquettes 250 G/L.\r\n" * 7000)
+    raw = (f"From: {REMOTE}\r\nTo: alice.martin@{DOMAIN}\r\nSubject: {subject}\r\nMessage-ID: {_id()}\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"out\"\r\n\r\n--out\r\n"
+           "Content-Type: text/plain; charset=utf-8\r\n\r\nVoir le bilan joint.\r\n--out\r\n"
+           "Content-Type: message/rfc822\r\n\r\n" + inner + "--out--\r\n").encode()
+    assert len(raw) > inbound.FULL_PARSE_IN_LOOP_BYTES
+    assert gw.send(raw, REMOTE, [f"alice.martin@{DOMAIN}"])[0] == 250
+    msg = read(alice, box, subject)
+    [att] = msg["attachments"]
+    assert att["content_type"] == "message/rfc822"
+    assert alice.get(f"/api/v1/attachments/{att['id']}/message").json()["subject"] == "bilan transfere"

@@ -254,3 +254,20 @@ def test_many_parts_go_to_the_full_parser():
     raw = _handmade([b"Content-Type: text/plain\n\nx"] * 150)
     assert_same(raw, cut=False)
     assert len(mime.parse(raw).attachments) == 0
+
+
+def test_a_large_message_the_cut_leaves_is_not_fully_parsed_in_the_loop():
+    """What the cut hands over (here an attached message) is parsed by the caller only up to
+    ``full_up_to`` bytes; larger, the caller is told to parse it elsewhere (a helper process)."""
+    inner = b"From: x@y.z\nSubject: inner\n\n" + b"Ligne du message transfere.\n" * 4000
+    raw = _handmade([b"Content-Type: text/plain\n\nVoir piece jointe.",
+                     b"Content-Type: message/rfc822\n\n" + inner])
+    assert split.cut(raw, mime.READ_POLICY) is None
+    with pytest.raises(mime.NeedsFullParser):
+        mime.parse(raw, full_up_to=64 * 1024)
+    parsed = mime.parse(raw, full_up_to=len(raw))
+    assert [a.content_type for a in parsed.attachments] == ["message/rfc822"]
+    # Ordinary mail of the same size is cut in the loop whatever the limit.
+    letter = _letter()
+    letter.set_content("Compte rendu.\n" * 8000)
+    assert mime.parse(_crlf(letter), full_up_to=1024).subject == letter["Subject"]

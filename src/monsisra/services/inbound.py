@@ -70,6 +70,10 @@ XDM_NAMES = {"ihe_xdm.zip"}
 # than handing the bytes to a helper process and the parsed parts back costs; only large messages
 # (scans, archives) still go to the helpers, to keep the event loop free.
 PARSE_ELSEWHERE_BYTES = 2 * 1024 * 1024
+# What the byte-level cut hands to the full parser (forwarded messages, reports, odd shapes) is
+# parsed in the loop only up to this size (a few ms); larger, a crafted message could hold the
+# loop for a tenth of a second or more, so it goes to the helpers too.
+FULL_PARSE_IN_LOOP_BYTES = 64 * 1024
 _pool: list[ProcessPoolExecutor] = []
 
 
@@ -243,10 +247,10 @@ class _Prepared:
     xdm_error: str | None
 
 
-def _prepare(raw: bytes, mail_from: str) -> _Prepared:
+def _prepare(raw: bytes, mail_from: str, full_up_to: int | None = None) -> _Prepared:
     """Parse, hash and type a received message, and read its IHE_XDM archive. Pure CPU work on
     the bytes: large messages get it done in a helper process (see :func:`receive`)."""
-    parsed = mime.parse(raw, mail_from)
+    parsed = mime.parse(raw, mail_from, full_up_to=full_up_to)
     files = []
     for part in parsed.attachments:
         kind = (part.content_type if part.content_type == "message/rfc822"
@@ -268,12 +272,14 @@ async def receive(core: Core, env: Envelope) -> str:
     """Store an accepted message for its local recipients; returns the SMTP reply."""
     loop = asyncio.get_running_loop()
     try:
-        if len(env.raw) > PARSE_ELSEWHERE_BYTES:
+        ready = None
+        if len(env.raw) <= PARSE_ELSEWHERE_BYTES:
+            with contextlib.suppress(mime.NeedsFullParser):
+                ready = _prepare(env.raw, env.mail_from, FULL_PARSE_IN_LOOP_BYTES)
+        if ready is None:
             # Parsing a large message is long CPU work: a helper process keeps the event loop (TLS,
             # SMTP, database) free and lets a second core work.
             ready = await loop.run_in_executor(_parse_pool(), _prepare, env.raw, env.mail_from)
-        else:
-            ready = _prepare(env.raw, env.mail_from)
     except mime.MailError as exc:
         log.info("inbound refused from %s: %s", env.peer, exc.reply)
         return exc.reply

@@ -157,12 +157,23 @@ def _read(raw: bytes) -> Message:
         raise MailError(f"message illisible ({type(exc).__name__})") from None
 
 
-def parse(raw: bytes, return_path: str | None = None, *, fast: bool = True) -> ParsedMail:
+class NeedsFullParser(Exception):
+    """The byte-level cut does not handle this message and the caller set ``full_up_to`` below its
+    size: parse it where a long parse does no harm (a helper process)."""
+
+
+def parse(raw: bytes, return_path: str | None = None, *, fast: bool = True,
+          full_up_to: int | None = None) -> ParsedMail:
     """Parse a received message; raises :class:`MailError` for what cannot be accepted.
 
     Ordinary mail is cut at the byte level (:mod:`monsisra.domain.mail.split`, the same tree as
-    the library's); anything else, or ``fast=False``, goes through the library's full parser."""
-    msg = (split.cut(raw, READ_POLICY) if fast else None) or _read(raw)
+    the library's); anything else, or ``fast=False``, goes through the library's full parser,
+    unless the message is larger than ``full_up_to`` bytes (:class:`NeedsFullParser`)."""
+    msg = split.cut(raw, READ_POLICY) if fast else None
+    if msg is None:
+        if full_up_to is not None and len(raw) > full_up_to:
+            raise NeedsFullParser()
+        msg = _read(raw)
     name, address = _address(msg, "From")
     if not address or "@" not in address:
         raise MailError("en-tête From absent ou invalide", "550 5.1.7")
