@@ -54,6 +54,9 @@ class Where:
 NEARBY_RADII_KM = (25.0, 15.0, 10.0, 5.0)
 
 
+LONGER_NAME_WINS = 10  # a commune typed in full means a longer-named one only if it is this many times larger
+
+
 NEARBY_POPULATION = 1_500_000  # the "nearby" ring shrinks until it holds about this many inhabitants
 
 
@@ -96,11 +99,16 @@ def resolve_where(where: str, radius_km: float = communes_service.DEFAULT_RADIUS
         return Where(((ds.Alt(ds.marker("xd", code)),),), None, f"département {code}", "department")
     found = index.find_by_name(text)
     if found:
-        # "Clermont" means Clermont-Ferrand rather than Clermont (Oise): the largest of the
-        # communes named so or starting so wins.
-        if len(key) >= 4:
+        # "Clermont" means Clermont-Ferrand rather than Clermont (Oise): a longer name wins when
+        # it is far larger. A name typed in full is that commune otherwise ("Vic" is not
+        # Vic-le-Comte, "Lons" not Lons-le-Saunier); a name not typed in full, the largest begun.
+        if len(key) >= 4 or key in index.by_name:
             longer = [index.by_code[c] for n in index.names_sorted[bisect.bisect_left(index.names_sorted, key):]
-                      [:200] if n.startswith(key) for c in index.by_name[n]]
+                      [:200] if n.startswith(key) and n != key for c in index.by_name[n]]
+            if key in index.by_name:
+                exact = max(c.population for c in found)
+                longer = [c for c in longer if c.key.startswith(key + " ")
+                          and c.population >= LONGER_NAME_WINS * max(exact, 1)]
             found = sorted({c.code: c for c in [*found, *longer]}.values(), key=lambda c: -c.population)
         centre = found[0]
         same = tuple(ds.Alt(ds.marker("xc", c.code)) for c in found if c.key == centre.key)
