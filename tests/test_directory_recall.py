@@ -14,8 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import pytest
-
 from bench.directory_generate import generate
+
 from monsisra.services import communes as communes_service
 from monsisra.services import directory
 from monsisra.services.directory import searching
