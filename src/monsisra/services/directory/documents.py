@@ -67,13 +67,15 @@ _COMMUNE_TERMS: dict[str, tuple[list[str], list[str], list[str]]] = {}
 
 def _commune_terms(place: communes_service.Commune) -> tuple[list[str], list[str], list[str]]:
     """A commune's words, its markers (commune, department, grid cell when located), and the
-    markers that place an entry there as a second site (the same). Computed once per commune."""
+    markers that place an entry there as a second site (commune, department, cell). Computed once per commune."""
     terms = _COMMUNE_TERMS.get(place.code)
     if terms is None:
         cell = [ds.grid_cell(place.latitude, place.longitude)] if place.latitude is not None else []
         commune = ds.marker("xc", place.code)
-        department = ds.marker("xd", place.department_code)
-        terms = (ds.words(place.name), [commune, department, *cell], [commune, department, *cell])
+        # A second site's department has a marker of its own: a department lists the people
+        # practising mainly there first, then those who also practise there.
+        terms = (ds.words(place.name), [commune, ds.marker("xd", place.department_code), *cell],
+                 [commune, ds.marker("xs", place.department_code), *cell])
         _COMMUNE_TERMS[place.code] = terms
     return terms
 
