@@ -25,7 +25,7 @@ from monsisra.services.directory.local import is_current, sync_local
 from monsisra.services.directory.planner import (
     Engine,
     cell_population,
-    count_total,
+    count_totals,
     read_section,
     section_bounds,
 )
@@ -159,14 +159,21 @@ async def _completions(session: AsyncSession, tokens: list[str]) -> tuple[dict[s
     out: dict[str, list[str]] = {}
     begun: set[str] = set()
     t = DirTermKey.__table__
-    for token in tokens:
-        if not ds.expandable(token):
-            continue
-        # Keys are the words and their one-letter deletions: scan the range, keep the words.
-        rows = (await session.execute(
-            sa.select(t.c.key, t.c.docs)
-            .where(t.c.key >= token, t.c.key < token + "{", t.c.key == t.c.term)
-            .order_by(t.c.key).limit(ds.MAX_COMPLETIONS + 1))).all()
+    wanted = list(dict.fromkeys(token for token in tokens if ds.expandable(token)))
+    if not wanted:
+        return out, begun
+    # Keys are the words and their one-letter deletions: scan each token's range, keep the
+    # words; every token in one statement.
+    ranges = [sa.select(sa.literal_column(str(i)).label("i"), t.c.key, t.c.docs)
+              .where(t.c.key >= token, t.c.key < token + "{", t.c.key == t.c.term)
+              .order_by(t.c.key).limit(ds.MAX_COMPLETIONS + 1).subquery(f"r{i}")
+              for i, token in enumerate(wanted)]
+    found: dict[int, list[tuple[str, int]]] = {i: [] for i in range(len(wanted))}
+    stmt = sa.union_all(*(sa.select(r) for r in ranges)) if len(ranges) > 1 else sa.select(ranges[0])
+    for i, key, n in (await session.execute(stmt)).all():
+        found[i].append((key, n))
+    for i, token in enumerate(wanted):
+        rows = sorted(found[i])
         if len(rows) > ds.MAX_COMPLETIONS or any(not ds.may_be_misspelt(n) for _, n in rows):
             begun.add(token)
         if len(rows) <= ds.MAX_COMPLETIONS and rows:
@@ -245,8 +252,10 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
         widest = ds.widest(tier_queries, rings)
         ranked: dict[str, tuple[list[int], int] | None] = {}
         totals: dict[str, int] = {}
+        counted = [n for n in sections if not (engine.pg and await engine.estimate(widest, n) <= RANKED_ROWS)]
+        totals.update(await count_totals(engine, counted, widest))
         for n in sections:
-            if engine.pg and await engine.estimate(widest, n) <= RANKED_ROWS:
+            if n not in counted:
                 # One statement per section unless the matches are more than the cap.
                 ranked[n] = await engine.ranked(engine.match(widest, n),
                                                 [(ds.tsquery_level(lv), d) for lv, d in levels],
@@ -255,7 +264,6 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
                 totals[n] = found[1] if found is not None else TOTAL_CAP + 1
             else:
                 ranked[n] = None
-                totals[n] = await count_total(engine, n, widest)
         return levels, ranked, totals
 
     levels, ranked, totals = await first_pass()
