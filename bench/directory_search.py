@@ -35,7 +35,7 @@ import httpx
 from bench.common import RESULTS, free_port, fresh_database, header, new_meta, summary_ms, uptime, write_results
 from bench.directory_bench import KIND_LABELS, make_queries, run_import
 from bench.directory_generate import generate
-from bench.directory_serving import _serve, _stop
+from bench.directory_serving import _stop
 
 DBS = Path("var/bench/directory_search_dbs.json")
 SETS = {"benchmark": (Path("var/bench/directory"), False), "common": (Path("var/bench/directory_common"), True)}
@@ -75,6 +75,23 @@ def _database(backend: str, name: str, ps: Path, mss: Path, reindex: bool) -> tu
     return url, data
 
 
+def _serve(env: dict[str, str], port: int, log: Path, wait_s: float = 300) -> subprocess.Popen:
+    """``monsisra serve`` on ``port``; on a loaded machine its start-up over a national directory
+    takes a minute or more."""
+    proc = subprocess.Popen([sys.executable, "-m", "monsisra.cli", "serve", "--no-migrate", "--port", str(port),
+                             "--https-port", "0"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/connexion", timeout=5).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    _stop(proc)
+    raise RuntimeError("monsisra serve did not start: " + log.read_text()[-2000:])
+
+
 def _summarise(samples: list[tuple[int, float]], queries: list[dict[str, Any]]) -> dict[str, Any]:
     by_family: dict[str, list[float]] = {}
     for i, dt in samples:
@@ -107,7 +124,9 @@ async def _in_process(url: str, data: Path, queries: list[dict[str, Any]]) -> di
 
 def _over_http(url: str, data: Path, queries: list[dict[str, Any]]) -> dict[str, Any]:
     env = {**os.environ, "MONSISRA_DATABASE_URL": url, "MONSISRA_DATA_DIR": str(data),
-           "MONSISRA_SMTP_ENABLED": "false", "MONSISRA_LOGIN_MAX_FAILURES": "1000"}
+           "MONSISRA_SMTP_ENABLED": "false", "MONSISRA_LOGIN_MAX_FAILURES": "1000",
+           # No mail-client listeners: their fixed ports may be another server's on this machine.
+           **{f"MONSISRA_{n}_PORT": "0" for n in ("IMAP", "IMAPS", "SUBMISSION", "SUBMISSIONS")}}
     port = free_port()
     # The account may be there from an earlier run on this kept database.
     subprocess.run([sys.executable, "-m", "monsisra.cli", "account", "create", "bench.search", "--first-name",
