@@ -161,13 +161,13 @@ def _markdown(results: dict[str, Any], meta: dict[str, Any]) -> list[str]:
            "| run | load before → after | backend | query set | in process p50 | p99 | HTTP p50 | p99 |",
            "|---|---|---|---|---|---|---|---|"]
     for label, run in results["runs"].items():
-        load = f"{run['load_before'].split('load average:')[-1].strip()} → " \
-               f"{run['load_after'].split('load average:')[-1].strip()}"
         for key, r in run["results"].items():
+            load = f"{r.get('load_before', run['load_before']).split('load average:')[-1].strip()} → " \
+                   f"{r.get('load_after', run['load_after']).split('load average:')[-1].strip()}"
             backend, name = key.split("/")
             ip, http = r["in_process"]["all"], r["http"]["all"] if r.get("http") else {}
-            md.append(f"| {label} ({run['commit']}) | {load} | {backend} | {name} | {ip['p50']} | {ip['p99']} | "
-                      f"{http.get('p50', '—')} | {http.get('p99', '—')} |")
+            md.append(f"| {label} ({r.get('code', run['commit'])}) | {load} | {backend} | {name} | {ip['p50']} | "
+                      f"{ip['p99']} | {http.get('p50', '—')} | {http.get('p99', '—')} |")
     for label, run in results["runs"].items():
         md += ["", f"### {label}: per family, in process p50 / p99 (ms)", "",
                "| family | " + " | ".join(run["results"]) + " |", "|---|" + "---|" * len(run["results"])]
@@ -193,7 +193,15 @@ def main() -> None:
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument("--reindex", action="store_true", help="rebuild the kept databases' index first")
     parser.add_argument("--import-only", action="store_true")
+    parser.add_argument("--code", help="the commit of the code measured, when not HEAD (PYTHONPATH=old/src)")
+    parser.add_argument("--render", action="store_true", help="only write the results page from the JSON")
     args = parser.parse_args()
+    if args.render:
+        path = RESULTS / "directory_search.json"
+        saved = json.loads(path.read_text())
+        meta = saved.pop("meta")
+        write_results("directory_search", meta, _markdown(saved, meta), saved)
+        return
     Path("var/bench").mkdir(parents=True, exist_ok=True)
     meta = new_meta()
     run: dict[str, Any] = {"commit": meta["commit"], "date": meta["date"], "load_before": meta["load_before"],
@@ -207,11 +215,13 @@ def main() -> None:
             if args.import_only:
                 continue
             key = f"{backend}/{name}"
-            r: dict[str, Any] = {"in_process": asyncio.run(_in_process(url, data_dir, queries))}
+            r: dict[str, Any] = {"load_before": uptime(), "code": args.code or meta["commit"]}
+            r["in_process"] = asyncio.run(_in_process(url, data_dir, queries))
             print(f"[{key}] in process {r['in_process']['all']} ({uptime()})", flush=True)
             if not args.no_http:
                 r["http"] = _over_http(url, data_dir, queries)
                 print(f"[{key}] HTTP {r['http']['all']} ({uptime()})", flush=True)
+            r["load_after"] = uptime()
             run["results"][key] = r
     if args.import_only:
         return
