@@ -180,7 +180,7 @@ def _markdown(results: dict[str, Any], meta: dict[str, Any]) -> list[str]:
             shown = [(s["ms"], {k: v for k, v in s.items() if k not in ("ms", "family")})
                      for s in r["in_process"]["slowest"][:6]]
             md.append(f"- {key}: " + "; ".join(f"{ms} ms {json.dumps(q, ensure_ascii=False)}" for ms, q in shown))
-    return md
+    return [*md, "", *results.get("notes", [])]
 
 
 def main() -> None:
@@ -233,8 +233,9 @@ def main() -> None:
         run["results"] = {**runs[args.label]["results"], **run["results"]}
         run["load_before"] = runs[args.label]["load_before"]
     runs[args.label] = run
-    md = _markdown({"runs": runs}, meta)
-    write_results("directory_search", meta, md, {"runs": runs})
+    saved = {"runs": runs, "notes": earlier.get("notes", [])}  # the reading, written by hand after the runs
+    write_results("directory_search", meta, _markdown(saved, meta), saved)
+    md = _markdown(saved, meta)
     print("\n".join(md))
 
 
