@@ -75,7 +75,12 @@ def load_specialties() -> list[tuple[str, str]]:
     return [(c.strip(), label.strip()) for c, label in rows]
 
 
-def generate(people: int, out: Path, seed: int = 20260319) -> tuple[Path, Path]:
+COMMON_SURNAMES = 300  # --common-surnames: every surname is one of so few, each carried by ~1,700 people
+
+
+def generate(people: int, out: Path, seed: int = 20260319, common_surnames: bool = False) -> tuple[Path, Path]:
+    """``common_surnames``: every person's surname is one of :data:`COMMON_SURNAMES` (the common
+    French ones, then generated ones), so that any name query matches thousands of people."""
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
     index = package_index()
@@ -85,6 +90,9 @@ def generate(people: int, out: Path, seed: int = 20260319) -> tuple[Path, Path]:
     # Long tail of surnames: ~60 % common ones, the rest from ~120,000 generated names.
     generated = sorted({"".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3, 3, 4)))).capitalize()
                         for _ in range(150_000)})
+    extra = max(0, COMMON_SURNAMES - len(SURNAMES))
+    pool = [*SURNAMES, *generated[::len(generated) // extra][:extra]] if common_surnames and extra else \
+        list(SURNAMES) if common_surnames else []
     stamp = "202611280000"
     ps_path = out / f"PS_LibreAcces_Personne_activite_{stamp}.txt"
     mss_path = out / f"Extraction_Correspondance_MSSante_{stamp}.txt"
@@ -101,8 +109,11 @@ def generate(people: int, out: Path, seed: int = 20260319) -> tuple[Path, Path]:
         for i in range(people):
             rpps = f"1{rng.randrange(10**10):010d}"
             nid = "8" + rpps
-            last = rng.choice(SURNAMES) if rng.random() < 0.6 else rng.choice(generated)
-            if rng.random() < 0.03:
+            if pool:
+                last = rng.choice(pool)
+            else:
+                last = rng.choice(SURNAMES) if rng.random() < 0.6 else rng.choice(generated)
+            if not pool and rng.random() < 0.03:
                 last = f"{last}-{rng.choice(SURNAMES)}"
             first = rng.choice(FIRST)
             female = rng.random() < 0.55
@@ -188,9 +199,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--people", type=int, default=500_000)
     parser.add_argument("--out", type=Path, default=Path("var/bench/directory"))
+    parser.add_argument("--common-surnames", action="store_true",
+                        help=f"only {COMMON_SURNAMES} surnames: every name query matches thousands of people")
     args = parser.parse_args()
     t = time.perf_counter()
-    generate(args.people, args.out)
+    generate(args.people, args.out, common_surnames=args.common_surnames)
     print(f"generated in {time.perf_counter() - t:.1f} s")
 
 

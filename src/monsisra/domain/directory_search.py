@@ -20,7 +20,7 @@ from monsisra.domain.text import fold
 _WORD = re.compile(r"[0-9a-z]+")
 # Words that say nothing about who is searched for ("Dr Petit").
 QUERY_NOISE = frozenset({"dr", "docteur", "pr", "professeur", "mme", "madame", "m", "mr", "monsieur"})
-MARKER_PREFIXES = ("xc", "xd", "xp", "xe", "xk")
+MARKER_PREFIXES = ("xc", "xd", "xs", "xp", "xe", "xk")  # xs: department of a second practice site
 MAX_TERM = 60
 
 

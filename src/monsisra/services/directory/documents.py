@@ -67,18 +67,21 @@ _COMMUNE_TERMS: dict[str, tuple[list[str], list[str], list[str]]] = {}
 
 def _commune_terms(place: communes_service.Commune) -> tuple[list[str], list[str], list[str]]:
     """A commune's words, its markers (commune, department, grid cell when located), and the
-    markers that place an entry there as a second site (commune, cell). Computed once per commune."""
+    markers that place an entry there as a second site (commune, department, cell). Computed once per commune."""
     terms = _COMMUNE_TERMS.get(place.code)
     if terms is None:
         cell = [ds.grid_cell(place.latitude, place.longitude)] if place.latitude is not None else []
         commune = ds.marker("xc", place.code)
-        terms = (ds.words(place.name), [commune, ds.marker("xd", place.department_code), *cell], [commune, *cell])
+        # A second site's department has a marker of its own: a department lists the people
+        # practising mainly there first, then those who also practise there.
+        terms = (ds.words(place.name), [commune, ds.marker("xd", place.department_code), *cell],
+                 [commune, ds.marker("xs", place.department_code), *cell])
         _COMMUNE_TERMS[place.code] = terms
     return terms
 
 
 def _fill_common(doc: Doc, place: communes_service.Commune | None, postcode: str, department: str,
-                 organisations: list[str], extra_places: list[str] = ()) -> None:
+                 organisations: list[str], extra_places: list[tuple[str, str]] = ()) -> None:
     r = doc.row
     index = communes_service.package_index()
     if place is not None:
@@ -90,14 +93,21 @@ def _fill_common(doc: Doc, place: communes_service.Commune | None, postcode: str
     elif department:
         r["department_code"] = department
         doc.markers.append(ds.marker("xd", department))
-    for code in extra_places:
-        other = index.by_code.get(code) if code else None
-        if other is not None:
-            doc.markers += _commune_terms(other)[2]
     r["postcode"] = postcode or (place.postcodes[0] if place and place.postcodes else "")
     if r["postcode"]:
         doc.words.append(r["postcode"])
         doc.markers.append(ds.marker("xp", r["postcode"]))
+    # Every practice site finds the entry, the second ones too: by commune name, postcode,
+    # department and "nearby" (a person is found wherever they practise).
+    for code, site_postcode in extra_places:
+        other = index.by_code.get(code) if code else None
+        if other is not None and other is not place:
+            words, _, markers = _commune_terms(other)
+            doc.words += words
+            doc.markers += markers
+        if site_postcode and site_postcode != r["postcode"]:
+            doc.words.append(site_postcode)
+            doc.markers.append(ds.marker("xp", site_postcode))
     for org in organisations:
         ws = ds.words(org)
         doc.words += ws
@@ -148,7 +158,7 @@ def professional_doc(index, seq: int, local: bool, *, ref: str, address: str | N
     doc = _new_doc("professionals", seq, local, ref=ref, kind=kind, address=address, national_id=national_id,
                    name=person_name(title, first, last), profession=profession, specialty="; ".join(specs),
                    organisation=orgs[0] if orgs else "", is_expert=is_expert, local_mailbox_id=local_mailbox_id)
-    _fill_common(doc, place, postcode, department, orgs, [a.commune_code for a in acts])
+    _fill_common(doc, place, postcode, department, orgs, [(a.commune_code, a.postcode) for a in acts])
     return doc
 
 

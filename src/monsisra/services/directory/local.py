@@ -55,6 +55,15 @@ async def _local_state(session: AsyncSession) -> tuple[str, str | None, str | No
     return "|".join(str(v) for v in (*values, as_utc(updated).isoformat() if updated else "")), stored, generation
 
 
+async def is_current(core: Core, session: AsyncSession) -> bool:
+    """In a search's own session: are our entries up to date (and the index the one this process
+    follows)? One statement; when not, the caller runs :func:`sync_local` before searching."""
+    sig, stored, generation = await _local_state(session)
+    if await freshness.follow(core, generation):
+        return False  # the pool was renewed: search on a new connection
+    return sig == stored
+
+
 async def sync_local(core: Core, force: bool = False) -> bool:
     """Bring our own mailboxes' directory entries up to date; cheap when nothing changed. Also
     where a serving process notices a rebuild made by another one (``freshness``)."""

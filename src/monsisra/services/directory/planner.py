@@ -271,6 +271,21 @@ async def count_total(engine: Engine, section: str, widest: ds.Level) -> int:
                               await engine.frequent(widest, section))
 
 
+async def count_totals(engine: Engine, sections: list[str], widest: ds.Level) -> dict[str, int]:
+    """:func:`count_total` of several sections; on SQLite in one statement (the match is the same
+    for every section there: a round trip saved per search, and under load each one costs)."""
+    if engine.pg or len(sections) < 2:
+        return {n: await count_total(engine, n, widest) for n in sections}
+    params: dict[str, Any] = {"m": ds.fts5_level(widest), "cap": TOTAL_CAP + 1}
+    parts = []
+    for i, n in enumerate(sections):
+        params[f"lo{i}"], params[f"hi{i}"] = section_bounds(n)
+        parts.append(f"(SELECT count(*) FROM (SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :m "
+                     f"AND rowid BETWEEN :lo{i} AND :hi{i} LIMIT :cap)) AS c{i}")
+    row = (await engine.s.execute(sa.text("SELECT " + ", ".join(parts)), params)).one()
+    return {n: int(row[i]) for i, n in enumerate(sections)}
+
+
 async def read_section(engine: Engine, section: str, levels: list[tuple[ds.Level, bool]], total: int,
                    limit: int, offset: int, ref) -> tuple[list[int], int, bool]:
     """One section's page: levels shown in order; ``True`` levels sorted by distance when not too big.

@@ -21,11 +21,11 @@ from monsisra.domain.text import fold
 from monsisra.services import communes as communes_service
 from monsisra.services.core import Actor, Core
 from monsisra.services.directory.common import ACTIVE_DAYS, KINDS, TOTAL_CAP, is_postgres
-from monsisra.services.directory.local import sync_local
+from monsisra.services.directory.local import is_current, sync_local
 from monsisra.services.directory.planner import (
     Engine,
     cell_population,
-    count_total,
+    count_totals,
     read_section,
     section_bounds,
 )
@@ -54,6 +54,9 @@ class Where:
 NEARBY_RADII_KM = (25.0, 15.0, 10.0, 5.0)
 
 
+LONGER_NAME_WINS = 10  # a commune typed in full means a longer-named one only if it is this many times larger
+
+
 NEARBY_POPULATION = 1_500_000  # the "nearby" ring shrinks until it holds about this many inhabitants
 
 
@@ -68,6 +71,11 @@ def _nearby_radius(centre: communes_service.Commune, radius_km: float) -> float:
                 <= NEARBY_POPULATION:
             return r
     return min(radius_km, *radii) if radii else radius_km
+
+
+def _department_rings(code: str) -> tuple[ds.Group, ...]:
+    """Those whose main practice site is in the department, then those with another one there."""
+    return (ds.Alt(ds.marker("xd", code)),), (ds.Alt(ds.marker("xs", code)),)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -88,19 +96,24 @@ def resolve_where(where: str, radius_km: float = communes_service.DEFAULT_RADIUS
         return Where(((*alts,),), ref, f"code postal {compact}", "postcode")
     if re.fullmatch(r"(\d{2}|2a|2b|97\d)", compact):
         name = index.departments.get(compact.upper(), "")
-        return Where(((ds.Alt(ds.marker("xd", compact)),),), None, f"département {compact.upper()} {name}".strip(),
-                     "department")
+        return Where((), None, f"département {compact.upper()} {name}".strip(), "department",
+                     rings=_department_rings(compact))
     key = communes_service.name_key(text)
     if key in index.department_keys and key not in index.by_name:
         code = index.department_keys[key]
-        return Where(((ds.Alt(ds.marker("xd", code)),),), None, f"département {code}", "department")
+        return Where((), None, f"département {code}", "department", rings=_department_rings(code))
     found = index.find_by_name(text)
     if found:
-        # "Clermont" means Clermont-Ferrand rather than Clermont (Oise): the largest of the
-        # communes named so or starting so wins.
-        if len(key) >= 4:
+        # "Clermont" means Clermont-Ferrand rather than Clermont (Oise): a longer name wins when
+        # it is far larger. A name typed in full is that commune otherwise ("Vic" is not
+        # Vic-le-Comte, "Lons" not Lons-le-Saunier); a name not typed in full, the largest begun.
+        if len(key) >= 4 or key in index.by_name:
             longer = [index.by_code[c] for n in index.names_sorted[bisect.bisect_left(index.names_sorted, key):]
-                      [:200] if n.startswith(key) for c in index.by_name[n]]
+                      [:200] if n.startswith(key) and n != key for c in index.by_name[n]]
+            if key in index.by_name:
+                exact = max(c.population for c in found)
+                longer = [c for c in longer if c.key.startswith(key + " ")
+                          and c.population >= LONGER_NAME_WINS * max(exact, 1)]
             found = sorted({c.code: c for c in [*found, *longer]}.values(), key=lambda c: -c.population)
         centre = found[0]
         same = tuple(ds.Alt(ds.marker("xc", c.code)) for c in found if c.key == centre.key)
@@ -146,14 +159,21 @@ async def _completions(session: AsyncSession, tokens: list[str]) -> tuple[dict[s
     out: dict[str, list[str]] = {}
     begun: set[str] = set()
     t = DirTermKey.__table__
-    for token in tokens:
-        if not ds.expandable(token):
-            continue
-        # Keys are the words and their one-letter deletions: scan the range, keep the words.
-        rows = (await session.execute(
-            sa.select(t.c.key, t.c.docs)
-            .where(t.c.key >= token, t.c.key < token + "{", t.c.key == t.c.term)
-            .order_by(t.c.key).limit(ds.MAX_COMPLETIONS + 1))).all()
+    wanted = list(dict.fromkeys(token for token in tokens if ds.expandable(token)))
+    if not wanted:
+        return out, begun
+    # Keys are the words and their one-letter deletions: scan each token's range, keep the
+    # words; every token in one statement.
+    ranges = [sa.select(sa.literal_column(str(i)).label("i"), t.c.key, t.c.docs)
+              .where(t.c.key >= token, t.c.key < token + "{", t.c.key == t.c.term)
+              .order_by(t.c.key).limit(ds.MAX_COMPLETIONS + 1).subquery(f"r{i}")
+              for i, token in enumerate(wanted)]
+    found: dict[int, list[tuple[str, int]]] = {i: [] for i in range(len(wanted))}
+    stmt = sa.union_all(*(sa.select(r) for r in ranges)) if len(ranges) > 1 else sa.select(ranges[0])
+    for i, key, n in (await session.execute(stmt)).all():
+        found[i].append((key, n))
+    for i, token in enumerate(wanted):
+        rows = sorted(found[i])
         if len(rows) > ds.MAX_COMPLETIONS or any(not ds.may_be_misspelt(n) for _, n in rows):
             begun.add(token)
         if len(rows) <= ds.MAX_COMPLETIONS and rows:
@@ -185,7 +205,18 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
         raise Invalid(f"type inconnu : {kind} (attendu : {', '.join(KINDS)})")
     limit = max(1, min(int(limit), 100))
     offset = max(0, int(offset))
+    # One session per search: the check that our own entries are current runs in it, and only
+    # when they are not (a new account, a changed card) is a second one needed after syncing.
+    async with core.read() as s:
+        if await is_current(core, s):
+            return await _search_in(s, q, where, kind, limit, offset, near)
     await sync_local(core)
+    async with core.read() as s:
+        return await _search_in(s, q, where, kind, limit, offset, near)
+
+
+async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int, offset: int,
+                     near: str | communes_service.Commune) -> dict[str, Any]:
     tokens = ds.query_tokens(q)
     place = resolve_where(where)
     ref = place.ref
@@ -203,66 +234,66 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
     out: dict[str, Any] = {"query": {"q": q, "tokens": tokens, "where": place.label or None,
                                      "where_kind": place.kind or None, "kind": kind,
                                      "reference": ref.as_dict() if ref else None}}
-    async with core.read() as s:
-        engine = Engine(s)
-        await engine.prepare()
-        rings = list(place.rings)
-        # A prefix spelled out as its words: the same answers, but both engines then skip through
-        # each word's postings instead of first gathering every row of every word so begun.
-        completions, begun = await _completions(s, tokens)
-        tier_queries = ds.tiers(tokens, {}, filters, completions) or ([()] if rings else [])
-        sections = [n for n in SECTIONS if wanted[n]] if tier_queries else []
+    engine = Engine(s)
+    await engine.prepare()
+    rings = list(place.rings)
+    # A prefix spelled out as its words: the same answers, but both engines then skip through
+    # each word's postings instead of first gathering every row of every word so begun.
+    completions, begun = await _completions(s, tokens)
+    tier_queries = ds.tiers(tokens, {}, filters, completions) or ([()] if rings else [])
+    sections = [n for n in SECTIONS if wanted[n]] if tier_queries else []
 
-        async def first_pass() -> tuple[list, dict[str, tuple[list[int], int] | None], dict[str, int]]:
-            if not sections:
-                # Nothing to match (a query of punctuation or spaces only): no query to build.
-                return [], {}, {}
-            levels = [(lv, (bool(rings) and lv[0][-1] == rings[-1]) or not rings)
-                      for lv in ds.levels(tier_queries, rings)]
-            widest = ds.widest(tier_queries, rings)
-            ranked: dict[str, tuple[list[int], int] | None] = {}
-            totals: dict[str, int] = {}
-            for n in sections:
-                if engine.pg and await engine.estimate(widest, n) <= RANKED_ROWS:
-                    # One statement per section unless the matches are more than the cap.
-                    ranked[n] = await engine.ranked(engine.match(widest, n),
-                                                    [(ds.tsquery_level(lv), d) for lv, d in levels],
-                                                    *section_bounds(n), TOTAL_CAP, limit, offset, ref)
-                    found = ranked[n]
-                    totals[n] = found[1] if found is not None else TOTAL_CAP + 1
-                else:
-                    ranked[n] = None
-                    totals[n] = await count_total(engine, n, widest)
-            return levels, ranked, totals
-
-        levels, ranked, totals = await first_pass()
-        fuzzy: dict[str, list[str]] = {}
-        if tokens and any(ds.max_typos(t) for t in tokens) and sum(totals.values()) < FUZZY_BELOW:
-            fuzzy = await _fuzzy(s, [t for t in tokens if t not in begun])
-            if fuzzy:
-                tier_queries = ds.tiers(tokens, fuzzy, filters, completions)
-                levels, ranked, totals = await first_pass()
-        out["query"]["typos"] = fuzzy
-        pages: dict[str, tuple[list[int], int, bool]] = {}
-        for section in SECTIONS:
-            done = ranked.get(section)
-            if section not in totals:
-                pages[section] = ([], 0, False)
-            elif done is not None:
-                pages[section] = (done[0], done[1], False)
+    async def first_pass() -> tuple[list, dict[str, tuple[list[int], int] | None], dict[str, int]]:
+        if not sections:
+            # Nothing to match (a query of punctuation or spaces only): no query to build.
+            return [], {}, {}
+        levels = [(lv, (bool(rings) and lv[0][-1] == rings[-1]) or not rings)
+                  for lv in ds.levels(tier_queries, rings)]
+        widest = ds.widest(tier_queries, rings)
+        ranked: dict[str, tuple[list[int], int] | None] = {}
+        totals: dict[str, int] = {}
+        counted = [n for n in sections if not (engine.pg and await engine.estimate(widest, n) <= RANKED_ROWS)]
+        totals.update(await count_totals(engine, counted, widest))
+        for n in sections:
+            if n not in counted:
+                # One statement per section unless the matches are more than the cap.
+                ranked[n] = await engine.ranked(engine.match(widest, n),
+                                                [(ds.tsquery_level(lv), d) for lv, d in levels],
+                                                *section_bounds(n), TOTAL_CAP, limit, offset, ref)
+                found = ranked[n]
+                totals[n] = found[1] if found is not None else TOTAL_CAP + 1
             else:
-                pages[section] = await read_section(engine, section, levels, totals[section], limit, offset, ref)
-        # Both sections' entries in one read, and when our own mailboxes were last opened in another.
-        wanted_ids = [i for ids, _, _ in pages.values() for i in ids]
-        st = DirSearch.__table__
-        rows = {r.id: r for r in (await s.execute(
-            sa.select(st).where(st.c.id.in_(wanted_ids)))).all()} if wanted_ids else {}
-        local_ids = [r.local_mailbox_id for r in rows.values() if r.local_mailbox_id]
-        opened = dict((await s.execute(sa.select(Mailbox.id, Mailbox.last_opened_at)
-                                       .where(Mailbox.id.in_(local_ids)))).all()) if local_ids else {}
-        for section, (ids, total, capped) in pages.items():
-            items = [_item(rows[i], opened, ref) for i in ids if i in rows]
-            end = offset + len(items)
-            out[section] = {"items": items, "total": total, "next_offset": end if end < total else None,
-                            "total_capped": capped}
+                ranked[n] = None
+        return levels, ranked, totals
+
+    levels, ranked, totals = await first_pass()
+    fuzzy: dict[str, list[str]] = {}
+    if tokens and any(ds.max_typos(t) for t in tokens) and sum(totals.values()) < FUZZY_BELOW:
+        fuzzy = await _fuzzy(s, [t for t in tokens if t not in begun])
+        if fuzzy:
+            tier_queries = ds.tiers(tokens, fuzzy, filters, completions)
+            levels, ranked, totals = await first_pass()
+    out["query"]["typos"] = fuzzy
+    pages: dict[str, tuple[list[int], int, bool]] = {}
+    for section in SECTIONS:
+        done = ranked.get(section)
+        if section not in totals:
+            pages[section] = ([], 0, False)
+        elif done is not None:
+            pages[section] = (done[0], done[1], False)
+        else:
+            pages[section] = await read_section(engine, section, levels, totals[section], limit, offset, ref)
+    # Both sections' entries in one read, and when our own mailboxes were last opened in another.
+    wanted_ids = [i for ids, _, _ in pages.values() for i in ids]
+    st = DirSearch.__table__
+    rows = {r.id: r for r in (await s.execute(
+        sa.select(st).where(st.c.id.in_(wanted_ids)))).all()} if wanted_ids else {}
+    local_ids = [r.local_mailbox_id for r in rows.values() if r.local_mailbox_id]
+    opened = dict((await s.execute(sa.select(Mailbox.id, Mailbox.last_opened_at)
+                                   .where(Mailbox.id.in_(local_ids)))).all()) if local_ids else {}
+    for section, (ids, total, capped) in pages.items():
+        items = [_item(rows[i], opened, ref) for i in ids if i in rows]
+        end = offset + len(items)
+        out[section] = {"items": items, "total": total, "next_offset": end if end < total else None,
+                        "total_capped": capped}
     return out
