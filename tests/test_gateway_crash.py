@@ -160,20 +160,29 @@ def _running(pid: int) -> bool:
         return False
 
 
+def serve_env(tmp_path: Path, url: str, pki: PKI) -> dict[str, str]:
+    """The environment of a ``monsisra serve`` subprocess on ``url``: every listener on a free
+    port, the gateway's certificate from ``pki``, account ``crash.test`` and the other operator
+    trusted."""
+    cert, key = pki.issue("monsisra", ["localhost", DOMAIN, "127.0.0.1"])
+    ports = {name: str(free_port()) for name in ("HTTP", "HTTPS", "SMTP", "IMAP", "IMAPS", "SUBMISSION",
+                                                  "SUBMISSIONS")}
+    env = {**os.environ, **{f"MONSISRA_{name}_PORT": port for name, port in ports.items()},
+           "MONSISRA_DATABASE_URL": url, "MONSISRA_DATA_DIR": str(tmp_path / "data"),
+           "MONSISRA_DOMAIN": DOMAIN, "MONSISRA_TLS_CERT": str(cert), "MONSISRA_TLS_KEY": str(key),
+           "MONSISRA_TLS_TRUST": str(pki.ca_cert), "MONSISRA_RUN_WORKERS": "false",
+           "MONSISRA_SECRET_KEY": "crash-test-secret-" + "x" * 32}
+    _cli(env, "account", "create", "crash.test", "--first-name", "Crash", "--last-name", "Test",
+         "--password", "secret-pass")
+    _cli(env, "trust", "add", OTHER_DOMAIN)
+    return env
+
+
 def test_sigkill_during_a_burst_loses_no_acknowledged_message(backend, tmp_path):
     pki = PKI.create(tmp_path / "pki")
-    cert, key = pki.issue("monsisra", ["localhost", DOMAIN, "127.0.0.1"])
-    http_port, smtp_port = free_port(), free_port()
     with fresh_database(backend, tmp_path / "db") as url:
-        env = {**os.environ, "MONSISRA_DATABASE_URL": url, "MONSISRA_DATA_DIR": str(tmp_path / "data"),
-               "MONSISRA_HTTP_PORT": str(http_port), "MONSISRA_SMTP_PORT": str(smtp_port),
-               "MONSISRA_HTTPS_PORT": str(free_port()),
-               "MONSISRA_DOMAIN": DOMAIN, "MONSISRA_TLS_CERT": str(cert), "MONSISRA_TLS_KEY": str(key),
-               "MONSISRA_TLS_TRUST": str(pki.ca_cert), "MONSISRA_RUN_WORKERS": "false",
-               "MONSISRA_SECRET_KEY": "crash-test-secret-" + "x" * 32}
-        _cli(env, "account", "create", "crash.test", "--first-name", "Crash", "--last-name", "Test",
-             "--password", "secret-pass")
-        _cli(env, "trust", "add", OTHER_DOMAIN)
+        env = serve_env(tmp_path, url, pki)
+        http_port, smtp_port = int(env["MONSISRA_HTTP_PORT"]), int(env["MONSISRA_SMTP_PORT"])
         serve = Serve(env, tmp_path / "serve.log")
         serve.start()
         run = uuid.uuid4().hex[:8]

@@ -17,8 +17,8 @@ import uuid
 from email.message import EmailMessage
 
 from tests.gateway_support import OTHER_DOMAIN, PKI, client_ssl
-from tests.support import free_port, fresh_database
-from tests.test_gateway_crash import DOMAIN, Serve, _cli, _subjects
+from tests.support import fresh_database
+from tests.test_gateway_crash import DOMAIN, Serve, _subjects, serve_env
 
 
 def _letter(subject: str) -> bytes:
@@ -42,20 +42,10 @@ def _session(port: int, ctx) -> smtplib.SMTP:
 
 def test_sigterm_lets_the_transaction_in_progress_end(backend, tmp_path):
     pki = PKI.create(tmp_path / "pki")
-    cert, key = pki.issue("monsisra", ["localhost", DOMAIN, "127.0.0.1"])
-    http_port, smtp_port, imaps_port, submission_port = free_port(), free_port(), free_port(), free_port()
     with fresh_database(backend, tmp_path / "db") as url:
-        env = {**os.environ, "MONSISRA_DATABASE_URL": url, "MONSISRA_DATA_DIR": str(tmp_path / "data"),
-               "MONSISRA_HTTP_PORT": str(http_port), "MONSISRA_SMTP_PORT": str(smtp_port),
-               "MONSISRA_HTTPS_PORT": str(free_port()),
-               "MONSISRA_DOMAIN": DOMAIN, "MONSISRA_TLS_CERT": str(cert), "MONSISRA_TLS_KEY": str(key),
-               "MONSISRA_TLS_TRUST": str(pki.ca_cert), "MONSISRA_RUN_WORKERS": "false",
-               "MONSISRA_IMAP_PORT": str(free_port()), "MONSISRA_IMAPS_PORT": str(imaps_port),
-               "MONSISRA_SUBMISSION_PORT": str(submission_port), "MONSISRA_SUBMISSIONS_PORT": str(free_port()),
-               "MONSISRA_SECRET_KEY": "drain-test-secret-" + "x" * 32}
-        _cli(env, "account", "create", "crash.test", "--first-name", "Crash", "--last-name", "Test",
-             "--password", "secret-pass")
-        _cli(env, "trust", "add", OTHER_DOMAIN)
+        env = serve_env(tmp_path, url, pki)
+        http_port, smtp_port = int(env["MONSISRA_HTTP_PORT"]), int(env["MONSISRA_SMTP_PORT"])
+        imaps_port, submission_port = int(env["MONSISRA_IMAPS_PORT"]), int(env["MONSISRA_SUBMISSION_PORT"])
         serve = Serve(env, tmp_path / "serve.log")
         serve.start()
         ctx = client_ssl(pki)
