@@ -35,12 +35,26 @@ REFILL_COUNTS = (f"INSERT INTO delivery_counts ({COUNT_KEY}, n) "
                  f"SELECT {COUNT_KEY}, count(*) FROM deliveries GROUP BY {COUNT_KEY}")
 
 
+def make_plan(scale: float, target: int | None = None) -> core_read.Plan:
+    """``core_read``'s plan at ``scale`` (10: 10M messages, 500k in the mailbox); ``target``
+    sets the measured mailbox's size apart from the store's (a smaller store, same mailbox)."""
+    plan = core_read.Plan(scale)
+    if target:
+        plan.n_target = min(target, plan.n_messages)
+    return plan
+
+
+def _suffix(plan: core_read.Plan) -> str:
+    default = core_read.Plan(plan.scale).n_target
+    return f"{plan.n_messages}" + ("" if plan.n_target == default else f"_{plan.n_target}")
+
+
 def sqlite_path(plan: core_read.Plan) -> Path:
-    return DATA / f"core_read_v{core_read.GENERATOR_VERSION}_{plan.n_messages}.db"
+    return DATA / f"core_read_v{core_read.GENERATOR_VERSION}_{_suffix(plan)}.db"
 
 
 def pg_name(plan: core_read.Plan) -> str:
-    return f"hmailbox_core_{plan.n_messages}"
+    return f"hmailbox_core_{_suffix(plan)}"
 
 
 def _log(text: str) -> None:
@@ -89,7 +103,7 @@ async def _pg_done(name: str) -> bool:
         async with engine.connect() as conn:
             return bool((await conn.exec_driver_sql(
                 "SELECT count(*) FROM information_schema.tables WHERE table_name = 'bench_store_done'")).scalar())
-    except Exception:  # noqa: BLE001 - no such database yet
+    except Exception:  # no such database yet
         return False
     finally:
         await engine.dispose()
@@ -140,9 +154,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=10.0)
     parser.add_argument("--engine", choices=("sqlite", "postgres"), required=True)
+    parser.add_argument("--target", type=int, default=None, help="deliveries in the measured mailbox")
     parser.add_argument("--rebuild", action="store_true")
     args = parser.parse_args()
-    plan = core_read.Plan(args.scale)
+    plan = make_plan(args.scale, args.target)
     if args.engine == "sqlite":
         print(sqlite_store(plan, args.rebuild))
     else:
