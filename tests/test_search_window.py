@@ -27,7 +27,8 @@ RARE = ["pheochromocytome", "apixaban"]
 FILLER = ["consultation", "resultat", "courrier", "controle", "traitement", "examen", "cardio", "bilans"]
 QUERIES = ["bilan", "Échographie cardiaque", "fibrillation apixaban", "phéochromocytome", "car", "Dubois",
            "nulle-part"]
-VIEWS = [("all", None), ("inbox", None), ("sent", None), ("unread", None), ("archived", None), ("trash", None), ("all", "result")]
+VIEWS = [("all", None), ("inbox", None), ("sent", None), ("unread", None), ("archived", None), ("trash", None),
+         ("all", "result")]
 
 
 def _text(rng: random.Random) -> str:
