@@ -27,8 +27,7 @@ RARE = ["pheochromocytome", "apixaban"]
 FILLER = ["consultation", "resultat", "courrier", "controle", "traitement", "examen", "cardio", "bilans"]
 QUERIES = ["bilan", "Échographie cardiaque", "fibrillation apixaban", "phéochromocytome", "car", "Dubois",
            "nulle-part"]
-VIEWS = [("all", None), ("inbox", None), ("sent", None), ("unread", None), ("archived", None), ("trash", None),
-         ("all", "result")]
+VIEWS = [("all", None), ("inbox", None), ("sent", None), ("archived", None), ("trash", None), ("all", "result")]
 
 
 def _text(rng: random.Random) -> str:
@@ -127,7 +126,7 @@ def test_windows_return_exactly_the_index_rows(store, sizes, monkeypatch):
                             conditions.append(Delivery.category == category)
                         # Page by page: a cursor is a message id, so a message present twice in
                         # the view (sent to oneself) loses its second row at a page boundary, as before.
-                        for page in (40, 10_000):
+                        for page in ((50,) if sizes == "app" else (40,)):
                             expected = await _all_pages(s, box, terms, conditions, "index", page)
                             for strategy in ("window", "auto"):
                                 got = await _all_pages(s, box, terms, conditions, strategy, page)
