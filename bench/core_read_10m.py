@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import time
 from typing import Any
 
 from bench import core_read, core_read_store
-from bench.common import header, new_meta, uptime, write_results
+from bench.common import RESULTS, header, new_meta, uptime, write_results
 from monsisra.services.messages import reading, search
 
 TARGET_MS = 20.0
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--merge", action="store_true", help="keep the last results of the engines not run now")
     args = parser.parse_args()
     plan = core_read_store.make_plan(args.scale, args.target)
     meta = new_meta()
@@ -79,6 +81,9 @@ def main() -> None:
     meta["iterations"], meta["warmup"] = args.iterations, args.warmup
     meta["windows"] = {k: getattr(search, k) for k in ("WINDOW_FIRST", "WINDOW_MAX", "WINDOW_BUDGET", "MIN_SAMPLE")}
     runs = []
+    if args.merge and (RESULTS / "core_read_10m.json").exists():
+        old = json.loads((RESULTS / "core_read_10m.json").read_text())
+        runs = [r for r in old["runs"] if r["engine"] not in args.engines.split(",")]
     for engine in args.engines.split(","):
         if engine == "sqlite":
             url, info = core_read_store.sqlite_store(plan)
