@@ -17,8 +17,7 @@ and the mailbox's own index token, newest message first. Two ways give the same 
 The search starts with windows and hands the rest of the mailbox to the text index as soon
 as the density of hits seen so far says the page would need more than ``WINDOW_BUDGET`` rows
 (rare words): the windows cover message ids [lower, upper), the index the ids below ``lower``,
-so the union is exactly the index's answer, in the same order (message id, then delivery id,
-descending).
+so the union is exactly the index's answer, in the same order (message id descending, then role).
 """
 
 from __future__ import annotations
@@ -67,7 +66,9 @@ def _window_match(dialect: str, mailbox_id: int, terms: list[str]) -> sa.TextCla
 
 
 def _order(stmt: sa.Select, first=Delivery.message_id) -> sa.Select:
-    return stmt.order_by(first.desc(), Delivery.id.desc())
+    # Ties (one message twice in a view: sent to oneself) by role, the order in which SQLite's
+    # index path meets them through the unique (mailbox, message, role) index.
+    return stmt.order_by(first.desc(), Delivery.role)
 
 
 async def search_rows(s: AsyncSession, columns, mailbox_id: int, terms: list[str], conditions: list[Any],
@@ -116,5 +117,7 @@ async def _index_rows(s: AsyncSession, dialect: str, columns, mailbox_id: int, t
     stmt = index_statement(dialect, columns, mailbox_id, terms).where(
         Delivery.mailbox_id == mailbox_id, *conditions, *bound)
     # Ordered by the index's own key, so that the engine can stop at the first page.
-    first = _FTS.c.rowid if dialect == "sqlite" else Message.id
-    return list((await s.execute(_order(stmt, first).limit(want))).all())
+    # On SQLite by the FTS rowid alone (ties come in role order through the unique index):
+    # any second key makes it sort every match first.
+    stmt = stmt.order_by(_FTS.c.rowid.desc()) if dialect == "sqlite" else _order(stmt, Message.id)
+    return list((await s.execute(stmt.limit(want))).all())
