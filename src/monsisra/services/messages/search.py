@@ -30,10 +30,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from monsisra.services.messages.placement import MAILBOX_TOKEN
 from monsisra.store.models import Delivery, Message
 
-WINDOW_FIRST = 256  # rows of the first window; each next one is 4 times bigger, up to WINDOW_MAX
+WINDOW_FIRST = 128  # rows of the first window; each next one is 4 times bigger, up to WINDOW_MAX
 WINDOW_MAX = 8192
-WINDOW_BUDGET = 8_000  # rows the windows may walk for one page before the text index takes over
-MIN_SAMPLE = 256  # rows walked before the hit density is trusted (a rare word: none in the first window)
+WINDOW_BUDGET = 2_000  # rows the windows may walk for one page before the text index takes over
+MIN_SAMPLE = 128  # rows walked before the hit density is trusted (a rare word: none in the first window)
 
 _FTS = sa.table("message_fts", sa.column("rowid", sa.Integer))
 
