@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -37,6 +38,31 @@ _WORD = re.compile(r"[0-9a-z]+")
 def search_terms(query: str, limit: int = 12) -> list[str]:
     """Folded alphanumeric words of a user query, at most ``limit`` of them."""
     return _WORD.findall(fold(query))[:limit]
+
+
+# A token of SQLite's FTS5 ``unicode61`` tokenizer is a run of letters and digits; everything
+# else separates tokens. ``search_text`` is already folded (lower-case, accent-free).
+_ALNUM = r"[^\W_]"
+
+
+@functools.lru_cache(maxsize=512)
+def _word_tests(query: str) -> tuple[tuple[str, re.Pattern[str]], ...]:
+    tests = []
+    for word in query.split():
+        prefix = word.endswith("*")
+        word = word.rstrip("*")
+        end = "" if prefix else f"(?!{_ALNUM})"
+        tests.append((word, re.compile(f"(?<!{_ALNUM}){re.escape(word)}{end}")))
+    return tuple(tests)
+
+
+def words_match(text: str | None, query: str) -> bool:
+    """Whether folded ``text`` holds every word of ``query`` as FTS5 would match it: ``word*``
+    is a token starting with ``word``, a bare ``word`` a whole token. The per-row test of the
+    windowed mailbox search on SQLite (registered as the SQL function ``monsisra_words``)."""
+    if not text:
+        return False
+    return all(word in text and pattern.search(text) for word, pattern in _word_tests(query))
 
 
 def preview(text: str, length: int = 140) -> str:

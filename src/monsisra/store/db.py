@@ -12,6 +12,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from monsisra.domain.text import words_match
 from monsisra.store.files import private_dir, private_file
 
 DEFAULT_BUSY_TIMEOUT = 30.0
@@ -52,6 +53,10 @@ def make_engine(url: str, *, pool_size: int = 10, busy_timeout: float = DEFAULT_
                                connect_args={"server_settings": {"lock_timeout": lock_timeout}})
 
 
+def _words_sql(text: str | None, query: str) -> int:
+    return 1 if words_match(text, query) else 0
+
+
 def _configure_sqlite(engine: AsyncEngine, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
     @sa.event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
@@ -65,6 +70,8 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout: float = DEFAULT_BUSY_TI
         cursor.execute(f"PRAGMA busy_timeout={max(1, round(busy_timeout * 1000))}")
         cursor.execute("PRAGMA cache_size=-65536")
         cursor.execute("PRAGMA temp_store=MEMORY")
+        # The windowed mailbox search tests each row of a window against the query words.
+        dbapi_connection.create_function("monsisra_words", 2, _words_sql, deterministic=True)
         # After a checkpoint, the log file goes back to at most this size (a bulk import grows it
         # to hundreds of megabytes; left at that size, it costs disk and cache for nothing).
         cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")

@@ -22,6 +22,7 @@ from monsisra.services import audit, authorship, mailboxes, patients
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Invalid, NotFound
 from monsisra.services.messages.placement import MAILBOX_TOKEN
+from monsisra.services.messages.search import search_rows
 from monsisra.services.messages.states import set_read
 from monsisra.store.models import (
     TRASH_VIEW,
@@ -93,23 +94,6 @@ _LIST_COLUMNS = (
 )
 
 
-_FTS = sa.table("message_fts", sa.column("rowid", sa.Integer))
-
-
-def _search_statement(dialect: str, mailbox_id: int, terms: list[str]):
-    """Messages of one mailbox matching every term (as a prefix), driven by the text index and
-    ordered by message id so that the engine can stop at the first page."""
-    if dialect == "sqlite":
-        query = f"{MAILBOX_TOKEN}{mailbox_id} AND " + " AND ".join(f'"{t}"*' for t in terms)
-        return (sa.select(*_LIST_COLUMNS).select_from(_FTS)
-                .join(Delivery, Delivery.message_id == _FTS.c.rowid)
-                .join(Message, Message.id == Delivery.message_id)
-                .where(sa.text("message_fts MATCH :fts").bindparams(fts=query))), _FTS.c.rowid
-    query = f"{MAILBOX_TOKEN}{mailbox_id} & " + " & ".join(f"{t}:*" for t in terms)
-    return (sa.select(*_LIST_COLUMNS).select_from(Message).join(Delivery, Delivery.message_id == Message.id)
-            .where(sa.text("messages.search_vector @@ to_tsquery('simple', :tsq)").bindparams(tsq=query))), Message.id
-
-
 async def list_messages(core: Core, actor: Actor, mailbox_id: int, *, view: str = View.INBOX,
                         category: str | None = None, q: str | None = None, cursor: str | None = None,
                         limit: int = 50) -> dict[str, Any]:
@@ -126,35 +110,33 @@ async def list_messages(core: Core, actor: Actor, mailbox_id: int, *, view: str 
         return {"items": [], "next_cursor": None}
     async with core.read() as s:
         await mailboxes.access_of(s, actor, mailbox_id)
-        if terms:
-            if s.bind.dialect.name == "postgresql":
-                # A generic plan of the prepared statement would ignore how rare the words are.
-                await s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
-            stmt, order_key = _search_statement(s.bind.dialect.name, mailbox_id, terms)
-        else:
-            stmt = sa.select(*_LIST_COLUMNS).select_from(Delivery).join(Message, Message.id == Delivery.message_id)
-            order_key = Delivery.id
         by_deletion = view == TRASH_VIEW and not terms
-        stmt = stmt.where(Delivery.mailbox_id == mailbox_id, sa.text(_qualified(VIEW_SQL[view])))
+        conditions: list[Any] = [sa.text(_qualified(VIEW_SQL[view]))]
         if category:
-            stmt = stmt.where(Delivery.category == category)
+            conditions.append(Delivery.category == category)
         elif view == View.INBOX:
             prefs = await s.scalar(sa.select(Account.inbox_categories).where(Account.id == actor.account_id))
             if prefs is not None and set(prefs) != {c.value for c in Category}:
-                stmt = stmt.where(Delivery.category.in_(prefs))
-        if by_deletion:
-            # The bin reads newest-deleted first (ix_deliveries_view_trash), paged on (deleted_at, id).
-            if cursor:
-                at, after = _decode_trash_cursor(cursor)
-                stmt = stmt.where(sa.or_(Delivery.deleted_at < at,
-                                         sa.and_(Delivery.deleted_at == at, Delivery.id < after)))
-            stmt = stmt.order_by(Delivery.deleted_at.desc(), Delivery.id.desc())
+                conditions.append(Delivery.category.in_(prefs))
+        if terms:
+            rows = await search_rows(s, _LIST_COLUMNS, mailbox_id, terms, conditions,
+                                            _decode_cursor(cursor) if cursor else None, limit + 1)
         else:
-            if cursor:
-                # Typed BIGINT: a cursor beyond the INTEGER message ids must not overflow PostgreSQL's int4.
-                stmt = stmt.where(order_key < sa.literal(_decode_cursor(cursor), sa.BigInteger))
-            stmt = stmt.order_by(order_key.desc())
-        rows = (await s.execute(stmt.limit(limit + 1))).all()
+            stmt = (sa.select(*_LIST_COLUMNS).select_from(Delivery).join(Message, Message.id == Delivery.message_id)
+                    .where(Delivery.mailbox_id == mailbox_id, *conditions))
+            if by_deletion:
+                # The bin reads newest-deleted first (ix_deliveries_view_trash), paged on (deleted_at, id).
+                if cursor:
+                    at, after = _decode_trash_cursor(cursor)
+                    stmt = stmt.where(sa.or_(Delivery.deleted_at < at,
+                                             sa.and_(Delivery.deleted_at == at, Delivery.id < after)))
+                stmt = stmt.order_by(Delivery.deleted_at.desc(), Delivery.id.desc())
+            else:
+                if cursor:
+                    # Typed BIGINT: a cursor beyond the INTEGER ids must not overflow PostgreSQL's int4.
+                    stmt = stmt.where(Delivery.id < sa.literal(_decode_cursor(cursor), sa.BigInteger))
+                stmt = stmt.order_by(Delivery.id.desc())
+            rows = (await s.execute(stmt.limit(limit + 1))).all()
         more = len(rows) > limit
         rows = rows[:limit]
         items = await _summaries(s, rows)
