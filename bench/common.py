@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 
 RESULTS = Path(__file__).parent / "results"
@@ -283,3 +284,28 @@ class Corpus:
         lines.append(r.choice(("Bien confraternellement,", "Bien cordialement,", "Avec mes remerciements,")))
         lines.append(f"Dr {self.person()}")
         return category, subject, "\n".join(lines)
+
+
+def start_serve(env: dict[str, str], port: int, log: Path, wait_s: float = 300) -> subprocess.Popen:
+    """``monsisra serve`` on ``port`` (HTTP only), once its login page answers; on a loaded
+    machine its start-up over a national directory takes a minute or more."""
+    proc = subprocess.Popen([sys.executable, "-m", "monsisra.cli", "serve", "--no-migrate", "--port", str(port),
+                             "--https-port", "0"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/connexion", timeout=5).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    stop_serve(proc)
+    raise RuntimeError("monsisra serve did not start: " + log.read_text()[-2000:])
+
+
+def stop_serve(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -32,10 +32,20 @@ from typing import Any
 
 import httpx
 
-from bench.common import RESULTS, free_port, fresh_database, header, new_meta, summary_ms, uptime, write_results
+from bench.common import (
+    RESULTS,
+    free_port,
+    fresh_database,
+    header,
+    new_meta,
+    start_serve,
+    stop_serve,
+    summary_ms,
+    uptime,
+    write_results,
+)
 from bench.directory_bench import KIND_LABELS, make_queries, run_import
 from bench.directory_generate import generate
-from bench.directory_serving import _stop
 
 DBS = Path("var/bench/directory_search_dbs.json")
 SETS = {"benchmark": (Path("var/bench/directory"), False), "common": (Path("var/bench/directory_common"), True)}
@@ -73,23 +83,6 @@ def _database(backend: str, name: str, ps: Path, mss: Path, reindex: bool) -> tu
     known[key] = {"url": url, "data": str(data), "import": imported}
     DBS.write_text(json.dumps(known, indent=2))
     return url, data
-
-
-def _serve(env: dict[str, str], port: int, log: Path, wait_s: float = 300) -> subprocess.Popen:
-    """``monsisra serve`` on ``port``; on a loaded machine its start-up over a national directory
-    takes a minute or more."""
-    proc = subprocess.Popen([sys.executable, "-m", "monsisra.cli", "serve", "--no-migrate", "--port", str(port),
-                             "--https-port", "0"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/connexion", timeout=5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    _stop(proc)
-    raise RuntimeError("monsisra serve did not start: " + log.read_text()[-2000:])
 
 
 def _summarise(samples: list[tuple[int, float]], queries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -131,7 +124,7 @@ def _over_http(url: str, data: Path, queries: list[dict[str, Any]]) -> dict[str,
     # The account may be there from an earlier run on this kept database.
     subprocess.run([sys.executable, "-m", "monsisra.cli", "account", "create", "bench.search", "--first-name",
                     "Banc", "--last-name", "Recherche", "--password", "bench-pass"], env=env, capture_output=True)
-    server = _serve(env, port, data.parent / "serve.log")
+    server = start_serve(env, port, data.parent / "serve.log")
     try:
         r = httpx.post(f"http://127.0.0.1:{port}/api/v1/auth/token",
                        data={"username": "bench.search", "password": "bench-pass"}, timeout=30)
@@ -148,7 +141,7 @@ def _over_http(url: str, data: Path, queries: list[dict[str, Any]]) -> dict[str,
                 assert got.status_code == 200, got.text
         return _summarise(samples, queries)
     finally:
-        _stop(server)
+        stop_serve(server)
 
 
 def _markdown(results: dict[str, Any], meta: dict[str, Any]) -> list[str]:

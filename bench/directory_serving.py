@@ -25,32 +25,19 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from bench.common import free_port, fresh_database, header, new_meta, summary_ms, uptime, write_results
+from bench.common import (
+    free_port,
+    fresh_database,
+    header,
+    new_meta,
+    start_serve,
+    stop_serve,
+    summary_ms,
+    uptime,
+    write_results,
+)
 from bench.directory_bench import make_queries, run_import
 from bench.directory_generate import generate
-
-
-def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "monsisra.cli", "serve", "--no-migrate", "--port", str(port),
-                             "--https-port", "0"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/connexion", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("monsisra serve did not start: " + log.read_text()[-2000:])
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def _searches(port: int, token: str, queries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -93,7 +80,7 @@ def run_backend(backend: str, ps: Path, mss: Path, queries: list[dict[str, Any]]
         env = {**os.environ, "MONSISRA_DATABASE_URL": url, "MONSISRA_DATA_DIR": str(data),
                "MONSISRA_SMTP_ENABLED": "false", "MONSISRA_LOGIN_MAX_FAILURES": "1000"}
         port, log = free_port(), Path(tmp) / "serve.log"
-        server = _serve(env, port, log)
+        server = start_serve(env, port, log)
         try:
             token = _token(env, port)
             _searches(port, token, queries[:100])  # the server has read the old (empty) index
@@ -105,13 +92,13 @@ def run_backend(backend: str, ps: Path, mss: Path, queries: list[dict[str, Any]]
             wal_after_search = _wal_mb(url)
             print(f"[{backend}] same process after the import: {running}", flush=True)
         finally:
-            _stop(server)
-        server = _serve(env, port, log)
+            stop_serve(server)
+        server = start_serve(env, port, log)
         try:
             fresh = _searches(port, token, queries)
             print(f"[{backend}] after a restart: {fresh}", flush=True)
         finally:
-            _stop(server)
+            stop_serve(server)
         return {"import": {k: imported[k] for k in ("wall_s", "cpu_s", "peak_rss_mb")}, "running": running,
                 "restarted": fresh, "wal_mb_after_import": wal_after_import,
                 "wal_mb_after_first_searches": wal_after_search}
