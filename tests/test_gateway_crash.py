@@ -6,6 +6,7 @@ whole burst (as it does for unacknowledged mail), each message is stored exactly
 
 from __future__ import annotations
 
+import contextlib
 import email
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -160,10 +162,17 @@ def _running(pid: int) -> bool:
         return False
 
 
-def serve_env(tmp_path: Path, url: str, pki: PKI) -> dict[str, str]:
-    """The environment of a ``monsisra serve`` subprocess on ``url``: every listener on a free
-    port, the gateway's certificate from ``pki``, account ``crash.test`` and the other operator
-    trusted."""
+@contextlib.contextmanager
+def serve_env(backend: str, tmp_path: Path) -> Iterator[tuple[dict[str, str], PKI]]:
+    """The environment of a ``monsisra serve`` subprocess on a fresh database: every listener on
+    a free port, the gateway's certificate from a test PKI, account ``crash.test`` and the other
+    operator trusted."""
+    pki = PKI.create(tmp_path / "pki")
+    with fresh_database(backend, tmp_path / "db") as url:
+        yield _env(tmp_path, url, pki), pki
+
+
+def _env(tmp_path: Path, url: str, pki: PKI) -> dict[str, str]:
     cert, key = pki.issue("monsisra", ["localhost", DOMAIN, "127.0.0.1"])
     ports = {name: str(free_port()) for name in ("HTTP", "HTTPS", "SMTP", "IMAP", "IMAPS", "SUBMISSION",
                                                   "SUBMISSIONS")}
@@ -179,9 +188,7 @@ def serve_env(tmp_path: Path, url: str, pki: PKI) -> dict[str, str]:
 
 
 def test_sigkill_during_a_burst_loses_no_acknowledged_message(backend, tmp_path):
-    pki = PKI.create(tmp_path / "pki")
-    with fresh_database(backend, tmp_path / "db") as url:
-        env = serve_env(tmp_path, url, pki)
+    with serve_env(backend, tmp_path) as (env, pki):
         http_port, smtp_port = int(env["MONSISRA_HTTP_PORT"]), int(env["MONSISRA_SMTP_PORT"])
         serve = Serve(env, tmp_path / "serve.log")
         serve.start()

@@ -16,8 +16,7 @@ import socket
 import uuid
 from email.message import EmailMessage
 
-from tests.gateway_support import OTHER_DOMAIN, PKI, client_ssl
-from tests.support import fresh_database
+from tests.gateway_support import OTHER_DOMAIN, client_ssl
 from tests.test_gateway_crash import DOMAIN, Serve, _subjects, serve_env
 
 
@@ -41,9 +40,7 @@ def _session(port: int, ctx) -> smtplib.SMTP:
 
 
 def test_sigterm_lets_the_transaction_in_progress_end(backend, tmp_path):
-    pki = PKI.create(tmp_path / "pki")
-    with fresh_database(backend, tmp_path / "db") as url:
-        env = serve_env(tmp_path, url, pki)
+    with serve_env(backend, tmp_path) as (env, pki):
         http_port, smtp_port = int(env["MONSISRA_HTTP_PORT"]), int(env["MONSISRA_SMTP_PORT"])
         imaps_port, submission_port = int(env["MONSISRA_IMAPS_PORT"]), int(env["MONSISRA_SUBMISSION_PORT"])
         serve = Serve(env, tmp_path / "serve.log")
