@@ -192,6 +192,7 @@ defaults
     timeout client-fin 5s
     retries 3
     option redispatch
+    retry-on conn-failure empty-response 503
 
 frontend web
     mode http

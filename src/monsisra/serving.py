@@ -14,6 +14,7 @@ from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from monsisra import redaction
 from monsisra.api.certificates import tls_extension
@@ -113,6 +114,24 @@ def handshake_protocol(context: ssl.SSLContext, refused: Callable[[str | None, s
     return Handshake
 
 
+class StoppingWebSocket(WebSocketsSansIOProtocol):
+    """A WebSocket handshake still in progress when the server stops is answered ``503`` with
+    ``Retry-After`` (the page, or the load balancer, tries again, another process), where uvicorn
+    answers ``500`` as if the application had failed. Open sockets still get the close code 1012
+    (service restart)."""
+
+    def shutdown(self) -> None:
+        if self.handshake_complete or self.close_sent or self.initial_response is not None:
+            super().shutdown()
+            return
+        self.stop_keepalive()
+        response = self.conn.reject(503, "Service en cours de redemarrage, reessayez.\n")
+        response.headers["Retry-After"] = "1"
+        self.conn.send_response(response)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.close()
+
+
 class Listener(uvicorn.Server):
     """A uvicorn server that says when it is up and leaves signals to :func:`run`."""
 
@@ -144,7 +163,7 @@ def run(app: Any, settings: Settings, *, host: str, port: int, https_port: int) 
     # No permessage-deflate: each socket would compress every event on its own (500 compressions of
     # one conversation message for 500 sockets, about half of the fan-out's time, see
     # bench/results/conversations_fanout.md); events are small JSON lines, little is saved.
-    common: dict[str, Any] = dict(host=host, log_level="info", proxy_headers=False, ws="websockets-sansio",
+    common: dict[str, Any] = dict(host=host, log_level="info", proxy_headers=False, ws=StoppingWebSocket,
                                   ws_per_message_deflate=False)
     # The HTTP listener runs the lifespan; the HTTPS one shares the app and starts once it is up.
     http = Listener(uvicorn.Config(app, port=port, lifespan="on", **common))
