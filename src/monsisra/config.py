@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     ws_max_per_account: int = 20  # per process
     ws_recheck_seconds: float = 60.0  # each socket re-reads its token this often
     run_workers: bool = True
+    # Listen with SO_REUSEPORT on HTTP, HTTPS and SMTP (IMAP and submission always do): several
+    # ``monsisra serve`` processes on one machine share the ports, the kernel spreads connections.
+    # Set by ``monsisra serve --workers N`` for its processes.
+    reuse_port: bool = False
     smtp_enabled: bool = True
     outbound_retry_seconds: int = 4 * 24 * 3600
     nil: str = "MonSisra/0.1"

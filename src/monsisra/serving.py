@@ -7,8 +7,13 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import socket
 import ssl
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -173,7 +178,22 @@ def run(app: Any, settings: Settings, *, host: str, port: int, https_port: int) 
         https = Listener(uvicorn.Config(app, port=https_port, lifespan="off",
                                         http=handshake_protocol(context, _refusal_reporter(app)), **common))
     redaction.install()  # after uvicorn configured its loggers
-    return asyncio.run(_run(http, https))
+    return asyncio.run(_run(http, https, settings.reuse_port))
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` with SO_REUSEPORT, for a listener several processes share."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _refusal_reporter(app: Any) -> Callable[[str | None, str], None]:
@@ -197,15 +217,19 @@ def _refusal_reporter(app: Any) -> Callable[[str | None, str], None]:
     return report
 
 
-async def _serve(server: Listener) -> int:
+async def _serve(server: Listener, reuse_port: bool = False) -> int:
     try:
-        await server.serve()
+        sockets = [reuse_port_socket(server.config.host, server.config.port)] if reuse_port else None
+        await server.serve(sockets)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", server.config.host, server.config.port, exc)
+        return 1
     except SystemExit as exc:  # uvicorn exits when it cannot bind its port
         return int(exc.code or 1)
     return 0
 
 
-async def _run(http: Listener, https: Listener | None) -> int:
+async def _run(http: Listener, https: Listener | None, reuse_port: bool = False) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -219,7 +243,7 @@ async def _run(http: Listener, https: Listener | None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     stopping = asyncio.create_task(stop.wait())
-    http_task = asyncio.create_task(_serve(http))
+    http_task = asyncio.create_task(_serve(http, reuse_port))
     http_up = asyncio.create_task(http.up.wait())
     await asyncio.wait([http_up, http_task, stopping], return_when=asyncio.FIRST_COMPLETED)
     http_up.cancel()
@@ -228,7 +252,7 @@ async def _run(http: Listener, https: Listener | None) -> int:
     tasks = [http_task]
     https_task = None
     if https is not None and http.started and not stop.is_set():
-        https_task = asyncio.create_task(_serve(https))
+        https_task = asyncio.create_task(_serve(https, reuse_port))
         tasks.append(https_task)
     await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
@@ -240,3 +264,74 @@ async def _run(http: Listener, https: Listener | None) -> int:
     http.should_exit = True
     codes.append(await http_task)
     return max(codes)
+
+
+# A process that dies this soon after its start, this many times in a row, is not restarted again
+# (a port taken, a bad setting): the whole group stops and says why.
+QUICK_DEATH_SECONDS = 10.0
+QUICK_DEATHS_TOLERATED = 3
+
+
+def supervise(command: list[str], workers: int, env: dict[str, str]) -> int:
+    """Run ``workers`` copies of ``command`` (``monsisra serve`` processes sharing their ports);
+    restart one that ends unasked; pass SIGTERM/SIGINT on to all (each drains its connections) and
+    return the highest exit code once all have ended. The processes end with their parent."""
+    stopping = False
+    procs: list[subprocess.Popen] = []
+    started: list[float] = []
+
+    def spawn() -> subprocess.Popen:
+        return subprocess.Popen(command, env=env, preexec_fn=_end_with_parent)  # noqa: S603 (our own command)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)  # a second Ctrl-C reaches them too: they stop at once
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for _ in range(workers):
+            procs.append(spawn())
+            started.append(time.monotonic())
+        quick_deaths, gave_up = 0, False
+        while not stopping:
+            for i, proc in enumerate(procs):
+                code = proc.poll()
+                if code is None or stopping:
+                    continue
+                quick_deaths = quick_deaths + 1 if time.monotonic() - started[i] < QUICK_DEATH_SECONDS else 0
+                if quick_deaths >= QUICK_DEATHS_TOLERATED:
+                    log.error("serve process ended %s times right after starting (last code %s): stopping",
+                              quick_deaths, code)
+                    gave_up = True
+                    on_signal(signal.SIGTERM, None)
+                    break
+                log.warning("serve process %s ended (code %s): starting another", proc.pid, code)
+                procs[i] = spawn()
+                started[i] = time.monotonic()
+            time.sleep(0.2)
+        codes = [proc.wait() for proc in procs]
+        return 1 if gave_up else max(codes, default=0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _end_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervising process dies (even by SIGKILL)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def serve_command(host: str, port: int, https_port: int) -> list[str]:
+    """The command line of one process of ``monsisra serve --workers N``."""
+    return [sys.executable, "-m", "monsisra.cli", "serve", "--no-migrate", "--no-turn-server",
+            "--host", host, "--port", str(port), "--https-port", str(https_port)]
+
+
+def worker_env() -> dict[str, str]:
+    return {**os.environ, "MONSISRA_REUSE_PORT": "true"}

@@ -330,6 +330,6 @@ async def start_server(core: Core, settings: Settings) -> Listening:
                            proxy_protocol_timeout=10 if settings.smtp_proxy_protocol else None)
 
     server = await loop.create_server(factory, host=settings.smtp_host, port=settings.smtp_port,
-                                      reuse_address=True)
+                                      reuse_address=True, reuse_port=settings.reuse_port)
     log.info("SMTP gateway on %s:%s", settings.smtp_host, settings.smtp_port)
     return Listening(server, limits, sessions)
