@@ -143,7 +143,11 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=400, help="messages per target and round")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="monsisra serve --workers N (more than one: PostgreSQL and Redis)")
     args = ap.parse_args()
+    if args.workers > 1 and args.backend != "postgres":
+        ap.error("--workers > 1 needs --backend postgres")
     meta = new_meta()
     tmp = Path(tempfile.mkdtemp(prefix="monsisra-smtp-bench-"))
     tmp.chmod(0o711)
@@ -163,11 +167,13 @@ def main() -> None:
                    "MONSISRA_TLS_TRUST": str(pki.ca_cert), "MONSISRA_RUN_WORKERS": "false",
                    "MONSISRA_SMTP_MAX_MESSAGES_PER_MINUTE": "1000000",
                    "MONSISRA_SECRET_KEY": "bench-secret-" + "x" * 40}
+            if args.workers > 1:
+                env["MONSISRA_REDIS_URL"] = os.environ.get("MONSISRA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
             for cmd in (["account", "create", "bench.user", "--first-name", "Bench", "--last-name", "User",
                          "--password", "bench-pass"], ["trust", "add", OTHER_DOMAIN]):
                 subprocess.run([EXE, *cmd], env=env, check=True, capture_output=True, timeout=120)
             log = (tmp / "serve.log").open("ab")
-            proc = subprocess.Popen([EXE, "serve"], env=env, stdout=log, stderr=log)
+            proc = subprocess.Popen([EXE, "serve", "--workers", str(args.workers)], env=env, stdout=log, stderr=log)
 
             def up() -> bool:
                 try:
@@ -226,7 +232,10 @@ def main() -> None:
         "connections (STARTTLS once per connection, TLS verified against a test CA), "
         f"{args.rounds} rounds alternating the two servers; same machine, same run.",
         "",
-        f"- MonSisra: a `monsisra serve` process, {args.backend} database; `250` only after the message, its raw "
+        ("- MonSisra: a `monsisra serve` process" if args.workers == 1 else
+         f"- MonSisra: `monsisra serve --workers {args.workers}` ({args.workers} processes sharing the port, "
+         "SO_REUSEPORT, and Redis)")
+        + f", {args.backend} database; `250` only after the message, its raw "
         "form and its blobs are committed (SQLite `synchronous=FULL`, blobs fsynced).",
         f"- Postfix {postfix_version()}: private instance, mail accepted into its queue "
         "(`defer_transports = virtual`); "
@@ -268,7 +277,8 @@ def main() -> None:
            "to run it); aiosmtpd's per-command logging is replaced by one line per message.",
            "- Postfix's own rate varies with the load other engineers put on this shared machine (see load "
            "averages above): both servers are measured in alternation, in the same run, for that reason.", ""]
-    write_results("smtp" if args.backend == "sqlite" else f"smtp_{args.backend}", meta, md,
+    name = "smtp" if args.backend == "sqlite" else f"smtp_{args.backend}"
+    write_results(name + (f"_workers{args.workers}" if args.workers > 1 else ""), meta, md,
                   {"results": results, "median": med, "ratio": ratio})
     print("\n".join(md))
 
