@@ -34,23 +34,40 @@ class BlobStore:
         return self.path(sha256).exists()
 
     def _begin(self) -> tuple[int, str]:
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkstemp(dir=self.tmp, prefix="up-")
+        # The directories exist after the first blob: they are made only when missing, instead
+        # of a mkdir (and its exception) on each of the two for every blob (inbound SMTP writes
+        # one per attachment).
+        try:
+            return tempfile.mkstemp(dir=self.tmp, prefix="up-")
+        except FileNotFoundError:
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            return tempfile.mkstemp(dir=self.tmp, prefix="up-")
 
     def _commit(self, fd: int, tmp_name: str, digest: str) -> None:
         os.fsync(fd)
         os.close(fd)
         final = self.path(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             os.unlink(tmp_name)
-        else:
+            return
+        try:
             os.replace(tmp_name, final)
-            dir_fd = os.open(final.parent, os.O_RDONLY)
+        except FileNotFoundError:  # the first blob under this prefix
+            if not os.path.exists(tmp_name):
+                raise
+            self._make_dirs(final.parent)
+            os.replace(tmp_name, final)
+        _fsync_dir(final.parent)
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create ``directory`` (two levels under the root) and make the new entries durable:
+        the blob's own directory fsync does not cover the entry naming that directory."""
+        for level in (directory.parent, directory):
             try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+                level.mkdir()
+            except FileExistsError:
+                continue
+            _fsync_dir(level.parent)
 
     def put_bytes(self, data: bytes, digest: str | None = None) -> tuple[str, int]:
         """Store ``data`` (whose sha256 the caller may already know); returns (sha256, size).
@@ -114,6 +131,14 @@ class BlobStore:
         with self.open(sha256) as f:
             while chunk := f.read(_CHUNK):
                 yield chunk
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _discard(fd: int, tmp_name: str) -> None:

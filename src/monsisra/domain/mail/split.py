@@ -68,23 +68,34 @@ def _head_body(region: bytes, top: bool = False) -> tuple[bytes, bytes]:
     return head, region[blank.end():]
 
 
-def _delimiter_lines(body: bytes, boundary: bytes) -> list[re.Match[bytes]]:
-    """The ``--boundary`` and ``--boundary--`` lines of ``body``, found with ``bytes.find`` (a
-    multi-line regex scan of a 100 KB body costs ten times more)."""
-    line = re.compile(rb"--" + re.escape(boundary) + rb"(--)?[ \t]*(?=\r?\n|\Z)")
-    needle = b"\n--" + boundary
-    found = []
-    if body.startswith(needle[1:]):
-        match = line.match(body, 0)
-        if match:
-            found.append(match)
+def _delimiter_lines(body: bytes, boundary: bytes) -> list[tuple[int, int, bool]]:
+    """The ``--boundary`` and ``--boundary--`` lines of ``body`` as (start, end, closing): the line
+    without its line end, found with ``bytes.find``. No regular expression: the boundary differs
+    in every message, so a pattern built from it missed ``re``'s cache and was compiled anew for
+    each message (~0.4 ms, more than the rest of the cut)."""
+    delimiter = b"--" + boundary
+    needle = b"\n" + delimiter
+    size = len(body)
+    found: list[tuple[int, int, bool]] = []
+
+    def line_at(start: int) -> None:
+        # After "--boundary": an optional "--", optional blanks, then a line end or the body's end.
+        end = start + len(delimiter)
+        closing = body.startswith(b"--", end)
+        if closing:
+            end += 2
+        while end < size and body[end] in (32, 9):  # " ", "\t"
+            end += 1
+        if end == size or body[end] == 10 or body.startswith(b"\r\n", end):
+            found.append((start, end, closing))
+
+    if body.startswith(delimiter):
+        line_at(0)
     at = body.find(needle)
     while at >= 0:
-        match = line.match(body, at + 1)
-        if match:
-            found.append(match)
-            if len(found) > MAX_PARTS + 1:
-                raise _NotMine  # hostile or huge: the full parser and its limits decide
+        line_at(at + 1)
+        if len(found) > MAX_PARTS + 1:
+            raise _NotMine  # hostile or huge: the full parser and its limits decide
         at = body.find(needle, at + 1)
     return found
 
@@ -107,18 +118,18 @@ def _fill(parser: BytesParser, msg: Message, body: bytes, *, top: bool, depth: i
     if not boundary:
         raise _NotMine
     lines = _delimiter_lines(body, boundary.encode("ascii"))
-    if not lines or lines[0].group(1):
+    if not lines or lines[0][2]:
         raise _NotMine  # no opening boundary: the library keeps the text as the payload
     children: list[Message] = []
-    for i, line in enumerate(lines):
-        if line.group(1):
+    for i, (_, line_end, closing) in enumerate(lines):
+        if closing:
             break  # the closing boundary: what follows is the epilogue
-        start = line.end() + (2 if body[line.end():line.end() + 1] == b"\r" else 1)
+        start = line_end + (2 if body[line_end:line_end + 1] == b"\r" else 1)
         start = min(start, len(body))
-        following = lines[i + 1] if i + 1 < len(lines) else None
-        if following is not None and following.start() == start:
+        following = lines[i + 1][0] if i + 1 < len(lines) else None
+        if following is not None and following == start:
             raise _NotMine  # consecutive boundary lines: the library skips them
-        region = body[start:following.start()] if following is not None else body[start:]
+        region = body[start:following] if following is not None else body[start:]
         count[0] += 1
         if count[0] > MAX_PARTS:
             raise _NotMine
