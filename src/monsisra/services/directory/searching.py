@@ -26,6 +26,7 @@ from monsisra.services.directory.planner import (
     Engine,
     cell_population,
     count_totals,
+    rank_sqlite,
     read_section,
     section_bounds,
 )
@@ -38,7 +39,9 @@ from monsisra.store.directory import (
 )
 from monsisra.store.models import Mailbox
 
-RANKED_ROWS = 3 * TOTAL_CAP  # PostgreSQL: estimated matches up to which a section is ranked in one statement
+# Matches up to which a section is ranked in one statement: on PostgreSQL as estimated (then
+# counted in that statement); on SQLite as counted (and never above TOTAL_CAP, the count's cap).
+RANKED_ROWS = 3 * TOTAL_CAP
 FUZZY_BELOW = 20  # typo matches are looked for when exact and prefix matches are fewer than this
 
 
@@ -274,6 +277,13 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
             tier_queries = ds.tiers(tokens, fuzzy, filters, completions)
             levels, ranked, totals = await first_pass()
     out["query"]["typos"] = fuzzy
+    if not engine.pg and levels:
+        # SQLite: the sections whose matches were all counted are ranked and paged in one
+        # statement, instead of one per level and section (under load, each round trip costs).
+        small = [n for n in sections if offset < totals.get(n, 0) <= min(TOTAL_CAP, RANKED_ROWS)]
+        for n, ids in (await rank_sqlite(engine, small, ds.widest(tier_queries, rings), levels, limit, offset,
+                                         ref)).items():
+            ranked[n] = (ids, totals[n])
     pages: dict[str, tuple[list[int], int, bool]] = {}
     for section in SECTIONS:
         done = ranked.get(section)
