@@ -342,7 +342,12 @@ def tsquery_level(level: Level) -> str:
 # --- PostgreSQL: which words the GIN index intersects, which are checked on the rows ----------
 
 CHECK_SHARE = 0.02  # a group found in this share of the entries or more is a common one…
-CHECK_RATIO = 5.0  # …when it is this many times as common as the rarest group of the query
+# …when it is this many times as common as the rarest group of the query. Checking a row costs
+# its heap fetch (about 2 µs, measured at 500,000 entries); intersecting a word in the GIN index,
+# decoding its postings (about 0.02 µs an entry): checking pays only when the common group has
+# about a hundred times the rows of the rare one. At 5, « gynécologie » in Paris 16e was read
+# through the index and the Paris cells checked on its 5,464 rows: 13 ms, against 4 ms in the index.
+CHECK_RATIO = 100.0
 
 
 @dataclass(frozen=True)
