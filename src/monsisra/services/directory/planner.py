@@ -63,10 +63,11 @@ WALK_ROWS = 60_000  # PostgreSQL: at most this many for a level estimated to be 
 _WINDOW = "(SELECT id, tsv FROM dir_search WHERE id BETWEEN :lo AND :hi ORDER BY id LIMIT {rows}) AS w"
 
 
-# The probe is tried when its rows should hold this many times the page. At 1, a word expected
-# 20 times in 4,000 rows (« rhumatologie ») missed the page about half the time, and then paid
-# the probe (2.5 ms) on top of the index read (6.6 ms): the slowest searches of the benchmark.
-PROBE_MARGIN = 2.0
+# The probe is tried when its rows should hold this many times the page. Not more than 1: the
+# estimate of words that go together (« sage-femme », « médecine générale ») is several times too
+# low, and without the probe their first page comes from the index, sorting every match (at 2:
+# 75 and 40 ms instead of about 10, 1 Dec).
+PROBE_MARGIN = 1.0
 
 
 STATS_TTL = 300.0  # seconds: the statistics below are read again after this (imports change them)
