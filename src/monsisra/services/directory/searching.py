@@ -277,9 +277,12 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
             tier_queries = ds.tiers(tokens, fuzzy, filters, completions)
             levels, ranked, totals = await first_pass()
     out["query"]["typos"] = fuzzy
-    if not engine.pg and levels:
-        # SQLite: the sections whose matches were all counted are ranked and paged in one
-        # statement, instead of one per level and section (under load, each round trip costs).
+    if not engine.pg and ref is not None and ref.latitude is not None and any(d for _, d in levels):
+        # SQLite, an order by distance: each level is read whole to be sorted, a statement per
+        # level and section; when the matches were all counted, one statement ranks and pages
+        # every section (each round trip through aiosqlite's thread costs about as much as the
+        # query). Without distance the first level usually fills the page, its read stopping
+        # there: one statement already, and cheaper than ranking all matches.
         small = [n for n in sections if offset < totals.get(n, 0) <= min(TOTAL_CAP, RANKED_ROWS)]
         for n, ids in (await rank_sqlite(engine, small, ds.widest(tier_queries, rings), levels, limit, offset,
                                          ref)).items():
