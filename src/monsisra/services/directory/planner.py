@@ -370,37 +370,36 @@ async def _nearest(engine: Engine, section: str, level: ds.Level, limit: int, of
     return [i for i, _ in ordered[offset:need]]
 
 
-async def rank_sqlite(engine: Engine, sections: list[str], widest: ds.Level, levels: list[tuple[ds.Level, bool]],
-                      limit: int, offset: int, ref: communes_service.Commune | None) -> dict[str, list[int]]:
+async def rank_sqlite(engine: Engine, sections: list[str], levels: list[tuple[ds.Level, bool]], limit: int,
+                      offset: int, ref: communes_service.Commune | None) -> dict[str, list[int]]:
     """SQLite, one statement for the pages of several sections whose matches are counted and at
-    most ``TOTAL_CAP``: each match is placed in its level (each level's query runs once, over
-    those sections' ids), ranked, and paged per section. The same pages, in the same order, as
+    most ``TOTAL_CAP``: each level's query runs once over those sections' ids (levels are
+    disjoint and together are every match, so their union needs no other read), the matches
+    are ranked and paged per section. The same pages, in the same order, as
     :func:`read_section` (levels in order; a ``True`` level by distance, then id; the others by
     id), which reads level after level, a statement each, for each section."""
     if not sections:
         return {}
     bounds = [section_bounds(n) for n in sections]
-    lo, hi = min(b[0] for b in bounds), max(b[1] for b in bounds)
-    params: dict[str, Any] = {"lo": lo, "hi": hi, "span": SECTION_SPAN, "first": offset, "last": offset + limit,
-                              "m": ds.fts5_level(widest)}
-    cases = []
+    params: dict[str, Any] = {"lo": min(b[0] for b in bounds), "hi": max(b[1] for b in bounds),
+                              "span": SECTION_SPAN, "first": offset, "last": offset + limit}
+    parts = []
     for i, (lv, _) in enumerate(levels):
         params[f"k{i}"] = ds.fts5_level(lv)
-        cases.append(f"WHEN id IN (SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :k{i} "
-                     f"AND rowid BETWEEN :lo AND :hi) THEN {i}")
-    matches = f"SELECT rowid AS id FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :m AND rowid BETWEEN :lo AND :hi"
+        parts.append(f"SELECT rowid AS id, {i} AS lvl FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :k{i} "
+                     f"AND rowid BETWEEN :lo AND :hi")
+    matches = " UNION ALL ".join(parts)
     near = [i for i, (_, by_distance) in enumerate(levels) if by_distance]
     if ref is not None and ref.latitude is not None and near:
         params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
         dist = ("COALESCE((latitude - :lat) * (latitude - :lat) + "
                 "((longitude - :lon) * :k) * ((longitude - :lon) * :k), 1e9)")
-        source = f"SELECT id, {dist} AS d FROM dir_search WHERE id IN ({matches})"
+        source = f"SELECT m.id, m.lvl, {dist} AS d FROM ({matches}) AS m JOIN dir_search ON dir_search.id = m.id"
         order = f"lvl, CASE WHEN lvl IN ({', '.join(map(str, near))}) THEN d ELSE 0 END, id"
     else:
-        source, order = f"SELECT id, 0 AS d FROM ({matches})", "lvl, id"
+        source, order = f"SELECT id, lvl FROM ({matches})", "lvl, id"
     sql = (f"SELECT id, s FROM (SELECT id, id / :span AS s, row_number() OVER (PARTITION BY id / :span "
-           f"ORDER BY {order}) AS rn FROM (SELECT id, d, CASE {' '.join(cases)} ELSE {len(levels)} END AS lvl "
-           f"FROM ({source}))) WHERE rn > :first AND rn <= :last ORDER BY s, rn")
+           f"ORDER BY {order}) AS rn FROM ({source})) WHERE rn > :first AND rn <= :last ORDER BY s, rn")
     out: dict[str, list[int]] = {n: [] for n in sections}
     by_number = {SECTIONS[n]: n for n in sections}
     for row in await engine.s.execute(sa.text(sql), params):

@@ -284,8 +284,7 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
         # query). Without distance the first level usually fills the page, its read stopping
         # there: one statement already, and cheaper than ranking all matches.
         small = [n for n in sections if offset < totals.get(n, 0) <= min(TOTAL_CAP, RANKED_ROWS)]
-        for n, ids in (await rank_sqlite(engine, small, ds.widest(tier_queries, rings), levels, limit, offset,
-                                         ref)).items():
+        for n, ids in (await rank_sqlite(engine, small, levels, limit, offset, ref)).items():
             ranked[n] = (ids, totals[n])
     pages: dict[str, tuple[list[int], int, bool]] = {}
     for section in SECTIONS:
