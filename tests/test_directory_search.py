@@ -272,7 +272,7 @@ def test_plan_choices_never_change_the_answers(imported, monkeypatch):
     monkeypatch.setattr(ds, "CHECK_SHARE", 0.0)  # and check every word but the rarest on the rows
     monkeypatch.setattr(ds, "CHECK_RATIO", 1.0)
     assert answers() == usual
-    monkeypatch.setattr(searching, "RANKED_ROWS", -1)  # and level by level, not in one statement
+    monkeypatch.setattr(searching, "RANKED_ROWS", -1)  # and level by level, not in one statement (both engines)
     assert answers() == usual
     monkeypatch.setattr(planner, "WALK_ROWS", 7)  # walks too short to hold a page: the index after all
     assert answers() == usual

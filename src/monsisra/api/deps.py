@@ -21,7 +21,9 @@ BodyId = Annotated[int, Field(ge=1, le=MAX_ID)]
 oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 
 
-def get_core(request: Request) -> Core:
+async def get_core(request: Request) -> Core:
+    # ``async``: FastAPI runs a plain ``def`` dependency in its thread pool, one thread hand-off
+    # per request for an attribute read (py-spy on ``monsisra serve`` under the search bench).
     return request.app.state.core
 
 
