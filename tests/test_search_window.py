@@ -203,7 +203,7 @@ def test_term_frequencies_route_rare_words_to_the_index(store, backend, monkeypa
                             assert 0.5 * exact < got < 3 * exact, term
                 assert await search._index_first(s, ["pheochromocytome"], 51)
                 assert await search._index_first(s, ["bilan"], 51)  # 1,500 messages: the index is cheap
-                monkeypatch.setattr(search, "POSTINGS_PER_ROW", 1)  # as in a store of millions
+                monkeypatch.setitem(search.POSTINGS_PER_ROW, s.bind.dialect.name, 1)  # as in a store of millions
                 assert not await search._index_first(s, ["bilan"], 51)
         finally:
             await core.close()
@@ -212,7 +212,9 @@ def test_term_frequencies_route_rare_words_to_the_index(store, backend, monkeypa
 
 
 def test_index_first_weighs_walked_rows_against_postings():
-    assert search.index_first([10], 1_000_000, 51)  # rare: the windows would walk the mailbox
-    assert not search.index_first([300_000], 1_000_000, 51)  # common: one window fills the page
-    assert search.index_first([50_000, 50_000], 1_000_000, 51)  # two medium words: sparse together
-    assert search.index_first([5], 0, 51)
+    assert search.index_first([10], 1_000_000, 51, 400)  # rare: the windows would walk the mailbox
+    assert not search.index_first([300_000], 1_000_000, 51, 400)  # common: one window fills the page
+    assert search.index_first([50_000, 50_000], 1_000_000, 51, 400)  # medium: postings cheaper than rows
+    assert not search.index_first([50_000, 50_000], 1_000_000, 51, 40)  # ... unless rows are cheap
+    assert search.index_first([500_000, 1_000], 1_000_000, 51, 40)  # the rarest word decides
+    assert search.index_first([5], 0, 51, 400)
