@@ -40,12 +40,17 @@ from monsisra.store.models import Delivery, Message
 WINDOW_FIRST = 128  # rows of the first window; each next one is 4 times bigger, up to WINDOW_MAX
 WINDOW_MAX = 8192
 WINDOW_BUDGET = 2_000  # rows the windows may walk for one page before the text index takes over
+# ... times this on engines whose window rows are cheaper: on PostgreSQL (1M messages, 100k
+# mailbox) « fibrillation apixaban » needs ~3,800 rows, while GIN takes 100–120 ms for its
+# 8,669 matches (prefix lists of 100k+ postings each).
+BUDGET_FACTOR = {"sqlite": 1, "postgresql": 4}
 MIN_SAMPLE = 128  # rows walked before the hit density is trusted (a rare word: none in the first window)
 # A window row (read the message's text, test the words) costs about as much as reading this
-# many postings of the text index. SQLite: ~40 µs per row (a Python call on the whole text),
-# ~0.1 µs per posting. PostgreSQL tests a stored tsvector in C: 10 times cheaper per row
-# (measured at 100k messages: « échographie cardiaque » 16 ms by windows, 21–25 by GIN).
-POSTINGS_PER_ROW = {"sqlite": 400, "postgresql": 40}
+# many postings of the text index. SQLite: ~40–60 µs per row (a Python call on the whole text),
+# ~0.1 µs per posting (at 1M messages « échographie cardiaque »: 21 ms by FTS5 for 342k
+# postings, 25 ms by ~700 window rows). PostgreSQL tests a stored tsvector in C, far cheaper
+# per row (at 100k messages: « échographie cardiaque » 16 ms by windows, 21–25 by GIN).
+POSTINGS_PER_ROW = {"sqlite": 600, "postgresql": 40}
 ESTIMATE_TTL = 600.0  # seconds a store's term frequencies are reused (they drift slowly)
 _ESTIMATES_MAX = 4096
 _estimates: dict[tuple[str, str], tuple[float, Any]] = {}
@@ -102,7 +107,7 @@ async def search_rows(s: AsyncSession, columns, mailbox_id: int, terms: list[str
     while len(rows) < want:
         if strategy != "window" and walked >= MIN_SAMPLE:
             needed = (want - len(rows)) * walked / max(len(rows), 0.5)
-            if walked + needed > WINDOW_BUDGET:
+            if walked + needed > WINDOW_BUDGET * BUDGET_FACTOR.get(dialect, 1):
                 break
         in_box = [Delivery.mailbox_id == mailbox_id]
         if upper is not None:
@@ -142,7 +147,8 @@ async def _index_rows(s: AsyncSession, dialect: str, columns, mailbox_id: int, t
     return list((await s.execute(stmt.limit(want))).all())
 
 
-def index_first(documents: list[int], messages: int, want: int, postings_per_row: float) -> bool:
+def index_first(documents: list[int], messages: int, want: int, postings_per_row: float,
+                budget: float | None = None) -> bool:
     """Whether a page of ``want`` rows is cheaper from the text index than from windows, given
     how many of the store's ``messages`` hold each term (``documents``): the windows walk about
     ``want / density`` rows, the index reads every posting of the terms (a prefix query
@@ -155,14 +161,16 @@ def index_first(documents: list[int], messages: int, want: int, postings_per_row
     if density <= 0:
         return True
     rows = want / density
-    return rows > WINDOW_BUDGET or sum(documents) < rows * postings_per_row
+    return rows > (budget or WINDOW_BUDGET) or sum(documents) < rows * postings_per_row
 
 
 async def _index_first(s: AsyncSession, terms: list[str], want: int) -> bool:
     documents = [await term_documents(s, t) for t in terms]
     if any(d is None for d in documents):
         return False  # no statistics yet: windows, with their own hand-over
-    return index_first(documents, await _store_messages(s), want, POSTINGS_PER_ROW.get(s.bind.dialect.name, 100))
+    dialect = s.bind.dialect.name
+    return index_first(documents, await _store_messages(s), want, POSTINGS_PER_ROW.get(dialect, 100),
+                       WINDOW_BUDGET * BUDGET_FACTOR.get(dialect, 1))
 
 
 async def _cached(s: AsyncSession, key: str, compute) -> Any:
