@@ -5,7 +5,9 @@ The store comes from ``bench.core_read_store`` (built once, kept). The queries a
 ``bench.core_read`` through the service layer; every search runs twice: « before » with the
 text index alone (the search of the previous release: FTS5 / GIN for every match of the
 mailbox, then the first page), « after » with the windowed search the service now uses
-(``services/messages/search.py``). Target: p99 < 20 ms for every query.
+(``services/messages/search.py``). Target: p99 < 20 ms for every query. ``--baseline`` adds a
+table comparing every query with an earlier run's JSON (the code before a change, run from an
+export against the same store).
 
 Run: ``.venv/bin/python -m bench.core_read_10m [--scale 10] [--target N] [--engines sqlite,postgres]``
 """
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from bench import core_read, core_read_store
@@ -74,12 +77,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--merge", action="store_true", help="keep the last results of the engines not run now")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="core_read_10m.json of an earlier run (e.g. the code before a change, same store): "
+                             "the page gets a previous → this run table of every query")
     args = parser.parse_args()
     plan = core_read_store.make_plan(args.scale, args.target)
     meta = new_meta()
     meta["plan"] = vars(plan)
     meta["iterations"], meta["warmup"] = args.iterations, args.warmup
     meta["windows"] = {k: getattr(search, k) for k in ("WINDOW_FIRST", "WINDOW_MAX", "WINDOW_BUDGET", "MIN_SAMPLE")}
+    if args.baseline:
+        meta["baseline"] = baseline_of(json.loads(args.baseline.read_text()))
     runs = []
     if args.merge and (RESULTS / "core_read_10m.json").exists():
         old = json.loads((RESULTS / "core_read_10m.json").read_text())
@@ -96,6 +104,34 @@ def main() -> None:
             write_results("core_read_10m", meta, report(meta, runs), {"runs": runs})
     for line in report(meta, runs):
         print(line)
+
+
+def baseline_of(data: dict[str, Any]) -> dict[str, Any]:
+    """What the comparison table needs of an earlier run's JSON: its commit, date, load and
+    per engine and query p50 / p99 / CPU p50 (« after »: what that code served)."""
+    meta = data.get("meta", {})
+    return {"commit": meta.get("commit"), "date": meta.get("date"), "plan": meta.get("plan"),
+            "runs": {r["engine"]: {"load": [r["load_at_start"], r["load_at_end"]],
+                                   "queries": {q["query"]: {k: q[k] for k in ("p50", "p99", "cpu_p50")}
+                                               for q in r["after"]}}
+                     for r in data["runs"]}}
+
+
+def _baseline_table(base: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    old = base["runs"].get(run["engine"])
+    if not old:
+        return []
+    md = [f"### Previous code (git {base['commit']}, {base['date']}) → this run, same store", "",
+          f"Load average of the previous run: `{old['load'][0]}` … `{old['load'][1]}`", "",
+          "| query | previous p50 / p99 ms | this run p50 / p99 ms | CPU p50 ms previous → this run "
+          "| met (< 20 ms p99) |",
+          "|---|---:|---:|---:|---|"]
+    for q in run["after"]:
+        b = old["queries"].get(q["query"])
+        if b:
+            md.append(f"| {q['query']} | {b['p50']:.1f} / {b['p99']:.1f} | {q['p50']:.1f} / **{q['p99']:.1f}** | "
+                      f"{b['cpu_p50']:.1f} → {q['cpu_p50']:.1f} | {'yes' if q['met'] else '**NO**'} |")
+    return [*md, ""]
 
 
 def _row(q: dict[str, Any]) -> str:
@@ -124,6 +160,7 @@ def report(meta: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
                f"{f.get('target_deliveries', 0):,} deliveries, {f.get('target_unread', 0):,} unread. "
                f"Store: {run['store'].get('load', '')}",
                f"Load average at start: `{run['load_at_start']}`; at end: `{run['load_at_end']}`", "",
+               *(_baseline_table(meta["baseline"], run) if meta.get("baseline") else []),
                "### Search: before → after", "",
                "| query | before p50 / p99 ms | after p50 / p99 ms | after met (< 20 ms p99) |",
                "|---|---:|---:|---|"]

@@ -128,7 +128,7 @@ def test_windows_return_exactly_the_index_rows(store, sizes, monkeypatch):
                         # the view (sent to oneself) loses its second row at a page boundary, as before.
                         for page in ((50,) if sizes == "app" else (40,)):
                             expected = await _all_pages(s, box, terms, conditions, "index", page)
-                            for strategy in ("window", "auto"):
+                            for strategy in ("window", "adaptive", "auto"):
                                 got = await _all_pages(s, box, terms, conditions, strategy, page)
                                 assert got == expected, (q, view, category, strategy, page)
                         compared += len(expected)
@@ -173,3 +173,48 @@ def test_words_match_follows_the_fts_tokens():
     assert not words_match(text, "zzmbx2 cardiaque*")  # a bare word is a whole token
     assert not words_match(text, "zzmbx1 dubois* scanner*")
     assert not words_match(None, "zzmbx1")
+
+
+def test_term_frequencies_route_rare_words_to_the_index(store, backend, monkeypatch):
+    """The store's term frequencies (FTS5 vocabulary / pg_stats after ANALYZE) say how many
+    messages hold a word: a rare word goes straight to the index, a common one to windows."""
+    settings, _account_id, _box = store
+
+    async def run():
+        core = Core(settings)
+        await core.start()
+        try:
+            if backend == "postgres":
+                async with core.write() as tx:
+                    await tx.session.execute(sa.text("ANALYZE messages"))
+            search._estimates.clear()
+            async with core.read() as s:
+                texts = (await s.scalars(sa.select(Message.search_text))).all()
+                for term in ("bilan", "pheochromocytome", "car"):
+                    exact = sum(1 for t in texts if words_match(t, f"{term}*"))
+                    got = await search.term_documents(s, term)
+                    if backend == "sqlite":  # the vocabulary counts each token with the prefix
+                        assert got >= exact and (term != "pheochromocytome" or got == exact), term
+                    else:  # an estimate from a sample
+                        assert got is not None and got > 0, term
+                        if term == "pheochromocytome":  # not among the common lexemes: below them
+                            assert got < 0.1 * len(texts), term
+                        else:  # a prefix sums its lexemes (« cardio » and « cardiaque »)
+                            assert 0.5 * exact < got < 3 * exact, term
+                assert await search._index_first(s, ["pheochromocytome"], 51)
+                assert await search._index_first(s, ["bilan"], 51)  # 1,500 messages: the index is cheap
+                monkeypatch.setitem(search.POSTINGS_PER_ROW, s.bind.dialect.name, 1)  # as in a store of millions
+                assert not await search._index_first(s, ["bilan"], 51)
+        finally:
+            await core.close()
+
+    asyncio.run(run())
+
+
+def test_index_first_weighs_walked_rows_against_postings():
+    assert search.index_first([10], 1_000_000, 51, 400)  # rare: the windows would walk the mailbox
+    assert not search.index_first([300_000], 1_000_000, 51, 400)  # common: one window fills the page
+    assert search.index_first([50_000, 50_000], 1_000_000, 51, 400)  # medium: postings cheaper than rows
+    assert not search.index_first([50_000, 50_000], 1_000_000, 51, 40)  # ... unless rows are cheap
+    assert search.index_first([500_000, 1_000], 1_000_000, 51, 40)  # the rarest word decides
+    assert search.index_first([5], 0, 51, 400)

@@ -72,6 +72,11 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout: float = DEFAULT_BUSY_TI
         cursor.execute("PRAGMA temp_store=MEMORY")
         # The windowed mailbox search tests each row of a window against the query words.
         dbapi_connection.create_function("monsisra_words", 2, _words_sql, deterministic=True)
+        # ... and chooses between windows and the FTS index from how many messages hold each word:
+        # the index's vocabulary, a per-connection view (nothing stored; works before the
+        # migrations have created message_fts, fails only when read without it).
+        cursor.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.message_fts_vocab "
+                       "USING fts5vocab(main, message_fts, row)")
         # After a checkpoint, the log file goes back to at most this size (a bulk import grows it
         # to hundreds of megabytes; left at that size, it costs disk and cache for nothing).
         cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")

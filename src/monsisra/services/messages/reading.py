@@ -94,6 +94,19 @@ _LIST_COLUMNS = (
 )
 
 
+def _in_mailbox(s: AsyncSession, mailbox_id: int, by_deletion: bool) -> Any:
+    """The mailbox condition of a view's page, read newest first through the view's partial
+    (mailbox_id, id) index. On PostgreSQL as ``= ANY(ARRAY[id])`` with the page ordered by
+    (mailbox_id, id): a plain ``=`` makes mailbox_id a constant, the primary key then gives the
+    same order, and the planner walks it backwards whenever it believes the view's rows evenly
+    spread over time — the archived view (old rows) then filtered 119,562 rows for a page
+    (28 ms at 400k messages, growing with the store). The array keeps the order on mailbox_id,
+    which only the view's index gives."""
+    if s.bind.dialect.name == "postgresql" and not by_deletion:
+        return Delivery.mailbox_id == sa.any_(sa.literal([mailbox_id], sa.ARRAY(sa.Integer)))
+    return Delivery.mailbox_id == mailbox_id
+
+
 async def list_messages(core: Core, actor: Actor, mailbox_id: int, *, view: str = View.INBOX,
                         category: str | None = None, q: str | None = None, cursor: str | None = None,
                         limit: int = 50) -> dict[str, Any]:
@@ -123,7 +136,7 @@ async def list_messages(core: Core, actor: Actor, mailbox_id: int, *, view: str 
                                             _decode_cursor(cursor) if cursor else None, limit + 1)
         else:
             stmt = (sa.select(*_LIST_COLUMNS).select_from(Delivery).join(Message, Message.id == Delivery.message_id)
-                    .where(Delivery.mailbox_id == mailbox_id, *conditions))
+                    .where(_in_mailbox(s, mailbox_id, by_deletion), *conditions))
             if by_deletion:
                 # The bin reads newest-deleted first (ix_deliveries_view_trash), paged on (deleted_at, id).
                 if cursor:
@@ -135,7 +148,8 @@ async def list_messages(core: Core, actor: Actor, mailbox_id: int, *, view: str 
                 if cursor:
                     # Typed BIGINT: a cursor beyond the INTEGER ids must not overflow PostgreSQL's int4.
                     stmt = stmt.where(Delivery.id < sa.literal(_decode_cursor(cursor), sa.BigInteger))
-                stmt = stmt.order_by(Delivery.id.desc())
+                pg = s.bind.dialect.name == "postgresql"
+                stmt = stmt.order_by(*([Delivery.mailbox_id.desc()] if pg else []), Delivery.id.desc())
             rows = (await s.execute(stmt.limit(limit + 1))).all()
         more = len(rows) > limit
         rows = rows[:limit]

@@ -14,14 +14,21 @@ and the mailbox's own index token, newest message first. Two ways give the same 
   is full. Its cost follows the number of rows walked: a common word fills a page in the
   first window.
 
-The search starts with windows and hands the rest of the mailbox to the text index as soon
-as the density of hits seen so far says the page would need more than ``WINDOW_BUDGET`` rows
-(rare words): the windows cover message ids [lower, upper), the index the ids below ``lower``,
-so the union is exactly the index's answer, in the same order (message id descending, then role).
+Which way, first from how frequent the words are in the store (``term_documents``: the
+FTS5 vocabulary on SQLite, the ANALYZE statistics of ``search_vector`` on PostgreSQL, both
+kept a few minutes in memory): rare words (the windows would walk more than ``WINDOW_BUDGET``
+rows for a page), or words cheaper to read from the index than by walking rows, go straight
+to the index; the others start with windows. Those hand the rest of the mailbox to the text index as soon as the density
+of hits seen so far says the page would need more than ``WINDOW_BUDGET`` rows (the estimate
+assumes the words independent of each other and of the mailbox): the windows cover message
+ids [lower, upper), the index the ids below ``lower``, so the union is exactly the index's
+answer, in the same order (message id descending, then role). Either way the rows are the
+index's: the estimate only chooses how fast they come.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,7 +40,20 @@ from monsisra.store.models import Delivery, Message
 WINDOW_FIRST = 128  # rows of the first window; each next one is 4 times bigger, up to WINDOW_MAX
 WINDOW_MAX = 8192
 WINDOW_BUDGET = 2_000  # rows the windows may walk for one page before the text index takes over
+# ... times this on engines whose window rows are cheaper: on PostgreSQL (1M messages, 100k
+# mailbox) « fibrillation apixaban » needs ~3,800 rows, while GIN takes 100–120 ms for its
+# 8,669 matches (prefix lists of 100k+ postings each).
+BUDGET_FACTOR = {"sqlite": 1, "postgresql": 4}
 MIN_SAMPLE = 128  # rows walked before the hit density is trusted (a rare word: none in the first window)
+# A window row (read the message's text, test the words) costs about as much as reading this
+# many postings of the text index. SQLite: ~40–60 µs per row (a Python call on the whole text),
+# ~0.1 µs per posting (at 1M messages « échographie cardiaque »: 21 ms by FTS5 for 342k
+# postings, 25 ms by ~700 window rows). PostgreSQL tests a stored tsvector in C, far cheaper
+# per row (at 100k messages: « échographie cardiaque » 16 ms by windows, 21–25 by GIN).
+POSTINGS_PER_ROW = {"sqlite": 600, "postgresql": 40}
+ESTIMATE_TTL = 600.0  # seconds a store's term frequencies are reused (they drift slowly)
+_ESTIMATES_MAX = 4096
+_estimates: dict[tuple[str, str], tuple[float, Any]] = {}
 
 _FTS = sa.table("message_fts", sa.column("rowid", sa.Integer))
 
@@ -75,18 +95,19 @@ async def search_rows(s: AsyncSession, columns, mailbox_id: int, terms: list[str
                       before: int | None, want: int, *, strategy: str = "auto") -> list[Any]:
     """Up to ``want`` rows of ``columns`` for the deliveries of ``mailbox_id`` meeting
     ``conditions`` whose message matches ``terms``, message id below ``before`` (the cursor),
-    newest message first. ``strategy``: ``auto`` (windows, then the index), ``index``, ``window``
-    (windows to the end of the mailbox: for tests)."""
+    newest message first. ``strategy``: ``auto`` (the index for rare words, else ``adaptive``),
+    ``adaptive`` (windows, then the index once hits are seen to be sparse), ``index``,
+    ``window`` (windows to the end of the mailbox: for tests)."""
     dialect = s.bind.dialect.name
-    if strategy == "index":
+    if strategy == "index" or (strategy == "auto" and await _index_first(s, terms, want)):
         return await _index_rows(s, dialect, columns, mailbox_id, terms, conditions, before, want)
     rows: list[Any] = []
     upper, walked, size = before, 0, WINDOW_FIRST
     match = _window_match(dialect, mailbox_id, terms)
     while len(rows) < want:
-        if strategy == "auto" and walked >= MIN_SAMPLE:
+        if strategy != "window" and walked >= MIN_SAMPLE:
             needed = (want - len(rows)) * walked / max(len(rows), 0.5)
-            if walked + needed > WINDOW_BUDGET:
+            if walked + needed > WINDOW_BUDGET * BUDGET_FACTOR.get(dialect, 1):
                 break
         in_box = [Delivery.mailbox_id == mailbox_id]
         if upper is not None:
@@ -124,3 +145,85 @@ async def _index_rows(s: AsyncSession, dialect: str, columns, mailbox_id: int, t
     # any second key makes it sort every match first.
     stmt = stmt.order_by(_FTS.c.rowid.desc()) if dialect == "sqlite" else _order(stmt, Message.id)
     return list((await s.execute(stmt.limit(want))).all())
+
+
+def index_first(documents: list[int], messages: int, want: int, postings_per_row: float,
+                budget: float | None = None) -> bool:
+    """Whether a page of ``want`` rows is cheaper from the text index than from windows, given
+    how many of the store's ``messages`` hold each term (``documents``): the windows walk about
+    ``want / density`` rows, the index reads every posting of the terms (a prefix query
+    collects all its postings before the first row). The density of several words together is
+    taken as that of the rarest one: words searched together tend to come together
+    (« échographie cardiaque »), and when they do not, the windows still hand over to the index."""
+    if messages <= 0:
+        return True
+    density = min(min(1.0, d / messages) for d in documents)
+    if density <= 0:
+        return True
+    rows = want / density
+    return rows > (budget or WINDOW_BUDGET) or sum(documents) < rows * postings_per_row
+
+
+async def _index_first(s: AsyncSession, terms: list[str], want: int) -> bool:
+    documents = [await term_documents(s, t) for t in terms]
+    if any(d is None for d in documents):
+        return False  # no statistics yet: windows, with their own hand-over
+    dialect = s.bind.dialect.name
+    return index_first(documents, await _store_messages(s), want, POSTINGS_PER_ROW.get(dialect, 100),
+                       WINDOW_BUDGET * BUDGET_FACTOR.get(dialect, 1))
+
+
+async def _cached(s: AsyncSession, key: str, compute) -> Any:
+    database = str(s.bind.sync_engine.url)
+    now = time.monotonic()
+    hit = _estimates.get((database, key))
+    if hit and hit[0] > now:
+        return hit[1]
+    value = await compute()
+    if len(_estimates) >= _ESTIMATES_MAX:
+        _estimates.clear()
+    _estimates[(database, key)] = (now + ESTIMATE_TTL, value)
+    return value
+
+
+async def _store_messages(s: AsyncSession) -> int:
+    async def compute() -> int:
+        return int(await s.scalar(sa.select(sa.func.max(Message.id))) or 0)
+
+    return await _cached(s, "#messages", compute)
+
+
+async def term_documents(s: AsyncSession, term: str) -> int | None:
+    """About how many messages of the store hold a word starting with ``term`` (folded), from the
+    text index's own statistics; None when the engine has none yet (PostgreSQL before ANALYZE).
+    SQLite: the FTS5 vocabulary (``temp.message_fts_vocab``, see ``store.db``), exact but read
+    from the term's postings, hence kept ``ESTIMATE_TTL`` seconds. PostgreSQL: the most common
+    lexemes of ``search_vector`` and their frequencies (``pg_stats``); a term outside them is
+    rarer than the rarest of them."""
+    if s.bind.dialect.name == "sqlite":
+        async def vocab() -> int:
+            upper = term[:-1] + chr(ord(term[-1]) + 1)
+            return int(await s.scalar(sa.text(
+                "SELECT coalesce(sum(doc), 0) FROM temp.message_fts_vocab WHERE term >= :t AND term < :u"
+            ).bindparams(t=term, u=upper)) or 0)
+
+        return await _cached(s, "term:" + term, vocab)
+    common = await _cached(s, "#pg_common", lambda: _pg_common_lexemes(s))
+    if common is None:
+        return None
+    frequencies, floor = common
+    share = sum(f for lexeme, f in frequencies.items() if lexeme.startswith(term)) or floor
+    return round(share * await _store_messages(s))
+
+
+async def _pg_common_lexemes(s: AsyncSession) -> tuple[dict[str, float], float] | None:
+    row = (await s.execute(sa.text(
+        "SELECT most_common_elems::text::text[], most_common_elem_freqs FROM pg_stats "
+        "WHERE tablename = 'messages' AND attname = 'search_vector' AND schemaname = current_schema()"
+    ))).first()
+    if row is None or not row[0]:
+        return None
+    lexemes, freqs = row[0], row[1]
+    frequencies = dict(zip(lexemes, freqs[:len(lexemes)], strict=True))
+    # After the lexemes' own frequencies come the lowest and highest of them.
+    return frequencies, min(frequencies.values())
