@@ -271,3 +271,37 @@ def test_a_large_message_the_cut_leaves_is_not_fully_parsed_in_the_loop():
     letter = _letter()
     letter.set_content("Compte rendu.\n" * 8000)
     assert mime.parse(_crlf(letter), full_up_to=1024).subject == letter["Subject"]
+
+
+def test_line_length_check_agrees_with_measuring_every_line():
+    """``lines_within`` (DATA's check without splitting the message) answers as measuring each
+    CRLF-separated line does: lines at, just under and just over the limit, anywhere in the
+    message, bare CRs and LFs inside lines, near its ends."""
+    import random
+
+    from monsisra.gateway.smtp import lines_within
+
+    def measured(content: bytes, longest: int) -> bool:
+        return max(map(len, content.split(b"\r\n"))) <= longest
+
+    rng = random.Random(1805)
+    for longest in (1, 2, 3, 7, 998, 999):
+        for _ in range(300):
+            parts = [bytes(rng.choice(b"ab\r\n.") for _ in range(rng.choice(
+                (0, 1, longest // 2, longest - 1, longest, longest + 1, longest + 2, 2 * longest,
+                 rng.randrange(3 * longest + 3))))) for _ in range(rng.randrange(1, 12))]
+            content = b"\r\n".join(parts)
+            assert lines_within(content, longest) == measured(content, longest), (longest, content)
+    letter = b"\r\n".join([b"Subject: x", b""] + [b"A" * 76] * 2000)
+    assert lines_within(letter, 999)
+    assert not lines_within(letter + b"\r\n" + b"B" * 1000, 999)
+    assert lines_within(letter + b"\r\n" + b"B" * 999, 999)
+    assert not lines_within(b"B" * 1000 + b"\r\n" + letter, 999)
+    assert not lines_within(letter[:5000] + b"C" * 600 + b"\n" + b"C" * 600 + letter[5000:], 999)
+
+
+@pytest.mark.parametrize("raw", [b"a\rb", b"a\r", b"\r", b"a\r\r\nb", b"\r\r\n", b"a\r\nb\r\nc\r", b"\n\r"])
+def test_a_lone_cr_anywhere_leaves_the_message_to_the_full_parser(raw):
+    message = b"From: a@autre-operateur.localhost\r\nSubject: x\r\n\r\n" + raw + b"\r\n"
+    assert split.cut(message, mime.READ_POLICY) is None
+    assert split.cut(message.replace(b"\r", b""), mime.READ_POLICY) is not None
