@@ -483,7 +483,11 @@ def _store_batch_at(s: Session, jobs: list[_Job], out: list, now) -> list[str]:
     table; returns the SMTP reply of each. Plain synchronous code: it runs in SQLite's own
     thread (one hand-off per batch) or through ``run_sync`` on the async engine (PostgreSQL).
     Events to publish after commit are appended to ``out``."""
-    seen = set(s.execute(_SEEN, {"ids": sorted({j.rfc_id for j in jobs}),
+    # The batch's own statements go to the transaction's Connection: Core statements need none of
+    # the ORM Session's execution path (a quarter of SQLAlchemy's cost per statement, measured in
+    # the commit thread); the Session stays for the rare ORM reads (replies, receipts, patients).
+    c = s.connection()
+    seen = set(c.execute(_SEEN, {"ids": sorted({j.rfc_id for j in jobs}),
                                  "boxes": sorted({b[0] for j in jobs for b in j.boxes})}).all())
     replies: list[str] = []
     plans: list[tuple[_Job, list[_Box], SimpleNamespace | None, list]] = []
@@ -505,8 +509,8 @@ def _store_batch_at(s: Session, jobs: list[_Job], out: list, now) -> list[str]:
     s.flush()  # patients
     files = [v for _, _, _, views in plans for v in views]
     if files:
-        s.execute(_INSERT_ATTACHMENTS, [vars(v) for v in files])
-    _insert_messages(s, [m for _, _, m, _ in plans if m is not None])
+        c.execute(_INSERT_ATTACHMENTS, [vars(v) for v in files])
+    _insert_messages(c, [m for _, _, m, _ in plans if m is not None])
     # Rows nobody reads back in this transaction: plain multi-row INSERTs (no per-row RETURNING).
     placements: list[tuple[Any, int]] = []
     links, recipients, inbound = [], [], []
@@ -529,20 +533,20 @@ def _store_batch_at(s: Session, jobs: list[_Job], out: list, now) -> list[str]:
     s.flush()  # audit rows
     for statement, rows in ((_INSERT_LINKS, links), (_INSERT_RECIPIENTS, recipients), (_INSERT_INBOUND, inbound)):
         if rows:
-            s.execute(statement, rows)
-    _keep_raw(s, [j for j, _, _, _ in plans], now)
+            c.execute(statement, rows)
+    _keep_raw(c, [j for j, _, _, _ in plans], now)
     if placements:
         _deliver_batch(s, out, placements)
     return replies
 
 
-def _keep_raw(s, jobs: list[_Job], now) -> None:
+def _keep_raw(s: sa.Connection, jobs: list[_Job], now) -> None:
     """The raw forms, once per content (a message already kept is not written again)."""
     wanted = {j.raw_sha: j.env.raw for j in jobs}
     if not wanted:
         return
     rows = [{"sha256": k, "size": len(v), "data": v, "received_at": now} for k, v in wanted.items()]
-    s.execute(_INSERT_RAW[s.bind.dialect.name], rows)
+    s.execute(_INSERT_RAW[s.dialect.name], rows)
 
 
 def _deliver_batch(s: Session, out: list, placements: list[tuple[Any, int]]) -> None:
@@ -588,7 +592,7 @@ def _new_message(s: Session, job: _Job, targets: list[_Box], now) -> tuple[Simpl
     return message, views
 
 
-def _insert_messages(s, new: list[SimpleNamespace]) -> None:
+def _insert_messages(s: sa.Connection, new: list[SimpleNamespace]) -> None:
     """One INSERT for the batch's messages; their ids are set on them (and threads started)."""
     if not new:
         return
