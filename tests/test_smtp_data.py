@@ -305,3 +305,26 @@ def test_a_lone_cr_anywhere_leaves_the_message_to_the_full_parser(raw):
     message = b"From: a@autre-operateur.localhost\r\nSubject: x\r\n\r\n" + raw + b"\r\n"
     assert split.cut(message, mime.READ_POLICY) is None
     assert split.cut(message.replace(b"\r", b""), mime.READ_POLICY) is not None
+
+
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"])
+@pytest.mark.parametrize("body", [
+    base64.encodebytes(os.urandom(3000)),  # clean
+    base64.encodebytes(os.urandom(3001)).rstrip(b"=\n") + b"\n",  # padding missing
+    b"QUJD\nR*EV\nGR0g=\n",  # a character outside the alphabet
+    b"QUJDREVGR0g=\nmore after the padding\n",
+    b"QUJ\xe9D\nREVG\n",  # an 8-bit byte
+    b"", b"\n", b"=\n", b"A\n",
+])
+def test_base64_leaves_decode_as_the_library_decodes_them(body, eol):
+    raw = _handmade([b"Content-Type: text/plain\n\nVoir piece jointe.",
+                     b"Content-Type: application/pdf\nContent-Transfer-Encoding: base64\n"
+                     b"Content-Disposition: attachment; filename=cr.pdf\n\n" + body], eol=eol)
+    ours = split.cut(raw, mime.READ_POLICY)
+    assert ours is not None
+    theirs = email.message_from_bytes(raw, policy=mime.READ_POLICY)
+    leaf, expected = ours.get_payload()[1], theirs.get_payload()[1]
+    assert split.decoded_payload(leaf) == expected.get_payload(decode=True)
+    assert [type(d) for d in leaf.defects] == [type(d) for d in expected.defects]
+    leaf.set_payload("QUJD")  # a payload set later is decoded by the library, not from the cut's bytes
+    assert split.decoded_payload(leaf) == b"ABC"

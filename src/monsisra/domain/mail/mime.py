@@ -236,7 +236,7 @@ def _walk(root: Message, parsed: ParsedMail, raw: bytes) -> None:
             data = part.as_bytes(policy=POLICY) if ctype.startswith("message/") else (part.get_payload(decode=True)
                                                                                       or b"")
         else:
-            data = part.get_payload(decode=True) or b""
+            data = split.decoded_payload(part) or b""
         parsed.attachments.append(Part(filename, ctype, data))
     parsed.text = "\n\n".join(t.strip("\n") for t in texts if t.strip())
     parsed.html = htmls[0] if htmls else None
