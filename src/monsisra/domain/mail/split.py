@@ -106,10 +106,11 @@ def _delimiter_lines(body: bytes, boundary: bytes) -> list[tuple[int, int, bool]
 
 def _fill(parser: BytesParser, msg: Message, body: bytes, *, top: bool, depth: int, count: list[int]) -> None:
     """Set ``msg``'s payload from the bytes of its body, as the feed parser would."""
-    ctype = msg.get_content_type()
-    if msg.get_content_maintype() == "message" or ctype in FULL_PARSER_TYPES:
+    ctype = msg.get_content_type()  # once: each call parses the header lookup again
+    maintype = ctype.split("/")[0]  # what get_content_maintype() computes from it
+    if maintype == "message" or ctype in FULL_PARSER_TYPES:
         raise _NotMine
-    if msg.get_content_maintype() != "multipart":
+    if maintype != "multipart":
         if str(msg.get("content-transfer-encoding", "")).strip().lower() not in PLAIN_ENCODINGS:
             raise _NotMine
         if not top:  # the line end before a boundary line belongs to the boundary (RFC 2046)
