@@ -293,6 +293,38 @@ def test_plan_choices_never_change_the_answers(imported, monkeypatch):
     assert answers() == usual
 
 
+def test_sections_beyond_the_cap_page_the_same_in_one_statement(imported, monkeypatch, backend):
+    """With matches beyond the cap and no distance, PostgreSQL keeps its one ranking statement
+    (the first matches in level, then name order): the same pages, totals and "capped" flags as
+    level by level (SQLite goes level by level either way)."""
+    cap = 3
+    monkeypatch.setattr(searching, "TOTAL_CAP", cap)
+    monkeypatch.setattr(planner, "TOTAL_CAP", cap)
+    monkeypatch.setattr(planner, "NEAREST_ABOVE", cap)
+    queries = [{"q": "medecin"}, {"q": "mar"}, {"q": "infirmier", "offset": 2, "limit": 2},
+               {"q": "cardio", "where": "63"}, {"where": "74", "offset": 1, "limit": 5}, {"q": "a", "offset": 4},
+               {"q": "medecine generale", "limit": 2, "offset": 1}, {"q": "medecin", "offset": 7}]
+
+    def answers() -> list:
+        planner.STATS.clear()
+        return [imported.call(directory.search, imported.core, None, **q) for q in queries]
+
+    levelwise = []
+    read = searching.read_section
+
+    async def counted(*args, **kwargs):
+        levelwise.append(args[1])
+        return await read(*args, **kwargs)
+
+    monkeypatch.setattr(searching, "read_section", counted)
+    one_statement = answers()
+    assert any(a["professionals"]["total_capped"] and a["professionals"]["items"] for a in one_statement)
+    if backend == "postgres":
+        assert levelwise == []  # every section, capped or not, was paged by its ranking statement
+    monkeypatch.setattr(searching, "RANKED_ROWS", -1)  # level by level
+    assert answers() == one_statement
+
+
 def _other_process_core(server):
     """A core of its own on the server's database: what another ``serve`` process would do."""
     from monsisra.services.core import Core

@@ -311,7 +311,7 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
         if section not in totals:
             pages[section] = ([], 0, False)
         elif done is not None:
-            pages[section] = (done[0], done[1], False)
+            pages[section] = (done[0], min(done[1], TOTAL_CAP), done[1] > TOTAL_CAP)
         else:
             pages[section] = await read_section(engine, section, levels, totals[section], limit, offset, ref)
     # Both sections' entries in one read, and when our own mailboxes were last opened in another.
