@@ -303,7 +303,11 @@ def test_sections_beyond_the_cap_page_the_same_in_one_statement(imported, monkey
     monkeypatch.setattr(planner, "NEAREST_ABOVE", cap)
     queries = [{"q": "medecin"}, {"q": "mar"}, {"q": "infirmier", "offset": 2, "limit": 2},
                {"q": "cardio", "where": "63"}, {"where": "74", "offset": 1, "limit": 5}, {"q": "a", "offset": 4},
-               {"q": "medecine generale", "limit": 2, "offset": 1}, {"q": "medecin", "offset": 7}]
+               {"q": "medecine generale", "limit": 2, "offset": 1}, {"q": "medecin", "offset": 7},
+               # With distance: counted and ranked in one statement on SQLite when within the cap.
+               {"q": "medecin", "where": "Lyon"}, {"where": "Annecy", "offset": 2, "limit": 3},
+               {"q": "infirmier", "where": "Annecy"}, {"q": "petit", "where": "Clermont-Ferrand"},
+               {"q": "cardiologue", "where": "63000", "offset": 1}]
 
     def answers() -> list:
         planner.STATS.clear()
@@ -319,8 +323,16 @@ def test_sections_beyond_the_cap_page_the_same_in_one_statement(imported, monkey
     monkeypatch.setattr(searching, "read_section", counted)
     one_statement = answers()
     assert any(a["professionals"]["total_capped"] and a["professionals"]["items"] for a in one_statement)
+    located = [a for q, a in zip(queries, one_statement, strict=True) if "where" in q and not q["where"].isdigit()]
+    assert any(a["professionals"]["total_capped"] for a in located)
+    assert any(0 < a["professionals"]["total"] <= cap and a["professionals"]["items"] for a in located)
     if backend == "postgres":
-        assert levelwise == []  # every section, capped or not, was paged by its ranking statement
+        # Without distance, every section, capped or not, was paged by its ranking statement.
+        levelwise.clear()
+        for q in queries:
+            if "where" not in q or q["where"].isdigit():
+                imported.call(directory.search, imported.core, None, **q)
+        assert levelwise == []
     monkeypatch.setattr(searching, "RANKED_ROWS", -1)  # level by level
     assert answers() == one_statement
 

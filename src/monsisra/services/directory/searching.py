@@ -26,8 +26,8 @@ from monsisra.services.directory.local import is_current, sync_local
 from monsisra.services.directory.planner import (
     Engine,
     cell_population,
+    count_rank_sqlite,
     count_totals,
-    rank_sqlite,
     read_section,
     section_bounds,
 )
@@ -41,7 +41,8 @@ from monsisra.store.directory import (
 from monsisra.store.models import Mailbox
 
 # Matches up to which a section is ranked in one statement: on PostgreSQL as estimated (then
-# counted in that statement); on SQLite as counted (and never above TOTAL_CAP, the count's cap).
+# counted in that statement); on SQLite, ordered by distance, counted in that statement up to
+# TOTAL_CAP (below TOTAL_CAP here: level by level).
 RANKED_ROWS = 3 * TOTAL_CAP
 FUZZY_BELOW = 20  # typo matches are looked for when exact and prefix matches are fewer than this
 
@@ -274,6 +275,15 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
         widest = ds.widest(tier_queries, rings)
         ranked: dict[str, tuple[list[int], int] | None] = {}
         totals: dict[str, int] = {}
+        if not engine.pg and ref is not None and ref.latitude is not None and any(d for _, d in levels) \
+                and RANKED_ROWS >= TOTAL_CAP:
+            # SQLite, an order by distance: each level would be read whole to be sorted, a
+            # statement per level and section. Counted, then ranked and paged in one statement
+            # for every section within the cap (each round trip through aiosqlite's thread costs
+            # about as much as the query). Without distance the first level usually fills the
+            # page, its read stopping there: one statement already, cheaper than ranking all matches.
+            totals, pages = await count_rank_sqlite(engine, sections, levels, limit, offset, ref)
+            return levels, {n: (pages[n], totals[n]) if n in pages else None for n in sections}, totals
         counted = [n for n in sections if not (engine.pg and await engine.estimate(widest, n) <= RANKED_ROWS)]
         totals.update(await count_totals(engine, counted, widest))
         for n in sections:
@@ -296,15 +306,6 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
             tier_queries = ds.tiers(tokens, fuzzy, filters, completions)
             levels, ranked, totals = await first_pass()
     out["query"]["typos"] = fuzzy
-    if not engine.pg and ref is not None and ref.latitude is not None and any(d for _, d in levels):
-        # SQLite, an order by distance: each level is read whole to be sorted, a statement per
-        # level and section; when the matches were all counted, one statement ranks and pages
-        # every section (each round trip through aiosqlite's thread costs about as much as the
-        # query). Without distance the first level usually fills the page, its read stopping
-        # there: one statement already, and cheaper than ranking all matches.
-        small = [n for n in sections if offset < totals.get(n, 0) <= min(TOTAL_CAP, RANKED_ROWS)]
-        for n, ids in (await rank_sqlite(engine, small, levels, limit, offset, ref)).items():
-            ranked[n] = (ids, totals[n])
     pages: dict[str, tuple[list[int], int, bool]] = {}
     for section in SECTIONS:
         done = ranked.get(section)
