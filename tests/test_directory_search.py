@@ -307,7 +307,9 @@ def test_sections_beyond_the_cap_page_the_same_in_one_statement(imported, monkey
                # With distance: counted and ranked in one statement on SQLite when within the cap.
                {"q": "medecin", "where": "Lyon"}, {"where": "Annecy", "offset": 2, "limit": 3},
                {"q": "infirmier", "where": "Annecy"}, {"q": "petit", "where": "Clermont-Ferrand"},
-               {"q": "cardiologue", "where": "63000", "offset": 1}]
+               {"q": "cardiologue", "where": "63000", "offset": 1},
+               # Typo passes: counted and ranked in one statement on SQLite.
+               {"q": "petti"}, {"q": "martn", "offset": 1, "limit": 2}, {"q": "cardiolgue"}, {"q": "brunoo petit"}]
 
     def answers() -> list:
         planner.STATS.clear()
@@ -326,6 +328,7 @@ def test_sections_beyond_the_cap_page_the_same_in_one_statement(imported, monkey
     located = [a for q, a in zip(queries, one_statement, strict=True) if "where" in q and not q["where"].isdigit()]
     assert any(a["professionals"]["total_capped"] for a in located)
     assert any(0 < a["professionals"]["total"] <= cap and a["professionals"]["items"] for a in located)
+    assert sum(bool(a["query"]["typos"]) for a in one_statement) >= 3
     if backend == "postgres":
         # Without distance, every section, capped or not, was paged by its ranking statement.
         levelwise.clear()

@@ -389,8 +389,9 @@ async def _nearest(engine: Engine, section: str, level: ds.Level, limit: int, of
 
 
 async def count_rank_sqlite(engine: Engine, sections: list[str], levels: list[tuple[ds.Level, bool]], limit: int,
-                            offset: int, ref: communes_service.Commune) -> tuple[dict[str, int], dict[str, list[int]]]:
-    """SQLite, an order by distance: the count (:func:`count_totals`) and the ranking of the
+                            offset: int, ref: communes_service.Commune | None
+                            ) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """SQLite, an order by distance or a typo pass: the count (:func:`count_totals`) and the ranking of the
     sections within the cap in one statement (they were two, the ranking reading again what the
     count had read: two of the
     slowest statements of a "where" search, each 2-10 ms at 500,000 people). Each section's
@@ -401,8 +402,7 @@ async def count_rank_sqlite(engine: Engine, sections: list[str], levels: list[tu
     every section's total (as :func:`count_totals`) and the pages of those within the cap; the
     others are for :func:`read_section`."""
     params: dict[str, Any] = {"span": SECTION_SPAN, "cap": TOTAL_CAP + 1, "within": TOTAL_CAP, "first": offset,
-                              "last": offset + limit, "lat": ref.latitude, "lon": ref.longitude,
-                              "k": math.cos(math.radians(ref.latitude))}
+                              "last": offset + limit}
     for i, (lv, _) in enumerate(levels):
         params[f"k{i}"] = ds.fts5_level(lv)
     gathered = []
@@ -412,16 +412,20 @@ async def count_rank_sqlite(engine: Engine, sections: list[str], levels: list[tu
                                    f"AND rowid BETWEEN :lo{j} AND :hi{j}" for i in range(len(levels)))
         gathered.append(f"SELECT id, lvl FROM (SELECT id, lvl FROM ({parts}) LIMIT :cap)")
     near = [i for i, (_, by_distance) in enumerate(levels) if by_distance]
-    dist = ("COALESCE((latitude - :lat) * (latitude - :lat) + "
-            "((longitude - :lon) * :k) * ((longitude - :lon) * :k), 1e9)")
-    order = f"lvl, CASE WHEN lvl IN ({', '.join(map(str, near))}) THEN d ELSE 0 END, id" if near else "lvl, id"
+    within = "m.id / :span IN (SELECT s FROM n WHERE total <= :within)"
+    if ref is not None and ref.latitude is not None and near:
+        params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
+        dist = ("COALESCE((latitude - :lat) * (latitude - :lat) + "
+                "((longitude - :lon) * :k) * ((longitude - :lon) * :k), 1e9)")
+        source = f"SELECT m.id, m.lvl, {dist} AS d FROM m JOIN dir_search ON dir_search.id = m.id WHERE {within}"
+        order = f"lvl, CASE WHEN lvl IN ({', '.join(map(str, near))}) THEN d ELSE 0 END, id"
+    else:
+        source, order = f"SELECT m.id, m.lvl FROM m WHERE {within}", "lvl, id"
     sql = (f"WITH m AS MATERIALIZED ({' UNION ALL '.join(gathered)}), "
            "n AS MATERIALIZED (SELECT id / :span AS s, count(*) AS total FROM m GROUP BY id / :span) "
            "SELECT NULL AS id, s, total AS rn FROM n UNION ALL "
            f"SELECT id, s, rn FROM (SELECT id, id / :span AS s, row_number() OVER (PARTITION BY id / :span "
-           f"ORDER BY {order}) AS rn FROM (SELECT m.id, m.lvl, {dist} AS d FROM m "
-           "JOIN dir_search ON dir_search.id = m.id "
-           "WHERE m.id / :span IN (SELECT s FROM n WHERE total <= :within))) "
+           f"ORDER BY {order}) AS rn FROM ({source})) "
            "WHERE rn > :first AND rn <= :last")
     by_number = {SECTIONS[n]: n for n in sections}
     totals = dict.fromkeys(sections, 0)

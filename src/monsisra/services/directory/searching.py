@@ -266,7 +266,7 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
     tier_queries = ds.tiers(tokens, {}, filters, completions) or ([()] if rings else [])
     sections = [n for n in SECTIONS if wanted[n]] if tier_queries else []
 
-    async def first_pass() -> tuple[list, dict[str, tuple[list[int], int] | None], dict[str, int]]:
+    async def first_pass(typos: bool = False) -> tuple[list, dict[str, tuple[list[int], int] | None], dict[str, int]]:
         if not sections:
             # Nothing to match (a query of punctuation or spaces only): no query to build.
             return [], {}, {}
@@ -275,13 +275,15 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
         widest = ds.widest(tier_queries, rings)
         ranked: dict[str, tuple[list[int], int] | None] = {}
         totals: dict[str, int] = {}
-        if not engine.pg and ref is not None and ref.latitude is not None and any(d for _, d in levels) \
-                and RANKED_ROWS >= TOTAL_CAP:
+        located = ref is not None and ref.latitude is not None and any(d for _, d in levels)
+        if not engine.pg and (located or typos) and RANKED_ROWS >= TOTAL_CAP:
             # SQLite, an order by distance: each level would be read whole to be sorted, a
             # statement per level and section. Counted, then ranked and paged in one statement
             # for every section within the cap (each round trip through aiosqlite's thread costs
             # about as much as the query). Without distance the first level usually fills the
-            # page, its read stopping there: one statement already, cheaper than ranking all matches.
+            # page, its read stopping there: one statement already, cheaper than ranking all matches;
+            # but the typo pass has few matches, often spread over its three levels (exact,
+            # prefix, typo): a count and a statement per level, 4-5 statements, become one.
             totals, pages = await count_rank_sqlite(engine, sections, levels, limit, offset, ref)
             return levels, {n: (pages[n], totals[n]) if n in pages else None for n in sections}, totals
         counted = [n for n in sections if not (engine.pg and await engine.estimate(widest, n) <= RANKED_ROWS)]
@@ -304,7 +306,7 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
         fuzzy = await _fuzzy(s, [t for t in tokens if t not in begun])
         if fuzzy:
             tier_queries = ds.tiers(tokens, fuzzy, filters, completions)
-            levels, ranked, totals = await first_pass()
+            levels, ranked, totals = await first_pass(typos=True)
     out["query"]["typos"] = fuzzy
     pages: dict[str, tuple[list[int], int, bool]] = {}
     for section in SECTIONS:
