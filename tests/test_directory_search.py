@@ -291,3 +291,134 @@ def test_plan_choices_never_change_the_answers(imported, monkeypatch):
     monkeypatch.setattr(planner, "FREQUENT_SHARE", 2.0)  # never walk
     monkeypatch.setattr(ds, "CHECK_SHARE", 2.0)  # never check: everything through the index
     assert answers() == usual
+
+
+def test_sections_beyond_the_cap_page_the_same_in_one_statement(imported, monkeypatch, backend):
+    """With matches beyond the cap and no distance, PostgreSQL keeps its one ranking statement
+    (the first matches in level, then name order): the same pages, totals and "capped" flags as
+    level by level (SQLite goes level by level either way)."""
+    cap = 3
+    monkeypatch.setattr(searching, "TOTAL_CAP", cap)
+    monkeypatch.setattr(planner, "TOTAL_CAP", cap)
+    monkeypatch.setattr(planner, "NEAREST_ABOVE", cap)
+    queries = [{"q": "medecin"}, {"q": "mar"}, {"q": "infirmier", "offset": 2, "limit": 2},
+               {"q": "cardio", "where": "63"}, {"where": "74", "offset": 1, "limit": 5}, {"q": "a", "offset": 4},
+               {"q": "medecine generale", "limit": 2, "offset": 1}, {"q": "medecin", "offset": 7},
+               # With distance: counted and ranked in one statement on SQLite when within the cap.
+               {"q": "medecin", "where": "Lyon"}, {"where": "Annecy", "offset": 2, "limit": 3},
+               {"q": "infirmier", "where": "Annecy"}, {"q": "petit", "where": "Clermont-Ferrand"},
+               {"q": "cardiologue", "where": "63000", "offset": 1},
+               # Typo passes: counted and ranked in one statement on SQLite.
+               {"q": "petti"}, {"q": "martn", "offset": 1, "limit": 2}, {"q": "cardiolgue"}, {"q": "brunoo petit"}]
+
+    def answers() -> list:
+        planner.STATS.clear()
+        return [imported.call(directory.search, imported.core, None, **q) for q in queries]
+
+    levelwise = []
+    read = searching.read_section
+
+    async def counted(*args, **kwargs):
+        levelwise.append(args[1])
+        return await read(*args, **kwargs)
+
+    monkeypatch.setattr(searching, "read_section", counted)
+    one_statement = answers()
+    assert any(a["professionals"]["total_capped"] and a["professionals"]["items"] for a in one_statement)
+    located = [a for q, a in zip(queries, one_statement, strict=True) if "where" in q and not q["where"].isdigit()]
+    assert any(a["professionals"]["total_capped"] for a in located)
+    assert any(0 < a["professionals"]["total"] <= cap and a["professionals"]["items"] for a in located)
+    assert sum(bool(a["query"]["typos"]) for a in one_statement) >= 3
+    if backend == "postgres":
+        # Without distance, every section, capped or not, was paged by its ranking statement.
+        levelwise.clear()
+        for q in queries:
+            if "where" not in q or q["where"].isdigit():
+                imported.call(directory.search, imported.core, None, **q)
+        assert levelwise == []
+    monkeypatch.setattr(searching, "RANKED_ROWS", -1)  # level by level
+    assert answers() == one_statement
+
+
+def _other_process_core(server):
+    """A core of its own on the server's database: what another ``serve`` process would do."""
+    from monsisra.services.core import Core
+
+    return Core(server.settings)
+
+
+def test_an_ended_session_is_refused_by_the_very_next_search(imported, make_user):
+    """The search checks its bearer token in its own transaction (one session per request):
+    no cache, so an ending anywhere, by any process, is seen at once."""
+    from monsisra.services import accounts
+
+    user, _address, _ = make_user("Rémi", "Fermé")
+    params = {"q": "petit"}
+    # Revoked through the API by the same server.
+    with imported.login(user, "secret-pass") as c:
+        assert c.get("/api/v1/directory/search", params=params).status_code == 200
+        assert c.post("/api/v1/auth/revoke").status_code == 204
+        assert c.get("/api/v1/directory/search", params=params).status_code == 401
+    # Revoked by another process (a core of its own on the same database).
+    with imported.login(user, "secret-pass") as c:
+        token = c.headers["Authorization"].split(" ", 1)[1]
+        assert c.get("/api/v1/directory/search", params=params).status_code == 200
+
+        async def revoke_elsewhere() -> None:
+            other = _other_process_core(imported)
+            try:
+                await accounts.revoke_token(other, token)
+            finally:
+                await other.close()
+
+        imported.call(revoke_elsewhere)
+        r = c.get("/api/v1/directory/search", params=params)
+        assert r.status_code == 401 and "révoqué" in r.json()["detail"]
+        # ``near=moi`` resolves the actor first (the caller's practice): refused the same way.
+        assert c.get("/api/v1/directory/search", params={**params, "near": "moi"}).status_code == 401
+
+
+def test_an_expired_token_a_disabled_account_and_a_half_open_session_are_refused(imported, make_user):
+    from monsisra.services import accounts
+    from monsisra.store.models import Account, Token
+
+    user, _address, _ = make_user("Inès", "Expirée")
+    with imported.login(user, "secret-pass") as c:
+        token = c.headers["Authorization"].split(" ", 1)[1]
+        assert c.get("/api/v1/directory/search", params={"q": "petit"}).status_code == 200
+
+        async def expire() -> None:
+            async with imported.core.write() as tx:
+                await tx.session.execute(sa.update(Token).where(Token.token_hash == accounts._digest(token))
+                                         .values(expires_at=utcnow() - timedelta(seconds=1)))
+
+        imported.call(expire)
+        assert c.get("/api/v1/directory/search", params={"q": "petit"}).status_code == 401
+
+    with imported.login(user, "secret-pass") as c:
+        assert c.get("/api/v1/directory/search", params={"q": "petit"}).status_code == 200
+        imported.call(accounts.set_active, imported.core, user, False)
+        try:
+            assert c.get("/api/v1/directory/search", params={"q": "petit"}).status_code == 401
+        finally:
+            imported.call(accounts.set_active, imported.core, user, True)
+
+    async def half_open() -> str:
+        async with imported.core.read() as s:
+            account = (await s.execute(sa.select(Account).where(Account.username == user))).scalar_one()
+        return await accounts.issue_token(imported.core, account, limited=True)
+
+    with imported.client(imported.call(half_open)) as c:
+        r = c.get("/api/v1/directory/search", params={"q": "petit"})
+        assert r.status_code == 403 and "second facteur" in r.json()["detail"]
+    with imported.client("not-a-token") as c:
+        assert c.get("/api/v1/directory/search", params={"q": "petit"}).status_code == 401
+
+
+def test_near_me_and_the_browser_session_still_search(imported, alice):
+    """The paths that resolve the actor before searching: ``near=moi`` and a web session's cookie."""
+    assert search(alice, q="petit", near="moi")["professionals"]["items"]
+    with imported.client() as browser:
+        assert browser.post("/connexion", data={"username": "alice.martin", "password": "demo"}).status_code == 303
+        got = browser.get("/api/v1/directory/search", params={"q": "petit"})
+    assert got.status_code == 200 and got.json()["professionals"]["items"]

@@ -43,7 +43,11 @@ async def resolve_actor(request: Request, token: str | None) -> Actor:
     raise AuthFailed("authentification requise : jeton « Authorization: Bearer » absent")
 
 
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, unchecked (see :func:`current_actor`)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
 async def current_actor(request: Request) -> Actor:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    return await resolve_actor(request, token.strip() if scheme.lower() == "bearer" else None)
+    return await resolve_actor(request, bearer_token(request))

@@ -12,10 +12,10 @@ from monsisra.services.directory.index import rebuild_index
 from monsisra.services.directory.local import set_local_place, sync_local
 from monsisra.services.directory.publication import export_correspondance, fhir_bundle
 from monsisra.services.directory.reports import FileReport, ImportReport
-from monsisra.services.directory.searching import Where, resolve_where, search
+from monsisra.services.directory.searching import Where, resolve_where, search, search_for_token
 from monsisra.services.directory.seed import seed_demo
 
 __all__ = ["ACTIVE_DAYS", "KINDS", "MODALITIES", "TOTAL_CAP", "FileReport", "ImportReport", "Where", "check_header",
            "export_correspondance", "fhir_bundle", "get_entry", "get_my_profile", "import_files", "rebuild_index",
-           "resolve_where", "search", "seed_demo", "set_local_place", "sources", "sync_local", "update_entry",
-           "update_my_profile"]
+           "resolve_where", "search", "search_for_token", "seed_demo", "set_local_place", "sources", "sync_local",
+           "update_entry", "update_my_profile"]

@@ -161,9 +161,12 @@ class Engine:
 
     def probe_pays(self, estimate: float, section: str, wanted: int) -> bool:
         """PostgreSQL: should the first rows in id order hold the page? Only if matches are
-        dense enough (a rare surname's would not be there: names cluster)."""
+        dense enough (a rare surname's would not be there: names cluster), and never among
+        services: they are in order of their service's name, so the services a common word
+        finds (« Pneumologie » of every establishment) sit together, rarely in the first rows
+        (the probe failed there, 1.5-2 ms, before the index read of the page)."""
         rows = self._stats.rows.get(section, 0.0)
-        return rows > 0 and estimate / rows * PROBE_ROWS >= PROBE_MARGIN * wanted
+        return section in WALKED_SECTIONS and rows > 0 and estimate / rows * PROBE_ROWS >= PROBE_MARGIN * wanted
 
     def is_frequent(self, estimate: float, section: str) -> bool:
         rows = self._stats.rows.get(section, 0.0)
@@ -173,15 +176,22 @@ class Engine:
                      offset: int, ref: communes_service.Commune | None) -> tuple[list[int], int] | None:
         """PostgreSQL, one statement: the section's matches (one bitmap scan of ``widest``), each
         placed in its level by re-checking the level queries on its own ``tsv`` (no more index
-        reads), ranked, paged, and counted. None when they are more than ``cap``: their ranking
-        then goes level by level. Gives the order of :func:`read_section`'s level-by-level path."""
+        reads), ranked, paged, and counted up to ``cap + 1`` (more: the total is ``cap + 1``,
+        "more than the cap"). Gives the order of :func:`read_section`'s level-by-level path.
+
+        Without distance, the first ``cap + 1`` matches in (level, id) order are kept, so a page
+        is known even when the matches are more than the cap (« pneumologie »: the estimate said
+        a few hundred, there are thousands; giving up there read the page again, 9 + 11 ms).
+        With distance, beyond the cap a level is read by name or cell by cell: None, and the
+        caller goes level by level."""
         params: dict[str, Any] = {**self._params(widest), "lo": lo, "hi": hi, "cap": cap + 1, "limit": limit,
                                   "offset": offset}
         cases = []
         for i, (m, _) in enumerate(levels):
             params[f"k{i}"] = m
             cases.append(f"WHEN tsv @@ to_tsquery('simple', :k{i}) THEN {i}")
-        if ref is not None and ref.latitude is not None:
+        located = ref is not None and ref.latitude is not None
+        if located:
             params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
             near = [i for i, (_, by_distance) in enumerate(levels) if by_distance]
             dist = ("COALESCE((latitude - :lat) * (latitude - :lat) + "
@@ -191,18 +201,29 @@ class Engine:
             dist, distance = "0", ""
         section = next((f" AND section = '{n}'" for n, k in SECTIONS.items() if k * SECTION_SPAN == lo), "")
         check = " AND ts_match_vq(tsv, to_tsquery('simple', :f))" if widest.check else ""
-        sql = (f"WITH c AS MATERIALIZED (SELECT id, tsv, latitude, longitude FROM dir_search "
-               f"WHERE tsv @@ to_tsquery('simple', :m){check}{section} AND id + 0 BETWEEN :lo AND :hi LIMIT :cap) "
-               f"SELECT id, (SELECT count(*) FROM c) AS n FROM ("
-               f"SELECT id, CASE {' '.join(cases)} ELSE {len(levels)} END AS lvl, {dist} AS d FROM c) AS t "
-               f"ORDER BY lvl, {distance}id LIMIT :limit OFFSET :offset")
+        matches = (f"FROM dir_search WHERE tsv @@ to_tsquery('simple', :m){check}{section} "
+                   f"AND id + 0 BETWEEN :lo AND :hi")
+        level = f"CASE {' '.join(cases)} ELSE {len(levels)} END"
+        if located:
+            sql = (f"WITH c AS MATERIALIZED (SELECT id, tsv, latitude, longitude {matches} LIMIT :cap) "
+                   f"SELECT id, (SELECT count(*) FROM c) AS n FROM ("
+                   f"SELECT id, {level} AS lvl, {dist} AS d FROM c) AS t "
+                   f"ORDER BY lvl, {distance}id LIMIT :limit OFFSET :offset")
+        else:
+            # Every match is read either way (the bitmap heap scan fetches them all before the
+            # limit when they are fewer than the cap); sorting them keeps only the first ones.
+            sql = (f"WITH c AS MATERIALIZED (SELECT id, {level} AS lvl {matches} ORDER BY lvl, id LIMIT :cap) "
+                   f"SELECT id, (SELECT count(*) FROM c) AS n FROM c ORDER BY lvl, id LIMIT :limit OFFSET :offset")
         rows = (await self.s.execute(sa.text(sql), params)).all()
         if not rows:
             total = 0 if offset == 0 else await self.count(widest, lo, hi, cap + 1)
         else:
             total = rows[0].n
         if total > cap:
-            return None
+            if located:
+                return None
+            # As read_section pages a capped section: no further than the cap.
+            return [r.id for r in rows][:max(0, cap - offset)], cap + 1
         return [r.id for r in rows], total
 
     async def count(self, m: ds.Split, lo: int, hi: int, cap: int, frequent: bool = False) -> int:
@@ -370,39 +391,55 @@ async def _nearest(engine: Engine, section: str, level: ds.Level, limit: int, of
     return [i for i, _ in ordered[offset:need]]
 
 
-async def rank_sqlite(engine: Engine, sections: list[str], levels: list[tuple[ds.Level, bool]], limit: int,
-                      offset: int, ref: communes_service.Commune | None) -> dict[str, list[int]]:
-    """SQLite, one statement for the pages of several sections whose matches are counted and at
-    most ``TOTAL_CAP``: each level's query runs once over those sections' ids (levels are
-    disjoint and together are every match, so their union needs no other read), the matches
-    are ranked and paged per section. The same pages, in the same order, as
-    :func:`read_section` (levels in order; a ``True`` level by distance, then id; the others by
-    id), which reads level after level, a statement each, for each section."""
-    if not sections:
-        return {}
-    bounds = [section_bounds(n) for n in sections]
-    params: dict[str, Any] = {"lo": min(b[0] for b in bounds), "hi": max(b[1] for b in bounds),
-                              "span": SECTION_SPAN, "first": offset, "last": offset + limit}
-    parts = []
+async def count_rank_sqlite(engine: Engine, sections: list[str], levels: list[tuple[ds.Level, bool]], limit: int,
+                            offset: int, ref: communes_service.Commune | None
+                            ) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """SQLite, an order by distance or a typo pass: the count (:func:`count_totals`) and the ranking of the
+    sections within the cap in one statement (they were two, the ranking reading again what the
+    count had read: two of the
+    slowest statements of a "where" search, each 2-10 ms at 500,000 people). Each section's
+    matches are gathered level by level up to ``TOTAL_CAP + 1`` (levels are disjoint and
+    together are every match: the same count), and the sections found within the cap are ranked
+    on those rows (levels in order; a ``True`` level by distance, then id; the others by id: the
+    order of :func:`read_section`, which reads level after level, a statement each). Returns
+    every section's total (as :func:`count_totals`) and the pages of those within the cap; the
+    others are for :func:`read_section`."""
+    params: dict[str, Any] = {"span": SECTION_SPAN, "cap": TOTAL_CAP + 1, "within": TOTAL_CAP, "first": offset,
+                              "last": offset + limit}
     for i, (lv, _) in enumerate(levels):
         params[f"k{i}"] = ds.fts5_level(lv)
-        parts.append(f"SELECT rowid AS id, {i} AS lvl FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :k{i} "
-                     f"AND rowid BETWEEN :lo AND :hi")
-    matches = " UNION ALL ".join(parts)
+    gathered = []
+    for j, n in enumerate(sections):
+        params[f"lo{j}"], params[f"hi{j}"] = section_bounds(n)
+        parts = " UNION ALL ".join(f"SELECT rowid AS id, {i} AS lvl FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :k{i} "
+                                   f"AND rowid BETWEEN :lo{j} AND :hi{j}" for i in range(len(levels)))
+        gathered.append(f"SELECT id, lvl FROM (SELECT id, lvl FROM ({parts}) LIMIT :cap)")
     near = [i for i, (_, by_distance) in enumerate(levels) if by_distance]
+    within = "m.id / :span IN (SELECT s FROM n WHERE total <= :within)"
     if ref is not None and ref.latitude is not None and near:
         params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
         dist = ("COALESCE((latitude - :lat) * (latitude - :lat) + "
                 "((longitude - :lon) * :k) * ((longitude - :lon) * :k), 1e9)")
-        source = f"SELECT m.id, m.lvl, {dist} AS d FROM ({matches}) AS m JOIN dir_search ON dir_search.id = m.id"
+        source = f"SELECT m.id, m.lvl, {dist} AS d FROM m JOIN dir_search ON dir_search.id = m.id WHERE {within}"
         order = f"lvl, CASE WHEN lvl IN ({', '.join(map(str, near))}) THEN d ELSE 0 END, id"
     else:
-        source, order = f"SELECT id, lvl FROM ({matches})", "lvl, id"
-    sql = (f"SELECT id, s FROM (SELECT id, id / :span AS s, row_number() OVER (PARTITION BY id / :span "
-           f"ORDER BY {order}) AS rn FROM ({source})) WHERE rn > :first AND rn <= :last ORDER BY s, rn")
-    out: dict[str, list[int]] = {n: [] for n in sections}
+        source, order = f"SELECT m.id, m.lvl FROM m WHERE {within}", "lvl, id"
+    sql = (f"WITH m AS MATERIALIZED ({' UNION ALL '.join(gathered)}), "
+           "n AS MATERIALIZED (SELECT id / :span AS s, count(*) AS total FROM m GROUP BY id / :span) "
+           "SELECT NULL AS id, s, total AS rn FROM n UNION ALL "
+           f"SELECT id, s, rn FROM (SELECT id, id / :span AS s, row_number() OVER (PARTITION BY id / :span "
+           f"ORDER BY {order}) AS rn FROM ({source})) "
+           "WHERE rn > :first AND rn <= :last")
     by_number = {SECTIONS[n]: n for n in sections}
+    totals = dict.fromkeys(sections, 0)
+    ranked: dict[str, list[tuple[int, int]]] = {n: [] for n in sections}
     for row in await engine.s.execute(sa.text(sql), params):
-        if row.s in by_number:
-            out[by_number[row.s]].append(row.id)
-    return out
+        n = by_number.get(row.s)
+        if n is None:
+            continue
+        if row.id is None:
+            totals[n] = int(row.rn)
+        else:
+            ranked[n].append((row.rn, row.id))
+    pages = {n: [i for _, i in sorted(ranked[n])] for n in sections if totals[n] <= TOTAL_CAP}
+    return totals, pages

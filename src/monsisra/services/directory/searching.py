@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from monsisra.domain import directory_search as ds
 from monsisra.domain.clock import as_utc, utcnow
 from monsisra.domain.text import fold
+from monsisra.services import accounts
 from monsisra.services import communes as communes_service
 from monsisra.services.core import Actor, Core
 from monsisra.services.directory.common import ACTIVE_DAYS, KINDS, TOTAL_CAP, is_postgres
@@ -25,8 +26,8 @@ from monsisra.services.directory.local import is_current, sync_local
 from monsisra.services.directory.planner import (
     Engine,
     cell_population,
+    count_rank_sqlite,
     count_totals,
-    rank_sqlite,
     read_section,
     section_bounds,
 )
@@ -40,7 +41,8 @@ from monsisra.store.directory import (
 from monsisra.store.models import Mailbox
 
 # Matches up to which a section is ranked in one statement: on PostgreSQL as estimated (then
-# counted in that statement); on SQLite as counted (and never above TOTAL_CAP, the count's cap).
+# counted in that statement); on SQLite, ordered by distance, counted in that statement up to
+# TOTAL_CAP (below TOTAL_CAP here: level by level).
 RANKED_ROWS = 3 * TOTAL_CAP
 FUZZY_BELOW = 20  # typo matches are looked for when exact and prefix matches are fewer than this
 
@@ -204,13 +206,31 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
                  limit: int = 20, offset: int = 0, near: str | communes_service.Commune = "") -> dict[str, Any]:
     """Directory search: two sections (professionals, services), each paged and ranked; ``near``
     (a place, or a commune such as the actor's practice) orders by distance from it."""
+    return await _search(core, None, None, q, where, kind, limit, offset, near)
+
+
+async def search_for_token(core: Core, token: str, client: str | None = None, q: str = "", where: str = "",
+                           kind: str = "all", limit: int = 20, offset: int = 0,
+                           near: str | communes_service.Commune = "") -> dict[str, Any]:
+    """:func:`search` for the bearer of ``token``, checked in the search's own transaction
+    (:func:`accounts.actor_in`: the same checks as every request's, a revoked or expired session
+    is refused; :class:`AuthFailed` before anything is searched). Through HTTP, a session of its
+    own for the token cost about as much as a quick search's statements."""
+    return await _search(core, token, client, q, where, kind, limit, offset, near)
+
+
+async def _search(core: Core, token: str | None, client: str | None, q: str, where: str, kind: str, limit: int,
+                  offset: int, near: str | communes_service.Commune) -> dict[str, Any]:
     if kind not in KINDS:
         raise Invalid(f"type inconnu : {kind} (attendu : {', '.join(KINDS)})")
     limit = max(1, min(int(limit), 100))
     offset = max(0, int(offset))
-    # One session per search: the check that our own entries are current runs in it, and only
-    # when they are not (a new account, a changed card) is a second one needed after syncing.
+    # One session per search: the token's check and the check that our own entries are current
+    # run in it, and only when they are not (a new account, a changed card) is a second one
+    # needed after syncing.
     async with core.read() as s:
+        if token is not None:
+            await accounts.actor_in(core, s, token, client)
         if await is_current(core, s):
             return await _search_in(s, q, where, kind, limit, offset, near)
     await sync_local(core)
@@ -246,7 +266,7 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
     tier_queries = ds.tiers(tokens, {}, filters, completions) or ([()] if rings else [])
     sections = [n for n in SECTIONS if wanted[n]] if tier_queries else []
 
-    async def first_pass() -> tuple[list, dict[str, tuple[list[int], int] | None], dict[str, int]]:
+    async def first_pass(typos: bool = False) -> tuple[list, dict[str, tuple[list[int], int] | None], dict[str, int]]:
         if not sections:
             # Nothing to match (a query of punctuation or spaces only): no query to build.
             return [], {}, {}
@@ -255,6 +275,17 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
         widest = ds.widest(tier_queries, rings)
         ranked: dict[str, tuple[list[int], int] | None] = {}
         totals: dict[str, int] = {}
+        located = ref is not None and ref.latitude is not None and any(d for _, d in levels)
+        if not engine.pg and (located or typos) and RANKED_ROWS >= TOTAL_CAP:
+            # SQLite, an order by distance: each level would be read whole to be sorted, a
+            # statement per level and section. Counted, then ranked and paged in one statement
+            # for every section within the cap (each round trip through aiosqlite's thread costs
+            # about as much as the query). Without distance the first level usually fills the
+            # page, its read stopping there: one statement already, cheaper than ranking all matches;
+            # but the typo pass has few matches, often spread over its three levels (exact,
+            # prefix, typo): a count and a statement per level, 4-5 statements, become one.
+            totals, pages = await count_rank_sqlite(engine, sections, levels, limit, offset, ref)
+            return levels, {n: (pages[n], totals[n]) if n in pages else None for n in sections}, totals
         counted = [n for n in sections if not (engine.pg and await engine.estimate(widest, n) <= RANKED_ROWS)]
         totals.update(await count_totals(engine, counted, widest))
         for n in sections:
@@ -275,24 +306,15 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
         fuzzy = await _fuzzy(s, [t for t in tokens if t not in begun])
         if fuzzy:
             tier_queries = ds.tiers(tokens, fuzzy, filters, completions)
-            levels, ranked, totals = await first_pass()
+            levels, ranked, totals = await first_pass(typos=True)
     out["query"]["typos"] = fuzzy
-    if not engine.pg and ref is not None and ref.latitude is not None and any(d for _, d in levels):
-        # SQLite, an order by distance: each level is read whole to be sorted, a statement per
-        # level and section; when the matches were all counted, one statement ranks and pages
-        # every section (each round trip through aiosqlite's thread costs about as much as the
-        # query). Without distance the first level usually fills the page, its read stopping
-        # there: one statement already, and cheaper than ranking all matches.
-        small = [n for n in sections if offset < totals.get(n, 0) <= min(TOTAL_CAP, RANKED_ROWS)]
-        for n, ids in (await rank_sqlite(engine, small, levels, limit, offset, ref)).items():
-            ranked[n] = (ids, totals[n])
     pages: dict[str, tuple[list[int], int, bool]] = {}
     for section in SECTIONS:
         done = ranked.get(section)
         if section not in totals:
             pages[section] = ([], 0, False)
         elif done is not None:
-            pages[section] = (done[0], done[1], False)
+            pages[section] = (done[0], min(done[1], TOTAL_CAP), done[1] > TOTAL_CAP)
         else:
             pages[section] = await read_section(engine, section, levels, totals[section], limit, offset, ref)
     # Both sections' entries in one read, and when our own mailboxes were last opened in another.
