@@ -78,8 +78,15 @@ def _tsquery(mailbox_id: int, terms: list[str]) -> str:
 def _window_match(dialect: str, mailbox_id: int, terms: list[str]) -> sa.TextClause:
     """The per-row test of a window: the same words and mailbox token as the index query."""
     if dialect == "sqlite":
+        # The Python test costs ~30 µs a row (the call and the text's conversion), instr() ~1 µs:
+        # a row whose text does not even contain every word (nearly all of a window) never
+        # reaches Python. ``words_match`` starts with the same substring test, so the answer is
+        # the same; CASE guarantees the order.
         words = f"{MAILBOX_TOKEN}{mailbox_id} " + " ".join(f"{t}*" for t in terms)
-        return sa.text("monsisra_words(messages.search_text, :words)").bindparams(words=words)
+        names = {f"w{i}": t for i, t in enumerate(terms)}
+        contains = " AND ".join(f"instr(messages.search_text, :{n}) > 0" for n in names)
+        return sa.text(f"CASE WHEN {contains} THEN monsisra_words(messages.search_text, :words) ELSE 0 END"
+                       ).bindparams(words=words, **names)
     # ts_match_vq is what @@ calls; as a function it never leads the planner to the GIN index.
     return sa.text("ts_match_vq(messages.search_vector, to_tsquery('simple', :wtsq))").bindparams(
         wtsq=_tsquery(mailbox_id, terms))
