@@ -219,3 +219,27 @@ def test_index_first_weighs_walked_rows_against_postings():
     assert not search.index_first([50_000, 50_000], 1_000_000, 51, 40)  # ... unless rows are cheap
     assert search.index_first([500_000, 1_000], 1_000_000, 51, 40)  # the rarest word decides
     assert search.index_first([5], 0, 51, 400)
+
+
+def test_fts_page_count_bounds_the_documents_from_above(store, backend, monkeypatch):
+    """SQLite, a common word: the documents are estimated from the FTS5 index pages of the prefix
+    range (no read of its postings); the estimate never falls below the true count, so a word
+    the estimate sends to the index is one the exact count would send there too."""
+    if backend != "sqlite":
+        pytest.skip("FTS5 only")
+    settings, _account_id, _box = store
+    monkeypatch.setattr(search, "FTS_EXACT_PAGES", 0)
+
+    async def run():
+        core = Core(settings)
+        await core.start()
+        try:
+            async with core.read() as s:
+                texts = (await s.scalars(sa.select(Message.search_text))).all()
+                for term in ("bilan", "pheochromocytome", "car", "zzz", "a", "0"):
+                    exact = sum(1 for t in texts if words_match(t, f"{term}*"))
+                    assert await search._fts_documents(s, term) >= exact, term
+        finally:
+            await core.close()
+
+    asyncio.run(run())

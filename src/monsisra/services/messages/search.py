@@ -203,24 +203,54 @@ async def _store_messages(s: AsyncSession) -> int:
 async def term_documents(s: AsyncSession, term: str) -> int | None:
     """About how many messages of the store hold a word starting with ``term`` (folded), from the
     text index's own statistics; None when the engine has none yet (PostgreSQL before ANALYZE).
-    SQLite: the FTS5 vocabulary (``temp.message_fts_vocab``, see ``store.db``), exact but read
-    from the term's postings, hence kept ``ESTIMATE_TTL`` seconds. PostgreSQL: the most common
-    lexemes of ``search_vector`` and their frequencies (``pg_stats``); a term outside them is
-    rarer than the rarest of them."""
+    SQLite: the FTS5 vocabulary (``temp.message_fts_vocab``, see ``store.db``) for a rare word, the
+    number of index pages of a common one (``_fts_documents``); kept ``ESTIMATE_TTL`` seconds.
+    PostgreSQL: the most common lexemes of ``search_vector`` and their frequencies (``pg_stats``);
+    a term outside them is rarer than the rarest of them."""
     if s.bind.dialect.name == "sqlite":
-        async def vocab() -> int:
-            upper = term[:-1] + chr(ord(term[-1]) + 1)
-            return int(await s.scalar(sa.text(
-                "SELECT coalesce(sum(doc), 0) FROM temp.message_fts_vocab WHERE term >= :t AND term < :u"
-            ).bindparams(t=term, u=upper)) or 0)
-
-        return await _cached(s, "term:" + term, vocab)
+        return await _cached(s, "term:" + term, lambda: _fts_documents(s, term))
     common = await _cached(s, "#pg_common", lambda: _pg_common_lexemes(s))
     if common is None:
         return None
     frequencies, floor = common
     share = sum(f for lexeme, f in frequencies.items() if lexeme.startswith(term)) or floor
     return round(share * await _store_messages(s))
+
+
+# FTS5 keeps, per segment of its index, the first term of each leaf page that starts a term
+# (``message_fts_idx``: segid, term prefixed by '0' for the main index, page number << 1 | flag).
+# The pages from the one holding the first term >= t to the first one starting at or after the
+# end of the prefix range hold every posting of the range: an upper bound read in two index
+# lookups per segment, whatever the word's frequency. A common word's doclist is ~3.3 bytes a
+# document (1M store: 1,135–1,244 documents per page for every word above 50,000 documents).
+_FTS_PAGES = sa.text("""
+WITH RECURSIVE seg(id) AS (
+  SELECT (SELECT min(segid) FROM message_fts_idx)
+  UNION ALL SELECT (SELECT min(segid) FROM message_fts_idx WHERE segid > seg.id) FROM seg WHERE seg.id IS NOT NULL)
+SELECT coalesce(sum(
+  coalesce((SELECT pgno FROM message_fts_idx WHERE segid = seg.id AND term >= :hi ORDER BY term LIMIT 1) >> 1,
+           (SELECT max(id) FROM message_fts_data WHERE id BETWEEN seg.id << 37 AND (seg.id << 37) + (1 << 31) - 1)
+           - (seg.id << 37) + 1)
+  - coalesce((SELECT pgno FROM message_fts_idx WHERE segid = seg.id AND term <= :lo ORDER BY term DESC LIMIT 1)
+             >> 1, 1)), 0)
+FROM seg WHERE id IS NOT NULL""")
+FTS_DOCUMENTS_PER_PAGE = 1_200
+FTS_EXACT_PAGES = 128  # up to this many pages the vocabulary is read (~0.04 ms a page): exact
+
+
+async def _fts_documents(s: AsyncSession, term: str) -> int:
+    """Messages holding a token starting with ``term``: exact from the FTS5 vocabulary when the
+    index pages of the range are few, else estimated from their number. Reading the vocabulary
+    of a common word reads all its postings (« bilan »: 58 ms at 1M messages, ~0.6 s at 10M);
+    the page count costs two index lookups per segment. The estimate only errs upwards (a rare
+    word next to a long doclist), which costs a first window before the hand-over to the index."""
+    upper = term[:-1] + chr(ord(term[-1]) + 1)
+    pages = await s.scalar(_FTS_PAGES.bindparams(lo=("0" + term).encode(), hi=("0" + upper).encode()))
+    if pages is not None and pages > FTS_EXACT_PAGES:
+        return int(pages) * FTS_DOCUMENTS_PER_PAGE
+    return int(await s.scalar(sa.text(
+        "SELECT coalesce(sum(doc), 0) FROM temp.message_fts_vocab WHERE term >= :t AND term < :u"
+    ).bindparams(t=term, u=upper)) or 0)
 
 
 async def _pg_common_lexemes(s: AsyncSession) -> tuple[dict[str, float], float] | None:
