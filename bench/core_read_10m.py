@@ -46,14 +46,15 @@ def index_only():
         reading.search_rows = original
 
 
-def run_engine(engine: str, url: str, iterations: int, warmup: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"load_at_start": uptime()}
+def run_engine(engine: str, url: str, iterations: int, warmup: int, before: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"load_at_start": uptime(), "before": []}
     queries = core_read.QUERIES
     try:
         core_read.QUERIES = SEARCHES
-        print(f"[{time.strftime('%H:%M:%S')}] {engine}: before (text index only)", flush=True)
-        with index_only():
-            out["before"] = asyncio.run(core_read.measure(url, engine, iterations, warmup))
+        if before:
+            print(f"[{time.strftime('%H:%M:%S')}] {engine}: before (text index only)", flush=True)
+            with index_only():
+                out["before"] = asyncio.run(core_read.measure(url, engine, iterations, warmup))
         core_read.QUERIES = queries
         print(f"[{time.strftime('%H:%M:%S')}] {engine}: after (windows)", flush=True)
         out["after"] = asyncio.run(core_read.measure(url, engine, iterations, warmup))
@@ -99,6 +100,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--merge", action="store_true",
                         help="keep the earlier runs on the page (every engine and store size), below the new ones")
+    parser.add_argument("--no-before", action="store_true",
+                        help="skip the searches by the text index alone (already measured by the --baseline run)")
     parser.add_argument("--render", action="store_true",
                         help="measure nothing: write the page again from core_read_10m.json (edited analysis)")
     parser.add_argument("--baseline", type=Path, default=None,
@@ -133,7 +136,7 @@ def main() -> None:
         run_meta = {k: meta[k] for k in ("date", "commit", "command", "plan", "iterations", "warmup", "windows",
                                          "load_before")}
         run = {"engine": engine, "store": info, "meta": run_meta,
-               **run_engine(engine, url, args.iterations, args.warmup)}
+               **run_engine(engine, url, args.iterations, args.warmup, not args.no_before)}
         if _key(engine, meta["plan"]) in baseline:
             run["baseline"] = baseline[_key(engine, meta["plan"])]
         runs.append(run)
@@ -197,11 +200,12 @@ def report(meta: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
                f"{f.get('target_deliveries', 0):,} deliveries, {f.get('target_unread', 0):,} unread. "
                f"Store: {run['store'].get('load', '')}",
                f"Load average at start: `{run['load_at_start']}`; at end: `{run['load_at_end']}`", "",
-               *(_baseline_table(run["baseline"], run) if run.get("baseline") else []),
-               "### Search: before → after", "",
-               "| query | before p50 / p99 ms | after p50 / p99 ms | after met (< 20 ms p99) |",
-               "|---|---:|---:|---|"]
+               *(_baseline_table(run["baseline"], run) if run.get("baseline") else [])]
         after = {q["query"]: q for q in run["after"]}
+        if run["before"]:
+            md += ["### Search: before → after", "",
+                   "| query | before p50 / p99 ms | after p50 / p99 ms | after met (< 20 ms p99) |",
+                   "|---|---:|---:|---|"]
         for b in run["before"]:
             a = after[b["query"]]
             md.append(f"| {b['query']} | {b['p50']:.1f} / {b['p99']:.1f} | {a['p50']:.1f} / **{a['p99']:.1f}** | "
@@ -210,10 +214,11 @@ def report(meta: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
                "| query | p50 ms | p99 ms | max ms | met | CPU p50 / p99 ms | items | SQL stmts | "
                "traced call: in SQL / slowest stmt ms |", "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
         md += [_row(q) for q in run["after"]]
-        md += ["", "### Before: search by the text index alone", "",
-               "| query | p50 ms | p99 ms | max ms | met | CPU p50 / p99 ms | items | SQL stmts | "
-               "traced call: in SQL / slowest stmt ms |", "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
-        md += [_row(q) for q in run["before"]]
+        if run["before"]:
+            md += ["", "### Before: search by the text index alone", "",
+                   "| query | p50 ms | p99 ms | max ms | met | CPU p50 / p99 ms | items | SQL stmts | "
+                   "traced call: in SQL / slowest stmt ms |", "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+            md += [_row(q) for q in run["before"]]
         md += ["", "<details><summary>Plans of the slowest statement (after)</summary>", ""]
         for q in run["after"]:
             md += [f"**{q['query']}** ({q['slowest_statement_ms']:.2f} ms)", "", "```sql", q["slowest_sql"].strip(),
