@@ -42,15 +42,16 @@ WINDOW_MAX = 8192
 WINDOW_BUDGET = 2_000  # rows the windows may walk for one page before the text index takes over
 # ... times this on engines whose window rows are cheaper: on PostgreSQL (1M messages, 100k
 # mailbox) « fibrillation apixaban » needs ~3,800 rows, while GIN takes 100–120 ms for its
-# 8,669 matches (prefix lists of 100k+ postings each).
-BUDGET_FACTOR = {"sqlite": 1, "postgresql": 4}
+# 8,669 matches (prefix lists of 100k+ postings each). SQLite's rows cost ~3 µs since the
+# substring pre-test (the windows there only serve prefixes too wide to list as tokens).
+BUDGET_FACTOR = {"sqlite": 4, "postgresql": 4}
 MIN_SAMPLE = 128  # rows walked before the hit density is trusted (a rare word: none in the first window)
 # A window row (read the message's text, test the words) costs about as much as reading this
-# many postings of the text index. SQLite: ~40–60 µs per row (a Python call on the whole text),
-# ~0.1 µs per posting (at 1M messages « échographie cardiaque »: 21 ms by FTS5 for 342k
-# postings, 25 ms by ~700 window rows). PostgreSQL tests a stored tsvector in C, far cheaper
-# per row (at 100k messages: « échographie cardiaque » 16 ms by windows, 21–25 by GIN).
-POSTINGS_PER_ROW = {"sqlite": 600, "postgresql": 40}
+# many postings of the text index. SQLite: ~3 µs per row (instr() on the text, Python only for
+# rows holding every word), ~0.035 µs per posting of a prefix (1M messages: « bilan » 673k
+# postings in 24 ms). PostgreSQL tests a stored tsvector in C (at 100k messages: « échographie
+# cardiaque » 16 ms by windows, 21–25 by GIN).
+POSTINGS_PER_ROW = {"sqlite": 100, "postgresql": 40}
 ESTIMATE_TTL = 600.0  # seconds a store's term frequencies are reused (they drift slowly)
 _ESTIMATES_MAX = 4096
 _estimates: dict[tuple[str, str], tuple[float, Any]] = {}
@@ -125,11 +126,19 @@ async def search_rows(s: AsyncSession, columns, mailbox_id: int, terms: list[str
     rows: list[Any] = []
     upper, walked, size = before, 0, WINDOW_FIRST
     match = _window_match(dialect, mailbox_id, terms)
+    index_cost: float | None = None  # the index's cost in window rows, once the budget is passed
     while len(rows) < want:
         if strategy != "window" and walked >= MIN_SAMPLE:
             needed = (want - len(rows)) * walked / max(len(rows), 0.5)
             if walked + needed > WINDOW_BUDGET * BUDGET_FACTOR.get(dialect, 1):
-                break
+                # Over budget, the index takes over only if it costs less than the rows still
+                # needed: two words of 10 % each found together in 1.4 % of messages leave the
+                # first window empty one time in six, and GIN then costs ~1 s at 10M messages.
+                # A combination that never comes keeps raising ``needed`` until it does.
+                if index_cost is None:
+                    index_cost = await _index_cost_rows(s, terms)
+                if needed > index_cost:
+                    break
         in_box = [Delivery.mailbox_id == mailbox_id]
         if upper is not None:
             in_box.append(Delivery.message_id < sa.literal(upper, sa.BigInteger))
@@ -184,6 +193,14 @@ def index_first(documents: list[int], messages: int, want: int, postings_per_row
         return True
     rows = want / density
     return rows > (budget or WINDOW_BUDGET) or sum(documents) < rows * postings_per_row
+
+
+async def _index_cost_rows(s: AsyncSession, terms: list[str]) -> float:
+    """What reading the terms' postings from the index costs, in window rows (0: unknown)."""
+    documents = [await term_documents(s, t) for t in terms]
+    if any(d is None for d in documents):
+        return 0.0
+    return sum(documents) / POSTINGS_PER_ROW.get(s.bind.dialect.name, 100)
 
 
 async def _index_first(s: AsyncSession, terms: list[str], want: int) -> bool:
