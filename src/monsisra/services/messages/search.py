@@ -302,14 +302,16 @@ FTS_TOKEN_PAGES_MAX = 64  # leaf pages read to list them; more: the prefix query
 _FTS_TOKEN_PAGES = sa.text("""
 WITH RECURSIVE seg(id) AS (
   SELECT (SELECT min(segid) FROM message_fts_idx)
-  UNION ALL SELECT (SELECT min(segid) FROM message_fts_idx WHERE segid > seg.id) FROM seg WHERE seg.id IS NOT NULL)
-SELECT id, (SELECT pgno >> 1 FROM message_fts_idx WHERE segid = seg.id AND term <= :lo ORDER BY term DESC LIMIT 1)
-FROM seg WHERE id IS NOT NULL
-UNION ALL
-SELECT i.segid, i.pgno >> 1 FROM seg JOIN message_fts_idx i ON i.segid = seg.id AND i.term >= :lo AND i.term < :hi
-LIMIT :cap""")
-_FTS_BLOCKS = sa.text("SELECT block FROM message_fts_data WHERE id IN :ids").bindparams(
-    sa.bindparam("ids", expanding=True))
+  UNION ALL SELECT (SELECT min(segid) FROM message_fts_idx WHERE segid > seg.id) FROM seg WHERE seg.id IS NOT NULL),
+page(id) AS (
+  SELECT (id << 37)
+         + (SELECT pgno >> 1 FROM message_fts_idx WHERE segid = seg.id AND term <= :lo ORDER BY term DESC LIMIT 1)
+  FROM seg WHERE id IS NOT NULL
+  UNION
+  SELECT id FROM (SELECT (i.segid << 37) + (i.pgno >> 1) AS id
+                  FROM seg JOIN message_fts_idx i ON i.segid = seg.id AND i.term >= :lo AND i.term < :hi
+                  LIMIT :cap))
+SELECT block FROM message_fts_data WHERE id IN (SELECT id FROM page)""")
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:
@@ -351,12 +353,11 @@ async def fts_tokens(s: AsyncSession, terms: list[str]) -> list[list[str]] | Non
     for term in terms:
         lo = ("0" + term).encode()
         hi = ("0" + term[:-1] + chr(ord(term[-1]) + 1)).encode()
-        pages = (await s.execute(_FTS_TOKEN_PAGES.bindparams(lo=lo, hi=hi, cap=FTS_TOKEN_PAGES_MAX + 1))).all()
-        if len(pages) > FTS_TOKEN_PAGES_MAX:
+        blocks = (await s.execute(_FTS_TOKEN_PAGES.bindparams(lo=lo, hi=hi, cap=FTS_TOKEN_PAGES_MAX + 1))).all()
+        if len(blocks) > FTS_TOKEN_PAGES_MAX:
             return None
-        ids = sorted({(segid << 37) + pgno for segid, pgno in pages if pgno is not None})
         found: set[bytes] = set()
-        for (block,) in (await s.execute(_FTS_BLOCKS.bindparams(ids=ids))).all() if ids else []:
+        for (block,) in blocks:
             found.update(t for t in leaf_terms(block) if lo <= t < hi)
         if len(found) > FTS_TOKENS_MAX:
             return None
