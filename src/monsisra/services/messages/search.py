@@ -145,9 +145,19 @@ async def search_rows(s: AsyncSession, columns, mailbox_id: int, terms: list[str
         # The lowest message id of the next ``size`` deliveries (covering unique index).
         lower = await s.scalar(sa.select(Delivery.message_id).where(*in_box)
                                .order_by(Delivery.message_id.desc()).limit(1).offset(size - 1))
-        window = in_box + ([Delivery.message_id >= lower] if lower is not None else [])
+        window = in_box[1:] + ([Delivery.message_id >= lower] if lower is not None else [])
         stmt = (sa.select(*columns).select_from(Delivery).join(Message, Message.id == Delivery.message_id)
                 .where(*window, *conditions, match))
+        if dialect != "postgresql":
+            stmt = stmt.where(in_box[0])
+        else:
+            # Through the unique (mailbox, message, role) index: with a plain ``=`` the planner
+            # walks ix_deliveries_message_id, which is better correlated with the heap, and
+            # filters out every other mailbox's deliveries of the window (1M messages, window
+            # of 4,096: 90,668 rows filtered, 14–37 ms → 3–4 ms). The array keeps mailbox_id
+            # in the order, which only the unique index gives (see ``reading._in_mailbox``).
+            stmt = stmt.where(Delivery.mailbox_id == sa.any_(sa.literal([mailbox_id], sa.ARRAY(sa.Integer))))
+            stmt = stmt.order_by(Delivery.mailbox_id.desc())
         rows.extend((await s.execute(_order(stmt).limit(want - len(rows)))).all())
         walked += size
         if lower is None:
