@@ -14,6 +14,11 @@ and the mailbox's own index token, newest message first. Two ways give the same 
   is full. Its cost follows the number of rows walked: a common word fills a page in the
   first window.
 
+On SQLite a third way comes first: FTS5 asked for the whole tokens each prefix stands for
+(``fts_tokens``, read from the index's own pages in the search's transaction) walks its postings
+lazily, newest first, and stops at the page, whatever the words' frequency; only a prefix too wide
+to list (« a ») takes the two ways below.
+
 Which way, first from how frequent the words are in the store (``term_documents``: the
 FTS5 vocabulary on SQLite, the ANALYZE statistics of ``search_vector`` on PostgreSQL, both
 kept a few minutes in memory): rare words (the windows would walk more than ``WINDOW_BUDGET``
