@@ -131,6 +131,10 @@ async def search_rows(s: AsyncSession, columns, mailbox_id: int, terms: list[str
     rows: list[Any] = []
     upper, walked, size = before, 0, WINDOW_FIRST
     match = _window_match(dialect, mailbox_id, terms)
+    if dialect == "postgresql":
+        # Planned for each window's bounds: a generic plan of the prepared statement may take
+        # ix_deliveries_message_id and sort the whole window (no stop at the page's last row).
+        await s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
     index_cost: float | None = None  # the index's cost in window rows, once the budget is passed
     while len(rows) < want:
         if strategy != "window" and walked >= MIN_SAMPLE:
