@@ -129,6 +129,8 @@ def machine() -> dict[str, Any]:
 
 
 def git_commit() -> str:
+    if os.environ.get("MONSISRA_BENCH_COMMIT"):  # a run from a `git archive` export says which commit it is
+        return os.environ["MONSISRA_BENCH_COMMIT"]
     with contextlib.suppress(Exception):
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               timeout=5, cwd=Path(__file__).parent.parent).stdout.strip()

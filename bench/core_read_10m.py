@@ -46,14 +46,15 @@ def index_only():
         reading.search_rows = original
 
 
-def run_engine(engine: str, url: str, iterations: int, warmup: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"load_at_start": uptime()}
+def run_engine(engine: str, url: str, iterations: int, warmup: int, before: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"load_at_start": uptime(), "before": []}
     queries = core_read.QUERIES
     try:
         core_read.QUERIES = SEARCHES
-        print(f"[{time.strftime('%H:%M:%S')}] {engine}: before (text index only)", flush=True)
-        with index_only():
-            out["before"] = asyncio.run(core_read.measure(url, engine, iterations, warmup))
+        if before:
+            print(f"[{time.strftime('%H:%M:%S')}] {engine}: before (text index only)", flush=True)
+            with index_only():
+                out["before"] = asyncio.run(core_read.measure(url, engine, iterations, warmup))
         core_read.QUERIES = queries
         print(f"[{time.strftime('%H:%M:%S')}] {engine}: after (windows)", flush=True)
         out["after"] = asyncio.run(core_read.measure(url, engine, iterations, warmup))
@@ -66,6 +67,27 @@ def run_engine(engine: str, url: str, iterations: int, warmup: int) -> dict[str,
     return out
 
 
+def _key(engine: str, plan: dict[str, Any]) -> str:
+    return f"{engine}:{plan['n_messages']}:{plan['n_target']}"
+
+
+def _with_meta(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of a results JSON, each with its own ``meta`` (date, commit, command, plan…) and
+    ``baseline``: files written before runs of several store sizes were kept side by side had
+    one meta for all their runs."""
+    meta = data.get("meta", {})
+    base = meta.get("baseline")
+    runs = []
+    for run in data.get("runs", []):
+        if "meta" not in run:
+            run = {**run, "meta": {k: meta.get(k) for k in ("date", "commit", "command", "plan", "iterations",
+                                                            "warmup", "windows", "load_before", "load_after")}}
+            if base and run["engine"] in base.get("runs", {}):
+                run["baseline"] = {"commit": base["commit"], "date": base["date"], **base["runs"][run["engine"]]}
+        runs.append(run)
+    return runs
+
+
 def main() -> None:
     import sqlalchemy.ext.asyncio  # noqa: F401
 
@@ -76,52 +98,66 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--merge", action="store_true", help="keep the last results of the engines not run now")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the earlier runs on the page (every engine and store size), below the new ones")
+    parser.add_argument("--no-before", action="store_true",
+                        help="skip the searches by the text index alone (already measured by the --baseline run)")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: write the page again from core_read_10m.json (edited analysis)")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="core_read_10m.json of an earlier run (e.g. the code before a change, same store): "
                              "the page gets a previous → this run table of every query")
     args = parser.parse_args()
+    if args.render:
+        data = json.loads((RESULTS / "core_read_10m.json").read_text())
+        write_results("core_read_10m", data["meta"], report(data["meta"], _with_meta(data)),
+                      {"runs": _with_meta(data)})
+        return
     plan = core_read_store.make_plan(args.scale, args.target)
     meta = new_meta()
     meta["plan"] = vars(plan)
     meta["iterations"], meta["warmup"] = args.iterations, args.warmup
     meta["windows"] = {k: getattr(search, k) for k in ("WINDOW_FIRST", "WINDOW_MAX", "WINDOW_BUDGET", "MIN_SAMPLE")}
-    if args.baseline:
-        meta["baseline"] = baseline_of(json.loads(args.baseline.read_text()))
-    runs = []
+    baseline = baseline_of(json.loads(args.baseline.read_text())) if args.baseline else {}
+    engines = args.engines.split(",")
+    kept = []
     if args.merge and (RESULTS / "core_read_10m.json").exists():
         old = json.loads((RESULTS / "core_read_10m.json").read_text())
-        runs = [r for r in old["runs"] if r["engine"] not in args.engines.split(",")]
-    for engine in args.engines.split(","):
+        meta["analysis"] = old.get("meta", {}).get("analysis", [])
+        kept = _with_meta(old)  # earlier runs stay on the page, dated, below the newer ones
+    runs: list[dict[str, Any]] = []
+    for engine in engines:
         if engine == "sqlite":
             url, info = core_read_store.sqlite_store(plan)
         else:
             url, info = core_read_store.pg_store(plan)
         info["facts"] = asyncio.run(core_read.mailbox_facts(url))
         print(f"[{time.strftime('%H:%M:%S')}] {engine}: {info}", flush=True)
-        runs.append({"engine": engine, "store": info, **run_engine(engine, url, args.iterations, args.warmup)})
+        run_meta = {k: meta[k] for k in ("date", "commit", "command", "plan", "iterations", "warmup", "windows",
+                                         "load_before")}
+        run = {"engine": engine, "store": info, "meta": run_meta,
+               **run_engine(engine, url, args.iterations, args.warmup, not args.no_before)}
+        if _key(engine, meta["plan"]) in baseline:
+            run["baseline"] = baseline[_key(engine, meta["plan"])]
+        runs.append(run)
         if not args.no_write:  # what is measured is kept, even if a later engine fails
-            write_results("core_read_10m", meta, report(meta, runs), {"runs": runs})
-    for line in report(meta, runs):
+            write_results("core_read_10m", meta, report(meta, runs + kept), {"runs": runs + kept})
+    for line in report(meta, runs + kept):
         print(line)
 
 
 def baseline_of(data: dict[str, Any]) -> dict[str, Any]:
-    """What the comparison table needs of an earlier run's JSON: its commit, date, load and
-    per engine and query p50 / p99 / CPU p50 (« after »: what that code served)."""
-    meta = data.get("meta", {})
-    return {"commit": meta.get("commit"), "date": meta.get("date"), "plan": meta.get("plan"),
-            "runs": {r["engine"]: {"load": [r["load_at_start"], r["load_at_end"]],
-                                   "queries": {q["query"]: {k: q[k] for k in ("p50", "p99", "cpu_p50")}
-                                               for q in r["after"]}}
-                     for r in data["runs"]}}
+    """What the comparison table needs of an earlier run's JSON, per engine and store size: its
+    commit, date, load and per query p50 / p99 / CPU p50 (« after »: what that code served)."""
+    return {_key(r["engine"], r["meta"]["plan"]): {
+        "commit": r["meta"].get("commit"), "date": r["meta"].get("date"),
+        "load": [r["load_at_start"], r["load_at_end"]],
+        "queries": {q["query"]: {k: q[k] for k in ("p50", "p99", "cpu_p50")} for q in r["after"]}}
+        for r in _with_meta(data)}
 
 
-def _baseline_table(base: dict[str, Any], run: dict[str, Any]) -> list[str]:
-    old = base["runs"].get(run["engine"])
-    if not old:
-        return []
-    md = [f"### Previous code (git {base['commit']}, {base['date']}) → this run, same store", "",
+def _baseline_table(old: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    md = [f"### Previous code (git {old['commit']}, {old['date']}) → this run, same store", "",
           f"Load average of the previous run: `{old['load'][0]}` … `{old['load'][1]}`", "",
           "| query | previous p50 / p99 ms | this run p50 / p99 ms | CPU p50 ms previous → this run "
           "| met (< 20 ms p99) |",
@@ -142,29 +178,34 @@ def _row(q: dict[str, Any]) -> str:
 
 def report(meta: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
     md = header("Mailboxes of a hospital service — reading a very large mailbox", meta)
-    p = meta["plan"]
     md += [
-        f"Store: {p['n_messages']:,} messages between {p['n_mailboxes']:,} mailboxes, {p['n_target']:,} "
-        "deliveries in the measured mailbox (generator of `bench.core_read`, store built and kept by "
-        "`bench.core_read_store`).",
-        f"Each query: {meta['warmup']} warm-up calls, then {meta['iterations']} timed calls of the service "
-        "function (`messages.list_messages(limit=50)` / `messages.counts`). Target: p99 < 20 ms for every query.",
-        "« before » = the search driven by the text index alone (previous release); « after » = windowed "
-        f"search (`services/messages/search.py`, {meta['windows']}).",
+        "Store: messages between mailboxes, one measured mailbox (generator of `bench.core_read`, store built "
+        "and kept by `bench.core_read_store`); one section per run, engine and store size, largest store first, "
+        "newest run first, each with its own date, commit and command.",
+        "Each query: warm-up calls, then timed calls of the service function (`messages.list_messages(limit=50)` "
+        "/ `messages.counts`). Target: p99 < 20 ms for every query.",
+        "« before » = the search driven by the text index alone (previous release, prefix query); « after » = "
+        "the service's search (`services/messages/search.py`).",
         "",
     ]
-    for run in runs:
-        f = run["store"].get("facts", {})
-        md += [f"## {run['engine']}", "",
+    # Largest store first; for one store, the newest run first (``sorted`` is stable).
+    runs = sorted(runs, key=lambda r: r["meta"]["date"] or "", reverse=True)
+    for run in sorted(runs, key=lambda r: (-r["meta"]["plan"]["n_messages"], r["engine"])):
+        f, m = run["store"].get("facts", {}), run["meta"]
+        p = m["plan"]
+        md += [f"## {run['engine']} — {p['n_messages']:,} messages, {p['n_target']:,} deliveries in the mailbox", "",
+               f"Measured {m['date']} (git {m['commit']}): `{m['command']}`; {m['warmup']} warm-up calls, "
+               f"{m['iterations']} timed calls per query; windows {m['windows']}.",
                f"Rows: {f.get('messages', 0):,} messages, {f.get('deliveries', 0):,} deliveries; measured mailbox "
                f"{f.get('target_deliveries', 0):,} deliveries, {f.get('target_unread', 0):,} unread. "
                f"Store: {run['store'].get('load', '')}",
                f"Load average at start: `{run['load_at_start']}`; at end: `{run['load_at_end']}`", "",
-               *(_baseline_table(meta["baseline"], run) if meta.get("baseline") else []),
-               "### Search: before → after", "",
-               "| query | before p50 / p99 ms | after p50 / p99 ms | after met (< 20 ms p99) |",
-               "|---|---:|---:|---|"]
+               *(_baseline_table(run["baseline"], run) if run.get("baseline") else [])]
         after = {q["query"]: q for q in run["after"]}
+        if run["before"]:
+            md += ["### Search: before → after", "",
+                   "| query | before p50 / p99 ms | after p50 / p99 ms | after met (< 20 ms p99) |",
+                   "|---|---:|---:|---|"]
         for b in run["before"]:
             a = after[b["query"]]
             md.append(f"| {b['query']} | {b['p50']:.1f} / {b['p99']:.1f} | {a['p50']:.1f} / **{a['p99']:.1f}** | "
@@ -173,10 +214,11 @@ def report(meta: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
                "| query | p50 ms | p99 ms | max ms | met | CPU p50 / p99 ms | items | SQL stmts | "
                "traced call: in SQL / slowest stmt ms |", "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
         md += [_row(q) for q in run["after"]]
-        md += ["", "### Before: search by the text index alone", "",
-               "| query | p50 ms | p99 ms | max ms | met | CPU p50 / p99 ms | items | SQL stmts | "
-               "traced call: in SQL / slowest stmt ms |", "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
-        md += [_row(q) for q in run["before"]]
+        if run["before"]:
+            md += ["", "### Before: search by the text index alone", "",
+                   "| query | p50 ms | p99 ms | max ms | met | CPU p50 / p99 ms | items | SQL stmts | "
+                   "traced call: in SQL / slowest stmt ms |", "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+            md += [_row(q) for q in run["before"]]
         md += ["", "<details><summary>Plans of the slowest statement (after)</summary>", ""]
         for q in run["after"]:
             md += [f"**{q['query']}** ({q['slowest_statement_ms']:.2f} ms)", "", "```sql", q["slowest_sql"].strip(),

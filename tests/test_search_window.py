@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from monsisra.domain.text import search_terms, words_match
 from monsisra.services import accounts, messages
 from monsisra.services.core import Actor, Core
 from monsisra.services.messages import search
 from monsisra.services.messages.reading import _LIST_COLUMNS, _qualified
+from monsisra.store.db import make_engine
 from monsisra.store.models import VIEW_SQL, Delivery, Message
 from tests.support import fresh_database, make_settings
 
@@ -25,8 +28,9 @@ COMMON = ["bilan", "patient", "suivi"]
 MEDIUM = ["echographie", "cardiaque", "fibrillation"]
 RARE = ["pheochromocytome", "apixaban"]
 FILLER = ["consultation", "resultat", "courrier", "controle", "traitement", "examen", "cardio", "bilans"]
+# « diaque »: inside « cardiaque » (the substring pre-test of SQLite's windows passes, the token test not).
 QUERIES = ["bilan", "Échographie cardiaque", "fibrillation apixaban", "phéochromocytome", "car", "Dubois",
-           "nulle-part"]
+           "nulle-part", "diaque"]
 VIEWS = [("all", None), ("inbox", None), ("sent", None), ("archived", None), ("trash", None), ("all", "result")]
 
 
@@ -108,8 +112,10 @@ def store(backend, tmp_path_factory):
 @pytest.mark.parametrize("sizes", ["app", "tiny"])
 def test_windows_return_exactly_the_index_rows(store, sizes, monkeypatch):
     settings, _account_id, box = store
-    if sizes == "tiny":  # many windows per page, and the hand-over to the index on most queries
-        for name, value in (("WINDOW_FIRST", 8), ("WINDOW_MAX", 64), ("MIN_SAMPLE", 24), ("WINDOW_BUDGET", 150)):
+    if sizes == "tiny":  # many windows per page, and the hand-over to the index on most queries;
+        # on SQLite « car » (cardio, cardiaque) then has too many tokens: back to the prefix query
+        for name, value in (("WINDOW_FIRST", 8), ("WINDOW_MAX", 64), ("MIN_SAMPLE", 24), ("WINDOW_BUDGET", 150),
+                            ("FTS_TOKENS_MAX", 1)):
             monkeypatch.setattr(search, name, value)
 
     async def run():
@@ -128,7 +134,7 @@ def test_windows_return_exactly_the_index_rows(store, sizes, monkeypatch):
                         # the view (sent to oneself) loses its second row at a page boundary, as before.
                         for page in ((50,) if sizes == "app" else (40,)):
                             expected = await _all_pages(s, box, terms, conditions, "index", page)
-                            for strategy in ("window", "adaptive", "auto"):
+                            for strategy in ("window", "adaptive", "auto", "tokens"):
                                 got = await _all_pages(s, box, terms, conditions, strategy, page)
                                 assert got == expected, (q, view, category, strategy, page)
                         compared += len(expected)
@@ -218,3 +224,67 @@ def test_index_first_weighs_walked_rows_against_postings():
     assert not search.index_first([50_000, 50_000], 1_000_000, 51, 40)  # ... unless rows are cheap
     assert search.index_first([500_000, 1_000], 1_000_000, 51, 40)  # the rarest word decides
     assert search.index_first([5], 0, 51, 400)
+
+
+def test_fts_page_count_bounds_the_documents_from_above(store, backend, monkeypatch):
+    """SQLite, a common word: the documents are estimated from the FTS5 index pages of the prefix
+    range (no read of its postings); the estimate never falls below the true count, so a word
+    the estimate sends to the index is one the exact count would send there too."""
+    if backend != "sqlite":
+        pytest.skip("FTS5 only")
+    settings, _account_id, _box = store
+    monkeypatch.setattr(search, "FTS_EXACT_PAGES", 0)
+
+    async def run():
+        core = Core(settings)
+        await core.start()
+        try:
+            async with core.read() as s:
+                texts = (await s.scalars(sa.select(Message.search_text))).all()
+                for term in ("bilan", "pheochromocytome", "car", "zzz", "a", "0"):
+                    exact = sum(1 for t in texts if words_match(t, f"{term}*"))
+                    assert await search._fts_documents(s, term) >= exact, term
+        finally:
+            await core.close()
+
+    asyncio.run(run())
+
+
+def test_fts_tokens_list_the_vocabulary_of_each_prefix(tmp_path):
+    """The tokens of a prefix read from the FTS5 leaf pages are exactly those of the index's
+    vocabulary, with many small pages and many segments (one per transaction)."""
+    path = tmp_path / "fts.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE VIRTUAL TABLE message_fts USING fts5(search_text, tokenize='unicode61 remove_diacritics 2')")
+    db.execute("INSERT INTO message_fts(message_fts, rank) VALUES ('pgsz', 64)")
+    db.execute("INSERT INTO message_fts(message_fts, rank) VALUES ('automerge', 0)")
+    rng = random.Random(3)
+    words = COMMON + MEDIUM + RARE + FILLER + [f"car{i}" for i in range(40)] + ["dubois", "duboisson", "é", "x"]
+    for batch in range(12):
+        db.execute("BEGIN")
+        for i in range(60):
+            db.execute("INSERT INTO message_fts(rowid, search_text) VALUES (?, ?)",
+                       (batch * 60 + i + 1, " ".join(rng.choice(words) for _ in range(rng.randint(1, 30)))))
+        db.execute("COMMIT")
+    assert db.execute("SELECT count(DISTINCT segid) FROM message_fts_idx").fetchone()[0] > 5
+    db.execute("CREATE VIRTUAL TABLE temp.v USING fts5vocab(main, message_fts, row)")
+    vocab = sorted(r[0] for r in db.execute("SELECT term FROM temp.v"))
+    db.close()
+    prefixes = sorted({t[:k] for t in vocab for k in range(1, len(t) + 1)} | {"zzz", "0", "dubz"})
+
+    async def run():
+        engine = make_engine(f"sqlite+aiosqlite:///{path}")
+        try:
+            async with engine.connect() as conn:
+                s = AsyncSession(bind=conn)
+                listed = 0
+                for prefix in prefixes:
+                    got = await search.fts_tokens(s, [prefix])
+                    if got is not None:
+                        assert got == [[t for t in vocab if t.startswith(prefix)]], prefix
+                        listed += 1
+                return listed
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(run()) > 0.8 * len(prefixes)

@@ -14,6 +14,11 @@ and the mailbox's own index token, newest message first. Two ways give the same 
   is full. Its cost follows the number of rows walked: a common word fills a page in the
   first window.
 
+On SQLite a third way comes first: FTS5 asked for the whole tokens each prefix stands for
+(``fts_tokens``, read from the index's own pages in the search's transaction) walks its postings
+lazily, newest first, and stops at the page, whatever the words' frequency; only a prefix too wide
+to list (« a ») takes the two ways below.
+
 Which way, first from how frequent the words are in the store (``term_documents``: the
 FTS5 vocabulary on SQLite, the ANALYZE statistics of ``search_vector`` on PostgreSQL, both
 kept a few minutes in memory): rare words (the windows would walk more than ``WINDOW_BUDGET``
@@ -42,15 +47,16 @@ WINDOW_MAX = 8192
 WINDOW_BUDGET = 2_000  # rows the windows may walk for one page before the text index takes over
 # ... times this on engines whose window rows are cheaper: on PostgreSQL (1M messages, 100k
 # mailbox) « fibrillation apixaban » needs ~3,800 rows, while GIN takes 100–120 ms for its
-# 8,669 matches (prefix lists of 100k+ postings each).
-BUDGET_FACTOR = {"sqlite": 1, "postgresql": 4}
+# 8,669 matches (prefix lists of 100k+ postings each). SQLite's rows cost ~3 µs since the
+# substring pre-test (the windows there only serve prefixes too wide to list as tokens).
+BUDGET_FACTOR = {"sqlite": 4, "postgresql": 4}
 MIN_SAMPLE = 128  # rows walked before the hit density is trusted (a rare word: none in the first window)
 # A window row (read the message's text, test the words) costs about as much as reading this
-# many postings of the text index. SQLite: ~40–60 µs per row (a Python call on the whole text),
-# ~0.1 µs per posting (at 1M messages « échographie cardiaque »: 21 ms by FTS5 for 342k
-# postings, 25 ms by ~700 window rows). PostgreSQL tests a stored tsvector in C, far cheaper
-# per row (at 100k messages: « échographie cardiaque » 16 ms by windows, 21–25 by GIN).
-POSTINGS_PER_ROW = {"sqlite": 600, "postgresql": 40}
+# many postings of the text index. SQLite: ~3 µs per row (instr() on the text, Python only for
+# rows holding every word), ~0.035 µs per posting of a prefix (1M messages: « bilan » 673k
+# postings in 24 ms). PostgreSQL tests a stored tsvector in C (at 100k messages: « échographie
+# cardiaque » 16 ms by windows, 21–25 by GIN).
+POSTINGS_PER_ROW = {"sqlite": 100, "postgresql": 40}
 ESTIMATE_TTL = 600.0  # seconds a store's term frequencies are reused (they drift slowly)
 _ESTIMATES_MAX = 4096
 _estimates: dict[tuple[str, str], tuple[float, Any]] = {}
@@ -58,10 +64,17 @@ _estimates: dict[tuple[str, str], tuple[float, Any]] = {}
 _FTS = sa.table("message_fts", sa.column("rowid", sa.Integer))
 
 
-def index_statement(dialect: str, columns, mailbox_id: int, terms: list[str]) -> sa.Select:
-    """Messages of one mailbox matching every term (as a prefix), driven by the text index."""
+def index_statement(dialect: str, columns, mailbox_id: int, terms: list[str],
+                    tokens: list[list[str]] | None = None) -> sa.Select:
+    """Messages of one mailbox matching every term (as a prefix), driven by the text index.
+    SQLite: with ``tokens`` (each term's prefix expanded into the index's own tokens, see
+    ``fts_tokens``), the same matches asked as whole tokens."""
     if dialect == "sqlite":
-        query = f"{MAILBOX_TOKEN}{mailbox_id} AND " + " AND ".join(f'"{t}"*' for t in terms)
+        if tokens is not None:
+            words = ["(" + " OR ".join('"' + t.replace('"', '""') + '"' for t in ts) + ")" for ts in tokens]
+        else:
+            words = [f'"{t}"*' for t in terms]
+        query = f"{MAILBOX_TOKEN}{mailbox_id} AND " + " AND ".join(words)
         return (sa.select(*columns).select_from(_FTS)
                 .join(Delivery, Delivery.message_id == _FTS.c.rowid)
                 .join(Message, Message.id == Delivery.message_id)
@@ -78,8 +91,15 @@ def _tsquery(mailbox_id: int, terms: list[str]) -> str:
 def _window_match(dialect: str, mailbox_id: int, terms: list[str]) -> sa.TextClause:
     """The per-row test of a window: the same words and mailbox token as the index query."""
     if dialect == "sqlite":
+        # The Python test costs ~30 µs a row (the call and the text's conversion), instr() ~1 µs:
+        # a row whose text does not even contain every word (nearly all of a window) never
+        # reaches Python. ``words_match`` starts with the same substring test, so the answer is
+        # the same; CASE guarantees the order.
         words = f"{MAILBOX_TOKEN}{mailbox_id} " + " ".join(f"{t}*" for t in terms)
-        return sa.text("monsisra_words(messages.search_text, :words)").bindparams(words=words)
+        names = {f"w{i}": t for i, t in enumerate(terms)}
+        contains = " AND ".join(f"instr(messages.search_text, :{n}) > 0" for n in names)
+        return sa.text(f"CASE WHEN {contains} THEN monsisra_words(messages.search_text, :words) ELSE 0 END"
+                       ).bindparams(words=words, **names)
     # ts_match_vq is what @@ calls; as a function it never leads the planner to the GIN index.
     return sa.text("ts_match_vq(messages.search_vector, to_tsquery('simple', :wtsq))").bindparams(
         wtsq=_tsquery(mailbox_id, terms))
@@ -97,27 +117,56 @@ async def search_rows(s: AsyncSession, columns, mailbox_id: int, terms: list[str
     ``conditions`` whose message matches ``terms``, message id below ``before`` (the cursor),
     newest message first. ``strategy``: ``auto`` (the index for rare words, else ``adaptive``),
     ``adaptive`` (windows, then the index once hits are seen to be sparse), ``index``,
-    ``window`` (windows to the end of the mailbox: for tests)."""
+    ``window`` (windows to the end of the mailbox: for tests), ``tokens`` (SQLite: the index
+    asked for whole tokens, see ``fts_tokens``; ``auto`` takes it whenever the prefixes expand)."""
     dialect = s.bind.dialect.name
+    if dialect == "sqlite" and strategy in ("auto", "tokens"):
+        tokens = await fts_tokens(s, terms)
+        if tokens is not None:
+            if not all(tokens):
+                return []  # a term that no token of the index starts with
+            return await _index_rows(s, dialect, columns, mailbox_id, terms, conditions, before, want, tokens)
     if strategy == "index" or (strategy == "auto" and await _index_first(s, terms, want)):
         return await _index_rows(s, dialect, columns, mailbox_id, terms, conditions, before, want)
     rows: list[Any] = []
     upper, walked, size = before, 0, WINDOW_FIRST
     match = _window_match(dialect, mailbox_id, terms)
+    if dialect == "postgresql":
+        # Planned for each window's bounds: a generic plan of the prepared statement may take
+        # ix_deliveries_message_id and sort the whole window (no stop at the page's last row).
+        await s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    index_cost: float | None = None  # the index's cost in window rows, once the budget is passed
     while len(rows) < want:
         if strategy != "window" and walked >= MIN_SAMPLE:
             needed = (want - len(rows)) * walked / max(len(rows), 0.5)
             if walked + needed > WINDOW_BUDGET * BUDGET_FACTOR.get(dialect, 1):
-                break
+                # Over budget, the index takes over only if it costs less than the rows still
+                # needed: two words of 10 % each found together in 1.4 % of messages leave the
+                # first window empty one time in six, and GIN then costs ~1 s at 10M messages.
+                # A combination that never comes keeps raising ``needed`` until it does.
+                if index_cost is None:
+                    index_cost = await _index_cost_rows(s, terms)
+                if needed > index_cost:
+                    break
         in_box = [Delivery.mailbox_id == mailbox_id]
         if upper is not None:
             in_box.append(Delivery.message_id < sa.literal(upper, sa.BigInteger))
         # The lowest message id of the next ``size`` deliveries (covering unique index).
         lower = await s.scalar(sa.select(Delivery.message_id).where(*in_box)
                                .order_by(Delivery.message_id.desc()).limit(1).offset(size - 1))
-        window = in_box + ([Delivery.message_id >= lower] if lower is not None else [])
+        window = in_box[1:] + ([Delivery.message_id >= lower] if lower is not None else [])
         stmt = (sa.select(*columns).select_from(Delivery).join(Message, Message.id == Delivery.message_id)
                 .where(*window, *conditions, match))
+        if dialect != "postgresql":
+            stmt = stmt.where(in_box[0])
+        else:
+            # Through the unique (mailbox, message, role) index: with a plain ``=`` the planner
+            # walks ix_deliveries_message_id, which is better correlated with the heap, and
+            # filters out every other mailbox's deliveries of the window (1M messages, window
+            # of 4,096: 90,668 rows filtered, 14–37 ms → 3–4 ms). The array keeps mailbox_id
+            # in the order, which only the unique index gives (see ``reading._in_mailbox``).
+            stmt = stmt.where(Delivery.mailbox_id == sa.any_(sa.literal([mailbox_id], sa.ARRAY(sa.Integer))))
+            stmt = stmt.order_by(Delivery.mailbox_id.desc())
         rows.extend((await s.execute(_order(stmt).limit(want - len(rows)))).all())
         walked += size
         if lower is None:
@@ -129,11 +178,12 @@ async def search_rows(s: AsyncSession, columns, mailbox_id: int, terms: list[str
 
 
 async def _index_rows(s: AsyncSession, dialect: str, columns, mailbox_id: int, terms: list[str],
-                      conditions: list[Any], bound: int | None, want: int) -> list[Any]:
+                      conditions: list[Any], bound: int | None, want: int,
+                      tokens: list[list[str]] | None = None) -> list[Any]:
     if dialect == "postgresql":
         # A generic plan of the prepared statement would ignore how rare the words are.
         await s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
-    stmt = index_statement(dialect, columns, mailbox_id, terms).where(
+    stmt = index_statement(dialect, columns, mailbox_id, terms, tokens).where(
         Delivery.mailbox_id == mailbox_id, *conditions)
     if bound is not None:
         # On the index's own key: a bound on deliveries.message_id leads SQLite to walk the
@@ -162,6 +212,14 @@ def index_first(documents: list[int], messages: int, want: int, postings_per_row
         return True
     rows = want / density
     return rows > (budget or WINDOW_BUDGET) or sum(documents) < rows * postings_per_row
+
+
+async def _index_cost_rows(s: AsyncSession, terms: list[str]) -> float:
+    """What reading the terms' postings from the index costs, in window rows (0: unknown)."""
+    documents = [await term_documents(s, t) for t in terms]
+    if any(d is None for d in documents):
+        return 0.0
+    return sum(documents) / POSTINGS_PER_ROW.get(s.bind.dialect.name, 100)
 
 
 async def _index_first(s: AsyncSession, terms: list[str], want: int) -> bool:
@@ -196,24 +254,134 @@ async def _store_messages(s: AsyncSession) -> int:
 async def term_documents(s: AsyncSession, term: str) -> int | None:
     """About how many messages of the store hold a word starting with ``term`` (folded), from the
     text index's own statistics; None when the engine has none yet (PostgreSQL before ANALYZE).
-    SQLite: the FTS5 vocabulary (``temp.message_fts_vocab``, see ``store.db``), exact but read
-    from the term's postings, hence kept ``ESTIMATE_TTL`` seconds. PostgreSQL: the most common
-    lexemes of ``search_vector`` and their frequencies (``pg_stats``); a term outside them is
-    rarer than the rarest of them."""
+    SQLite: the FTS5 vocabulary (``temp.message_fts_vocab``, see ``store.db``) for a rare word, the
+    number of index pages of a common one (``_fts_documents``); kept ``ESTIMATE_TTL`` seconds.
+    PostgreSQL: the most common lexemes of ``search_vector`` and their frequencies (``pg_stats``);
+    a term outside them is rarer than the rarest of them."""
     if s.bind.dialect.name == "sqlite":
-        async def vocab() -> int:
-            upper = term[:-1] + chr(ord(term[-1]) + 1)
-            return int(await s.scalar(sa.text(
-                "SELECT coalesce(sum(doc), 0) FROM temp.message_fts_vocab WHERE term >= :t AND term < :u"
-            ).bindparams(t=term, u=upper)) or 0)
-
-        return await _cached(s, "term:" + term, vocab)
+        return await _cached(s, "term:" + term, lambda: _fts_documents(s, term))
     common = await _cached(s, "#pg_common", lambda: _pg_common_lexemes(s))
     if common is None:
         return None
     frequencies, floor = common
     share = sum(f for lexeme, f in frequencies.items() if lexeme.startswith(term)) or floor
     return round(share * await _store_messages(s))
+
+
+# FTS5 keeps, per segment of its index, the first term of each leaf page that starts a term
+# (``message_fts_idx``: segid, term prefixed by '0' for the main index, page number << 1 | flag).
+# The pages from the one holding the first term >= t to the first one starting at or after the
+# end of the prefix range hold every posting of the range: an upper bound read in two index
+# lookups per segment, whatever the word's frequency. A common word's doclist is ~3.3 bytes a
+# document (1M store: 1,135–1,244 documents per page for every word above 50,000 documents).
+_FTS_PAGES = sa.text("""
+WITH RECURSIVE seg(id) AS (
+  SELECT (SELECT min(segid) FROM message_fts_idx)
+  UNION ALL SELECT (SELECT min(segid) FROM message_fts_idx WHERE segid > seg.id) FROM seg WHERE seg.id IS NOT NULL)
+SELECT coalesce(sum(
+  coalesce((SELECT pgno FROM message_fts_idx WHERE segid = seg.id AND term >= :hi ORDER BY term LIMIT 1) >> 1,
+           (SELECT max(id) FROM message_fts_data WHERE id BETWEEN seg.id << 37 AND (seg.id << 37) + (1 << 31) - 1)
+           - (seg.id << 37) + 1)
+  - coalesce((SELECT pgno FROM message_fts_idx WHERE segid = seg.id AND term <= :lo ORDER BY term DESC LIMIT 1)
+             >> 1, 1)), 0)
+FROM seg WHERE id IS NOT NULL""")
+FTS_DOCUMENTS_PER_PAGE = 1_200
+FTS_EXACT_PAGES = 128  # up to this many pages the vocabulary is read (~0.04 ms a page): exact
+
+
+async def _fts_documents(s: AsyncSession, term: str) -> int:
+    """Messages holding a token starting with ``term``: exact from the FTS5 vocabulary when the
+    index pages of the range are few, else estimated from their number. Reading the vocabulary
+    of a common word reads all its postings (« bilan »: 58 ms at 1M messages, ~0.6 s at 10M);
+    the page count costs two index lookups per segment. The estimate only errs upwards (a rare
+    word next to a long doclist), which costs a first window before the hand-over to the index."""
+    upper = term[:-1] + chr(ord(term[-1]) + 1)
+    pages = await s.scalar(_FTS_PAGES.bindparams(lo=("0" + term).encode(), hi=("0" + upper).encode()))
+    if pages is not None and pages > FTS_EXACT_PAGES:
+        return int(pages) * FTS_DOCUMENTS_PER_PAGE
+    return int(await s.scalar(sa.text(
+        "SELECT coalesce(sum(doc), 0) FROM temp.message_fts_vocab WHERE term >= :t AND term < :u"
+    ).bindparams(t=term, u=upper)) or 0)
+
+
+# --- SQLite: a prefix expanded into the index's own tokens ---------------------------------------
+#
+# FTS5 answers ``"bilan"*`` by first merging the postings of every token starting with « bilan »
+# (no prefix index): 21 ms for the 673,346 documents of « bilan » at 1M messages, ten times that
+# at 10M, before the first row. Asked as whole tokens (``"bilan" OR "bilans"``), it walks the
+# postings lazily, newest first, leaping between the words and the mailbox token with the
+# doclist indexes: 0.2–0.5 ms for the first page of every query of the benchmark at 1M.
+# The tokens of a prefix are read from the index's leaf pages (format in SQLite's
+# ext/fts5/fts5_index.c): in each segment, the page where the range would start (the last
+# ``message_fts_idx`` key <= the prefix) and every page whose first term lies in the range; each
+# page lists the offsets of the terms starting on it in its footer. Read in the same transaction
+# as the search, so the tokens are exactly those of the index it asks.
+FTS_TOKENS_MAX = 32  # tokens of one prefix asked as alternatives; more (« a »): the prefix query
+FTS_TOKEN_PAGES_MAX = 64  # leaf pages read to list them; more: the prefix query
+_FTS_TOKEN_PAGES = sa.text("""
+WITH RECURSIVE seg(id) AS (
+  SELECT (SELECT min(segid) FROM message_fts_idx)
+  UNION ALL SELECT (SELECT min(segid) FROM message_fts_idx WHERE segid > seg.id) FROM seg WHERE seg.id IS NOT NULL),
+page(id) AS (
+  SELECT (id << 37)
+         + (SELECT pgno >> 1 FROM message_fts_idx WHERE segid = seg.id AND term <= :lo ORDER BY term DESC LIMIT 1)
+  FROM seg WHERE id IS NOT NULL
+  UNION
+  SELECT id FROM (SELECT (i.segid << 37) + (i.pgno >> 1) AS id
+                  FROM seg JOIN message_fts_idx i ON i.segid = seg.id AND i.term >= :lo AND i.term < :hi
+                  LIMIT :cap))
+SELECT block FROM message_fts_data WHERE id IN (SELECT id FROM page)""")
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    """SQLite's varint at ``data[i]``: its value and the offset after it."""
+    value = 0
+    for _ in range(8):
+        byte = data[i]
+        i += 1
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            return value, i
+    return (value << 8) | data[i], i + 1
+
+
+def leaf_terms(block: bytes) -> list[bytes]:
+    """The terms starting on an FTS5 leaf page (with their index prefix byte), in order: the
+    footer from the offset in bytes 2–3 holds each term's offset, delta-coded; the first term
+    is stored whole (size, bytes), the next ones as (bytes shared with the previous, size, new bytes)."""
+    end, offset, i, offsets = int.from_bytes(block[2:4], "big"), 0, 0, []
+    i = end
+    while i < len(block):
+        delta, i = _varint(block, i)
+        offset += delta
+        offsets.append(offset)
+    terms: list[bytes] = []
+    for k, at in enumerate(offsets):
+        shared = 0
+        if k:
+            shared, at = _varint(block, at)
+        size, at = _varint(block, at)
+        terms.append(terms[-1][:shared] + block[at:at + size] if k else block[at:at + size])
+    return terms
+
+
+async def fts_tokens(s: AsyncSession, terms: list[str]) -> list[list[str]] | None:
+    """For each term, the tokens of the FTS5 index starting with it; None when a prefix spans
+    too many pages or tokens to be worth listing (the prefix query then)."""
+    out = []
+    for term in terms:
+        lo = ("0" + term).encode()
+        hi = ("0" + term[:-1] + chr(ord(term[-1]) + 1)).encode()
+        blocks = (await s.execute(_FTS_TOKEN_PAGES.bindparams(lo=lo, hi=hi, cap=FTS_TOKEN_PAGES_MAX + 1))).all()
+        if len(blocks) > FTS_TOKEN_PAGES_MAX:
+            return None
+        found: set[bytes] = set()
+        for (block,) in blocks:
+            found.update(t for t in leaf_terms(block) if lo <= t < hi)
+        if len(found) > FTS_TOKENS_MAX:
+            return None
+        out.append(sorted(t[1:].decode() for t in found))
+    return out
 
 
 async def _pg_common_lexemes(s: AsyncSession) -> tuple[dict[str, float], float] | None:
