@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 from email._encoded_words import decode_b
 from email.message import Message
-from email.parser import BytesParser
 from email.policy import Policy
 
 MAX_DEPTH = 8  # deeper structures go to the full parser (which enforces the limits)
@@ -47,11 +46,10 @@ def cut(raw: bytes, policy: Policy) -> Message | None:
     message is not of the shape this cut handles (then use the full parser)."""
     if _LONE_CR.search(raw) is not None:
         return None  # a lone CR is a line end to the feed parser
-    parser = BytesParser(policy=policy)
     try:
         head, body = _head_body(raw, top=True)
-        msg = parser.parsebytes(head, headersonly=True)
-        _fill(parser, msg, body, top=True, depth=0, count=[1])
+        msg = _header_block(policy, head)
+        _fill(policy, msg, body, top=True, depth=0, count=[1])
     except (_NotMine, UnicodeError, RecursionError, ValueError, TypeError, IndexError, LookupError):
         return None
     return msg
@@ -104,7 +102,31 @@ def _delimiter_lines(body: bytes, boundary: bytes) -> list[tuple[int, int, bool]
     return found
 
 
-def _fill(parser: BytesParser, msg: Message, body: bytes, *, top: bool, depth: int, count: list[int]) -> None:
+def _header_block(policy: Policy, head: bytes) -> Message:
+    """What ``BytesParser(policy=policy).parsebytes(head, headersonly=True)`` returns for a header
+    block that :data:`_HEAD` matched (no lone CR either), without the feed parser's machinery
+    around it (a third of the cut's time): the same ASCII/surrogateescape text, the same lines
+    (split on LF only, CR LF kept: there is no lone CR), the same grouping of continuation lines,
+    each header stored raw through ``policy.header_source_parse`` as the feed parser stores it,
+    and the empty payload it sets."""
+    msg = policy.message_factory(policy=policy)  # type: ignore[misc]
+    text = head.decode("ascii", "surrogateescape")
+    current: list[str] = []
+    for line in text.split("\n")[:-1]:  # ``head`` ends with its last line's LF
+        line += "\n"
+        if line[0] in " \t":
+            current.append(line)  # a continuation (``_HEAD`` never starts with one)
+            continue
+        if current:
+            msg.set_raw(*policy.header_source_parse(current))  # type: ignore[attr-defined]
+        current = [line]
+    if current:
+        msg.set_raw(*policy.header_source_parse(current))  # type: ignore[attr-defined]
+    msg._payload = ""  # type: ignore[attr-defined]
+    return msg
+
+
+def _fill(policy: Policy, msg: Message, body: bytes, *, top: bool, depth: int, count: list[int]) -> None:
     """Set ``msg``'s payload from the bytes of its body, as the feed parser would."""
     ctype = msg.get_content_type()  # once: each call parses the header lookup again
     maintype = ctype.split("/")[0]  # what get_content_maintype() computes from it
@@ -143,8 +165,8 @@ def _fill(parser: BytesParser, msg: Message, body: bytes, *, top: bool, depth: i
         if count[0] > MAX_PARTS:
             raise _NotMine
         head, part_body = _head_body(region)
-        child = parser.parsebytes(head, headersonly=True)
-        _fill(parser, child, part_body, top=False, depth=depth + 1, count=count)
+        child = _header_block(policy, head)
+        _fill(policy, child, part_body, top=False, depth=depth + 1, count=count)
         children.append(child)
     msg._payload = children  # type: ignore[attr-defined]
 
