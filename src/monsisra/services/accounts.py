@@ -376,15 +376,29 @@ async def actor_in(core: Core, session: AsyncSession, token: str, client: str | 
     that reads the database anyway (a directory search) checks its token in the same
     transaction, one indexed statement, instead of opening a session for it alone. The same
     checks, on the same rows, at every call: a session ended a moment ago is refused."""
+    row = (await session.execute(token_query(token))).first()
+    return actor_of_row(core, row, client, allow_limited=allow_limited)
+
+
+def token_query(token: str) -> sa.Select:
+    """The statement :func:`actor_in` runs: at most one row, whose columns :func:`actor_of_row`
+    checks. A caller may read it as a subquery of its own first statement (a directory search:
+    one round trip for the token and its own first read), as long as the row it hands to
+    :func:`actor_of_row` has these columns (``token_id`` None when no token matched)."""
+    return (sa.select(Token.id.label("token_id"), Token.expires_at, Token.revoked_at, Token.last_used_at,
+                      Account.id.label("account_id"), Account.username, Account.is_admin, Account.active,
+                      SessionAuth.limited)
+            .join(Account, Account.id == Token.account_id)
+            .outerjoin(SessionAuth, SessionAuth.token_id == Token.id)
+            .where(Token.token_hash == _digest(token)))
+
+
+def actor_of_row(core: Core, row: Any, client: str | None = None, *, allow_limited: bool = False) -> Actor:
+    """The checks of every request on a row of :func:`token_query` (or ``None``): refused when
+    absent, revoked, expired, the account disabled, or a second factor still required."""
     now = utcnow()
-    row = (await session.execute(
-        sa.select(Token.id.label("token_id"), Token.expires_at, Token.revoked_at, Token.last_used_at, Account.id,
-                  Account.username, Account.is_admin, Account.active, SessionAuth.limited)
-        .join(Account, Account.id == Token.account_id)
-        .outerjoin(SessionAuth, SessionAuth.token_id == Token.id)
-        .where(Token.token_hash == _digest(token))
-    )).first()
-    if row is None or row.revoked_at is not None or as_utc(row.expires_at) <= now or not row.active:
+    if (row is None or row.token_id is None or row.revoked_at is not None or as_utc(row.expires_at) <= now
+            or not row.active):
         raise AuthFailed("jeton absent, expiré ou révoqué ; reconnectez-vous")
     if row.limited and not allow_limited:
         raise SecondFactorRequired("second facteur requis : activez la validation en deux étapes "
@@ -396,7 +410,7 @@ async def actor_in(core: Core, session: AsyncSession, token: str, client: str | 
         task = asyncio.get_running_loop().create_task(_touch(core, row.token_id, now))
         _touches.add(task)
         task.add_done_callback(_touches.discard)
-    return Actor(row.id, row.username, row.is_admin, client, token_id=row.token_id,
+    return Actor(row.account_id, row.username, row.is_admin, client, token_id=row.token_id,
                  expires_at=as_utc(row.expires_at))
 
 

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,7 +36,7 @@ from monsisra.store.directory import (
 from monsisra.store.models import Account, Mailbox
 from monsisra.store.teleexpertise import ServiceExpert
 
-_LOCAL_STATE = sa.select(
+_LOCAL_STATE = sa.select(*(c.label(f"s{i}") for i, c in enumerate((
     sa.func.count(Mailbox.id), sa.func.max(Mailbox.id),
     sa.func.sum(sa.case((Mailbox.is_expert.is_(True), 1), else_=0)),
     sa.func.sum(sa.case((Mailbox.is_resource_team.is_(True), 1), else_=0)),
@@ -45,20 +47,38 @@ _LOCAL_STATE = sa.select(
     sa.select(sa.func.max(DirProfile.updated_at)).scalar_subquery(),
     sa.select(DirMeta.value).where(DirMeta.name == "local_signature").scalar_subquery(),
     sa.select(DirMeta.value).where(DirMeta.name == freshness.GENERATION).scalar_subquery(),
-)
+))))
+_STATE_COLUMNS = len(_LOCAL_STATE.selected_columns)
+
+
+def _state(row: Any) -> tuple[str, str | None, str | None]:
+    *values, updated, stored, generation = tuple(row)[:_STATE_COLUMNS]
+    return "|".join(str(v) for v in (*values, as_utc(updated).isoformat() if updated else "")), stored, generation
 
 
 async def _local_state(session: AsyncSession) -> tuple[str, str | None, str | None]:
     """A signature of our accounts, mailboxes and profiles, the one the index was built from, and
     the index's generation (a new one after each rebuild): one statement, run before every search."""
-    *values, updated, stored, generation = (await session.execute(_LOCAL_STATE)).one()
-    return "|".join(str(v) for v in (*values, as_utc(updated).isoformat() if updated else "")), stored, generation
+    return _state((await session.execute(_LOCAL_STATE)).one())
 
 
-async def is_current(core: Core, session: AsyncSession) -> bool:
+async def opening(session: AsyncSession, token: sa.Select | None = None, *extra: Any) -> Any:
+    """A search's first statement, one round trip: the local state (for :func:`is_current`), the
+    row of ``token`` (a one-row select, left-joined: its columns are None when nothing matched)
+    and ``extra`` columns (settings of the transaction)."""
+    state = _LOCAL_STATE.subquery("ls")
+    if token is None:
+        return (await session.execute(sa.select(state, *extra))).one()
+    found = token.subquery("tq")
+    return (await session.execute(sa.select(state, found, *extra)
+                                  .select_from(state.outerjoin(found, sa.true())))).one()
+
+
+async def is_current(core: Core, session: AsyncSession, opened: Any = None) -> bool:
     """In a search's own session: are our entries up to date (and the index the one this process
-    follows)? One statement; when not, the caller runs :func:`sync_local` before searching."""
-    sig, stored, generation = await _local_state(session)
+    follows)? One statement (or the row of :func:`opening`); when not, the caller runs
+    :func:`sync_local` before searching."""
+    sig, stored, generation = _state(opened) if opened is not None else await _local_state(session)
     if await freshness.follow(core, generation):
         return False  # the pool was renewed: search on a new connection
     return sig == stored

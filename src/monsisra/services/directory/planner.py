@@ -88,6 +88,13 @@ STATS: dict[str, _Stats] = {}  # by database
 
 
 
+# Plan each query with its own words (a generic plan cannot tell rare words from common ones),
+# and exact, not lossy, bitmaps for common words (no re-check of every row of a page); both for
+# the transaction only. Columns of a select: a search selects them in its first statement.
+PG_SETTINGS = (sa.func.set_config("plan_cache_mode", "force_custom_plan", True).label("plan_cache_mode"),
+               sa.func.set_config("work_mem", "32MB", True).label("work_mem"))
+
+
 class Engine:
     """The few statements whose SQL differs between SQLite FTS5 and PostgreSQL tsvector."""
 
@@ -123,13 +130,12 @@ class Engine:
                     f"AND id + 0 BETWEEN :lo AND :hi")
         return f"SELECT rowid AS id FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :m AND rowid BETWEEN :lo AND :hi"
 
-    async def prepare(self) -> None:
+    async def prepare(self, configured: bool = False) -> None:
+        """On PostgreSQL, the transaction's :data:`PG_SETTINGS` (unless ``configured``: the caller
+        selected them in its own first statement) and the index statistics."""
         if self.pg:
-            # Plan each query with its own words (a generic plan cannot tell rare words from common
-            # ones), and exact, not lossy, bitmaps for common words (no re-check of every row of a
-            # page); both for this transaction only, in one round trip.
-            await self.s.execute(sa.text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
-                                         "set_config('work_mem', '32MB', true)"))
+            if not configured:
+                await self.s.execute(sa.select(*PG_SETTINGS))
             self._stats = await self._load_stats()
 
     async def estimate(self, level: ds.Level, section: str) -> float:

@@ -22,8 +22,9 @@ from monsisra.services import accounts
 from monsisra.services import communes as communes_service
 from monsisra.services.core import Actor, Core
 from monsisra.services.directory.common import ACTIVE_DAYS, KINDS, TOTAL_CAP, is_postgres
-from monsisra.services.directory.local import is_current, sync_local
+from monsisra.services.directory.local import is_current, opening, sync_local
 from monsisra.services.directory.planner import (
+    PG_SETTINGS,
     Engine,
     cell_population,
     count_rank_sqlite,
@@ -212,10 +213,11 @@ async def search(core: Core, actor: Actor | None, q: str = "", where: str = "", 
 async def search_for_token(core: Core, token: str, client: str | None = None, q: str = "", where: str = "",
                            kind: str = "all", limit: int = 20, offset: int = 0,
                            near: str | communes_service.Commune = "") -> dict[str, Any]:
-    """:func:`search` for the bearer of ``token``, checked in the search's own transaction
-    (:func:`accounts.actor_in`: the same checks as every request's, a revoked or expired session
-    is refused; :class:`AuthFailed` before anything is searched). Through HTTP, a session of its
-    own for the token cost about as much as a quick search's statements."""
+    """:func:`search` for the bearer of ``token``, checked in the search's own transaction: its
+    row is read by the search's first statement with the local state, and
+    :func:`accounts.actor_of_row` makes the same checks as every request's (a revoked or expired
+    session is refused; :class:`AuthFailed` before anything is searched). Through HTTP, a session
+    of its own for the token cost about as much as a quick search's statements."""
     return await _search(core, token, client, q, where, kind, limit, offset, near)
 
 
@@ -229,17 +231,22 @@ async def _search(core: Core, token: str | None, client: str | None, q: str, whe
     # run in it, and only when they are not (a new account, a changed card) is a second one
     # needed after syncing.
     async with core.read() as s:
+        # One round trip for the token's row, the local state and (PostgreSQL) the transaction's
+        # settings; the token is checked on its row before anything else is used.
+        pg = is_postgres(s)
+        opened = await opening(s, accounts.token_query(token) if token is not None else None,
+                               *(PG_SETTINGS if pg else ()))
         if token is not None:
-            await accounts.actor_in(core, s, token, client)
-        if await is_current(core, s):
-            return await _search_in(s, q, where, kind, limit, offset, near)
+            accounts.actor_of_row(core, opened, client)
+        if await is_current(core, s, opened):
+            return await _search_in(s, q, where, kind, limit, offset, near, configured=pg)
     await sync_local(core)
     async with core.read() as s:
         return await _search_in(s, q, where, kind, limit, offset, near)
 
 
 async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int, offset: int,
-                     near: str | communes_service.Commune) -> dict[str, Any]:
+                     near: str | communes_service.Commune, configured: bool = False) -> dict[str, Any]:
     tokens = ds.query_tokens(q)
     place = resolve_where(where)
     ref = place.ref
@@ -258,7 +265,7 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
                                      "where_kind": place.kind or None, "kind": kind,
                                      "reference": ref.as_dict() if ref else None}}
     engine = Engine(s)
-    await engine.prepare()
+    await engine.prepare(configured)
     rings = list(place.rings)
     # A prefix spelled out as its words: the same answers, but both engines then skip through
     # each word's postings instead of first gathering every row of every word so begun.
