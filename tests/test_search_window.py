@@ -226,12 +226,11 @@ def test_index_first_weighs_walked_rows_against_postings():
     assert search.index_first([5], 0, 51, 400)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # FTS5's index pages: SQLite's engine only
 def test_fts_page_count_bounds_the_documents_from_above(store, backend, monkeypatch):
     """SQLite, a common word: the documents are estimated from the FTS5 index pages of the prefix
     range (no read of its postings); the estimate never falls below the true count, so a word
     the estimate sends to the index is one the exact count would send there too."""
-    if backend != "sqlite":
-        pytest.skip("FTS5 only")
     settings, _account_id, _box = store
     monkeypatch.setattr(search, "FTS_EXACT_PAGES", 0)
 
