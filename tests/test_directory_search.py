@@ -340,6 +340,90 @@ def test_sections_beyond_the_cap_page_the_same_in_one_statement(imported, monkey
     assert answers() == one_statement
 
 
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # PostgreSQL's plans: SQLite reads in rank order
+def test_first_entries_and_known_counts_never_change_the_answers(imported, monkeypatch, backend):
+    """PostgreSQL: a page looked for among the section's first entries in rank order
+    (``Engine.rank_range``, then every match when they do not hold it) and totals known to be
+    over the cap from the exact counts of common words (``word_counts``, no count statement)
+    give the same pages, totals and "capped" flags as reading and counting every match."""
+    from monsisra.store.directory import SECTIONS, WORD_COUNTS, word_counts_sql, word_counts_value
+
+    cap = 3
+    monkeypatch.setattr(searching, "TOTAL_CAP", cap)
+    monkeypatch.setattr(planner, "TOTAL_CAP", cap)
+    monkeypatch.setattr(planner, "NEAREST_ABOVE", cap)
+    queries = [{"q": "medecin"}, {"q": "mar"}, {"q": "infirmier", "offset": 2, "limit": 2}, {"q": "petit"},
+               {"q": "medecine generale", "limit": 2, "offset": 1}, {"q": "medecin", "offset": 7}, {"q": "a"},
+               {"q": "cardio"}, {"q": "generaliste", "limit": 1}, {"q": "medecin", "kind": "professionals"},
+               {"q": "cardio", "where": "63"}, {"where": "74", "offset": 1, "limit": 5},
+               {"q": "infirmier", "where": "Annecy"}, {"q": "petti"}, {"q": "martn", "offset": 1, "limit": 2}]
+
+    def answers() -> list:
+        planner.STATS.clear()
+        return [imported.call(directory.search, imported.core, None, **q) for q in queries]
+
+    async def store_counts(over: int | None) -> None:
+        async with imported.core.write() as tx:
+            await tx.session.execute(sa.text("DELETE FROM dir_meta WHERE name = :n"), {"n": WORD_COUNTS})
+            if over is not None:
+                sections = {n: {w: int(k) for w, k in (await tx.session.execute(
+                    sa.text(word_counts_sql(n, over)))).all()} for n in SECTIONS}
+                await tx.session.execute(sa.text("INSERT INTO dir_meta (name, value) VALUES (:n, :v)"),
+                                         {"n": WORD_COUNTS, "v": word_counts_value(sections, over)})
+
+    monkeypatch.setattr(planner, "RANGE_ABOVE", float("inf"))  # never among the first entries
+    imported.call(store_counts, None)  # no known counts: everything counted
+    try:
+        usual = answers()
+        assert any(a["professionals"]["total_capped"] and a["professionals"]["items"] for a in usual)
+        imported.call(store_counts, cap)  # the words found in more than the cap: not counted
+        known = []
+        over = planner.Engine.over
+
+        def noted(self, level, section, limit):
+            known.append(over(self, level, section, limit))
+            return known[-1]
+
+        monkeypatch.setattr(planner.Engine, "over", noted)
+        assert answers() == usual
+        assert any(known)
+        tried, held = [], []
+        within = planner.Engine._ranked_in_range
+
+        async def ranged(self, *args, **kwargs):
+            got = await within(self, *args, **kwargs)
+            tried.append(1)
+            held.append(got is not None)
+            return got
+
+        monkeypatch.setattr(planner.Engine, "_ranked_in_range", ranged)
+        monkeypatch.setattr(planner, "RANGE_ABOVE", 0.0)
+        monkeypatch.setattr(planner, "RANGE_SHARE", 1.0)
+        monkeypatch.setattr(planner, "WALKED_SECTIONS", ("professionals", "services"))
+        for margin, least in ((4.0, 1), (1.0, 1), (0.1, 1), (20.0, 20)):
+            # Ranges that hold the page, and ranges too short for it (every match read after all).
+            monkeypatch.setattr(planner, "RANGE_MARGIN", margin)
+            monkeypatch.setattr(planner, "RANGE_MIN", least)
+            assert answers() == usual, margin
+        assert any(held) and not all(held), (len(tried), sum(held))
+        monkeypatch.setattr(searching, "RANKED_ROWS", -1)  # level by level: each level's page
+        edges = []
+        page = planner.Engine.page
+
+        async def paged(self, *args, **kwargs):
+            edges.append(kwargs.get("edge"))
+            return await page(self, *args, **kwargs)
+
+        monkeypatch.setattr(planner.Engine, "page", paged)
+        for margin in (4.0, 0.1):
+            monkeypatch.setattr(planner, "RANGE_MARGIN", margin)
+            assert answers() == usual, margin
+        assert any(e is not None for e in edges)
+    finally:
+        imported.call(store_counts, None)
+        planner.STATS.clear()
+
+
 def _other_process_core(server):
     """A core of its own on the server's database: what another ``serve`` process would do."""
     from monsisra.services.core import Core

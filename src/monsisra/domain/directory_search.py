@@ -444,3 +444,19 @@ def split_level(level: Level, shares: Shares) -> Split:
     if not check:
         return Split(full, full)
     return Split(full, tsquery_level((index, tuple(index_drops))), " & ".join(check))
+
+
+def least_matches(level: Level, counts: dict[str, int]) -> int:
+    """A lower bound of the entries matching ``level``, from the exact entries of the words in
+    ``counts`` (the most common ones): a level of one group, without exclusions, matches at least
+    as many entries as any one of its words (a prefix: as any word it begins). 0 otherwise."""
+    keep, drops = level
+    if len(keep) != 1 or drops:
+        return 0
+    best = 0
+    for alt in keep[0]:
+        if alt.prefix:
+            best = max(best, max((n for w, n in counts.items() if w.startswith(alt.term)), default=0))
+        else:
+            best = max(best, counts.get(alt.term, 0))
+    return best

@@ -15,6 +15,7 @@ PostgreSQL. Both tokenise the same ``[a-z0-9]`` words, so they answer the same q
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -258,3 +259,26 @@ POSTGRES_DDL = (
     *(f"CREATE INDEX ix_dir_search_tsv_{name} ON dir_search USING gin (tsv) WHERE section = '{name}'"
       for name in SECTIONS),
 )
+
+
+# PostgreSQL: the exact number of national entries of each section that each word is found in,
+# for the words found in more than ``:over`` of them (dir_meta ``WORD_COUNTS``, as JSON
+# {"over": n, "sections": {section: {word: entries}}}). A search whose widest query is one of
+# these words (or any of several) is known to match more than ``:over`` entries without counting
+# them: a count fetches each match from the heap. National entries change only when the index
+# is rebuilt, which stores them again; local entries only add matches.
+WORD_COUNTS = "word_counts"
+WORD_COUNTS_OVER = 1000
+POSTGRES_WORD_COUNTS_SQL = ("SELECT word, ndoc FROM ts_stat('SELECT tsv FROM dir_search "
+                            "WHERE section = ''{section}'' AND NOT is_local') WHERE ndoc > {over}")
+
+
+def word_counts_sql(section: str, over: int = WORD_COUNTS_OVER) -> str:
+    """PostgreSQL: the statement listing a section's words found in more than ``over`` national
+    entries, with their number (word, ndoc)."""
+    return POSTGRES_WORD_COUNTS_SQL.format(section=section, over=int(over))
+
+
+def word_counts_value(sections: dict[str, dict[str, int]], over: int = WORD_COUNTS_OVER) -> str:
+    """The ``WORD_COUNTS`` value stored in dir_meta."""
+    return json.dumps({"over": over, "sections": sections}, sort_keys=True)

@@ -35,6 +35,7 @@ from monsisra.store.db import among
 from monsisra.store.directory import (
     FTS_TABLE,
     SECTIONS,
+    WORD_COUNTS,
     DirActivity,
     DirMailbox,
     DirMeta,
@@ -42,6 +43,8 @@ from monsisra.store.directory import (
     DirPerson,
     DirSearch,
     DirTermKey,
+    word_counts_sql,
+    word_counts_value,
 )
 
 
@@ -141,6 +144,7 @@ async def rebuild_index(core: Core, progress: Progress | None = None) -> int:
                 await s.execute(sa.text(f"CREATE INDEX ix_dir_search_tsv_{name} ON dir_search USING gin (tsv) "
                                         f"WHERE section = '{name}'"))
             await _store_word_shares(s, total)
+            await _store_word_counts(s)
             STATS.clear()
         else:
             await s.execute(sa.text(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')"))
@@ -166,6 +170,14 @@ async def rebuild_index(core: Core, progress: Progress | None = None) -> int:
             await conn.execute(sa.text("ANALYZE dir_term_keys"))
     await freshness.settle_after_import(core)
     return total
+
+
+async def _store_word_counts(s: AsyncSession) -> None:
+    """PostgreSQL: the exact entries of each section's most common words (``WORD_COUNTS``)."""
+    sections = {name: {w: int(n) for w, n in (await s.execute(sa.text(word_counts_sql(name)))).all()}
+                for name in SECTIONS}
+    await s.execute(sa.delete(DirMeta).where(DirMeta.name == WORD_COUNTS))
+    s.add(DirMeta(name=WORD_COUNTS, value=word_counts_value(sections)))
 
 
 async def _store_word_shares(s: AsyncSession, rows: int) -> None:

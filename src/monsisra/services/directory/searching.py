@@ -298,9 +298,14 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
         for n in sections:
             if n not in counted:
                 # One statement per section unless the matches are more than the cap.
+                # Without distance nor place rings (levels in tier order only), the page is
+                # looked for among the first entries in rank order first (Engine.rank_range).
+                edge = engine.rank_range(await engine.estimate(widest, n), n, offset + limit) \
+                    if not rings and not located else None
                 ranked[n] = await engine.ranked(engine.match(widest, n),
                                                 [(ds.tsquery_level(lv), d) for lv, d in levels],
-                                                *section_bounds(n), TOTAL_CAP, limit, offset, ref)
+                                                *section_bounds(n), TOTAL_CAP, limit, offset, ref, edge,
+                                                engine.over(widest, n, TOTAL_CAP))
                 found = ranked[n]
                 totals[n] = found[1] if found is not None else TOTAL_CAP + 1
             else:
