@@ -93,6 +93,17 @@ def test_common_words_are_checked_on_rows_not_intersected_in_the_index():
     assert ds.share((ds.Alt("xg1"), ds.Alt("xg9")), shares) == pytest.approx(0.0002 + 0.0008)
 
 
+def test_least_matches_is_a_lower_bound_only_for_one_group_without_exclusions():
+    counts = {"pneumologie": 2748, "lebrun": 1200, "leclerc": 1500, "medecine": 90_000, "generale": 80_000}
+    one = ((ds.Alt("pneumologie"), ds.Alt("pneumologue")),)
+    assert ds.least_matches((one, ()), counts) == 2748  # any of its words: at least the most common one's
+    assert ds.least_matches((((ds.Alt("le", True),),), ()), counts) == 1500  # a prefix: any word it begins
+    assert ds.least_matches((((ds.Alt("rare"),),), ()), counts) == 0  # not among the counted words
+    # Several groups (words that must all be there) or exclusions (an earlier level): no bound.
+    assert ds.least_matches((((ds.Alt("medecine"),), (ds.Alt("generale"),)), ()), counts) == 0
+    assert ds.least_matches((one, (((ds.Alt("pneumo"),),),)), counts) == 0
+
+
 def test_only_rare_or_unknown_words_are_looked_up_for_typos():
     assert ds.may_be_misspelt(None) and ds.may_be_misspelt(0) and ds.may_be_misspelt(ds.COMMON_WORD - 1)
     assert not ds.may_be_misspelt(ds.COMMON_WORD)
