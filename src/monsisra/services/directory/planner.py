@@ -195,14 +195,19 @@ class Engine:
         rows = self._stats.rows.get(section, 0.0)
         return section in WALKED_SECTIONS and rows > 0 and estimate / rows * PROBE_ROWS >= PROBE_MARGIN * wanted
 
-    def rank_range(self, estimate: float, section: str, wanted: int) -> int | None:
+    def rank_range(self, level: ds.Level, estimate: float, section: str, wanted: int) -> int | None:
         """PostgreSQL: the last id of the section's first entries in rank order that should
-        hold ``wanted`` matches of a query estimated at ``estimate`` (local entries, ranked first,
-        are always in it); None when every match should be read (see :data:`RANGE_MARGIN`)."""
+        hold ``wanted`` matches of ``level``, estimated at ``estimate`` (local entries, ranked
+        first, are always in it); None when every match should be read (see :data:`RANGE_MARGIN`).
+
+        Only for a level of one group (a word, its variants and completions): the estimate of
+        several words together is unreliable (« FABR Mar »: estimated by its prefixes at
+        thousands, a few dozen in fact), and so is the planner's: it walked the range through
+        the primary key, checking every row (37 ms, then every match read after all)."""
         rows = self._stats.rows.get(section, 0.0)
         # Not among services: numbered in order of their service's name, the services a common
         # word finds sit together, rarely among the first (as for the probe, see probe_pays).
-        if not self.pg or section not in WALKED_SECTIONS or rows <= 0 \
+        if not self.pg or section not in WALKED_SECTIONS or rows <= 0 or len(level[0]) != 1 \
                 or estimate < max(RANGE_ABOVE, RANGE_MARGIN * wanted):
             return None
         size = max(RANGE_MIN, math.ceil(RANGE_MARGIN * wanted * rows / estimate))
@@ -461,7 +466,7 @@ async def read_section(engine: Engine, section: str, levels: list[tuple[ds.Level
         order_ref = ref if by_distance and not huge else None
         got = await engine.page(m, lo, hi, want, skip, order_ref, many=frequent,
                                 probe=capped and engine.probe_pays(estimate, section, skip + want),
-                                edge=engine.rank_range(estimate, section, skip + want))
+                                edge=engine.rank_range(level, estimate, section, skip + want))
         ids.extend(got)
         want -= len(got)
         skip = 0

@@ -300,7 +300,7 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
                 # One statement per section unless the matches are more than the cap.
                 # Without distance nor place rings (levels in tier order only), the page is
                 # looked for among the first entries in rank order first (Engine.rank_range).
-                edge = engine.rank_range(await engine.estimate(widest, n), n, offset + limit) \
+                edge = engine.rank_range(widest, await engine.estimate(widest, n), n, offset + limit) \
                     if not rings and not located else None
                 ranked[n] = await engine.ranked(engine.match(widest, n),
                                                 [(ds.tsquery_level(lv), d) for lv, d in levels],
