@@ -424,6 +424,51 @@ def test_first_entries_and_known_counts_never_change_the_answers(imported, monke
         planner.STATS.clear()
 
 
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # the word counts are PostgreSQL's only
+def test_migration_0011_counts_the_words_of_an_index_built_before_it(imported, backend, monkeypatch):
+    """An index built before migration 0011 has no word counts: the migration (run by ``serve``
+    at start-up) stores them, exact, from the existing index; nothing to reindex."""
+    import asyncio
+
+    from monsisra.store import directory as store_directory
+    from monsisra.store.migrate import upgrade
+
+    monkeypatch.setattr(store_directory, "WORD_COUNTS_OVER", 3)  # the sample is small: its common words
+    url = imported.settings.database_url
+
+    async def reset_and_read(reset: bool) -> tuple[dict, dict]:
+        async with imported.core.write() as tx:
+            s = tx.session
+            if reset:  # as an install upgraded from 0010: no counts yet
+                await s.execute(sa.text("DELETE FROM dir_meta WHERE name = 'word_counts'"))
+                await s.execute(sa.text("DELETE FROM alembic_version WHERE version_num = '0011_directory_word_counts'"))
+                for head in ("0010_imap_vanished", "0010_service_expert"):
+                    await s.execute(sa.text("INSERT INTO alembic_version SELECT CAST(:v AS varchar) WHERE NOT EXISTS "
+                                            "(SELECT 1 FROM alembic_version WHERE version_num = :v)"), {"v": head})
+                return {}, {}
+            stored = json.loads(await s.scalar(sa.text("SELECT value FROM dir_meta WHERE name = 'word_counts'")))
+            exact = {}
+            for word in list(stored["sections"]["professionals"])[:5]:
+                exact[word] = await s.scalar(sa.text(
+                    "SELECT count(*) FROM dir_search WHERE section = 'professionals' AND NOT is_local "
+                    "AND tsv @@ to_tsquery('simple', :w)"), {"w": f"'{word}'"})
+            return stored, exact
+
+    try:
+        imported.call(reset_and_read, True)
+        asyncio.run(asyncio.to_thread(upgrade, url))
+        stored, exact = imported.call(reset_and_read, False)
+        assert stored["over"] == 3 and set(stored["sections"]) == {"professionals", "services"}
+        assert exact and all(stored["sections"]["professionals"][w] == n > 3 for w, n in exact.items())
+    finally:
+        async def drop() -> None:
+            async with imported.core.write() as tx:
+                await tx.session.execute(sa.text("DELETE FROM dir_meta WHERE name = 'word_counts'"))
+
+        imported.call(drop)  # the other tests store their own (a cap of 1,000 is never reached here)
+        planner.STATS.clear()
+
+
 def _other_process_core(server):
     """A core of its own on the server's database: what another ``serve`` process would do."""
     from monsisra.services.core import Core

@@ -273,12 +273,12 @@ POSTGRES_WORD_COUNTS_SQL = ("SELECT word, ndoc FROM ts_stat('SELECT tsv FROM dir
                             "WHERE section = ''{section}'' AND NOT is_local') WHERE ndoc > {over}")
 
 
-def word_counts_sql(section: str, over: int = WORD_COUNTS_OVER) -> str:
+def word_counts_sql(section: str, over: int | None = None) -> str:
     """PostgreSQL: the statement listing a section's words found in more than ``over`` national
-    entries, with their number (word, ndoc)."""
-    return POSTGRES_WORD_COUNTS_SQL.format(section=section, over=int(over))
+    entries (default ``WORD_COUNTS_OVER``), with their number (word, ndoc)."""
+    return POSTGRES_WORD_COUNTS_SQL.format(section=section, over=int(WORD_COUNTS_OVER if over is None else over))
 
 
-def word_counts_value(sections: dict[str, dict[str, int]], over: int = WORD_COUNTS_OVER) -> str:
+def word_counts_value(sections: dict[str, dict[str, int]], over: int | None = None) -> str:
     """The ``WORD_COUNTS`` value stored in dir_meta."""
-    return json.dumps({"over": over, "sections": sections}, sort_keys=True)
+    return json.dumps({"over": WORD_COUNTS_OVER if over is None else over, "sections": sections}, sort_keys=True)
