@@ -63,9 +63,13 @@ def upgrade() -> None:
     op.execute("""
         CREATE FUNCTION search_signatures_added() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
+            -- One signature per message, whatever its number of recipients.
+            WITH signed AS (
+                SELECT m.id, search_signature(m.search_vector) AS sig FROM messages m
+                WHERE m.id IN (SELECT message_id FROM new_deliveries))
             INSERT INTO search_signatures (mailbox_id, message_id, sig)
-            SELECT DISTINCT n.mailbox_id, n.message_id, search_signature(m.search_vector)
-            FROM new_deliveries n JOIN messages m ON m.id = n.message_id
+            SELECT DISTINCT n.mailbox_id, n.message_id, g.sig
+            FROM new_deliveries n JOIN signed g ON g.id = n.message_id
             ON CONFLICT (mailbox_id, message_id) DO NOTHING;
             RETURN NULL;
         END $$""")
