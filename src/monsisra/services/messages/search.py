@@ -35,9 +35,9 @@ instead of the deliveries: one row per (mailbox, message) with a 256-bit signatu
 message's words, read from its primary key alone (~0.2 µs a row). Only the rows whose signature
 holds the bits of every query word of four characters or more (``signature_bits``), a few per
 cent of a window, are joined to their delivery and message and tested against the words: a
-signature never drops a match, so the rows are the same. Before each window, the statement that
-finds its lower bound also counts its candidate rows, so the hand-over to the index weighs what
-the window really costs.
+signature never drops a match, so the rows are the same. Each window is one statement, which
+also returns how many candidate rows it had, so the hand-over to the index weighs what the
+windows really cost; the first one is sized for the page from the words' frequency.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ SIGNATURE_WIDTH = 256
 SIGNATURE_PREFIX = 4  # characters of a word that its bit hashes; shorter query words set none
 SIGNATURE_FIRST = 1024  # signature rows of the first window; each next one 4 times bigger, up to:
 SIGNATURE_MAX = 65_536
+SIGNATURE_FIRST_MAX = 16_384  # a first window sized from the words' frequency stops here
 # A signature row (read from the primary key, its bits tested) costs about this share of a
 # window row (delivery + message read, tsvector tested): 1M store, 0.24 µs against 3–4 µs.
 SIGNATURE_ROW_COST = 0.08
@@ -238,12 +239,15 @@ async def search_rows(s: AsyncSession, columns, mailbox_id: int, terms: list[str
 
 async def _signature_rows(s: AsyncSession, columns, mailbox_id: int, terms: list[str], conditions: list[Any],
                           before: int | None, want: int, strategy: str, mask: str) -> list[Any]:
-    """The windows of ``search_rows`` over ``search_signatures`` (PostgreSQL): each window is the
-    next ``size`` (mailbox, message) rows below ``upper``; only those whose signature holds
-    ``mask`` are joined to their delivery and message and tested against the words. The rows
-    below the last window walked come from the text index, as in ``search_rows``."""
+    """The windows of ``search_rows`` over ``search_signatures`` (PostgreSQL), one statement
+    each: the window is the next ``size`` (mailbox, message) rows below ``upper`` (its lowest
+    message id and how many of its rows are candidates come back with it); only the candidates
+    are joined to their delivery and message and tested against the words. The first window is
+    sized for the page from the words' frequency in the store. The rows below the last window
+    walked come from the text index, as in ``search_rows``."""
     rows: list[Any] = []
-    upper, walked, cost, size = before, 0, 0.0, SIGNATURE_FIRST
+    upper, walked, cost = before, 0, 0.0
+    size = await _first_signature_window(s, terms, want)
     bits = sa.cast(sa.literal(mask), BIT(SIGNATURE_WIDTH))
     match = _window_match("postgresql", mailbox_id, terms)
     candidate = _SIG.c.sig.bitwise_and(bits) == bits
@@ -251,39 +255,40 @@ async def _signature_rows(s: AsyncSession, columns, mailbox_id: int, terms: list
     await s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
     index_cost: float | None = None
     while len(rows) < want:
-        in_box = [_SIG.c.mailbox_id == mailbox_id]
-        if upper is not None:
-            in_box.append(_SIG.c.message_id < sa.literal(upper, sa.BigInteger))
-        # The window's lowest message id, how many rows it has and how many are candidates:
-        # one walk of the primary key, the same rows as the window's own.
-        # (The test inside the subquery: in the aggregate's FILTER it costs ~1 µs a row.)
-        ahead = (sa.select(_SIG.c.message_id, candidate.label("hit")).where(*in_box)
-                 .order_by(_SIG.c.mailbox_id.desc(), _SIG.c.message_id.desc()).limit(size).subquery())
-        lower, count, candidates = (await s.execute(sa.select(
-            sa.func.min(ahead.c.message_id), sa.func.count(), sa.func.count().filter(ahead.c.hit)))).one()
-        if not count:
-            return rows  # nothing left below the cursor
-        window_cost = count * SIGNATURE_ROW_COST + candidates
         if strategy != "window" and walked >= MIN_SAMPLE:
             needed = (want - len(rows)) * walked / max(len(rows), 0.5)  # mailbox rows still to walk
-            per_row = (cost + window_cost) / (walked + count)
+            per_row = cost / walked
             if cost + needed * per_row > WINDOW_BUDGET * BUDGET_FACTOR["postgresql"]:
+                # As in search_rows: the index takes over only if it costs less than the rest.
                 if index_cost is None:
                     index_cost = await _index_cost_rows(s, terms)
                 if needed * per_row > index_cost:
                     break
-        window = [_SIG.c.mailbox_id == sa.any_(sa.literal([mailbox_id], sa.ARRAY(sa.Integer))),
-                  _SIG.c.message_id >= lower, *in_box[1:]]
-        stmt = (sa.select(*columns).select_from(_SIG)
-                # mailbox_id = the constant: the delivery is found by its unique index.
-                .join(Delivery, sa.and_(Delivery.mailbox_id == mailbox_id, Delivery.message_id == _SIG.c.message_id))
-                .join(Message, Message.id == _SIG.c.message_id)
-                .where(*window, candidate, *conditions, match)
-                .order_by(_SIG.c.mailbox_id.desc(), _SIG.c.message_id.desc(), Delivery.role))
-        if candidates:
-            rows.extend((await s.execute(stmt.limit(want - len(rows)))).all())
+        below = [_SIG.c.message_id < sa.literal(upper, sa.BigInteger)] if upper is not None else []
+        # The window: its lowest message id, rows and candidates, from the primary key alone
+        # (the test inside the subquery: in the aggregate's FILTER it costs ~1 µs a row).
+        ahead = (sa.select(_SIG.c.message_id, candidate.label("hit"))
+                 .where(_SIG.c.mailbox_id == mailbox_id, *below)
+                 .order_by(_SIG.c.mailbox_id.desc(), _SIG.c.message_id.desc()).limit(size).subquery())
+        span = sa.select(sa.func.min(ahead.c.message_id).label("lower"), sa.func.count().label("walked"),
+                         sa.func.count().filter(ahead.c.hit).label("candidates")).subquery()
+        found = (sa.select(*columns).select_from(_SIG)
+                 # mailbox_id = the constant: the delivery is found by its unique index.
+                 .join(Delivery, sa.and_(Delivery.mailbox_id == mailbox_id,
+                                         Delivery.message_id == _SIG.c.message_id))
+                 .join(Message, Message.id == _SIG.c.message_id)
+                 .where(_SIG.c.mailbox_id == sa.any_(sa.literal([mailbox_id], sa.ARRAY(sa.Integer))),
+                        _SIG.c.message_id >= span.c.lower, *below, candidate, *conditions, match)
+                 .order_by(_SIG.c.mailbox_id.desc(), _SIG.c.message_id.desc(), Delivery.role)
+                 .limit(want - len(rows)).lateral())
+        got = (await s.execute(
+            sa.select(*found.c, span.c.lower, span.c.walked, span.c.candidates)
+            .select_from(span.outerjoin(found, sa.true()))
+            .order_by(found.c.id.desc(), found.c.role))).all()
+        lower, count, candidates = got[0][-3:]
+        rows.extend(r for r in got if r.id is not None)
         walked += count
-        cost += window_cost
+        cost += count * SIGNATURE_ROW_COST + candidates
         if count < size:
             return rows  # the whole mailbox (below the cursor) was walked
         upper, size = lower, min(size * 4, SIGNATURE_MAX)
@@ -291,6 +296,19 @@ async def _signature_rows(s: AsyncSession, columns, mailbox_id: int, terms: list
         rows.extend(await _index_rows(s, "postgresql", columns, mailbox_id, terms, conditions, upper,
                                       want - len(rows)))
     return rows
+
+
+async def _first_signature_window(s: AsyncSession, terms: list[str], want: int) -> int:
+    """Signature rows of the first window: those the page needs at the words' frequency in the
+    store (the rarest word's, as ``index_first``), with a quarter more, within
+    [``SIGNATURE_FIRST``, ``SIGNATURE_FIRST_MAX``]; ``SIGNATURE_FIRST`` without statistics."""
+    documents = [await term_documents(s, t) for t in terms]
+    messages = await _store_messages(s)
+    if any(d is None for d in documents) or messages <= 0:
+        return SIGNATURE_FIRST
+    density = min(min(1.0, d / messages) for d in documents)
+    rows = want / density * 1.25 if density > 0 else SIGNATURE_FIRST_MAX
+    return int(max(SIGNATURE_FIRST, min(rows, SIGNATURE_FIRST_MAX)))
 
 
 async def _index_rows(s: AsyncSession, dialect: str, columns, mailbox_id: int, terms: list[str],
