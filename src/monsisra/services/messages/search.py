@@ -32,7 +32,7 @@ index's: the estimate only chooses how fast they come.
 
 On PostgreSQL the windows walk ``search_signatures`` (migration ``0011_search_signatures``)
 instead of the deliveries: one row per (mailbox, message) with a 256-bit signature of the
-message's words, read from its primary key alone (~0.2 µs a row). Only the rows whose signature
+message's words (four bigints), read from its primary key alone (~0.2 µs a row). Only the rows whose signature
 holds the bits of every query word of four characters or more (``signature_bits``), a few per
 cent of a window, are joined to their delivery and message and tested against the words: a
 signature never drops a match, so the rows are the same. Each window is one statement, which
@@ -47,7 +47,6 @@ import time
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import BIT
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from monsisra.services.messages.placement import MAILBOX_TOKEN
@@ -86,7 +85,7 @@ SIGNATURE_FIRST_MAX = 16_384  # a first window sized from the words' frequency s
 SIGNATURE_ROW_COST = 0.08
 _SIGNED = re.compile(f"[a-z0-9]{{{SIGNATURE_PREFIX},}}")
 _SIG = sa.table("search_signatures", sa.column("mailbox_id", sa.Integer), sa.column("message_id", sa.Integer),
-                sa.column("sig"))
+                *(sa.column(f"sig{k}", sa.BigInteger) for k in range(SIGNATURE_WIDTH // 64)))
 
 
 def signature_position(word: str) -> int:
@@ -98,15 +97,19 @@ def signature_position(word: str) -> int:
     return (h % 2147483647 * 2654435761 % 4294967296) >> 24
 
 
-def signature_bits(terms: list[str]) -> str | None:
-    """The bits (as a bit-string literal) every message matching ``terms`` has in its signature;
-    None when no term sets one. Only plain ASCII words of four characters or more: PostgreSQL's
-    parser reads each of them as a single lexeme, so a message holding a word that starts with
-    it holds a lexeme whose first four characters are the term's."""
+def signature_bits(terms: list[str]) -> list[int] | None:
+    """The bits every message matching ``terms`` has in its signature, as its four signed 64-bit
+    words (bit p is bit 63 - p % 64 of word p // 64, as in ``search_signature``); None when no
+    term sets one. Only plain ASCII words of four characters or more: PostgreSQL's parser reads
+    each of them as a single lexeme, so a message holding a word that starts with it holds a
+    lexeme whose first four characters are the term's."""
     positions = {signature_position(t) for t in terms if _SIGNED.fullmatch(t)}
     if not positions:
         return None
-    return "".join("1" if i in positions else "0" for i in range(SIGNATURE_WIDTH))
+    words = [0] * (SIGNATURE_WIDTH // 64)
+    for p in positions:
+        words[p // 64] |= 1 << (63 - p % 64)
+    return [w - (1 << 64) if w >= 1 << 63 else w for w in words]
 
 
 async def _has_signatures(s: AsyncSession) -> bool:
@@ -238,7 +241,7 @@ async def search_rows(s: AsyncSession, columns, mailbox_id: int, terms: list[str
 
 
 async def _signature_rows(s: AsyncSession, columns, mailbox_id: int, terms: list[str], conditions: list[Any],
-                          before: int | None, want: int, strategy: str, mask: str) -> list[Any]:
+                          before: int | None, want: int, strategy: str, mask: list[int]) -> list[Any]:
     """The windows of ``search_rows`` over ``search_signatures`` (PostgreSQL), one statement
     each: the window is the next ``size`` (mailbox, message) rows below ``upper`` (its lowest
     message id and how many of its rows are candidates come back with it); only the candidates
@@ -248,9 +251,10 @@ async def _signature_rows(s: AsyncSession, columns, mailbox_id: int, terms: list
     rows: list[Any] = []
     upper, walked, cost = before, 0, 0.0
     size = await _first_signature_window(s, terms, want)
-    bits = sa.cast(sa.literal(mask), BIT(SIGNATURE_WIDTH))
     match = _window_match("postgresql", mailbox_id, terms)
-    candidate = _SIG.c.sig.bitwise_and(bits) == bits
+    # Word by word, on 64-bit integers (a bit(256) test costs ~0.6 µs a row, these ~0.05).
+    candidate = sa.and_(*(_SIG.c[f"sig{k}"].bitwise_and(sa.literal(m, sa.BigInteger)) == sa.literal(m, sa.BigInteger)
+                          for k, m in enumerate(mask) if m))
     # Planned for each window's bounds and mask (see search_rows).
     await s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
     index_cost: float | None = None
@@ -265,8 +269,7 @@ async def _signature_rows(s: AsyncSession, columns, mailbox_id: int, terms: list
                 if needed * per_row > index_cost:
                     break
         below = [_SIG.c.message_id < sa.literal(upper, sa.BigInteger)] if upper is not None else []
-        # The window: its lowest message id, rows and candidates, from the primary key alone
-        # (the test inside the subquery: in the aggregate's FILTER it costs ~1 µs a row).
+        # The window: its lowest message id, rows and candidates, from the primary key alone.
         ahead = (sa.select(_SIG.c.message_id, candidate.label("hit"))
                  .where(_SIG.c.mailbox_id == mailbox_id, *below)
                  .order_by(_SIG.c.mailbox_id.desc(), _SIG.c.message_id.desc()).limit(size).subquery())
@@ -300,13 +303,17 @@ async def _signature_rows(s: AsyncSession, columns, mailbox_id: int, terms: list
 
 async def _first_signature_window(s: AsyncSession, terms: list[str], want: int) -> int:
     """Signature rows of the first window: those the page needs at the words' frequency in the
-    store (the rarest word's, as ``index_first``), with a quarter more, within
-    [``SIGNATURE_FIRST``, ``SIGNATURE_FIRST_MAX``]; ``SIGNATURE_FIRST`` without statistics."""
+    store, a quarter more, within [``SIGNATURE_FIRST``, ``SIGNATURE_FIRST_MAX``];
+    ``SIGNATURE_FIRST`` without statistics. The words are taken as independent: words that come
+    together make the window too big, which costs only its count (~0.2 µs a row: the window
+    itself stops at the page), while a window too small costs one more statement."""
     documents = [await term_documents(s, t) for t in terms]
     messages = await _store_messages(s)
     if any(d is None for d in documents) or messages <= 0:
         return SIGNATURE_FIRST
-    density = min(min(1.0, d / messages) for d in documents)
+    density = 1.0
+    for d in documents:
+        density *= min(1.0, d / messages)
     rows = want / density * 1.25 if density > 0 else SIGNATURE_FIRST_MAX
     return int(max(SIGNATURE_FIRST, min(rows, SIGNATURE_FIRST_MAX)))
 

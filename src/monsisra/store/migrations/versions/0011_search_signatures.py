@@ -2,11 +2,11 @@
 message's words kept by the database itself, so that the windowed search of a large mailbox
 skips, without reading the message, nearly every row that cannot hold the words.
 
-``search_signatures`` has one row per (mailbox, message) that has a delivery; its ``sig`` sets,
-for each lexeme of ``messages.search_vector`` (mailbox tokens aside), the bit that the
+``search_signatures`` has one row per (mailbox, message) that has a delivery; its signature
+(256 bits as four 64-bit words ``sig0``–``sig3``: bit p is bit 63 - p % 64 of word p // 64) sets, for each lexeme of ``messages.search_vector`` (mailbox tokens aside), the bit that the
 lexeme's first four characters hash to (``search_signature``; the same hash in Python:
 ``services.messages.search.signature_bits``). A message holding a word that starts with a
-four-character prefix has that prefix's bit set, so ``sig & mask = mask`` never drops a match;
+four-character prefix has that prefix's bit set, so ``sig & mask = mask`` (word by word) never drops a match;
 the rows it keeps are tested against the words as before (``ts_match_vq``), so the answer is
 exact. Triggers keep it in the same transaction as every insert, change or removal of a
 delivery and every change of a message's text, whatever code path makes it. The migration
@@ -29,11 +29,13 @@ depends_on = None
 
 # Keep in step with services.messages.search.signature_bits (same prefix, hash and width).
 SIGNATURE_FUNCTION = """
-CREATE FUNCTION search_signature(v tsvector) RETURNS bit(256) LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-SELECT coalesce(bit_or(B'1'::bit(256) >> (((ascii(substr(l, 1, 1))::bigint * 29791
+CREATE FUNCTION search_signature(v tsvector) RETURNS bigint[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT ARRAY[substring(b from 1 for 64)::bigint, substring(b from 65 for 64)::bigint,
+             substring(b from 129 for 64)::bigint, substring(b from 193 for 64)::bigint]
+FROM (SELECT coalesce(bit_or(B'1'::bit(256) >> (((ascii(substr(l, 1, 1))::bigint * 29791
         + ascii(substr(l, 2, 1))::bigint * 961 + ascii(substr(l, 3, 1)) * 31 + ascii(substr(l, 4, 1)))
-        % 2147483647 * 2654435761 % 4294967296 >> 24)::int)), 0::bit(256))
-FROM unnest(tsvector_to_array(v)) AS l WHERE l NOT LIKE 'zzmbx%'
+        % 2147483647 * 2654435761 % 4294967296 >> 24)::int)), 0::bit(256)) AS b
+      FROM unnest(tsvector_to_array(v)) AS l WHERE l NOT LIKE 'zzmbx%') AS signature
 $$"""
 
 
@@ -45,7 +47,10 @@ def upgrade() -> None:
         CREATE TABLE search_signatures (
             mailbox_id integer NOT NULL,
             message_id integer NOT NULL,
-            sig bit(256) NOT NULL
+            sig0 bigint NOT NULL,
+            sig1 bigint NOT NULL,
+            sig2 bigint NOT NULL,
+            sig3 bigint NOT NULL
         )""")
     # Backfill: each message's signature once, then one row per (mailbox, message) delivered;
     # the primary key is built afterwards (one sort instead of 24M insertions at 10M messages).
@@ -54,12 +59,12 @@ def upgrade() -> None:
         CREATE TEMPORARY TABLE message_signatures ON COMMIT DROP AS
         SELECT id, search_signature(search_vector) AS sig FROM messages""")
     op.execute("""
-        INSERT INTO search_signatures (mailbox_id, message_id, sig)
-        SELECT DISTINCT d.mailbox_id, d.message_id, s.sig
+        INSERT INTO search_signatures (mailbox_id, message_id, sig0, sig1, sig2, sig3)
+        SELECT DISTINCT d.mailbox_id, d.message_id, s.sig[1], s.sig[2], s.sig[3], s.sig[4]
         FROM deliveries d JOIN message_signatures s ON s.id = d.message_id""")
     op.execute("DROP TABLE message_signatures")
     op.execute("ALTER TABLE search_signatures ADD CONSTRAINT pk_search_signatures "
-               "PRIMARY KEY (mailbox_id, message_id) INCLUDE (sig)")
+               "PRIMARY KEY (mailbox_id, message_id) INCLUDE (sig0, sig1, sig2, sig3)")
     op.execute("""
         CREATE FUNCTION search_signatures_added() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
@@ -67,8 +72,8 @@ def upgrade() -> None:
             WITH signed AS (
                 SELECT m.id, search_signature(m.search_vector) AS sig FROM messages m
                 WHERE m.id IN (SELECT message_id FROM new_deliveries))
-            INSERT INTO search_signatures (mailbox_id, message_id, sig)
-            SELECT DISTINCT n.mailbox_id, n.message_id, g.sig
+            INSERT INTO search_signatures (mailbox_id, message_id, sig0, sig1, sig2, sig3)
+            SELECT DISTINCT n.mailbox_id, n.message_id, g.sig[1], g.sig[2], g.sig[3], g.sig[4]
             FROM new_deliveries n JOIN signed g ON g.id = n.message_id
             ON CONFLICT (mailbox_id, message_id) DO NOTHING;
             RETURN NULL;
@@ -89,19 +94,19 @@ def upgrade() -> None:
             WHERE g.mailbox_id = OLD.mailbox_id AND g.message_id = OLD.message_id
               AND NOT EXISTS (SELECT 1 FROM deliveries d
                               WHERE d.mailbox_id = OLD.mailbox_id AND d.message_id = OLD.message_id);
-            INSERT INTO search_signatures (mailbox_id, message_id, sig)
-            SELECT NEW.mailbox_id, NEW.message_id, search_signature(m.search_vector)
-            FROM messages m WHERE m.id = NEW.message_id
+            INSERT INTO search_signatures (mailbox_id, message_id, sig0, sig1, sig2, sig3)
+            SELECT NEW.mailbox_id, NEW.message_id, g.sig[1], g.sig[2], g.sig[3], g.sig[4]
+            FROM messages m, search_signature(m.search_vector) AS g(sig) WHERE m.id = NEW.message_id
             ON CONFLICT (mailbox_id, message_id) DO NOTHING;
             RETURN NULL;
         END $$""")
     op.execute("""
         CREATE FUNCTION search_signatures_rewritten() RETURNS trigger LANGUAGE plpgsql AS $$
         DECLARE
-            fresh bit(256) := search_signature(NEW.search_vector);
+            fresh bigint[] := search_signature(NEW.search_vector);
         BEGIN
             IF fresh IS DISTINCT FROM search_signature(OLD.search_vector) THEN
-                UPDATE search_signatures SET sig = fresh
+                UPDATE search_signatures SET sig0 = fresh[1], sig1 = fresh[2], sig2 = fresh[3], sig3 = fresh[4]
                 WHERE message_id = NEW.id
                   AND mailbox_id IN (SELECT mailbox_id FROM deliveries WHERE message_id = NEW.id);
             END IF;
