@@ -65,26 +65,24 @@ def upgrade() -> None:
     op.execute("DROP TABLE message_signatures")
     op.execute("ALTER TABLE search_signatures ADD CONSTRAINT pk_search_signatures "
                "PRIMARY KEY (mailbox_id, message_id) INCLUDE (sig0, sig1, sig2, sig3)")
+    # Row triggers: the application inserts a send's deliveries by executemany (one statement a
+    # row), where a statement trigger with a transition table costs ~0.7 ms a row, this ~0.2.
     op.execute("""
         CREATE FUNCTION search_signatures_added() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            -- One signature per message, whatever its number of recipients.
-            WITH signed AS (
-                SELECT m.id, search_signature(m.search_vector) AS sig FROM messages m
-                WHERE m.id IN (SELECT message_id FROM new_deliveries))
             INSERT INTO search_signatures (mailbox_id, message_id, sig0, sig1, sig2, sig3)
-            SELECT DISTINCT n.mailbox_id, n.message_id, g.sig[1], g.sig[2], g.sig[3], g.sig[4]
-            FROM new_deliveries n JOIN signed g ON g.id = n.message_id
+            SELECT NEW.mailbox_id, NEW.message_id, g.sig[1], g.sig[2], g.sig[3], g.sig[4]
+            FROM messages m, search_signature(m.search_vector) AS g(sig) WHERE m.id = NEW.message_id
             ON CONFLICT (mailbox_id, message_id) DO NOTHING;
             RETURN NULL;
         END $$""")
     op.execute("""
         CREATE FUNCTION search_signatures_removed() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            DELETE FROM search_signatures g USING old_deliveries o
-            WHERE g.mailbox_id = o.mailbox_id AND g.message_id = o.message_id
+            DELETE FROM search_signatures g
+            WHERE g.mailbox_id = OLD.mailbox_id AND g.message_id = OLD.message_id
               AND NOT EXISTS (SELECT 1 FROM deliveries d
-                              WHERE d.mailbox_id = o.mailbox_id AND d.message_id = o.message_id);
+                              WHERE d.mailbox_id = OLD.mailbox_id AND d.message_id = OLD.message_id);
             RETURN NULL;
         END $$""")
     op.execute("""
@@ -119,11 +117,9 @@ def upgrade() -> None:
             RETURN NULL;
         END $$""")
     op.execute("CREATE TRIGGER deliveries_signature_insert AFTER INSERT ON deliveries "
-               "REFERENCING NEW TABLE AS new_deliveries FOR EACH STATEMENT "
-               "EXECUTE FUNCTION search_signatures_added()")
+               "FOR EACH ROW EXECUTE FUNCTION search_signatures_added()")
     op.execute("CREATE TRIGGER deliveries_signature_delete AFTER DELETE ON deliveries "
-               "REFERENCING OLD TABLE AS old_deliveries FOR EACH STATEMENT "
-               "EXECUTE FUNCTION search_signatures_removed()")
+               "FOR EACH ROW EXECUTE FUNCTION search_signatures_removed()")
     op.execute("CREATE TRIGGER deliveries_signature_update AFTER UPDATE OF mailbox_id, message_id ON deliveries "
                "FOR EACH ROW WHEN (OLD.mailbox_id IS DISTINCT FROM NEW.mailbox_id "
                "OR OLD.message_id IS DISTINCT FROM NEW.message_id) "
