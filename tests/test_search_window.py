@@ -109,14 +109,18 @@ def store(backend, tmp_path_factory):
         yield settings, account_id, box
 
 
-@pytest.mark.parametrize("sizes", ["app", "tiny"])
+@pytest.mark.parametrize("sizes", ["app", "tiny", "tiny-unsigned"])
 def test_windows_return_exactly_the_index_rows(store, sizes, monkeypatch):
+    """``tiny-unsigned``: PostgreSQL's windows over the deliveries, without the signatures
+    (on SQLite, which has none, the same run as ``tiny``)."""
     settings, _account_id, box = store
-    if sizes == "tiny":  # many windows per page, and the hand-over to the index on most queries;
+    if sizes.startswith("tiny"):  # many windows per page, and the hand-over to the index on most queries;
         # on SQLite « car » (cardio, cardiaque) then has too many tokens: back to the prefix query
         for name, value in (("WINDOW_FIRST", 8), ("WINDOW_MAX", 64), ("MIN_SAMPLE", 24), ("WINDOW_BUDGET", 150),
-                            ("FTS_TOKENS_MAX", 1)):
+                            ("FTS_TOKENS_MAX", 1), ("SIGNATURE_FIRST", 8), ("SIGNATURE_MAX", 64)):
             monkeypatch.setattr(search, name, value)
+    if sizes == "tiny-unsigned":
+        monkeypatch.setattr(search, "SIGNATURES", False)
 
     async def run():
         core = Core(settings)
@@ -287,3 +291,162 @@ def test_fts_tokens_list_the_vocabulary_of_each_prefix(tmp_path):
             await engine.dispose()
 
     assert asyncio.run(run()) > 0.8 * len(prefixes)
+
+
+# --- PostgreSQL: search signatures (migration 0011) ---------------------------------------------
+
+_SIGNATURES_DRIFT = sa.text("""
+    WITH fresh AS (SELECT DISTINCT d.mailbox_id, d.message_id, search_signature(m.search_vector) AS sig
+                   FROM deliveries d JOIN messages m ON m.id = d.message_id),
+         kept AS (SELECT mailbox_id, message_id, ARRAY[sig0, sig1, sig2, sig3] AS sig FROM search_signatures)
+    SELECT count(*) FROM ((SELECT * FROM kept EXCEPT SELECT * FROM fresh)
+                          UNION ALL (SELECT * FROM fresh EXCEPT SELECT * FROM kept)) drift""")
+
+
+async def _same_as_index(s, box: int) -> int:
+    found = 0
+    for q in [*QUERIES, "dubo", "leroy", "bilan dubois", "traitement examen"]:
+        terms = search_terms(q)
+        for view, category in VIEWS:
+            conditions = [sa.text(_qualified(VIEW_SQL[view]))]
+            if category:
+                conditions.append(Delivery.category == category)
+            expected = await _all_pages(s, box, terms, conditions, "index", 40)
+            for strategy in ("window", "adaptive", "auto"):
+                assert await _all_pages(s, box, terms, conditions, strategy, 40) == expected, (q, view, strategy)
+            found += len(expected)
+    return found
+
+
+# The table and its triggers exist on PostgreSQL only: SQLite keeps its FTS5 path (migration 0011).
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_signatures_follow_every_change_and_keep_the_search_exact(backend, tmp_path_factory, monkeypatch):
+    """The triggers keep one signature per (mailbox, message) delivered, equal to the message's
+    words' bits, through new deliveries, deletions (one role of two, both, a whole message),
+    moves to another mailbox and changes of a message's text; the signed windows give exactly
+    the index's rows after each change. Then the migration, run again on that store, rebuilds
+    the same table (the backfill of an existing store)."""
+    for name, value in (("SIGNATURE_FIRST", 8), ("SIGNATURE_MAX", 64), ("MIN_SAMPLE", 24), ("WINDOW_BUDGET", 150)):
+        monkeypatch.setattr(search, name, value)
+    with fresh_database(backend, tmp_path_factory.mktemp("db-signatures")) as url:
+        settings = make_settings(url, tmp_path_factory.mktemp("data-signatures"), smtp_enabled=False,
+                                 run_workers=False)
+
+        async def run() -> None:
+            core = Core(settings)
+            await core.start()
+            try:
+                _a, box = await accounts.create_account(core, accounts.NewAccount(
+                    username="sig.a", password=None, first_name="A", last_name="Sig"))
+                _b, other = await accounts.create_account(core, accounts.NewAccount(
+                    username="sig.b", password=None, first_name="B", last_name="Sig"))
+                await _populate(core, box.id, other.id)
+
+                async def check() -> int:
+                    async with core.read() as s:
+                        assert await s.scalar(_SIGNATURES_DRIFT) == 0
+                        assert await s.scalar(sa.text("SELECT count(*) FROM search_signatures")) == await s.scalar(
+                            sa.text("SELECT count(DISTINCT (mailbox_id, message_id)) FROM deliveries"))
+                        return await _same_as_index(s, box.id)
+
+                assert await check() > 1000
+                async with core.write() as tx:
+                    s = tx.session
+                    twice = (await s.execute(sa.text(
+                        "SELECT message_id FROM deliveries WHERE mailbox_id = :b GROUP BY message_id "
+                        "HAVING count(*) = 2 ORDER BY message_id DESC LIMIT 3"), {"b": box.id})).scalars().all()
+                    assert twice
+                    # One role of two: the (mailbox, message) keeps its signature; both: it goes.
+                    await s.execute(sa.delete(Delivery).where(Delivery.mailbox_id == box.id,
+                                                              Delivery.message_id == twice[0], Delivery.role == "sent"))
+                    await s.execute(sa.delete(Delivery).where(Delivery.mailbox_id == box.id,
+                                                              Delivery.message_id.in_(twice[1:])))
+                    # Newest deliveries gone, a whole message gone (cascade).
+                    newest = (await s.execute(sa.select(Delivery.message_id).where(Delivery.mailbox_id == box.id)
+                                              .order_by(Delivery.message_id.desc()).limit(20))).scalars().all()
+                    await s.execute(sa.delete(Delivery).where(Delivery.mailbox_id == box.id,
+                                                              Delivery.message_id.in_(newest[::2])))
+                    await s.execute(sa.delete(Message).where(Message.id == newest[1]))
+                    # A delivery moved to the other mailbox.
+                    await s.execute(sa.update(Delivery).where(Delivery.mailbox_id == box.id,
+                                                              Delivery.message_id == newest[3])
+                                    .values(mailbox_id=other.id))
+                    # Texts rewritten: « bilan » becomes « dubois », and back on others.
+                    await s.execute(sa.text(
+                        "UPDATE messages SET search_text = replace(search_text, 'bilan ', 'dubois ') "
+                        "WHERE id IN (SELECT message_id FROM deliveries WHERE mailbox_id = :b "
+                        "ORDER BY message_id DESC LIMIT 60)"), {"b": box.id})
+                    await s.execute(sa.text(
+                        "UPDATE messages SET search_text = replace(search_text, 'dubois', 'leroy') "
+                        "WHERE id % 7 = 0"))
+                    # New messages delivered to both mailboxes.
+                    rng = random.Random(9)
+                    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+                    first = int(await s.scalar(sa.select(sa.func.max(Message.id)))) + 1
+                    for i in range(first, first + 40):
+                        subject, body = _text(rng), _text(rng) + " dubois apixaban"
+                        text = messages.build_search_text(subject, body, "Dr Paul DUBOIS", "x@monsisra.localhost",
+                                                          [], mailbox_ids=[box.id, other.id])
+                        s.add(Message(id=i, message_id=f"<{i}@n>", sender_address="x@monsisra.localhost",
+                                      sender_name="Dr Paul DUBOIS", subject=subject, body=body, preview=body[:100],
+                                      category="letter", created_at=t0 + timedelta(i), search_text=text))
+                    await s.flush()
+                    uid = int(await s.scalar(sa.select(sa.func.max(Delivery.uid)))) + 1
+                    await s.execute(sa.insert(Delivery), [
+                        {"mailbox_id": m, "message_id": i, "uid": uid + 2 * (i - first) + k, "role": role,
+                         "category": "letter", "created_at": t0 + timedelta(i)}
+                        for i in range(first, first + 40)
+                        for k, (m, role) in enumerate([(box.id, "in"), (other.id, "sent")])])
+                assert await check() > 1000
+            finally:
+                await core.close()
+
+        asyncio.run(run())
+        # The migration on a store that already has deliveries: the backfill gives the same rows.
+        async def drift() -> tuple[int, int]:
+            engine = make_engine(url)
+            try:
+                async with engine.connect() as conn:
+                    return (await conn.scalar(_SIGNATURES_DRIFT),
+                            await conn.scalar(sa.text("SELECT count(*) FROM search_signatures")))
+            finally:
+                await engine.dispose()
+
+        _, rows = asyncio.run(drift())
+        from alembic import command
+
+        from monsisra.store.migrate import alembic_config, upgrade
+        command.downgrade(alembic_config(url), "0010_service_expert")
+        upgrade(url)
+        assert asyncio.run(drift()) == (0, rows)
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # the SQL function exists on PostgreSQL only
+def test_signature_bits_are_those_of_the_sql_function(store, backend):
+    """Python's ``signature_position`` hashes a word's first four characters as the migration's
+    ``search_signature`` does; a query's mask only names the words PostgreSQL reads as one lexeme."""
+    settings, _account_id, _box = store
+    words = ["dubois", "dubo", "duboisson", "bilan", "2026", "a1b2c3", "oeil", "zz", "abc", "naïve", "中文字符"]
+
+    async def run():
+        engine = make_engine(settings.database_url)
+        try:
+            async with engine.connect() as conn:
+                for word in words:
+                    sig = await conn.scalar(sa.text("SELECT search_signature(to_tsvector('simple', :w))"), {"w": word})
+                    assert _positions(sig) == [search.signature_position(word)], word
+                    assert search.signature_bits([word]) in (None, sig), word
+                empty = await conn.scalar(sa.text("SELECT search_signature(to_tsvector('simple', 'zzmbx12'))"))
+                assert empty == [0, 0, 0, 0]  # mailbox tokens set no bit
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    assert len(_positions(search.signature_bits(["car", "naive", "x"]))) == 1  # « naive » alone
+    assert search.signature_bits(["car", "zz"]) is None
+    assert len(_positions(search.signature_bits(["dubois", "dubo"]))) == 1
+    assert len(_positions(search.signature_bits(["dubois", "apixaban", "bilan"]))) == 3
+
+
+def _positions(words: list[int]) -> list[int]:
+    return sorted(64 * k + 63 - b for k, w in enumerate(words) for b in range(64) if w >> b & 1)

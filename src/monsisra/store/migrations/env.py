@@ -15,7 +15,7 @@ target_metadata = Base.metadata
 
 def _include(obj, name, type_, reflected, compare_to) -> bool:
     # Full-text search objects are created by hand in the migrations, per engine.
-    return not (name and (name.startswith("message_fts") or name == "search_vector"))
+    return not (name and (name.startswith(("message_fts", "search_signature")) or name == "search_vector"))
 
 
 def _run(connection) -> None:
