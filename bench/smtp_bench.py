@@ -265,8 +265,7 @@ def main() -> None:
            "- `250` waits for a committed database transaction (the message's rows and its raw form: one WAL "
            "fsync per batch) and for the fsynced attachment files, written while the message waits for its "
            "batch and the batch's rows are built: the COMMIT waits for them. Group commit: messages arriving "
-           "together on several connections share one transaction; on PostgreSQL two batches may be in "
-           "flight (the next one built while the previous one waits for its WAL flush).",
+           "together on several connections share one transaction.",
            "- MIME parsing runs in the server process for messages under 2 MB: a byte-level cut "
            "(`domain/mail/split.py`) finds the header/body separators and boundary lines with byte searches "
            "and leaves only the header blocks and the (C) base64 decoding to the stdlib, instead of its "

@@ -343,30 +343,17 @@ def _blob_writer() -> ThreadPoolExecutor:
 def _await_blobs(jobs: list[_Job]) -> None:
     """Block until the attachment files of ``jobs`` are durable; raises the first write that
     failed (the batch is then rolled back and its messages retried one by one). Called by the
-    SQLite commit thread after building the batch's rows, before its COMMIT."""
+    commit thread after building the batch's rows, before its COMMIT."""
     for job in jobs:
         for blob in job.blobs:
             blob.result()
 
 
-async def _blobs_written(jobs: list[_Job]) -> None:
-    """:func:`_await_blobs` for the PostgreSQL batches, which share one event loop: waiting
-    there must not hold up the other batch in flight."""
-    for job in jobs:
-        for blob in job.blobs:
-            await asyncio.wrap_future(blob)
-
-
 class _Committer:
     """Group commit: messages arriving together on several connections are written in one
-    transaction (one fsync), and every one of them is answered only after that commit.
-
-    On PostgreSQL two batches may be in flight, each on its own connection: the next one is
-    built while the previous one waits for its commit (its WAL flush), instead of waiting for
-    it to end. SQLite has one writer: one batch at a time."""
+    transaction (one fsync), and every one of them is answered only after that commit."""
 
     MAX_BATCH = 32
-    PG_IN_FLIGHT = 2
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -375,7 +362,6 @@ class _Committer:
         self._executor: ThreadPoolExecutor | None = None
         self._engine: sa.Engine | None = None
         self._pg: tuple[asyncio.AbstractEventLoop, threading.Thread, AsyncEngine] | None = None
-        self.in_flight: set[asyncio.Task] = set()
 
     async def submit(self, job: _Job) -> str:
         if self.task is None or self.task.done():
@@ -385,45 +371,31 @@ class _Committer:
         return await future
 
     async def _run(self) -> None:
-        slots = asyncio.Semaphore(1 if self.core.db.is_sqlite else self.PG_IN_FLIGHT)
-        loop = asyncio.get_running_loop()
         while True:
-            await slots.acquire()  # the next batch gathers while the slots are busy
-            try:
-                batch = [await self.queue.get()]
-            except BaseException:
-                slots.release()
-                raise
+            batch = [await self.queue.get()]
             while len(batch) < self.MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            task = loop.create_task(self._settle(batch))
-            self.in_flight.add(task)
-            task.add_done_callback(self.in_flight.discard)
-            task.add_done_callback(lambda _: slots.release())
-
-    async def _settle(self, batch: list[tuple[_Job, asyncio.Future[str]]]) -> None:
-        """Commit one batch and answer each of its messages."""
-        try:
-            replies = await self._commit([j for j, _ in batch])
-        except Exception:
-            # One bad message must not sink the others: retry them one by one.
-            replies = []
-            for job, _ in batch:
-                try:
-                    replies.extend(await self._commit([job]))
-                except IntegrityError:
-                    # The same Message-ID arrived concurrently (another process) and is stored.
-                    replies.append(f"250 2.0.0 {job.rfc_id} déjà reçu")
-                except Exception as exc:
-                    log.exception("inbound store failed")
-                    replies.append(exc)
-        for (_, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue
-            if isinstance(reply, BaseException):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+            try:
+                replies = await self._commit([j for j, _ in batch])
+            except Exception:
+                # One bad message must not sink the others: retry them one by one.
+                replies = []
+                for job, _ in batch:
+                    try:
+                        replies.extend(await self._commit([job]))
+                    except IntegrityError:
+                        # The same Message-ID arrived concurrently (another process) and is stored.
+                        replies.append(f"250 2.0.0 {job.rfc_id} déjà reçu")
+                    except Exception as exc:
+                        log.exception("inbound store failed")
+                        replies.append(exc)
+            for (_, future), reply in zip(batch, replies, strict=True):
+                if future.done():
+                    continue
+                if isinstance(reply, BaseException):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
 
     async def _commit(self, jobs: list[_Job]) -> list[str]:
         now = utcnow()
@@ -452,7 +424,7 @@ class _Committer:
             loop = asyncio.new_event_loop()
             thread = threading.Thread(target=loop.run_forever, name="monsisra-inbound-pg", daemon=True)
             thread.start()
-            engine = make_engine(self.core.settings.database_url, pool_size=self.PG_IN_FLIGHT,
+            engine = make_engine(self.core.settings.database_url, pool_size=1,
                                  busy_timeout=self.core.settings.database_busy_timeout)
             self._pg = (loop, thread, engine)
         return self._pg
@@ -460,10 +432,8 @@ class _Committer:
     @staticmethod
     async def _pg_commit(engine: AsyncEngine, jobs: list[_Job], now) -> tuple[list[str], list]:
         out: list = []
-        files: list[_Job] = []
         async with AsyncSession(engine, expire_on_commit=False) as s, s.begin():
-            replies = await s.run_sync(_store_batch_at, jobs, out, now, files)
-            await _blobs_written(files)  # before the COMMIT
+            replies = await s.run_sync(_store_batch_at, jobs, out, now)
         return replies, out
 
     def _sqlite_thread(self) -> ThreadPoolExecutor:
@@ -474,10 +444,8 @@ class _Committer:
 
     def _sqlite_commit(self, jobs: list[_Job], now) -> tuple[list[str], list]:
         out: list = []
-        files: list[_Job] = []
         with Session(self._engine, expire_on_commit=False) as s, s.begin():
-            replies = _store_batch_at(s, jobs, out, now, files)
-            _await_blobs(files)  # before the COMMIT
+            replies = _store_batch_at(s, jobs, out, now)
         return replies, out
 
     def close(self) -> None:
@@ -506,11 +474,10 @@ async def stop(core: Core) -> None:
     while _blob_writers:
         _blob_writers.pop().shutdown(wait=False)
     found = _committers.pop(id(core), None)
-    if found is not None:
-        for task in [t for t in (found.task, *found.in_flight) if t is not None]:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    if found is not None and found.task is not None:
+        found.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await found.task
     if found is not None:
         found.close()
 
@@ -541,12 +508,11 @@ _INSERT_RAW = {"sqlite": sqlite_insert(RawMessage.__table__).on_conflict_do_noth
                "postgresql": pg_insert(RawMessage.__table__).on_conflict_do_nothing(index_elements=["sha256"])}
 
 
-def _store_batch_at(s: Session, jobs: list[_Job], out: list, now, awaiting: list[_Job]) -> list[str]:
+def _store_batch_at(s: Session, jobs: list[_Job], out: list, now) -> list[str]:
     """Store a batch of accepted messages in one transaction, with one multi-row INSERT per
     table; returns the SMTP reply of each. Plain synchronous code: it runs in SQLite's own
     thread (one hand-off per batch) or through ``run_sync`` on the async engine (PostgreSQL).
-    Events to publish after commit are appended to ``out``; the jobs whose attachment files
-    the rows name to ``awaiting``: the caller commits only once those are written."""
+    Events to publish after commit are appended to ``out``."""
     # The batch's own statements go to the transaction's Connection: Core statements need none of
     # the ORM Session's execution path (a quarter of SQLAlchemy's cost per statement, measured in
     # the commit thread); the Session stays for the rare ORM reads (replies, receipts, patients).
@@ -601,7 +567,8 @@ def _store_batch_at(s: Session, jobs: list[_Job], out: list, now, awaiting: list
     _keep_raw(c, [j for j, _, _, _ in plans], now)
     if placements:
         _deliver_batch(s, out, placements)
-    awaiting.extend(job for job, _, message, views in plans if message is not None and views)
+    # Last, just before the COMMIT: the files of the messages whose rows name them.
+    _await_blobs([job for job, _, message, views in plans if message is not None and views])
     return replies
 
 
