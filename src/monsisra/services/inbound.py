@@ -299,14 +299,21 @@ async def receive(core: Core, env: Envelope) -> str:
     rfc_id = parsed.message_id or f"<{ready.raw_sha[:40]}@sans-identifiant.invalid>"
 
     # The attachment files are written (each written, fsynced, renamed under its name, its
-    # directory fsynced) while the message waits for its batch and the batch's rows are built; the
-    # batch's COMMIT waits for them (``_await_blobs``): rows are what make a message visible, so a
+    # directory fsynced) while the message waits for its batch and the batch's rows are built
+    # (SQLite); the batch's COMMIT waits for them (``_await_blobs``): rows are what make a message visible, so a
     # failure at either step (disk full, blob store unwritable, database locked) answers 4xx with
     # nothing shown. A crash before the commit leaves only files that no row names, never a
     # message without its files.
     writer = _blob_writer()
     blobs = [writer.submit(core.blobs.put_bytes, p.data, f[0])
              for p, f in zip(parsed.attachments, ready.files, strict=True)]
+    if not core.db.is_sqlite:
+        # PostgreSQL: the files before the batch, as before. Written during the batch, they cost
+        # ~0.5 ms more server CPU per message in three back-to-back bench pairs, for no better
+        # rate (bench/results/smtp_postgres.md, 2026-12-01 13:27 UTC).
+        for outcome in await asyncio.gather(*(asyncio.wrap_future(b) for b in blobs), return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
     job = _Job(env, parsed, ready.content, rfc_id, list(boxes.values()), ready.raw_sha, ready.files, blobs)
     try:
         reply = await _committer(core).submit(job)
