@@ -300,10 +300,10 @@ async def receive(core: Core, env: Envelope) -> str:
 
     # The attachment files are written (each written, fsynced, renamed under its name, its
     # directory fsynced) while the message waits for its batch and the batch's rows are built
-    # (SQLite); the batch's COMMIT waits for them (``_await_blobs``): rows are what make a message visible, so a
-    # failure at either step (disk full, blob store unwritable, database locked) answers 4xx with
-    # nothing shown. A crash before the commit leaves only files that no row names, never a
-    # message without its files.
+    # (SQLite); the batch's COMMIT waits for them (``_await_blobs``): rows are what make a message
+    # visible, so a failure at either step (disk full, blob store unwritable, database locked)
+    # answers 4xx with nothing shown. A crash before the commit leaves only files that no row
+    # names, never a message without its files.
     writer = _blob_writer()
     blobs = [writer.submit(core.blobs.put_bytes, p.data, f[0])
              for p, f in zip(parsed.attachments, ready.files, strict=True)]
