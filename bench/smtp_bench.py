@@ -263,8 +263,10 @@ def main() -> None:
            "- The two cores are saturated by the client and the server together, so the rate follows the CPU "
            "spent per message: the ratio is about (Postfix + client) / (MonSisra + client) CPU per message.",
            "- `250` waits for a committed database transaction (the message's rows and its raw form: one WAL "
-           "fsync per batch) and for the fsynced attachment file, written in parallel with the commit. "
-           "Group commit: messages arriving together on several connections share one transaction.",
+           "fsync per batch) and for the fsynced attachment files: on SQLite written while the message waits for "
+           "its batch and the batch's rows are built (the COMMIT waits for them), on PostgreSQL before the "
+           "message joins its batch. Group commit: messages arriving "
+           "together on several connections share one transaction.",
            "- MIME parsing runs in the server process for messages under 2 MB: a byte-level cut "
            "(`domain/mail/split.py`) finds the header/body separators and boundary lines with byte searches "
            "and leaves only the header blocks and the (C) base64 decoding to the stdlib, instead of its "

@@ -10,8 +10,10 @@ import base64
 import email
 import email.policy
 import email.utils
+import hashlib
 import os
 import smtplib
+import threading
 import uuid
 from email.message import EmailMessage
 from pathlib import Path
@@ -284,6 +286,51 @@ def test_unwritable_blob_store_answers_451_and_leaves_nothing(gw):
     # The sender retries once the disk is back: everything is there.
     assert gw.send(raw, REMOTE, [f"alice.martin@{DOMAIN}"])[0] == 250
     assert read(alice, box, subject)["attachments"][0]["size"] > 0
+
+
+def test_the_commit_waits_for_the_attachment_files(gw, monkeypatch):
+    """The attachment files are written while the message waits for its batch and the batch's rows
+    are built; the COMMIT, which makes the message visible, waits for them. A file held on its way
+    to disk keeps its message out of the database and its sender without an answer; released, the
+    sender gets its 250 with the message and its file both there."""
+    core = gw.server.core
+    pdf = b"%PDF-1.4\n" + os.urandom(20_000) + b"\n%%EOF\n"
+    msg = EmailMessage()
+    msg["From"] = f"Secrétariat <{REMOTE}>"
+    msg["To"] = f"alice.martin@{DOMAIN}"
+    msg["Subject"] = f"Fichier retenu {uuid.uuid4().hex[:6]}"
+    msg["Message-ID"] = rfc_id = _id()
+    msg.set_content("Compte rendu ci-joint.")
+    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="CR.pdf")
+    writing, release = threading.Event(), threading.Event()
+    put_bytes = core.blobs.put_bytes
+
+    def held(data: bytes, digest: str | None = None):
+        if data == pdf:
+            writing.set()
+            assert release.wait(120)
+        return put_bytes(data, digest)
+
+    async def stored(core):
+        from monsisra.store.gateway import InboundMessage
+
+        async with core.read() as s:
+            return await s.scalar(sa.select(sa.func.count()).where(InboundMessage.rfc_message_id == rfc_id))
+
+    monkeypatch.setattr(core.blobs, "put_bytes", held)
+    answer: list[tuple[int, str]] = []
+    sender = threading.Thread(target=lambda: answer.append(gw.send(msg.as_bytes(policy=WIRE), REMOTE,
+                                                                   [f"alice.martin@{DOMAIN}"])))
+    sender.start()
+    try:
+        assert writing.wait(120)
+        assert gw.server.call(stored, core) == 0 and not answer
+    finally:
+        release.set()
+        sender.join(120)
+    assert answer and answer[0][0] == 250, answer
+    assert gw.server.call(stored, core) == 1
+    assert core.blobs.exists(hashlib.sha256(pdf).hexdigest())
 
 
 # --- 6. one rule for control characters -----------------------------------------------------------------

@@ -46,30 +46,30 @@ class BlobStore:
             return tempfile.mkstemp(dir=self.tmp, prefix="up-")
 
     def _commit(self, fd: int, tmp_name: str, digest: str) -> None:
+        final = self.path(digest)
+        # A new prefix directory is made before the file's fsync, not after: that fsync's journal
+        # commit then carries the new entries too, and their own directory fsyncs below find them
+        # already durable (the first blobs under each of the 65,536 prefixes paid up to four
+        # journal commits one after the other, three now at most and usually two).
+        new_dirs = self._make_dirs(final.parent) if not os.path.isdir(final.parent) else ()
         os.fsync(fd)
         os.close(fd)
-        final = self.path(digest)
         if final.exists():
             os.unlink(tmp_name)
             return
-        try:
-            os.replace(tmp_name, final)
-        except FileNotFoundError:  # the first blob under this prefix
-            if not os.path.exists(tmp_name):
-                raise
-            self._make_dirs(final.parent)
-            os.replace(tmp_name, final)
+        os.replace(tmp_name, final)
         _fsync_dir(final.parent)
+        for directory in new_dirs:
+            _fsync_dir(directory)
 
-    def _make_dirs(self, directory: Path) -> None:
-        """Create ``directory`` (two levels under the root) and make the new entries durable:
-        the blob's own directory fsync does not cover the entry naming that directory."""
+    def _make_dirs(self, directory: Path) -> tuple[Path, Path]:
+        """Create ``directory`` (two levels under the root); returns the directories whose entries
+        the caller must fsync (the blob's own directory fsync does not cover the entry naming that
+        directory). Both, even a level another thread has just made: its fsync may not be done."""
         for level in (directory.parent, directory):
-            try:
+            with contextlib.suppress(FileExistsError):
                 level.mkdir()
-            except FileExistsError:
-                continue
-            _fsync_dir(level.parent)
+        return directory.parent, directory.parent.parent
 
     def put_bytes(self, data: bytes, digest: str | None = None) -> tuple[str, int]:
         """Store ``data`` (whose sha256 the caller may already know); returns (sha256, size).
