@@ -293,7 +293,7 @@ def test_fts_tokens_list_the_vocabulary_of_each_prefix(tmp_path):
     assert asyncio.run(run()) > 0.8 * len(prefixes)
 
 
-# --- PostgreSQL: search signatures (migration 0011) ---------------------------------------------
+# --- PostgreSQL: search signatures (migration 0012) ---------------------------------------------
 
 _SIGNATURES_DRIFT = sa.text("""
     WITH fresh AS (SELECT DISTINCT d.mailbox_id, d.message_id, search_signature(m.search_vector) AS sig
@@ -318,7 +318,7 @@ async def _same_as_index(s, box: int) -> int:
     return found
 
 
-# The table and its triggers exist on PostgreSQL only: SQLite keeps its FTS5 path (migration 0011).
+# The table and its triggers exist on PostgreSQL only: SQLite keeps its FTS5 path (migration 0012).
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 def test_signatures_follow_every_change_and_keep_the_search_exact(backend, tmp_path_factory, monkeypatch):
     """The triggers keep one signature per (mailbox, message) delivered, equal to the message's
@@ -416,7 +416,7 @@ def test_signatures_follow_every_change_and_keep_the_search_exact(backend, tmp_p
         from alembic import command
 
         from monsisra.store.migrate import alembic_config, upgrade
-        command.downgrade(alembic_config(url), "0010_service_expert")
+        command.downgrade(alembic_config(url), "0011_directory_word_counts")
         upgrade(url)
         assert asyncio.run(drift()) == (0, rows)
 

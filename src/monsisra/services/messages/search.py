@@ -30,7 +30,7 @@ ids [lower, upper), the index the ids below ``lower``, so the union is exactly t
 answer, in the same order (message id descending, then role). Either way the rows are the
 index's: the estimate only chooses how fast they come.
 
-On PostgreSQL the windows walk ``search_signatures`` (migration ``0011_search_signatures``)
+On PostgreSQL the windows walk ``search_signatures`` (migration ``0012_search_signatures``)
 instead of the deliveries: one row per (mailbox, message) with a 256-bit signature of the
 message's words (four bigints), read from its primary key alone (~0.2 µs a row). Only the rows whose signature
 holds the bits of every query word of four characters or more (``signature_bits``), a few per

@@ -16,14 +16,14 @@ Size: one row per (mailbox, message) of about 70 bytes, plus its primary key hol
 signature too (index-only walks): about 140 bytes per delivery. SQLite keeps its FTS5 path:
 nothing is created there.
 
-Revision ID: 0011_search_signatures
-Revises: 0010_imap_vanished, 0010_service_expert
+Revision ID: 0012_search_signatures
+Revises: 0011_directory_word_counts
 """
 
 from alembic import op
 
-revision = "0011_search_signatures"
-down_revision = ("0010_imap_vanished", "0010_service_expert")
+revision = "0012_search_signatures"
+down_revision = "0011_directory_word_counts"
 branch_labels = None
 depends_on = None
 
