@@ -144,8 +144,11 @@ def start_server(settings: Settings) -> RunningServer:
 
     app.state.startup_hooks.insert(0, remember_loop)
     # proxy_headers off, as in ``monsisra serve``: forwarded headers are the app's to believe or not.
+    # The stdlib loop, as ``monsisra serve`` runs (``asyncio.run``): uvicorn's default here would be
+    # uvloop, which the product never runs and which, with several test servers' loops in threads
+    # of one process, crashed the suite at random (SIGSEGV in libuv's uv__read, uvloop issue #538).
     config = uvicorn.Config(app, host="127.0.0.1", port=settings.http_port, log_level="warning",
-                            ws="websockets-sansio", lifespan="on", proxy_headers=False)
+                            ws="websockets-sansio", lifespan="on", proxy_headers=False, loop="asyncio")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="monsisra-test-server", daemon=True)
     thread.start()
