@@ -149,11 +149,14 @@ def main() -> None:
 def baseline_of(data: dict[str, Any]) -> dict[str, Any]:
     """What the comparison table needs of an earlier run's JSON, per engine and store size: its
     commit, date, load and per query p50 / p99 / CPU p50 (« after »: what that code served)."""
+    # Oldest first, so that the newest run of each engine and store size is the one kept (a file
+    # written with --merge lists the new run first).
+    runs = sorted(_with_meta(data), key=lambda r: r["meta"].get("date") or "")
     return {_key(r["engine"], r["meta"]["plan"]): {
         "commit": r["meta"].get("commit"), "date": r["meta"].get("date"),
         "load": [r["load_at_start"], r["load_at_end"]],
         "queries": {q["query"]: {k: q[k] for k in ("p50", "p99", "cpu_p50")} for q in r["after"]}}
-        for r in _with_meta(data)}
+        for r in runs}
 
 
 def _baseline_table(old: dict[str, Any], run: dict[str, Any]) -> list[str]:
