@@ -86,19 +86,6 @@ def upgrade() -> None:
             RETURN NULL;
         END $$""")
     op.execute("""
-        CREATE FUNCTION search_signatures_moved() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            DELETE FROM search_signatures g
-            WHERE g.mailbox_id = OLD.mailbox_id AND g.message_id = OLD.message_id
-              AND NOT EXISTS (SELECT 1 FROM deliveries d
-                              WHERE d.mailbox_id = OLD.mailbox_id AND d.message_id = OLD.message_id);
-            INSERT INTO search_signatures (mailbox_id, message_id, sig0, sig1, sig2, sig3)
-            SELECT NEW.mailbox_id, NEW.message_id, g.sig[1], g.sig[2], g.sig[3], g.sig[4]
-            FROM messages m, search_signature(m.search_vector) AS g(sig) WHERE m.id = NEW.message_id
-            ON CONFLICT (mailbox_id, message_id) DO NOTHING;
-            RETURN NULL;
-        END $$""")
-    op.execute("""
         CREATE FUNCTION search_signatures_rewritten() RETURNS trigger LANGUAGE plpgsql AS $$
         DECLARE
             fresh bigint[] := search_signature(NEW.search_vector);
@@ -120,10 +107,12 @@ def upgrade() -> None:
                "FOR EACH ROW EXECUTE FUNCTION search_signatures_added()")
     op.execute("CREATE TRIGGER deliveries_signature_delete AFTER DELETE ON deliveries "
                "FOR EACH ROW EXECUTE FUNCTION search_signatures_removed()")
-    op.execute("CREATE TRIGGER deliveries_signature_update AFTER UPDATE OF mailbox_id, message_id ON deliveries "
-               "FOR EACH ROW WHEN (OLD.mailbox_id IS DISTINCT FROM NEW.mailbox_id "
-               "OR OLD.message_id IS DISTINCT FROM NEW.message_id) "
-               "EXECUTE FUNCTION search_signatures_moved()")
+    # A delivery moved to another mailbox (or message): removed from the old, added to the new.
+    for trigger, function in (("deliveries_signature_update_from", "search_signatures_removed"),
+                              ("deliveries_signature_update_to", "search_signatures_added")):
+        op.execute(f"CREATE TRIGGER {trigger} AFTER UPDATE OF mailbox_id, message_id ON deliveries "
+                   "FOR EACH ROW WHEN (OLD.mailbox_id IS DISTINCT FROM NEW.mailbox_id "
+                   f"OR OLD.message_id IS DISTINCT FROM NEW.message_id) EXECUTE FUNCTION {function}()")
     op.execute("CREATE TRIGGER deliveries_signature_truncate AFTER TRUNCATE ON deliveries "
                "FOR EACH STATEMENT EXECUTE FUNCTION search_signatures_emptied()")
     op.execute("CREATE TRIGGER messages_signature_update AFTER UPDATE OF search_text ON messages "
@@ -135,11 +124,12 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         return
     for trigger, table in (("deliveries_signature_insert", "deliveries"), ("deliveries_signature_delete", "deliveries"),
-                           ("deliveries_signature_update", "deliveries"), ("deliveries_signature_truncate", "deliveries"),
+                           ("deliveries_signature_update_from", "deliveries"),
+                           ("deliveries_signature_update_to", "deliveries"), ("deliveries_signature_truncate", "deliveries"),
                            ("messages_signature_update", "messages")):
         op.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {table}")
-    for function in ("search_signatures_added", "search_signatures_removed", "search_signatures_moved",
-                     "search_signatures_rewritten", "search_signatures_emptied"):
+    for function in ("search_signatures_added", "search_signatures_removed", "search_signatures_rewritten",
+                     "search_signatures_emptied"):
         op.execute(f"DROP FUNCTION IF EXISTS {function}()")
     op.execute("DROP TABLE IF EXISTS search_signatures")
     op.execute("DROP FUNCTION IF EXISTS search_signature(tsvector)")
