@@ -42,6 +42,8 @@ $$"""
 def upgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         return
+    print("messages: building the search signatures of every mailbox (about 30 s per million messages)…",
+          flush=True)
     op.execute(SIGNATURE_FUNCTION)
     op.execute("""
         CREATE TABLE search_signatures (
