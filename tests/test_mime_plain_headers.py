@@ -111,3 +111,20 @@ def test_messages_parse_the_same_without_the_shortcut(name, monkeypatch):
     without = [outcome(True), outcome(False)]
     mime._parsed_header.cache_clear()
     assert with_shortcut == without
+
+
+ADDRESS_VALUES = ["", "x", "a@b.c", "Secrétariat <secretariat@autre-operateur.localhost>",
+                  '"Dr. X, Y" <x@y.fr>, z@w.fr, <@r:a@b>', "  Spaced   Name  <A@B.FR>", "a@b, c@d, e",
+                  "<a@b", "=?utf-8?q?x?= <a@b>", "x" * 1200 + " <a@b>", ", ".join(f"p{i}@h.fr" for i in range(300))]
+
+
+@pytest.mark.parametrize("raw", ADDRESS_VALUES)
+def test_memoised_address_reads_equal_the_parser(raw):
+    for _ in range(2):  # the second time from the memo
+        assert mime._read_address(raw) == mime._parse_address(raw)
+        assert mime._read_addresses(raw) == (mime._parse_addresses(raw) if raw else ())
+    display, addr = email.utils.parseaddr(raw)
+    assert mime._read_address(raw) == (" ".join(display.split())[:200], addr.strip().lower())
+    pairs = email.utils.getaddresses([raw]) if raw else []
+    assert list(mime._read_addresses(raw)) == [(" ".join(n.split())[:200], a.strip().lower())
+                                               for n, a in pairs if "@" in a][:200]

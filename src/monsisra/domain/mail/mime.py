@@ -197,17 +197,41 @@ def _header(msg: Message, name: str) -> str:
 
 
 def _address(msg: Message, name: str) -> tuple[str, str]:
-    raw = _header(msg, name)
+    return _read_address(_header(msg, name))
+
+
+def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
+    return list(_read_addresses(_header(msg, name)))
+
+
+# The address parsers are pure functions of the header's text, and the same From and To come back
+# in every letter of a correspondence: their results are memoised (short values only).
+def _read_address(raw: str) -> tuple[str, str]:
+    return _parse_address(raw) if len(raw) > MEMO_HEADER_CHARS else _memo_address(raw)
+
+
+def _parse_address(raw: str) -> tuple[str, str]:
     display, addr = email.utils.parseaddr(raw)
     return " ".join(display.split())[:200], addr.strip().lower()
 
 
-def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
-    raw = _header(msg, name)
+_memo_address = functools.lru_cache(maxsize=2048)(_parse_address)
+
+
+def _read_addresses(raw: str) -> tuple[tuple[str, str], ...]:
     if not raw:
-        return []
+        return ()
+    if len(raw) > MEMO_HEADER_CHARS:
+        return _parse_addresses(raw)
+    return _memo_addresses(raw)
+
+
+def _parse_addresses(raw: str) -> tuple[tuple[str, str], ...]:
     pairs = email.utils.getaddresses([raw])
-    return [(" ".join(n.split())[:200], a.strip().lower()) for n, a in pairs if "@" in a][:200]
+    return tuple((" ".join(n.split())[:200], a.strip().lower()) for n, a in pairs if "@" in a)[:200]
+
+
+_memo_addresses = functools.lru_cache(maxsize=2048)(_parse_addresses)
 
 
 def _ids(value: str) -> list[str]:
