@@ -50,7 +50,8 @@ class _ReadPolicy(email.policy.EmailPolicy):
 
 @functools.lru_cache(maxsize=4096)
 def _parsed_header(policy: _ReadPolicy, name: str, value: str):
-    text = _plain_text(name, value)
+    # Unfolded first, as ``EmailPolicy.header_fetch_parse`` does before parsing.
+    text = _plain_text(name, "".join(email.policy.linesep_splitter.split(value)))
     if text is not None:
         return _PlainHeader(text, (policy, name, value))
     return email.policy.EmailPolicy.header_fetch_parse(policy, name, value)
@@ -66,7 +67,7 @@ _ATOMS = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*
 _PLAIN = {
     "content-type": re.compile(rf"{_MIME_WORD}/{_MIME_WORD}(?:{_PARAM})*"),
     "content-disposition": re.compile(rf"{_MIME_WORD}(?:{_PARAM})*"),
-    "message-id": re.compile(rf"<{_ATOMS}@{_ATOMS}>"),
+    "message-id": re.compile(rf"[ \t]*<{_ATOMS}@{_ATOMS}>"),
 }
 _PARAM_RE = re.compile(_PARAM)
 
