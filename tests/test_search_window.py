@@ -221,6 +221,44 @@ def test_term_frequencies_route_rare_words_to_the_index(store, backend, monkeypa
     asyncio.run(run())
 
 
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # parallel workers: PostgreSQL's planner
+def test_rare_words_are_read_from_the_index_without_workers(store, backend, monkeypatch):
+    """A page of a rare word from GIN is planned without parallel workers (starting one costs more
+    than the scan), for that transaction only; a common word keeps the server's setting. Both
+    give the index's rows."""
+    settings, _account_id, box = store
+    monkeypatch.setattr(search, "SERIAL_SHARE", 0.05)  # 1,500 messages: « pheochromocytome » is in ~1 %
+
+    async def run():
+        core = Core(settings)
+        await core.start()
+        try:
+            async with core.write() as tx:
+                await tx.session.execute(sa.text("ANALYZE messages"))
+            search._estimates.clear()
+            async with core.read() as s:
+                default = await s.scalar(sa.text("SHOW max_parallel_workers_per_gather"))
+            assert default != "0"
+            for term, workers in (("pheochromocytome", "0"), ("bilan", default)):
+                async with core.read() as s:
+                    expected = [tuple(r) for r in await search._index_rows(
+                        s, "postgresql", _LIST_COLUMNS, box, [term], [], None, 1000)]
+                    assert await s.scalar(sa.text("SHOW max_parallel_workers_per_gather")) == workers, term
+                    assert await s.scalar(sa.text("SHOW plan_cache_mode")) == "force_custom_plan"
+                async with core.read() as s:
+                    assert await s.scalar(sa.text("SHOW max_parallel_workers_per_gather")) == default
+                    await s.execute(sa.text("SET LOCAL max_parallel_workers_per_gather = 2"))
+                    parallel = [tuple(r) for r in (await s.execute(
+                        search.index_statement("postgresql", _LIST_COLUMNS, box, [term])
+                        .where(Delivery.mailbox_id == box).order_by(Message.id.desc(), Delivery.role)
+                        .limit(1000))).all()]
+                assert expected == parallel and (term == "bilan") == (len(expected) > 100), term
+        finally:
+            await core.close()
+
+    asyncio.run(run())
+
+
 def test_index_first_weighs_walked_rows_against_postings():
     assert search.index_first([10], 1_000_000, 51, 400)  # rare: the windows would walk the mailbox
     assert not search.index_first([300_000], 1_000_000, 51, 400)  # common: one window fills the page

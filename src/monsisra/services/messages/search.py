@@ -343,8 +343,16 @@ async def _index_rows(s: AsyncSession, dialect: str, columns, mailbox_id: int, t
                       conditions: list[Any], bound: int | None, want: int,
                       tokens: list[list[str]] | None = None) -> list[Any]:
     if dialect == "postgresql":
-        # A generic plan of the prepared statement would ignore how rare the words are.
-        await s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+        # A generic plan of the prepared statement would ignore how rare the words are; and a
+        # page of a rare word is planned as a Parallel Bitmap Heap Scan under a Gather Merge,
+        # whose worker costs more to start than the scan itself (10M store, « phéochromocytome »:
+        # first row at 6 ms, the worker's share done at 1.9 ms) and, on a busy host, is the
+        # p99. Both in one statement (one round trip): serial when the words are rare.
+        if await _rare_words(s, terms):
+            await s.execute(sa.text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
+                                    "set_config('max_parallel_workers_per_gather', '0', true)"))
+        else:
+            await s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
     stmt = index_statement(dialect, columns, mailbox_id, terms, tokens).where(
         Delivery.mailbox_id == mailbox_id, *conditions)
     if bound is not None:
@@ -357,6 +365,18 @@ async def _index_rows(s: AsyncSession, dialect: str, columns, mailbox_id: int, t
     # any second key makes it sort every match first.
     stmt = stmt.order_by(_FTS.c.rowid.desc()) if dialect == "sqlite" else _order(stmt, Message.id)
     return list((await s.execute(stmt.limit(want))).all())
+
+
+SERIAL_SHARE = 0.01  # words this rare (share of the store's messages) are read from the index without workers
+
+
+async def _rare_words(s: AsyncSession, terms: list[str]) -> bool:
+    """Whether the rarest term is in at most ``SERIAL_SHARE`` of the store's messages (from the
+    statistics; False without them): the index then returns few enough rows for one process."""
+    documents = [await term_documents(s, t) for t in terms]
+    messages = await _store_messages(s)
+    known = [d for d in documents if d is not None]
+    return bool(known) and messages > 0 and min(known) <= SERIAL_SHARE * messages
 
 
 def index_first(documents: list[int], messages: int, want: int, postings_per_row: float,
