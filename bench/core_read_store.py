@@ -147,6 +147,24 @@ async def _pg_signatures(url: str, *, only_if_empty: bool) -> float | None:
         await engine.dispose()
 
 
+async def _pg_version(url: str) -> list[str]:
+    engine = sa.ext.asyncio.create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return sorted((await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).scalars().all())
+    finally:
+        await engine.dispose()
+
+
+async def _pg_vacuum(url: str) -> None:
+    engine = sa.ext.asyncio.create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("VACUUM ANALYZE")
+    finally:
+        await engine.dispose()
+
+
 async def _pg_finish(url: str, load: dict[str, Any]) -> None:
     engine = sa.ext.asyncio.create_async_engine(url)
     try:
@@ -182,8 +200,14 @@ def pg_store(plan: core_read.Plan, rebuild: bool = False) -> tuple[str, dict[str
     else:
         from monsisra.store.migrate import upgrade
 
+        version = asyncio.run(_pg_version(url))
         upgrade(url)
         info["cached"] = True
+        if asyncio.run(_pg_version(url)) != version:
+            # What autovacuum does a while after a migration that rebuilt a table (the signature
+            # windows are index-only scans: without a visibility map each row reads the heap).
+            _log(f"migrated {version} → head: VACUUM ANALYZE")
+            asyncio.run(_pg_vacuum(url))
         repaired = asyncio.run(_pg_signatures(url, only_if_empty=True))
         if repaired is not None:
             info["signatures_repaired_s"] = repaired
