@@ -441,7 +441,11 @@ async def measure(url: str, engine_name: str, iterations: int, warmup: int) -> l
             wall = time.perf_counter() - t
             log.active = False
             slowest = max(log.rows, key=lambda r: r[0])
-            plan = await explain(core, engine_name, slowest[1], slowest[2])
+            # The settings the call made for its transaction (SET LOCAL, set_config), before it:
+            # the plan explained is the one the call ran (workers, custom plan).
+            settings = [r for r in log.rows[:log.rows.index(slowest)]
+                        if r[1].startswith(("SET ", "SELECT set_config("))]
+            plan = await explain(core, engine_name, slowest[1], slowest[2], settings)
             items = len(result["items"]) if "items" in result else None
             target = TARGETS[kind]
             row = {"query": label, "kind": kind, "params": params, **stats, "cpu_p50": cpu_stats["p50"],
@@ -462,9 +466,12 @@ async def measure(url: str, engine_name: str, iterations: int, warmup: int) -> l
     return out
 
 
-async def explain(core: Core, engine_name: str, statement: str, parameters: Any) -> str:
+async def explain(core: Core, engine_name: str, statement: str, parameters: Any,
+                  settings: list[tuple[float, str, Any]] = ()) -> str:
     prefix = "EXPLAIN QUERY PLAN " if engine_name == "sqlite" else "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "
     async with core.db.engine.connect() as conn:
+        for _, sql, params in settings:
+            await conn.exec_driver_sql(sql, tuple(params or ()))
         rows = (await conn.exec_driver_sql(prefix + statement, tuple(parameters or ()))).all()
     if engine_name == "sqlite":
         return "\n".join(f"{r[0]}|{r[1]}| {r[3]}" for r in rows)

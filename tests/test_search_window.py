@@ -221,6 +221,44 @@ def test_term_frequencies_route_rare_words_to_the_index(store, backend, monkeypa
     asyncio.run(run())
 
 
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # parallel workers: PostgreSQL's planner
+def test_rare_words_are_read_from_the_index_without_workers(store, backend, monkeypatch):
+    """A page of a rare word from GIN is planned without parallel workers (starting one costs more
+    than the scan), for that transaction only; a common word keeps the server's setting. Both
+    give the index's rows."""
+    settings, _account_id, box = store
+    monkeypatch.setattr(search, "SERIAL_SHARE", 0.05)  # 1,500 messages: « pheochromocytome » is in ~1 %
+
+    async def run():
+        core = Core(settings)
+        await core.start()
+        try:
+            async with core.write() as tx:
+                await tx.session.execute(sa.text("ANALYZE messages"))
+            search._estimates.clear()
+            async with core.read() as s:
+                default = await s.scalar(sa.text("SHOW max_parallel_workers_per_gather"))
+            assert default != "0"
+            for term, workers in (("pheochromocytome", "0"), ("bilan", default)):
+                async with core.read() as s:
+                    expected = [tuple(r) for r in await search._index_rows(
+                        s, "postgresql", _LIST_COLUMNS, box, [term], [], None, 1000)]
+                    assert await s.scalar(sa.text("SHOW max_parallel_workers_per_gather")) == workers, term
+                    assert await s.scalar(sa.text("SHOW plan_cache_mode")) == "force_custom_plan"
+                async with core.read() as s:
+                    assert await s.scalar(sa.text("SHOW max_parallel_workers_per_gather")) == default
+                    await s.execute(sa.text("SET LOCAL max_parallel_workers_per_gather = 2"))
+                    parallel = [tuple(r) for r in (await s.execute(
+                        search.index_statement("postgresql", _LIST_COLUMNS, box, [term])
+                        .where(Delivery.mailbox_id == box).order_by(Message.id.desc(), Delivery.role)
+                        .limit(1000))).all()]
+                assert expected == parallel and (term == "bilan") == (len(expected) > 100), term
+        finally:
+            await core.close()
+
+    asyncio.run(run())
+
+
 def test_index_first_weighs_walked_rows_against_postings():
     assert search.index_first([10], 1_000_000, 51, 400)  # rare: the windows would walk the mailbox
     assert not search.index_first([300_000], 1_000_000, 51, 400)  # common: one window fills the page
@@ -293,12 +331,13 @@ def test_fts_tokens_list_the_vocabulary_of_each_prefix(tmp_path):
     assert asyncio.run(run()) > 0.8 * len(prefixes)
 
 
-# --- PostgreSQL: search signatures (migration 0012) ---------------------------------------------
+# --- PostgreSQL: search signatures (migrations 0012, 0013) ---------------------------------------------
 
 _SIGNATURES_DRIFT = sa.text("""
     WITH fresh AS (SELECT DISTINCT d.mailbox_id, d.message_id, search_signature(m.search_vector) AS sig
                    FROM deliveries d JOIN messages m ON m.id = d.message_id),
-         kept AS (SELECT mailbox_id, message_id, ARRAY[sig0, sig1, sig2, sig3] AS sig FROM search_signatures)
+         kept AS (SELECT mailbox_id, message_id, ARRAY[sig0, sig1, sig2, sig3, sig4, sig5, sig6, sig7] AS sig
+                  FROM search_signatures)
     SELECT count(*) FROM ((SELECT * FROM kept EXCEPT SELECT * FROM fresh)
                           UNION ALL (SELECT * FROM fresh EXCEPT SELECT * FROM kept)) drift""")
 
@@ -423,10 +462,12 @@ def test_signatures_follow_every_change_and_keep_the_search_exact(backend, tmp_p
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # the SQL function exists on PostgreSQL only
 def test_signature_bits_are_those_of_the_sql_function(store, backend):
-    """Python's ``signature_position`` hashes a word's first four characters as the migration's
-    ``search_signature`` does; a query's mask only names the words PostgreSQL reads as one lexeme."""
+    """Python's ``lexeme_positions`` hashes a word's first four and six characters as the
+    migration's ``search_signature`` does, words under four characters setting none; a query's
+    mask only names the words PostgreSQL reads as one lexeme."""
     settings, _account_id, _box = store
-    words = ["dubois", "dubo", "duboisson", "bilan", "2026", "a1b2c3", "oeil", "zz", "abc", "naïve", "中文字符"]
+    words = ["dubois", "dubo", "duboi", "duboisson", "bilan", "2026", "a1b2c3", "oeil", "zz", "abc", "naïve",
+             "中文字符", "中文字符中文", "insuffisance", "insuline"]
 
     async def run():
         engine = make_engine(settings.database_url)
@@ -434,18 +475,28 @@ def test_signature_bits_are_those_of_the_sql_function(store, backend):
             async with engine.connect() as conn:
                 for word in words:
                     sig = await conn.scalar(sa.text("SELECT search_signature(to_tsvector('simple', :w))"), {"w": word})
-                    assert _positions(sig) == [search.signature_position(word)], word
+                    assert _positions(sig) == sorted(search.lexeme_positions(word)), word
                     assert search.signature_bits([word]) in (None, sig), word
-                empty = await conn.scalar(sa.text("SELECT search_signature(to_tsvector('simple', 'zzmbx12'))"))
-                assert empty == [0, 0, 0, 0]  # mailbox tokens set no bit
+                # A whole text: the union of its lexemes' bits (short words and mailbox tokens: none).
+                text = "le bilan de M. Dubois, 12 mg d'apixaban zzmbx12 insuffisance cardiaque"
+                sig = await conn.scalar(sa.text("SELECT search_signature(to_tsvector('simple', :w))"), {"w": text})
+                lexemes = await conn.scalar(sa.text("SELECT tsvector_to_array(to_tsvector('simple', :w))"),
+                                            {"w": text})
+                assert _positions(sig) == sorted(set().union(*(search.lexeme_positions(x) for x in lexemes)))
+                empty = await conn.scalar(sa.text("SELECT search_signature(to_tsvector('simple', 'zzmbx12 le de'))"))
+                assert empty == [0] * 8  # mailbox tokens and short words set no bit
         finally:
             await engine.dispose()
 
     asyncio.run(run())
-    assert len(_positions(search.signature_bits(["car", "naive", "x"]))) == 1  # « naive » alone
+    assert len(_positions(search.signature_bits(["car", "naive", "x"]))) == 1  # « naive » alone (5 characters)
     assert search.signature_bits(["car", "zz"]) is None
-    assert len(_positions(search.signature_bits(["dubois", "dubo"]))) == 1
-    assert len(_positions(search.signature_bits(["dubois", "apixaban", "bilan"]))) == 3
+    # « dubois » sets its four- and six-character bits; « dubo » only the first.
+    assert set(_positions(search.signature_bits(["dubo"]))) < set(_positions(search.signature_bits(["dubois"])))
+    assert len(_positions(search.signature_bits(["dubois", "dubo"]))) == 2
+    assert len(_positions(search.signature_bits(["dubois", "apixaban", "bilan"]))) == 5
+    # Same first four characters, told apart by the sixth-character bit.
+    assert search.signature_bits(["insuffisance"]) != search.signature_bits(["insuline"])
 
 
 def _positions(words: list[int]) -> list[int]:

@@ -31,8 +31,10 @@ answer, in the same order (message id descending, then role). Either way the row
 index's: the estimate only chooses how fast they come.
 
 On PostgreSQL the windows walk ``search_signatures`` (migration ``0012_search_signatures``)
-instead of the deliveries: one row per (mailbox, message) with a 256-bit signature of the
-message's words (four bigints), read from its primary key alone (~0.2 µs a row). Only the rows whose signature
+instead of the deliveries: one row per (mailbox, message) with a 512-bit signature of the
+message's words (eight bigints, migration ``0013_signatures_long_letters``: a bit per word's first
+four characters and one per its first six, so that it still filters on letters of 1,000 words),
+read from its primary key alone (~0.2 µs a row). Only the rows whose signature
 holds the bits of every query word of four characters or more (``signature_bits``), a few per
 cent of a window, are joined to their delivery and message and tested against the words: a
 signature never drops a match, so the rows are the same. Each window is one statement, which
@@ -75,8 +77,9 @@ _FTS = sa.table("message_fts", sa.column("rowid", sa.Integer))
 
 # --- PostgreSQL: signatures of (mailbox, message) -------------------------------------------------
 SIGNATURES = True  # walk search_signatures when the store has it (tests switch it off)
-SIGNATURE_WIDTH = 256
-SIGNATURE_PREFIX = 4  # characters of a word that its bit hashes; shorter query words set none
+SIGNATURE_WIDTH = 512  # migration 0013 (256 in 0012)
+SIGNATURE_PREFIX = 4  # characters of a word that its bit hashes; shorter words set none
+SIGNATURE_LONG_PREFIX = 6  # words this long set a second bit, for their first this many characters
 SIGNATURE_FIRST = 1024  # signature rows of the first window; each next one 4 times bigger, up to:
 SIGNATURE_MAX = 65_536
 SIGNATURE_FIRST_MAX = 16_384  # a first window sized from the words' frequency stops here
@@ -88,22 +91,40 @@ _SIG = sa.table("search_signatures", sa.column("mailbox_id", sa.Integer), sa.col
                 *(sa.column(f"sig{k}", sa.BigInteger) for k in range(SIGNATURE_WIDTH // 64)))
 
 
-def signature_position(word: str) -> int:
-    """The bit a word (or a prefix of it) sets in a signature: the same hash of its first
-    ``SIGNATURE_PREFIX`` characters as the SQL function ``search_signature`` (migration 0011)."""
-    c = [ord(ch) for ch in word[:SIGNATURE_PREFIX]]
-    c += [0] * (SIGNATURE_PREFIX - len(c))
-    h = ((c[0] * 31 + c[1]) * 31 + c[2]) * 31 + c[3]
-    return (h % 2147483647 * 2654435761 % 4294967296) >> 24
+def signature_position(word: str, length: int = SIGNATURE_PREFIX) -> int:
+    """The bit that the first ``length`` characters of a word hash to: the same hash as the SQL
+    function ``search_signature`` (migration 0013): base-31 polynomial of the code points, then
+    the top 9 bits of Knuth's multiplicative hash of it modulo 2^31 - 1."""
+    h = 0
+    for ch in word[:length]:
+        h = h * 31 + ord(ch)
+    for _ in range(length - len(word)):
+        h *= 31
+    return (h % 2147483647 * 2654435761 % 4294967296) >> (32 - (SIGNATURE_WIDTH.bit_length() - 1))
+
+
+def lexeme_positions(word: str) -> set[int]:
+    """The bits a lexeme of ``search_vector`` sets in a signature (``search_signature``): its
+    first four characters', and its first six's from six characters on; none below four
+    characters (no signed query term can match it) nor for a mailbox token."""
+    if len(word) < SIGNATURE_PREFIX or word.startswith(MAILBOX_TOKEN):
+        return set()
+    positions = {signature_position(word)}
+    if len(word) >= SIGNATURE_LONG_PREFIX:
+        positions.add(signature_position(word, SIGNATURE_LONG_PREFIX))
+    return positions
 
 
 def signature_bits(terms: list[str]) -> list[int] | None:
-    """The bits every message matching ``terms`` has in its signature, as its four signed 64-bit
+    """The bits every message matching ``terms`` has in its signature, as its signed 64-bit
     words (bit p is bit 63 - p % 64 of word p // 64, as in ``search_signature``); None when no
     term sets one. Only plain ASCII words of four characters or more: PostgreSQL's parser reads
     each of them as a single lexeme, so a message holding a word that starts with it holds a
-    lexeme whose first four characters are the term's."""
-    positions = {signature_position(t) for t in terms if _SIGNED.fullmatch(t)}
+    lexeme at least as long whose first four (and six) characters are the term's."""
+    positions: set[int] = set()
+    for t in terms:
+        if _SIGNED.fullmatch(t):
+            positions |= lexeme_positions(t)
     if not positions:
         return None
     words = [0] * (SIGNATURE_WIDTH // 64)
@@ -322,8 +343,16 @@ async def _index_rows(s: AsyncSession, dialect: str, columns, mailbox_id: int, t
                       conditions: list[Any], bound: int | None, want: int,
                       tokens: list[list[str]] | None = None) -> list[Any]:
     if dialect == "postgresql":
-        # A generic plan of the prepared statement would ignore how rare the words are.
-        await s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+        # A generic plan of the prepared statement would ignore how rare the words are; and a
+        # page of a rare word is planned as a Parallel Bitmap Heap Scan under a Gather Merge,
+        # whose worker costs more to start than the scan itself (10M store, « phéochromocytome »:
+        # first row at 6 ms, the worker's share done at 1.9 ms) and, on a busy host, is the
+        # p99. Both in one statement (one round trip): serial when the words are rare.
+        if await _rare_words(s, terms):
+            await s.execute(sa.text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
+                                    "set_config('max_parallel_workers_per_gather', '0', true)"))
+        else:
+            await s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
     stmt = index_statement(dialect, columns, mailbox_id, terms, tokens).where(
         Delivery.mailbox_id == mailbox_id, *conditions)
     if bound is not None:
@@ -336,6 +365,18 @@ async def _index_rows(s: AsyncSession, dialect: str, columns, mailbox_id: int, t
     # any second key makes it sort every match first.
     stmt = stmt.order_by(_FTS.c.rowid.desc()) if dialect == "sqlite" else _order(stmt, Message.id)
     return list((await s.execute(stmt.limit(want))).all())
+
+
+SERIAL_SHARE = 0.01  # words this rare (share of the store's messages) are read from the index without workers
+
+
+async def _rare_words(s: AsyncSession, terms: list[str]) -> bool:
+    """Whether the rarest term is in at most ``SERIAL_SHARE`` of the store's messages (from the
+    statistics; False without them): the index then returns few enough rows for one process."""
+    documents = [await term_documents(s, t) for t in terms]
+    messages = await _store_messages(s)
+    known = [d for d in documents if d is not None]
+    return bool(known) and messages > 0 and min(known) <= SERIAL_SHARE * messages
 
 
 def index_first(documents: list[int], messages: int, want: int, postings_per_row: float,
