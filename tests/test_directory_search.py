@@ -293,6 +293,37 @@ def test_plan_choices_never_change_the_answers(imported, monkeypatch):
     assert answers() == usual
 
 
+def test_leaving_out_covered_tiers_never_changes_the_answers(imported, monkeypatch):
+    """A prefix tier whose words the exact tier already has (« kiné », « cardio », « ophtalmo »:
+    the prefixes of their variants) is left out of the levels: the same entries, totals and order
+    as when every tier is read, alone, with a place (commune, department) and on later pages."""
+    from monsisra.domain import directory_search as ds
+
+    queries = [{"q": w, **extra} for w in ("kiné", "kine", "cardio", "cardiologue", "ophtalmo", "gyneco", "infirmier",
+                                          "medecin generale", "psy", "kine annecy", "urgences")
+               for extra in ({}, {"where": "Annecy"}, {"where": "74"}, {"where": "74000"}, {"offset": 5, "limit": 5},
+                             {"kind": "professionals", "where": "Lyon"})]
+    within = ds._within
+    dropped = []
+
+    def counted(query, earlier, completions):
+        got = within(query, earlier, completions)
+        dropped.append(got and query != earlier)
+        return got
+
+    def answers() -> list:
+        out = [imported.call(directory.search, imported.core, None, **q) for q in queries]
+        return [(r["query"]["typos"], {s: ([i["id"] for i in r[s]["items"]], r[s]["total"], r[s]["total_capped"])
+                                       for s in ("professionals", "services")}) for r in out]
+
+    monkeypatch.setattr(ds, "_within", counted)
+    left_out = answers()
+    assert any(dropped)  # covered tiers, not only identical ones, were left out in some of these queries
+    assert sum(bool(a[1]["professionals"][1] or a[1]["services"][1]) for a in left_out) > len(queries) // 2
+    monkeypatch.setattr(ds, "_within", lambda query, earlier, completions: query == earlier)  # as before
+    assert answers() == left_out
+
+
 def test_sections_beyond_the_cap_page_the_same_in_one_statement(imported, monkeypatch, backend):
     """With matches beyond the cap and no distance, PostgreSQL keeps its one ranking statement
     (the first matches in level, then name order): the same pages, totals and "capped" flags as

@@ -76,6 +76,27 @@ def test_directory_prefix_tier_short_words():
     assert ds.tiers(["dupont", "ch"], {}, ())[1][1][0].prefix
 
 
+def test_a_tier_whose_words_an_earlier_tier_has_is_left_out():
+    # « kine »: exact (kine | kinesitherapeute); its prefix tier is « kinesitherapeute* » (the
+    # prefix of its variant, which covers the one word « kine » begins).
+    only = {"kine": ["kinesitherapeute"], "kinesitherapeute": ["kinesitherapeute"]}
+    exact = ((ds.Alt("kine"), ds.Alt("kinesitherapeute")),)
+    # The vocabulary's only word beginning so is already an exact alternative: an empty level.
+    assert ds.tiers(["kine"], {}, (), only) == [exact]
+    # Another word begins so: the prefix tier finds it, kept as it was (the prefix, not the words).
+    more = {"kine": ["kinesitherapeute", "kinesitherapeutes"],
+            "kinesitherapeute": ["kinesitherapeute", "kinesitherapeutes"]}
+    assert ds.tiers(["kine"], {}, (), more) == [exact, ((ds.Alt("kinesitherapeute", True),),)]
+    # Typos add words: that tier is kept, after the exact one.
+    loose = ds.tiers(["kine"], {"kine": ["kina"]}, (), only)
+    assert len(loose) == 2 and loose[0] == exact and ds.Alt("kina") in loose[1][0]
+    # A prefix whose completions are unknown (too many) is never taken as covered.
+    assert len(ds.tiers(["kine"], {}, (), {})) == 2
+    # Place filters are in every tier: the same comparison.
+    place = ((ds.Alt("xc74010"),),)
+    assert ds.tiers(["kine"], {}, place, only) == [exact + place]
+
+
 def test_common_words_are_checked_on_rows_not_intersected_in_the_index():
     shares = ds.Shares({"infirmier": 0.24, "xc35238": 0.003, "martin": 0.004}, 0.0008,
                        {"xg1": 0.0002, "xg2": 0.0001})

@@ -269,7 +269,10 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
     rings = list(place.rings)
     # A prefix spelled out as its words: the same answers, but both engines then skip through
     # each word's postings instead of first gathering every row of every word so begun.
-    completions, begun = await _completions(s, tokens)
+    # The variants' too (always prefixes): a prefix tier whose words the exact tier already has
+    # is left out (ds.tiers), an empty level that the index would read in vain.
+    completions, begun = await _completions(s, [*tokens, *(v for t in tokens for v in ds.variants(t))])
+    begun &= set(tokens)
     tier_queries = ds.tiers(tokens, {}, filters, completions) or ([()] if rings else [])
     sections = [n for n in SECTIONS if wanted[n]] if tier_queries else []
 

@@ -1,0 +1,99 @@
+"""SQLite through aiosqlite: a statement is one trip to the connection's thread
+(``store.db._OneTripCursor``), and every result SQLAlchemy reads from a cursor is the same as
+through SQLAlchemy's own aiosqlite cursor (rows, row counts, last row ids, errors, streams,
+transactions)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiosqlite
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from monsisra.store.db import _OneTripConnection, make_engine
+
+
+async def _exercise(engine) -> list:
+    """The same work on an engine; what each step gave."""
+    seen: list = []
+    async with engine.begin() as c:
+        await c.execute(sa.text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE, n INTEGER)"))
+        r = await c.execute(sa.text("INSERT INTO t (name, n) VALUES (:name, :n)"),
+                            [{"name": f"x{i}", "n": i} for i in range(5)])
+        seen.append(("executemany rowcount", r.rowcount))
+        r = await c.execute(sa.text("INSERT INTO t (name, n) VALUES ('y', 10)"))
+        seen.append(("insert", r.rowcount, r.lastrowid))
+        r = await c.execute(sa.text("UPDATE t SET n = n + 1 WHERE n < 3"))
+        seen.append(("update rowcount", r.rowcount))
+        r = await c.execute(sa.text("SELECT id, name, n FROM t ORDER BY id"))
+        seen.append(("keys", list(r.keys())))
+        seen.append(("rows", [tuple(x) for x in r.all()]))
+        seen.append(("scalar", await c.scalar(sa.text("SELECT count(*) FROM t"))))
+        seen.append(("empty", (await c.execute(sa.text("SELECT id FROM t WHERE n > 100"))).all()))
+        seen.append(("first", tuple((await c.execute(sa.text("SELECT id, n FROM t ORDER BY id"))).first())))
+        stream = await c.stream(sa.text("SELECT id FROM t ORDER BY id"))
+        seen.append(("stream", [x.id async for x in stream]))
+    with pytest.raises(sa.exc.IntegrityError):
+        async with engine.begin() as c:
+            await c.execute(sa.text("INSERT INTO t (name, n) VALUES ('y', 1)"))
+    with pytest.raises(sa.exc.OperationalError):
+        async with engine.begin() as c:
+            await c.execute(sa.text("SELECT nothing FROM nowhere"))
+    async with engine.connect() as c:  # the failed transactions left nothing behind
+        seen.append(("after errors", await c.scalar(sa.text("SELECT count(*) FROM t"))))
+    try:
+        async with engine.begin() as c:
+            await c.execute(sa.text("DELETE FROM t"))
+            raise RuntimeError("rolled back")
+    except RuntimeError:
+        pass
+    async with engine.connect() as c:
+        seen.append(("after rollback", await c.scalar(sa.text("SELECT count(*) FROM t"))))
+    return seen
+
+
+def test_one_trip_cursor_gives_what_sqlalchemys_own_cursor_gives(tmp_path):
+    async def run():
+        ours = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'ours.db'}")
+        theirs = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'theirs.db'}")
+        try:
+            async with ours.connect() as c:
+                raw = await c.get_raw_connection()
+                assert isinstance(raw.dbapi_connection, _OneTripConnection)
+            got, expected = await _exercise(ours), await _exercise(theirs)
+        finally:
+            await ours.dispose()
+            await theirs.dispose()
+        assert got == expected
+        assert ("executemany rowcount", 5) in got and ("insert", 1, 6) in got and ("after errors", 6) in got
+
+    asyncio.run(run())
+
+
+def test_a_statement_is_one_trip_to_the_connection_thread(tmp_path, monkeypatch):
+    trips = 0
+    execute = aiosqlite.Connection._execute
+
+    async def counted(self, fn, *args, **kwargs):
+        nonlocal trips
+        trips += 1
+        return await execute(self, fn, *args, **kwargs)
+
+    async def run():
+        nonlocal trips
+        engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.db'}")
+        try:
+            async with engine.connect() as c:
+                await c.execute(sa.text("SELECT 1"))  # connected, pragmas run
+                monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+                trips = 0
+                rows = (await c.execute(sa.text("SELECT :a AS a UNION ALL SELECT :b"), {"a": 1, "b": 2})).all()
+                assert [r.a for r in rows] == [1, 2]
+                assert trips == 1  # SQLAlchemy's cursor: 4 (cursor, execute, fetchall, close)
+        finally:
+            monkeypatch.setattr(aiosqlite.Connection, "_execute", execute)
+            await engine.dispose()
+
+    asyncio.run(run())
