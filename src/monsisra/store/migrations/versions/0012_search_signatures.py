@@ -99,6 +99,12 @@ def upgrade() -> None:
             END IF;
             RETURN NULL;
         END $$""")
+    create_triggers()
+
+
+def create_triggers() -> None:
+    """The emptying function and the triggers that keep ``search_signatures`` in step with
+    deliveries and message texts (their functions' names are the same at 512 bits: 0013 too)."""
     op.execute("""
         CREATE FUNCTION search_signatures_emptied() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN

@@ -121,26 +121,7 @@ def create() -> None:
             END IF;
             RETURN NULL;
         END $$""")
-    op.execute("""
-        CREATE FUNCTION search_signatures_emptied() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            TRUNCATE search_signatures;
-            RETURN NULL;
-        END $$""")
-    op.execute("CREATE TRIGGER deliveries_signature_insert AFTER INSERT ON deliveries "
-               "FOR EACH ROW EXECUTE FUNCTION search_signatures_added()")
-    op.execute("CREATE TRIGGER deliveries_signature_delete AFTER DELETE ON deliveries "
-               "FOR EACH ROW EXECUTE FUNCTION search_signatures_removed()")
-    for trigger, function in (("deliveries_signature_update_from", "search_signatures_removed"),
-                              ("deliveries_signature_update_to", "search_signatures_added")):
-        op.execute(f"CREATE TRIGGER {trigger} AFTER UPDATE OF mailbox_id, message_id ON deliveries "
-                   "FOR EACH ROW WHEN (OLD.mailbox_id IS DISTINCT FROM NEW.mailbox_id "
-                   f"OR OLD.message_id IS DISTINCT FROM NEW.message_id) EXECUTE FUNCTION {function}()")
-    op.execute("CREATE TRIGGER deliveries_signature_truncate AFTER TRUNCATE ON deliveries "
-               "FOR EACH STATEMENT EXECUTE FUNCTION search_signatures_emptied()")
-    op.execute("CREATE TRIGGER messages_signature_update AFTER UPDATE OF search_text ON messages "
-               "FOR EACH ROW WHEN (OLD.search_text IS DISTINCT FROM NEW.search_text) "
-               "EXECUTE FUNCTION search_signatures_rewritten()")
+    _m0012().create_triggers()
     # The planner's statistics now, not at autovacuum's next pass (which also sets the visibility
     # map that the windows' index-only scans rely on, soon after this insert-only table's commit).
     op.execute("ANALYZE search_signatures")
