@@ -79,15 +79,6 @@ def upgrade() -> None:
             RETURN NULL;
         END $$""")
     op.execute("""
-        CREATE FUNCTION search_signatures_removed() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            DELETE FROM search_signatures g
-            WHERE g.mailbox_id = OLD.mailbox_id AND g.message_id = OLD.message_id
-              AND NOT EXISTS (SELECT 1 FROM deliveries d
-                              WHERE d.mailbox_id = OLD.mailbox_id AND d.message_id = OLD.message_id);
-            RETURN NULL;
-        END $$""")
-    op.execute("""
         CREATE FUNCTION search_signatures_rewritten() RETURNS trigger LANGUAGE plpgsql AS $$
         DECLARE
             fresh bigint[] := search_signature(NEW.search_vector);
@@ -103,8 +94,18 @@ def upgrade() -> None:
 
 
 def create_triggers() -> None:
-    """The emptying function and the triggers that keep ``search_signatures`` in step with
-    deliveries and message texts (their functions' names are the same at 512 bits: 0013 too)."""
+    """The removal and emptying functions (the same at any width) and the triggers that keep
+    ``search_signatures`` in step with deliveries and message texts (0013 calls it too: its
+    functions at 512 bits have the same names)."""
+    op.execute("""
+        CREATE FUNCTION search_signatures_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            DELETE FROM search_signatures g
+            WHERE g.mailbox_id = OLD.mailbox_id AND g.message_id = OLD.message_id
+              AND NOT EXISTS (SELECT 1 FROM deliveries d
+                              WHERE d.mailbox_id = OLD.mailbox_id AND d.message_id = OLD.message_id);
+            RETURN NULL;
+        END $$""")
     op.execute("""
         CREATE FUNCTION search_signatures_emptied() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN

@@ -99,15 +99,6 @@ def create() -> None:
             ON CONFLICT (mailbox_id, message_id) DO NOTHING;
             RETURN NULL;
         END $$""")
-    op.execute("""
-        CREATE FUNCTION search_signatures_removed() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            DELETE FROM search_signatures g
-            WHERE g.mailbox_id = OLD.mailbox_id AND g.message_id = OLD.message_id
-              AND NOT EXISTS (SELECT 1 FROM deliveries d
-                              WHERE d.mailbox_id = OLD.mailbox_id AND d.message_id = OLD.message_id);
-            RETURN NULL;
-        END $$""")
     sets = ", ".join(f"sig{k} = fresh[{k + 1}]" for k in range(WORDS))
     op.execute(f"""
         CREATE FUNCTION search_signatures_rewritten() RETURNS trigger LANGUAGE plpgsql AS $$
