@@ -97,3 +97,21 @@ def test_a_statement_is_one_trip_to_the_connection_thread(tmp_path, monkeypatch)
             await engine.dispose()
 
     asyncio.run(run())
+
+
+def test_a_statement_has_no_next_result_set(tmp_path):
+    """SQLite answers one result set per statement: ``nextset`` says there is none (PEP 249)."""
+    async def run():
+        engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.db'}")
+        try:
+            async with engine.connect() as c:
+                raw = await c.get_raw_connection()
+                cursor = raw.dbapi_connection.cursor()
+                return cursor
+        finally:
+            await engine.dispose()
+
+    cursor = asyncio.run(run())
+    cursor._rows.extend([(1,), (2,)])
+    assert cursor.nextset() is None
+    assert cursor.fetchall() == [] and cursor.description is None

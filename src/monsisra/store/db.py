@@ -130,7 +130,10 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._rows = collections.deque(rows)
 
     def nextset(self) -> None:
-        raise NotImplementedError("one statement at a time")
+        """SQLite gives one result set per statement: there is never a next one (PEP 249: None)."""
+        self._rows.clear()
+        self._description = None
+        return None
 
 
 class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
