@@ -73,6 +73,73 @@ def test_icons_follow_a_declaration_made_elsewhere_live(server, make_user, brows
     page.context.close()
 
 
+def test_a_list_rendered_before_a_declaration_and_shown_after_it_keeps_the_new_icon(server, make_user, browser):
+    """A list refresh in flight when the declaration's event arrives was rendered with the old icon;
+    swapped in after the event, it must still show the new state (the race CI met once)."""
+    _g, n, _o, pid, _sent, _att = setup_patient(server, make_user)
+    page = open_page(browser, server, n.get("/api/v1/me").json()["username"], "secret-pass")
+    row = page.locator("li.item", has_text="Soins de plaie")
+    expect(row.locator(".item-patient .ct-icon.off")).to_have_count(1)
+    expect(page.locator("body[data-live='1']")).to_have_count(1)
+    held = []
+    # The list is rendered now (grey icon) and handed to the page only when the test says so.
+    page.route("**/boite/liste?*", lambda route: held.append((route, route.fetch())))
+    page.evaluate("document.body.dispatchEvent(new Event('monsisra:refresh'))")
+    for _ in range(400):  # bounded wait for the refresh to reach the server
+        if held:
+            break
+        page.wait_for_timeout(25)
+    assert len(held) == 1, held
+    assert n.put(f"/api/v1/patients/{pid}/care-team/me").status_code == 200
+    expect(row.locator(".item-patient .ct-icon.on")).to_have_count(1)
+    page.evaluate("document.querySelector('#liste').dataset.before = '1'")
+    route, stale = held[0]
+    assert "ct-icon off" in stale.text(), "the held list was rendered before the declaration"
+    route.fulfill(response=stale)
+    expect(page.locator("#liste[data-before]")).to_have_count(0)  # the stale list is in place
+    expect(row.locator(".item-patient .ct-icon.on")).to_have_attribute("aria-label",
+                                                                       "Vous êtes acteur de la prise en charge")
+    page.unroute("**/boite/liste?*")
+    assert not page.errors, page.errors
+    page.context.close()
+
+
+def test_patient_page_follows_two_quick_changes_made_elsewhere(server, make_user, browser):
+    """Declared then withdrawn from another device while the page is still fetching the first
+    change: the team table and the toggle end on the last state (the second event is not dropped)."""
+    _g, n, _o, pid, _sent, _att = setup_patient(server, make_user)
+    page = open_page(browser, server, n.get("/api/v1/me").json()["username"], "secret-pass")
+    page.goto(server.base_url + f"/patients/{pid}")
+    expect(page.locator("#care-team-toggle button")).to_contain_text("Me déclarer acteur")
+    expect(page.locator("body[data-live='1']")).to_have_count(1)
+    page.evaluate("""window.__ct = 0; document.addEventListener("monsisra:event", function (e) {
+        if (e.detail.type === "patient.care_team") window.__ct++; });""")
+    held = []
+
+    def hold_first(route):
+        if held:
+            route.continue_()
+        else:  # rendered now, between the two changes; handed to the page later
+            held.append((route, route.fetch()))
+
+    page.route(server.base_url + f"/patients/{pid}", hold_first)
+    assert n.put(f"/api/v1/patients/{pid}/care-team/me").status_code == 200
+    for _ in range(400):  # bounded wait for the page to ask for the changed part
+        if held:
+            break
+        page.wait_for_timeout(25)
+    assert held, "the page did not fetch the changed care team"
+    assert "(vous)" in held[0][1].text()
+    assert n.delete(f"/api/v1/patients/{pid}/care-team/me").status_code == 200
+    page.wait_for_function("window.__ct >= 2")  # the second event reached the page
+    held[0][0].fulfill(response=held[0][1])
+    expect(page.locator("#care-team")).not_to_contain_text("(vous)")
+    expect(page.locator("#care-team-toggle button")).to_contain_text("Me déclarer acteur")
+    page.unroute(server.base_url + f"/patients/{pid}")
+    assert not page.errors, page.errors
+    page.context.close()
+
+
 def test_team_member_reads_conversation_from_record_read_only(server, make_user, browser):
     g, n, _o, pid, _sent, _att = setup_patient(server, make_user)
     _c, conv, _file = conversation_about(server, make_user, g, pid)

@@ -132,16 +132,28 @@
   var me = null;  // the account, from the socket's "hello"
   // The care-team icon of a patient, wherever the page shows it, when the user joins or leaves the
   // team in another tab or device.
-  function careTeamIcons(ev) {
-    if (me === null || ev.account_id !== me) return;
-    var label = ev.member ? "Vous êtes acteur de la prise en charge" : "Vous ne suivez pas ce patient";
-    $$('.ct-icon[data-ct-patient="' + ev.patient_id + '"]').forEach(function (icon) {
-      icon.classList.toggle("on", !!ev.member);
-      icon.classList.toggle("off", !ev.member);
+  // A fragment rendered before an event but swapped in after it (a list refresh in flight) would
+  // show the old state: the states announced since the socket opened are applied to every swap.
+  var careTeamKnown = {};
+  function setCareTeamIcons(patientId, member, root) {
+    var label = member ? "Vous êtes acteur de la prise en charge" : "Vous ne suivez pas ce patient";
+    $$('.ct-icon[data-ct-patient="' + patientId + '"]', root).forEach(function (icon) {
+      icon.classList.toggle("on", member);
+      icon.classList.toggle("off", !member);
       icon.setAttribute("aria-label", label);
       icon.title = label;
     });
   }
+  function careTeamIcons(ev) {
+    if (me === null || ev.account_id !== me) return;
+    careTeamKnown[ev.patient_id] = !!ev.member;
+    setCareTeamIcons(ev.patient_id, !!ev.member);
+  }
+  function reapplyCareTeam() {
+    Object.keys(careTeamKnown).forEach(function (pid) { setCareTeamIcons(pid, careTeamKnown[pid]); });
+  }
+  document.addEventListener("htmx:afterSwap", reapplyCareTeam);
+  document.addEventListener("monsisra:swapped", reapplyCareTeam);  // parts swapped by page scripts
   function onEvent(ev) {
     if (ev.type === "hello") me = ev.account_id;
     else if (ev.type === "patient.care_team") careTeamIcons(ev);
@@ -201,6 +213,7 @@
     };
     socket.onclose = function () {
       document.body.dataset.live = "0";
+      careTeamKnown = {};  // events may be missed from now on: the server's pages are the truth
       clearInterval(pinger);
       // Events may have been missed while away: resync, then reconnect with backoff.
       setTimeout(function () { countsSoon(); listSoon(); connect(); }, retry);
