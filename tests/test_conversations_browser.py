@@ -112,3 +112,38 @@ def test_phone_nurse_posts_camera_photo_without_exif(server, browser, make_user,
         assert not image.getexif() and "exif" not in image.info
     assert not nurse.errors
     nurse.context.close()
+
+
+def test_presence_answer_older_than_a_live_event_does_not_win(server, browser, make_user):
+    """The chat page asks for its participants' presence when it opens; an answer computed before a
+    participant connects but received after the live « online » event must not put them back offline."""
+    (a_user, _, _), (c_user, c_addr, _) = _users(make_user, 2)
+    anne = open_page(browser, server, a_user, "secret-pass")
+    anne.goto(server.base_url + "/conversations")
+    anne.fill("#title", "Présence")
+    anne.fill("#participants", c_addr)
+    anne.fill("#body", "Bonjour")
+    anne.click("text=Démarrer la conversation")
+    anne.wait_for_url(re.compile(r"/conversations/\d+$"))
+    held = []
+    anne.route("**/api/v1/presence?*", lambda route: held.append((route, route.fetch())))
+    anne.reload()
+    wait_live(anne)
+    for _ in range(400):  # bounded wait for the page's presence request
+        if held:
+            break
+        anne.wait_for_timeout(25)
+    assert held and '"offline"' in held[0][1].text(), "asked while Claire is away"
+    dot = anne.locator(f'.person[data-address="{c_addr}"] .dot')
+    claire = open_page(browser, server, c_user, "secret-pass")
+    claire.goto(server.base_url + "/conversations")
+    wait_live(claire)
+    expect(dot).to_have_class(re.compile(r"\bonline\b"))  # the live event
+    with anne.expect_event("requestfinished"):
+        held[0][0].fulfill(response=held[0][1])
+    anne.evaluate("new Promise(function (r) { setTimeout(r, 300); })")  # let the page read the answer
+    assert re.search(r"\bonline\b", dot.get_attribute("class")), dot.get_attribute("class")
+    anne.unroute("**/api/v1/presence?*")
+    assert not anne.errors, anne.errors
+    anne.context.close()
+    claire.context.close()

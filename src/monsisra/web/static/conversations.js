@@ -61,11 +61,15 @@
       p.title = LABELS[state].charAt(0).toUpperCase() + LABELS[state].slice(1);
     });
   }
+  // An answer asked before a live presence event but received after it is older than the event:
+  // it does not overwrite what the event said.
+  var presenceEvents = 0, presenceAt = {};
   function loadPresence(addresses) {
     if (!addresses.length) return;
     var q = addresses.map(function (a) { return "address=" + encodeURIComponent(a); }).join("&");
+    var asked = presenceEvents;
     api("GET", "/api/v1/presence?" + q).then(function (d) {
-      d.items.forEach(function (i) { showPresence(i.address, i.state); });
+      d.items.forEach(function (i) { if (!(presenceAt[i.address] > asked)) showPresence(i.address, i.state); });
     }).catch(function () {});
   }
 
@@ -96,7 +100,11 @@
     document.addEventListener("monsisra:event", function (ev) {
       var t = ev.detail.type;
       if (t === "presence") {
-        (ev.detail.addresses || []).forEach(function (a) { showPresence(a, ev.detail.state); tagState(a, ev.detail.state); });
+        presenceEvents++;
+        (ev.detail.addresses || []).forEach(function (a) {
+          presenceAt[a] = presenceEvents;
+          showPresence(a, ev.detail.state); tagState(a, ev.detail.state);
+        });
       }
       if (t === "conversation.message" || t === "conversation.read" || t === "conversation.new" || t === "conversation.closed") {
         refreshBadge(); refreshList();
