@@ -131,7 +131,7 @@ def test_patient_page_follows_two_quick_changes_made_elsewhere(server, make_user
     assert held, "the page did not fetch the changed care team"
     assert "(vous)" in held[0][1].text()
     assert n.delete(f"/api/v1/patients/{pid}/care-team/me").status_code == 200
-    page.wait_for_function("window.__ct >= 2")  # the second event reached the page
+    page.wait_for_function("() => window.__ct >= 2")  # the second event reached the page
     held[0][0].fulfill(response=held[0][1])
     expect(page.locator("#care-team")).not_to_contain_text("(vous)")
     expect(page.locator("#care-team-toggle button")).to_contain_text("Me déclarer acteur")
