@@ -185,3 +185,26 @@ def test_postgres_arrays_write_the_rows_of_the_per_table_statements(server, back
     tables = server.call(_written, server.core, False)
     assert arrays == tables
     assert [m["thread_id"] for m in arrays["rows"]["messages"]] == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_broken_rule_is_not_taken_for_a_duplicate(server, monkeypatch):
+    """A batch that breaks a rule of the database other than the unique key (here a NOT NULL,
+    from a category that could not be computed) answers an error, never ``250 … déjà reçu``:
+    only a message found stored for all its mailboxes is a duplicate."""
+    monkeypatch.setattr(inbound, "categorize", lambda parsed, content: None)
+    domain = server.settings.domain
+    sender = f"secretariat@{OTHER}"
+    raw = _plain(4, sender, f"alice.martin@{domain}", "Sans catégorie", "Texte.")
+
+    async def send(core):
+        boxes = await inbound._mailbox_ids(core, [f"alice.martin@{domain}"])
+        ready = inbound._prepare(raw, sender)
+        job = inbound._Job(inbound.Envelope("127.0.0.1", sender, [f"alice.martin@{domain}"], raw), ready.parsed,
+                           ready.content, ready.parsed.message_id, list(boxes.values()), ready.raw_sha, ready.files)
+        try:
+            return await inbound._committer(core).submit(job)
+        except Exception as exc:
+            return exc
+
+    reply = server.call(send, server.core)
+    assert isinstance(reply, sa.exc.IntegrityError), reply

@@ -434,9 +434,14 @@ class _Committer:
                 for job, _ in batch:
                     try:
                         replies.extend(await self._commit([job]))
-                    except IntegrityError:
-                        # The same Message-ID arrived concurrently (another process) and is stored.
-                        replies.append(f"250 2.0.0 {job.rfc_id} déjà reçu")
+                    except IntegrityError as exc:
+                        # The same Message-ID arrived concurrently (another process) and is stored:
+                        # answered 250 only once that is seen; any other broken rule is a failure.
+                        if await self._stored(job):
+                            replies.append(f"250 2.0.0 {job.rfc_id} déjà reçu")
+                        else:
+                            log.exception("inbound store failed")
+                            replies.append(exc)
                     except Exception as exc:
                         log.exception("inbound store failed")
                         replies.append(exc)
@@ -447,6 +452,13 @@ class _Committer:
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)
+
+    async def _stored(self, job: _Job) -> bool:
+        """Whether ``job``'s message is recorded for every one of its mailboxes."""
+        wanted = {b[0] for b in job.boxes}
+        async with self.core.read() as s:
+            found = set((await s.scalars(_STORED, {"id": job.rfc_id, "boxes": sorted(wanted)})).all())
+        return found >= wanted
 
     async def _commit(self, jobs: list[_Job]) -> list[str]:
         now = utcnow()
@@ -547,6 +559,8 @@ _inbound = InboundMessage.__table__
 _SEEN = sa.select(_inbound.c.mailbox_id, _inbound.c.rfc_message_id).where(
     _inbound.c.rfc_message_id.in_(sa.bindparam("ids", expanding=True)),
     _inbound.c.mailbox_id.in_(sa.bindparam("boxes", expanding=True)))
+_STORED = sa.select(_inbound.c.mailbox_id).where(_inbound.c.rfc_message_id == sa.bindparam("id"),
+                                                 _inbound.c.mailbox_id.in_(sa.bindparam("boxes", expanding=True)))
 _INSERT_ATTACHMENTS = sa.insert(Attachment.__table__)
 _INSERT_MESSAGES = sa.insert(_messages).returning(_messages.c.id, sort_by_parameter_order=True)
 _START_THREADS = (sa.update(_messages).where(_messages.c.id.in_(sa.bindparam("ids", expanding=True)),
