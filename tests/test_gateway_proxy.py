@@ -90,7 +90,10 @@ def test_message_rate_is_shared_by_the_processes(backend, tmp_path):
         try:
             for _attempt in range(2):  # a minute's edge between the two MAILs resets the window: again
                 minute = int(time.time() // 60)
-                client, other = (f"198.51.100.{random.randint(1, 254)}" for _ in range(2))
+                # Two different addresses, whose counts no earlier run (the other engine's, a
+                # minute ago) left in Redis.
+                client, other = (f"198.51.100.{n}" for n in random.sample(range(1, 255), 2))
+                _forget_counts(client, other)
                 with _proxied(servers[0].settings.smtp_port, client) as (s, f):
                     assert _line(f).startswith(b"220")
                     assert _reply(s, f, "EHLO mx.autre.localhost").startswith(b"250")
@@ -111,3 +114,16 @@ def test_message_rate_is_shared_by_the_processes(backend, tmp_path):
         finally:
             for server in servers:
                 server.stop()
+
+
+def _forget_counts(*clients: str) -> None:
+    """Drop the message counts of ``clients`` from Redis (the windows of the last minutes)."""
+    import redis
+
+    from monsisra.gateway.smtp import RATE_KEY
+
+    with contextlib.closing(redis.Redis.from_url(REDIS_URL)) as r:
+        for client in clients:
+            keys = list(r.scan_iter(f"{RATE_KEY}:{client}:*"))
+            if keys:
+                r.delete(*keys)

@@ -61,10 +61,21 @@ def _mask_value(m: re.Match[str]) -> str:
     return m.group(0) if m.group("value") == MASK else f"{m.group('pre')}{MASK}"
 
 
+# Each pattern above needs one of these to match: ``=`` (or ``%3D``) for a pair, a quote for a
+# JSON key, or one of the words (case-insensitive; « authorization » holds « auth »). A line with
+# none of them (most lines: one per inbound message, ~70 µs of six regexes twice) shows no secret.
+_NEEDS = re.compile(r"(?i)[=\"']|%3d|auth|cookie|bearer")
+
+
 def redact(text: str) -> str:
     """``text`` with every secret value it shows replaced by ``***``."""
-    if not text:
+    if not text or _NEEDS.search(text) is None:
         return text
+    return _redact_all(text)
+
+
+def _redact_all(text: str) -> str:
+    """:func:`redact` without its quick look (every pattern tried)."""
     text = _COOKIE.sub(_mask_value, text)
     text = _HEADER.sub(_mask_value, text)
     text = _BEARER.sub(_mask_value, text)

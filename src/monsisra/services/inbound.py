@@ -52,7 +52,7 @@ from monsisra.services import audit, mailboxes, messages, patients, trust
 from monsisra.services.core import Core
 from monsisra.services.helper_processes import watch_parent
 from monsisra.store.db import make_engine
-from monsisra.store.gateway import InboundMessage, RawMessage, sync_sqlite_engine
+from monsisra.store.gateway import InboundMessage, RawMessage, inbound_batch_statement, sync_sqlite_engine
 from monsisra.store.models import (
     Attachment,
     Delivery,
@@ -434,9 +434,14 @@ class _Committer:
                 for job, _ in batch:
                     try:
                         replies.extend(await self._commit([job]))
-                    except IntegrityError:
-                        # The same Message-ID arrived concurrently (another process) and is stored.
-                        replies.append(f"250 2.0.0 {job.rfc_id} déjà reçu")
+                    except IntegrityError as exc:
+                        # The same Message-ID arrived concurrently (another process) and is stored:
+                        # answered 250 only once that is seen; any other broken rule is a failure.
+                        if await self._stored(job):
+                            replies.append(f"250 2.0.0 {job.rfc_id} déjà reçu")
+                        else:
+                            log.exception("inbound store failed")
+                            replies.append(exc)
                     except Exception as exc:
                         log.exception("inbound store failed")
                         replies.append(exc)
@@ -447,6 +452,13 @@ class _Committer:
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)
+
+    async def _stored(self, job: _Job) -> bool:
+        """Whether ``job``'s message is recorded for every one of its mailboxes."""
+        wanted = {b[0] for b in job.boxes}
+        async with self.core.read() as s:
+            found = set((await s.scalars(_STORED, {"id": job.rfc_id, "boxes": sorted(wanted)})).all())
+        return found >= wanted
 
     async def _commit(self, jobs: list[_Job]) -> list[str]:
         now = utcnow()
@@ -547,6 +559,8 @@ _inbound = InboundMessage.__table__
 _SEEN = sa.select(_inbound.c.mailbox_id, _inbound.c.rfc_message_id).where(
     _inbound.c.rfc_message_id.in_(sa.bindparam("ids", expanding=True)),
     _inbound.c.mailbox_id.in_(sa.bindparam("boxes", expanding=True)))
+_STORED = sa.select(_inbound.c.mailbox_id).where(_inbound.c.rfc_message_id == sa.bindparam("id"),
+                                                 _inbound.c.mailbox_id.in_(sa.bindparam("boxes", expanding=True)))
 _INSERT_ATTACHMENTS = sa.insert(Attachment.__table__)
 _INSERT_MESSAGES = sa.insert(_messages).returning(_messages.c.id, sort_by_parameter_order=True)
 _START_THREADS = (sa.update(_messages).where(_messages.c.id.in_(sa.bindparam("ids", expanding=True)),
@@ -559,11 +573,12 @@ _INSERT_RAW = {"sqlite": sqlite_insert(RawMessage.__table__).on_conflict_do_noth
                "postgresql": pg_insert(RawMessage.__table__).on_conflict_do_nothing(index_elements=["sha256"])}
 
 
-def _store_batch_at(s: Session, jobs: list[_Job], out: list, now) -> list[str]:
+def _store_batch_at(s: Session, jobs: list[_Job], out: list, now, arrays: bool | None = None) -> list[str]:
     """Store a batch of accepted messages in one transaction, with one multi-row INSERT per
-    table; returns the SMTP reply of each. Plain synchronous code: it runs in SQLite's own
-    thread (one hand-off per batch) or through ``run_sync`` on the async engine (PostgreSQL).
-    Events to publish after commit are appended to ``out``."""
+    table (SQLite), or one statement for all of them (PostgreSQL, ``arrays``: see
+    :func:`_write_arrays`); returns the SMTP reply of each. Plain synchronous code: it runs in
+    SQLite's own thread (one hand-off per batch) or through ``run_sync`` on the async engine
+    (PostgreSQL). Events to publish after commit are appended to ``out``."""
     # The batch's own statements go to the transaction's Connection: Core statements need none of
     # the ORM Session's execution path (a quarter of SQLAlchemy's cost per statement, measured in
     # the commit thread); the Session stays for the rare ORM reads (replies, receipts, patients).
@@ -588,34 +603,20 @@ def _store_batch_at(s: Session, jobs: list[_Job], out: list, now) -> list[str]:
         message, views = _new_message(s, job, targets, now)
         plans.append((job, targets, message, views))
     s.flush()  # patients
-    files = [v for _, _, _, views in plans for v in views]
-    if files:
-        c.execute(_INSERT_ATTACHMENTS, [vars(v) for v in files])
-    _insert_messages(c, [m for _, _, m, _ in plans if m is not None])
-    # Rows nobody reads back in this transaction: plain multi-row INSERTs (no per-row RETURNING).
+    if arrays is None:
+        arrays = c.dialect.name == "postgresql"
+    if arrays:
+        _write_arrays(c, plans, now)
+    else:
+        _write_rows(c, plans, now)
     placements: list[tuple[Any, int]] = []
-    links, recipients, inbound = [], [], []
-    for job, targets, message, views in plans:
+    for job, targets, message, _ in plans:
         if message is not None:
-            links += [{"message_id": message.id, "attachment_id": v.id, "position": pos}
-                      for pos, v in enumerate(views)]
-            for b in targets:
-                recipients.append({"message_id": message.id, "kind": "to", "address": b.address,
-                                   "display_name": b.display_name, "mailbox_id": b.id, "status": "delivered",
-                                   "status_at": now})
-                placements.append((message, b.id))
+            placements += [(message, b.id) for b in targets]
             if message.patient_id is not None:
                 audit.record(s, None, "patient.message.smtp", object_type="message", object_id=message.id,
                              patient_id=message.patient_id, client=job.env.peer[:64])
-        inbound += [{"mailbox_id": b.id, "rfc_message_id": job.rfc_id,
-                     "message_id": message.id if message is not None else None, "raw_sha256": job.raw_sha,
-                     "raw_size": len(job.env.raw), "mail_from": job.env.mail_from[:254], "peer": job.env.peer[:80],
-                     "kind": "message" if message is not None else "mdn", "received_at": now} for b in targets]
     s.flush()  # audit rows
-    for statement, rows in ((_INSERT_LINKS, links), (_INSERT_RECIPIENTS, recipients), (_INSERT_INBOUND, inbound)):
-        if rows:
-            c.execute(statement, rows)
-    _keep_raw(c, [j for j, _, _, _ in plans], now)
     if placements:
         _deliver_batch(s, out, placements)
     # Last, just before the COMMIT: the files of the messages whose rows name them.
@@ -623,13 +624,93 @@ def _store_batch_at(s: Session, jobs: list[_Job], out: list, now) -> list[str]:
     return replies
 
 
+_Plan = tuple[_Job, list[_Box], SimpleNamespace | None, list]
+
+
+def _write_rows(c: sa.Connection, plans: list[_Plan], now) -> None:
+    """The batch's rows with one multi-row INSERT per table (SQLite; PostgreSQL's reference)."""
+    files = [v for _, _, _, views in plans for v in views]
+    if files:
+        c.execute(_INSERT_ATTACHMENTS, [vars(v) for v in files])
+    _insert_messages(c, [m for _, _, m, _ in plans if m is not None])
+    # Rows nobody reads back in this transaction: plain multi-row INSERTs (no per-row RETURNING).
+    links, recipients, inbound = [], [], []
+    for job, targets, message, views in plans:
+        ref = {"message_id": message.id if message is not None else None}
+        if message is not None:
+            links += _link_rows(ref, views)
+            recipients += _recipient_rows(ref, targets, now)
+        inbound += _inbound_rows(ref, job, targets, message is not None, now)
+    for statement, rows in ((_INSERT_LINKS, links), (_INSERT_RECIPIENTS, recipients), (_INSERT_INBOUND, inbound)):
+        if rows:
+            c.execute(statement, rows)
+    _keep_raw(c, [j for j, _, _, _ in plans], now)
+
+
+def _link_rows(ref: dict[str, Any], views: list) -> list[dict[str, Any]]:
+    return [{**ref, "attachment_id": v.id, "position": pos} for pos, v in enumerate(views)]
+
+
+def _recipient_rows(ref: dict[str, Any], targets: list[_Box], now) -> list[dict[str, Any]]:
+    return [{**ref, "kind": "to", "address": b.address, "display_name": b.display_name, "mailbox_id": b.id,
+             "status": "delivered", "status_at": now} for b in targets]
+
+
+def _inbound_rows(ref: dict[str, Any], job: _Job, targets: list[_Box], message: bool, now) -> list[dict[str, Any]]:
+    return [{**ref, "mailbox_id": b.id, "rfc_message_id": job.rfc_id, "raw_sha256": job.raw_sha,
+             "raw_size": len(job.env.raw), "mail_from": job.env.mail_from[:254], "peer": job.env.peer[:80],
+             "kind": "message" if message else "mdn", "received_at": now} for b in targets]
+
+
+def _raw_rows(jobs: list[_Job], now) -> list[dict[str, Any]]:
+    """The raw forms, once per content."""
+    wanted = {j.raw_sha: j.env.raw for j in jobs}
+    return [{"sha256": k, "size": len(v), "data": v, "received_at": now} for k, v in wanted.items()]
+
+
+def _write_arrays(c: sa.Connection, plans: list[_Plan], now) -> None:
+    """The batch's rows in one PostgreSQL statement (``store.gateway.inbound_batch_statement``): messages,
+    attachments, their links, recipients, ``gw_inbound`` and the raw forms, each table's rows as
+    arrays (one fixed text, prepared once, whatever the batch's size). The messages' ids are set
+    on them, as :func:`_insert_messages` does; the rows are those :func:`_write_rows` writes."""
+    new = [m for _, _, m, _ in plans if m is not None]
+    messages_ = [vars(m) for m in new]
+    files = [vars(v) for _, _, _, views in plans for v in views]
+    links, recipients, inbound = [], [], []
+    k = 0
+    for job, targets, message, views in plans:
+        if message is not None:
+            k += 1
+            ref = {"msg": k}
+            links += _link_rows(ref, views)
+            recipients += _recipient_rows(ref, targets, now)
+        inbound += _inbound_rows({"msg": k if message is not None else None}, job, targets, message is not None, now)
+    tables = {"m": messages_, "a": files, "l": links, "r": recipients, "g": inbound,
+              "w": _raw_rows([j for j, _, _, _ in plans], now)}
+    statement, shapes = inbound_batch_statement(tuple((name, _keys(rows)) for name, rows in tables.items()))
+    params: dict[str, Any] = {}
+    for name, shape in shapes.items():
+        for i, values in enumerate(shape.arrays(tables[name])):
+            params[f"{name}{i}"] = values
+    ids = list(c.scalars(statement, params))
+    for m, new_id in zip(new, ids, strict=True):
+        m.id = new_id
+        if m.thread_id is None:
+            m.thread_id = new_id
+
+
+def _keys(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The keys of a table's rows (the same in every row of a batch)."""
+    return tuple(rows[0]) if rows else ()
+
+
+
+
 def _keep_raw(s: sa.Connection, jobs: list[_Job], now) -> None:
     """The raw forms, once per content (a message already kept is not written again)."""
-    wanted = {j.raw_sha: j.env.raw for j in jobs}
-    if not wanted:
-        return
-    rows = [{"sha256": k, "size": len(v), "data": v, "received_at": now} for k, v in wanted.items()]
-    s.execute(_INSERT_RAW[s.dialect.name], rows)
+    rows = _raw_rows(jobs, now)
+    if rows:
+        s.execute(_INSERT_RAW[s.dialect.name], rows)
 
 
 def _deliver_batch(s: Session, out: list, placements: list[tuple[Any, int]]) -> None:

@@ -26,6 +26,9 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp = root / "tmp"
+        # Prefix directories (``ab/cd``) this store has seen, made and made durable: a blob under
+        # one of them needs no look at the directory (nothing removes them).
+        self._dirs: set[str] = set()
 
     def path(self, sha256: str) -> Path:
         if _NAME.fullmatch(sha256) is None:  # a generator over the 64 characters cost ~5 µs a call
@@ -51,16 +54,22 @@ class BlobStore:
         # commit then carries the new entries too, and their own directory fsyncs below find them
         # already durable (the first blobs under each of the 65,536 prefixes paid up to four
         # journal commits one after the other, three now at most and usually two).
-        new_dirs = self._make_dirs(final.parent) if not os.path.isdir(final.parent) else ()
+        prefix = digest[:4]
+        new_dirs: tuple[Path, ...] = ()
+        if prefix not in self._dirs and not os.path.isdir(final.parent):
+            new_dirs = self._make_dirs(final.parent)
         os.fsync(fd)
         os.close(fd)
         if final.exists():
             os.unlink(tmp_name)
-            return
-        os.replace(tmp_name, final)
-        _fsync_dir(final.parent)
+        else:
+            os.replace(tmp_name, final)
+            _fsync_dir(final.parent)
         for directory in new_dirs:
             _fsync_dir(directory)
+        # Known from now on: made and fsynced above, or found made (by another writer, which
+        # fsyncs it before its own blob is durable; this blob's directory fsync covers it too).
+        self._dirs.add(prefix)
 
     def _make_dirs(self, directory: Path) -> tuple[Path, Path]:
         """Create ``directory`` (two levels under the root); returns the directories whose entries

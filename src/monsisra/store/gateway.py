@@ -9,8 +9,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from monsisra.store.db import WAL_SIZE_LIMIT
-from monsisra.store.models import UTC, Base, _now
+from monsisra.store.models import UTC, Attachment, Base, Message, MessageAttachment, Recipient, _now
 from monsisra.store.types import Line, Prose
+from monsisra.store.unnest import ArrayRows, quote
 
 
 class TrustedDomain(Base):
@@ -122,3 +123,83 @@ def sync_sqlite_engine(url: str) -> sa.Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+_ARRAY_TABLES: dict[str, sa.Table] = {
+    "m": Message.__table__, "a": Attachment.__table__, "l": MessageAttachment.__table__,  # type: ignore[dict-item]
+    "r": Recipient.__table__, "g": InboundMessage.__table__, "w": RawMessage.__table__}  # type: ignore[dict-item]
+_ARRAY_DEFAULT_KEYS = {
+    "a": ("id", "sha256", "size", "content_type", "filename", "uploaded_by", "created_at"),
+    "l": ("msg", "attachment_id", "position"),
+    "r": ("msg", "kind", "address", "display_name", "mailbox_id", "status", "status_at"),
+    "g": ("msg", "mailbox_id", "rfc_message_id", "raw_sha256", "raw_size", "mail_from", "peer", "kind", "received_at"),
+    "w": ("sha256", "size", "data", "received_at"),
+}
+_array_statements: dict[tuple, tuple[sa.TextClause, dict[str, ArrayRows]]] = {}
+
+
+BatchKeys = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def inbound_batch_statement(keys: BatchKeys) -> tuple[sa.TextClause, dict[str, ArrayRows]]:
+    """One PostgreSQL statement writing an inbound batch's rows, for rows with these keys (built
+    once): ``m`` messages, ``a`` attachments, ``l`` their links, ``r`` recipients, ``g``
+    ``gw_inbound``, ``w`` raw forms, each table's rows as arrays (:class:`ArrayRows`); it answers
+    the new messages' ids, in the order of their rows (``services.inbound._write_arrays``).
+
+    Each message's id is drawn first (``nextval``, in the order of the rows, as the multi-row
+    INSERT draws them), so that a message starting its thread gets ``thread_id = id`` in its
+    INSERT (no UPDATE afterwards, which would rewrite the row and its generated search vector);
+    the rows of the other tables name their message by its rank (``msg``), joined to that id.
+    Each INSERT takes its rows in their order (``ORDER BY ord``): their own ids are drawn in the
+    same order as by the multi-row INSERTs. Foreign keys are checked at the statement's end."""
+    hit = _array_statements.get(keys)
+    if hit is not None:
+        return hit
+    given = dict(keys)
+    if not given["m"]:  # no message in the batch (receipts only): the statement keeps its shape
+        given["m"] = message_keys()
+    for name in "alrgw":
+        given[name] = given[name] or _ARRAY_DEFAULT_KEYS[name]
+    shapes = {name: ArrayRows(_ARRAY_TABLES[name], given[name], extra={"msg": "INTEGER"})
+              for name in _ARRAY_TABLES}
+
+    def params(name: str) -> list[str]:
+        return [f"{name}{i}" for i in range(len(shapes[name].names))]
+
+    def insert(name: str, source: str, join: str = "", conflict: str = "") -> str:
+        shape = shapes[name]
+        cols = [c.key for c in shape.columns]
+        values = []
+        for col in cols:
+            if name == "m" and col == "thread_id":
+                values.append("COALESCE(x.thread_id, x.id)")
+            else:
+                values.append(shape.column("x", col))
+        if name == "m":
+            cols, values = ["id", *cols], ["x.id", *values]
+        elif name in "lrg":  # the message, by its rank in the batch
+            cols, values = ["message_id", *cols], ["u.id", *values]
+        return (f"INSERT INTO {shape.table.name} ({', '.join(map(quote, cols))}) SELECT {', '.join(values)} "
+                f"FROM {source} {join} ORDER BY x.ord {conflict}")
+
+    m = shapes["m"]
+    sql = (
+        f"WITH u AS (SELECT nextval(pg_get_serial_sequence('messages', 'id')) AS id, x.* "
+        f"FROM {m.unnest(params('m'), 'x')} ORDER BY x.ord), "
+        f"ins_m AS ({insert('m', 'u AS x')}), "
+        f"ins_a AS ({insert('a', shapes['a'].unnest(params('a'), 'x'))}), "
+        f"ins_l AS ({insert('l', shapes['l'].unnest(params('l'), 'x'), 'JOIN u ON u.ord = x.msg')}), "
+        f"ins_r AS ({insert('r', shapes['r'].unnest(params('r'), 'x'), 'JOIN u ON u.ord = x.msg')}), "
+        f"ins_g AS ({insert('g', shapes['g'].unnest(params('g'), 'x'), 'LEFT JOIN u ON u.ord = x.msg')}), "
+        f"ins_w AS ({insert('w', shapes['w'].unnest(params('w'), 'x'), conflict='ON CONFLICT (sha256) DO NOTHING')}) "
+        "SELECT id FROM u ORDER BY ord")
+    found = _array_statements[keys] = (sa.text(sql), shapes)
+    return found
+
+
+def message_keys() -> tuple[str, ...]:
+    """The keys of a message row of ``services.inbound._new_message``."""
+    return ("message_id", "sender_address", "sender_name", "subject", "body", "html", "preview", "category",
+            "created_at", "sent_at", "patient_id", "has_attachments", "origin", "raw_sha256", "headers",
+            "receipt_requested", "in_reply_to_id", "thread_id", "is_draft", "no_reply", "search_text")
