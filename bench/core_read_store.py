@@ -127,18 +127,23 @@ async def _pg_signatures(url: str, *, only_if_empty: bool) -> float | None:
                     "SELECT EXISTS (SELECT 1 FROM search_signatures) OR NOT EXISTS (SELECT 1 FROM deliveries)"
             )).scalar():
                 return None
-            _log("filling search_signatures (the bulk load bypassed its triggers)")
+            # The table's own signature words: four at 0012 (256 bits), eight from 0013 (512).
+            words = (await conn.exec_driver_sql(
+                "SELECT count(*) FROM information_schema.columns WHERE table_name = 'search_signatures' "
+                "AND table_schema = current_schema() AND column_name LIKE 'sig%'")).scalar()
+            columns = ", ".join(f"sig{k}" for k in range(words))
+            _log(f"filling search_signatures, {64 * words} bits (the bulk load bypassed its triggers)")
             t = time.perf_counter()
             await conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
             await conn.exec_driver_sql("ALTER TABLE search_signatures DROP CONSTRAINT pk_search_signatures")
             await conn.exec_driver_sql("TRUNCATE search_signatures")
             await conn.exec_driver_sql(
-                "INSERT INTO search_signatures (mailbox_id, message_id, sig0, sig1, sig2, sig3) "
-                "SELECT d.mailbox_id, d.message_id, g.sig[1], g.sig[2], g.sig[3], g.sig[4] "
+                f"INSERT INTO search_signatures (mailbox_id, message_id, {columns}) "
+                "SELECT d.mailbox_id, d.message_id, " + ", ".join(f"g.sig[{k + 1}]" for k in range(words)) + " "
                 "FROM (SELECT DISTINCT mailbox_id, message_id FROM deliveries) d "
                 "JOIN messages m ON m.id = d.message_id, search_signature(m.search_vector) AS g(sig)")
             await conn.exec_driver_sql("ALTER TABLE search_signatures ADD CONSTRAINT pk_search_signatures "
-                                       "PRIMARY KEY (mailbox_id, message_id) INCLUDE (sig0, sig1, sig2, sig3)")
+                                       f"PRIMARY KEY (mailbox_id, message_id) INCLUDE ({columns})")
         async with engine.connect() as conn:
             await (await conn.execution_options(isolation_level="AUTOCOMMIT")).exec_driver_sql(
                 "VACUUM ANALYZE search_signatures")

@@ -175,6 +175,46 @@ def test_service_pages_follow_the_index_order(store):
     asyncio.run(run())
 
 
+def test_window_statements_are_reused_with_each_calls_values(store, backend):
+    """A signature window's statement is built once per shape and then executed with the call's
+    own values: each category, category list and cursor gives the index's rows (full rows, in
+    order), whether its statement was just built or reused, and a second run builds none."""
+    settings, _account_id, box = store
+
+    async def run():
+        core = Core(settings)
+        await core.start()
+        search._window_statements.clear()
+        try:
+            async with core.read() as s:
+                cases = [[Delivery.category == c] for c in ("result", "letter", "mssante")]
+                cases += [[Delivery.category.in_(c)] for c in (["result"], ["letter", "mssante"])]
+                cases += [[sa.text(_qualified(VIEW_SQL[v]))] for v in ("inbox", "archived")]
+                for run_ in range(2):
+                    for conditions in cases:
+                        for terms in (["bilan"], ["echographie", "cardiaque"]):
+                            for before in (None, 700):
+                                expected = await search.search_rows(s, _LIST_COLUMNS, box, terms, conditions,
+                                                                    before, 30, strategy="index")
+                                got = await search.search_rows(s, _LIST_COLUMNS, box, terms, conditions,
+                                                               before, 30, strategy="window")
+                                # (a window's rows also carry its span: lower, walked, candidates)
+                                n = len(_LIST_COLUMNS)
+                                assert [tuple(r)[:n] for r in got] == [tuple(r) for r in expected] and got, (
+                                    terms, conditions, before)
+                                assert {r._fields[:n] for r in got} == {r._fields for r in expected}
+                    if run_ == 0:
+                        built = len(search._window_statements)
+            if backend == "postgres":
+                assert built == len(search._window_statements) > len(cases)  # nothing built the second time
+            else:
+                assert not search._window_statements  # SQLite has no signatures
+        finally:
+            await core.close()
+
+    asyncio.run(run())
+
+
 def test_words_match_follows_the_fts_tokens():
     text = "echographie cardiaque dr dubois-martin zzmbx1 zzmbx12"
     assert words_match(text, "zzmbx1 cardi*")
