@@ -187,6 +187,19 @@ async def _completions(session: AsyncSession, tokens: list[str]) -> tuple[dict[s
     return out, begun
 
 
+def typo_tiers(tier_queries: list[ds.Query], first_totals: dict[str, int]) -> list[ds.Query]:
+    """The tiers a typo pass reads. When the first pass found nothing in any section (its
+    totals are exact counts, in the same transaction), its tiers (exact, prefix) match nothing
+    with these filters in these rings: only the typo tier, the widest, can match, and
+    excluding the earlier tiers from it excludes nothing. Its levels then need neither the
+    earlier tiers' levels nor their exclusion, which each index read evaluated again (a
+    misspelt surname with a postcode: three levels and two NOTs per ring and section, read
+    for nothing). The same entries, totals and order."""
+    if tier_queries and first_totals and not any(first_totals.values()):
+        return tier_queries[-1:]
+    return tier_queries
+
+
 def _item(row: Any, opened: dict[int, Any], ref) -> dict[str, Any]:
     now = utcnow()
     last = opened.get(row.local_mailbox_id) if row.local_mailbox_id else None
@@ -320,7 +333,7 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
     if tokens and any(ds.max_typos(t) for t in tokens) and sum(totals.values()) < FUZZY_BELOW:
         fuzzy = await _fuzzy(s, [t for t in tokens if t not in begun])
         if fuzzy:
-            tier_queries = ds.tiers(tokens, fuzzy, filters, completions)
+            tier_queries = typo_tiers(ds.tiers(tokens, fuzzy, filters, completions), totals)
             levels, ranked, totals = await first_pass(typos=True)
     out["query"]["typos"] = fuzzy
     pages: dict[str, tuple[list[int], int, bool]] = {}
