@@ -60,7 +60,7 @@ def pg_url(name: str) -> str:
 
 @contextlib.contextmanager
 def fresh_database(backend: str, tmp: Path, *, keep: bool = False) -> Iterator[str]:
-    """A new migrated database (SQLite file under ``tmp``, or ``monsisra_bench_<random>`` on PG)."""
+    """A new migrated database (SQLite file under ``tmp``, or ``monsisra_bench_core_[<tag>_]<random>`` on PG)."""
     from monsisra.store.migrate import upgrade
 
     if backend == "sqlite":
@@ -75,7 +75,9 @@ def fresh_database(backend: str, tmp: Path, *, keep: bool = False) -> Iterator[s
                     with contextlib.suppress(FileNotFoundError):
                         Path(str(path) + suffix).unlink()
         return
-    name = f"monsisra_bench_core_{uuid.uuid4().hex[:10]}"
+    # MONSISRA_BENCH_TAG (a branch name) names whose database it is, on a server several people share.
+    tag = os.environ.get("MONSISRA_BENCH_TAG", "")
+    name = f"monsisra_bench_core_{tag + '_' if tag else ''}{uuid.uuid4().hex[:10]}"
     asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
     try:
         url = pg_url(name)

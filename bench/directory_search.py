@@ -96,26 +96,42 @@ def _summarise(samples: list[tuple[int, float]], queries: list[dict[str, Any]]) 
                         for i, dt in slowest]}
 
 
-async def _in_process(url: str, data: Path, queries: list[dict[str, Any]]) -> dict[str, Any]:
+def _answer(got: dict[str, Any]) -> dict[str, Any]:
+    """What must not change between two versions of the search code: each section's ids, total,
+    capped flag and next offset, and the typos taken."""
+    out: dict[str, Any] = {"typos": got["query"].get("typos")}
+    for section in ("professionals", "services"):
+        s = got[section]
+        out[section] = [[i["id"] for i in s["items"]], s["total"], s["total_capped"], s["next_offset"]]
+    return out
+
+
+async def _in_process(url: str, data: Path, queries: list[dict[str, Any]],
+                      dump: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     from monsisra.config import Settings
     from monsisra.services import directory
     from monsisra.services.core import Core
 
     core = Core(Settings(database_url=url, data_dir=data))
     try:
+        answers = []
         for q in queries:  # one unmeasured pass: the same warm caches as the HTTP pass
-            await directory.search(core, None, **q)
+            answers.append(_answer(await directory.search(core, None, **q)))
         samples = []
         for i, q in enumerate(queries):
             t = time.perf_counter()
             await directory.search(core, None, **q)
             samples.append((i, time.perf_counter() - t))
+        if dump is not None:
+            dump.extend({"i": i, "query": queries[i], "ms": round(dt * 1000, 2), "answer": answers[i]}
+                        for i, dt in samples)
         return _summarise(samples, queries)
     finally:
         await core.close()
 
 
-def _over_http(url: str, data: Path, queries: list[dict[str, Any]]) -> dict[str, Any]:
+def _over_http(url: str, data: Path, queries: list[dict[str, Any]],
+               dump: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     env = {**os.environ, "MONSISRA_DATABASE_URL": url, "MONSISRA_DATA_DIR": str(data),
            "MONSISRA_SMTP_ENABLED": "false", "MONSISRA_LOGIN_MAX_FAILURES": "1000",
            # No mail-client listeners: their fixed ports may be another server's on this machine.
@@ -139,6 +155,9 @@ def _over_http(url: str, data: Path, queries: list[dict[str, Any]]) -> dict[str,
                 got = c.get("/api/v1/directory/search", params={**q, "limit": 20})
                 samples.append((i, time.perf_counter() - t))
                 assert got.status_code == 200, got.text
+        if dump is not None:
+            for i, dt in samples:
+                dump[i]["http_ms"] = round(dt * 1000, 2)
         return _summarise(samples, queries)
     finally:
         stop_serve(server)
@@ -188,6 +207,8 @@ def main() -> None:
     parser.add_argument("--import-only", action="store_true")
     parser.add_argument("--code", help="the commit of the code measured, when not HEAD (PYTHONPATH=old/src)")
     parser.add_argument("--render", action="store_true", help="only write the results page from the JSON")
+    parser.add_argument("--dump", type=Path, help="a directory for each query's times and answer "
+                        "(<backend>_<set>.json: ids, totals, capped flags, next offsets, typos), to diff two versions")
     args = parser.parse_args()
     if args.render:
         path = RESULTS / "directory_search.json"
@@ -209,11 +230,15 @@ def main() -> None:
                 continue
             key = f"{backend}/{name}"
             r: dict[str, Any] = {"load_before": uptime(), "code": args.code or meta["commit"]}
-            r["in_process"] = asyncio.run(_in_process(url, data_dir, queries))
+            dump: list[dict[str, Any]] | None = [] if args.dump else None
+            r["in_process"] = asyncio.run(_in_process(url, data_dir, queries, dump))
             print(f"[{key}] in process {r['in_process']['all']} ({uptime()})", flush=True)
             if not args.no_http:
-                r["http"] = _over_http(url, data_dir, queries)
+                r["http"] = _over_http(url, data_dir, queries, dump)
                 print(f"[{key}] HTTP {r['http']['all']} ({uptime()})", flush=True)
+            if args.dump:
+                args.dump.mkdir(parents=True, exist_ok=True)
+                (args.dump / f"{backend}_{name}.json").write_text(json.dumps(dump, ensure_ascii=False, indent=0))
             r["load_after"] = uptime()
             run["results"][key] = r
     if args.import_only:

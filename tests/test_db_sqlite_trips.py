@@ -115,3 +115,91 @@ def test_a_statement_has_no_next_result_set(tmp_path):
     cursor._rows.extend([(1,), (2,)])
     assert cursor.nextset() is None
     assert cursor.fetchall() == [] and cursor.description is None
+
+
+def test_begin_goes_with_the_first_statement_of_a_transaction(tmp_path, monkeypatch):
+    """A read transaction of two statements is three trips (each statement, the rollback), not
+    four: its BEGIN runs in the first statement's trip. It is a real transaction: a write
+    committed by another connection after its first read is not seen by its second."""
+    trips = 0
+    execute = aiosqlite.Connection._execute
+
+    async def counted(self, fn, *args, **kwargs):
+        nonlocal trips
+        trips += 1
+        return await execute(self, fn, *args, **kwargs)
+
+    async def run():
+        nonlocal trips
+        engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.db'}")
+        other = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.db'}")
+        try:
+            async with engine.begin() as c:
+                await c.execute(sa.text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+            monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+            trips = 0
+            async with engine.connect() as c:
+                assert await c.scalar(sa.text("SELECT count(*) FROM t")) == 0
+                async with other.begin() as w:
+                    await w.execute(sa.text("INSERT INTO t (id) VALUES (1)"))
+                before = trips
+                assert await c.scalar(sa.text("SELECT count(*) FROM t")) == 0  # its snapshot
+                assert trips == before + 1
+                raw = await c.get_raw_connection()
+                assert raw.dbapi_connection.begin_with is None and raw.dbapi_connection.driver_connection
+                assert await c.run_sync(lambda sc: sc.connection.dbapi_connection._connection._conn.in_transaction)
+            monkeypatch.setattr(aiosqlite.Connection, "_execute", execute)
+            async with engine.connect() as c:
+                assert await c.scalar(sa.text("SELECT count(*) FROM t")) == 1
+            monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+            trips = 0
+            async with engine.connect() as c:
+                await c.scalar(sa.text("SELECT 1"))
+                await c.scalar(sa.text("SELECT 2"))
+            assert trips == 3  # two statements and the rollback; a BEGIN of its own made it four
+            trips = 0
+            async with engine.connect() as c:
+                await c.begin()  # ended by the connection's close (a rollback)
+            assert trips == 0  # begun and ended without a statement: nothing was sent
+            stream_rows = []
+            async with engine.connect() as c:  # a stream first: its BEGIN before its own cursor
+                stream = await c.stream(sa.text("SELECT id FROM t"))
+                stream_rows = [r.id async for r in stream]
+                assert await c.run_sync(lambda sc: sc.connection.dbapi_connection._connection._conn.in_transaction)
+            assert stream_rows == [1]
+        finally:
+            monkeypatch.setattr(aiosqlite.Connection, "_execute", execute)
+            await engine.dispose()
+            await other.dispose()
+
+    asyncio.run(run())
+
+
+def test_a_write_transaction_holds_the_write_lock_from_its_first_statement(tmp_path):
+    """``Database.write``: BEGIN IMMEDIATE, sent with the first statement; another connection
+    cannot write until it ends, and its writes are committed (or rolled back) whole."""
+    from monsisra.store.db import Database
+
+    async def run():
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'db.db'}", busy_timeout=0.2)
+        other = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.db'}", busy_timeout=0.2)
+        try:
+            async with db.write() as s:
+                await s.execute(sa.text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+            async with db.write() as s:
+                assert await s.scalar(sa.text("SELECT count(*) FROM t")) == 0  # a read, the lock taken
+                with pytest.raises(sa.exc.OperationalError, match="locked"):
+                    async with other.begin() as w:
+                        await w.execute(sa.text("INSERT INTO t (id) VALUES (9)"))
+                await s.execute(sa.text("INSERT INTO t (id) VALUES (1)"))
+            with pytest.raises(RuntimeError):
+                async with db.write() as s:
+                    await s.execute(sa.text("INSERT INTO t (id) VALUES (2)"))
+                    raise RuntimeError("rolled back")
+            async with db.read() as s:
+                assert list((await s.execute(sa.text("SELECT id FROM t"))).scalars()) == [1]
+        finally:
+            await db.dispose()
+            await other.dispose()
+
+    asyncio.run(run())

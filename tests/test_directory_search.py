@@ -583,3 +583,38 @@ def test_near_me_and_the_browser_session_still_search(imported, alice):
         assert browser.post("/connexion", data={"username": "alice.martin", "password": "demo"}).status_code == 303
         got = browser.get("/api/v1/directory/search", params={"q": "petit"})
     assert got.status_code == 200 and got.json()["professionals"]["items"]
+
+
+def test_a_typo_pass_after_nothing_found_reads_only_the_typo_tier(imported, monkeypatch):
+    """In a section where the first pass found nothing, the typo pass reads the typo tier alone
+    (no exact and prefix levels, no exclusion of them): the same entries, totals, "capped"
+    flags, next offsets and typos as reading every tier, with places (commune, department,
+    postcode), kinds and later pages; in one section and not the other too."""
+    queries = [{"q": w, **extra} for w in ("martn", "petti", "cardiolgue", "brunoo petit", "Anecy", "barthelmy",
+                                          "bruno pettit", "medecin generalle", "urgencess", "barthelemy",
+                                          "barthelemi", "caron", "aubert", "bonnot", "millet")
+               for extra in ({}, {"where": "Annecy"}, {"where": "74"}, {"where": "63000"}, {"offset": 1, "limit": 2},
+                             {"kind": "services"}, {"where": "Clermont-Ferrand", "offset": 2, "limit": 3})]
+    shortened = []
+    read = searching.typo_tiers
+
+    def counted(tier_queries, first_totals):
+        got = read(tier_queries, first_totals)
+        shortened.extend(len(tiers) < len(tier_queries) for tiers in got.values())
+        return got
+
+    def answers() -> list:
+        planner.STATS.clear()
+        out = [imported.call(directory.search, imported.core, None, **q) for q in queries]
+        return [(r["query"]["typos"], {s: ([i["id"] for i in r[s]["items"]], r[s]["total"], r[s]["total_capped"],
+                                           r[s]["next_offset"]) for s in ("professionals", "services")})
+                for r in out]
+
+    monkeypatch.setattr(searching, "typo_tiers", counted)
+    short = answers()
+    assert any(shortened) and not all(shortened)  # both cases: nothing found first, and a few found
+    assert sum(bool(a[0]) for a in short) > len(queries) // 2
+    assert sum(bool(a[1]["professionals"][1] or a[1]["services"][1]) for a in short) > len(queries) // 2
+    monkeypatch.setattr(searching, "typo_tiers",  # every tier, in every section
+                        lambda tier_queries, first_totals: dict.fromkeys(first_totals, tier_queries))
+    assert answers() == short

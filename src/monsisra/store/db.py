@@ -17,6 +17,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
+    AsyncAdapt_aiosqlite_ss_cursor,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.util import EMPTY_DICT
@@ -46,8 +47,12 @@ def prepare_sqlite_file(url: str) -> None:
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
-def _one_trip(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> tuple:
-    """In aiosqlite's thread: a statement, its rows and its cursor's end, in one call."""
+def _one_trip(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool,
+              begin: str | None = None) -> tuple:
+    """In aiosqlite's thread: a statement, its rows and its cursor's end, in one call; first
+    ``begin`` (the transaction's BEGIN, see :class:`_OneTripConnection`) when given."""
+    if begin is not None:
+        conn.execute(begin).close()
     cursor = conn.cursor()
     try:
         if many:
@@ -124,9 +129,13 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
     async def _trip(self, operation: Any, parameters: Any, many: bool) -> None:
         connection = self._connection
-        async with self._adapt_connection._execute_mutex:
+        adapt = self._adapt_connection
+        async with adapt._execute_mutex:
+            # The transaction's BEGIN goes with its first statement (taken off before the trip:
+            # if it fails, no transaction was begun, and the rollback has nothing to end).
+            begin, adapt.begin_with = adapt.begin_with, None
             self._description, rows, self._rowcount, self._lastrowid = await connection._execute(
-                _one_trip, connection._conn, operation, parameters, many)
+                _one_trip, connection._conn, operation, parameters, many, begin)
         self._rows = collections.deque(rows)
 
     def nextset(self) -> None:
@@ -136,18 +145,66 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         return None
 
 
-class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
+class _BeginFirstStreamCursor(AsyncAdapt_aiosqlite_ss_cursor):
+    """SQLAlchemy's server-side cursor (``stream``), which first sends the transaction's pending
+    BEGIN (:class:`_OneTripConnection`): it is made before the transaction begins, and used after."""
+
     __slots__ = ()
+
+    def execute(self, operation: Any, parameters: Any = None) -> Any:
+        self._adapt_connection.send_begin()
+        return super().execute(operation, parameters)
+
+    def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
+        self._adapt_connection.send_begin()
+        return super().executemany(operation, seq_of_parameters)
+
+
+class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
+    """:class:`_OneTripCursor`'s connection. A transaction's BEGIN (``begin_with``, set by the
+    engine's ``begin`` event) is not a trip of its own to aiosqlite's thread: it runs in the
+    same call as the transaction's first statement, just before it (a directory search is a
+    read transaction of a few statements: one trip of each search saved). A transaction that
+    ends before any statement never began in SQLite: its commit or rollback has nothing to do."""
+
+    __slots__ = ("begin_with",)
     _cursor_cls = _OneTripCursor
+    _ss_cursor_cls = _BeginFirstStreamCursor
+
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        self.begin_with: str | None = None
+
+    def send_begin(self) -> None:
+        """The pending BEGIN in a trip of its own (before a server-side cursor's statement)."""
+        if self.begin_with is None:
+            return
+        begin, self.begin_with = self.begin_with, None
+        try:
+            await_(self._connection._execute(_one_trip, self._connection._conn, begin, None, False))
+        except Exception as error:
+            self._handle_exception(error)
+
+    def rollback(self) -> None:
+        if self.begin_with is not None:
+            self.begin_with = None
+            return
+        super().rollback()
+
+    def commit(self) -> None:
+        if self.begin_with is not None:
+            self.begin_with = None
+            return
+        super().commit()
 
 
 class _OneTripDbapi(AsyncAdapt_aiosqlite_dbapi):
-    """aiosqlite for SQLAlchemy with :class:`_OneTripCursor` (``module=`` of the engine)."""
+    """aiosqlite for SQLAlchemy with :class:`_OneTripConnection` (``module=`` of the engine)."""
 
     def connect(self, *arg: Any, **kw: Any) -> Any:
         connection = super().connect(*arg, **kw)
-        connection.__class__ = _OneTripConnection  # the same object and slots; only the cursor class differs
-        return connection
+        # The same aiosqlite connection (opened and set up by SQLAlchemy), in our adapter.
+        return _OneTripConnection(self, connection._connection)
 
 
 def _one_trip_dbapi() -> Any:
@@ -230,10 +287,12 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout: float = DEFAULT_BUSY_TI
     def _on_begin(conn) -> None:
         # A writer takes the write lock up front: in WAL mode a read transaction that later
         # writes can fail with SQLITE_BUSY without waiting.
-        if conn.get_execution_options().get("write"):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        begin = "BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN"
+        dbapi_connection = conn.connection.dbapi_connection
+        if isinstance(dbapi_connection, _OneTripConnection):
+            dbapi_connection.begin_with = begin  # sent with the transaction's first statement
         else:
-            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql(begin)
 
 
 class Database:

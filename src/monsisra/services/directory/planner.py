@@ -509,8 +509,8 @@ async def _nearest(engine: Engine, section: str, level: ds.Level, limit: int, of
     return [i for i, _ in ordered[offset:need]]
 
 
-async def count_rank_sqlite(engine: Engine, sections: list[str], levels: list[tuple[ds.Level, bool]], limit: int,
-                            offset: int, ref: communes_service.Commune | None
+async def count_rank_sqlite(engine: Engine, sections: list[str], levels: dict[str, list[tuple[ds.Level, bool]]],
+                            limit: int, offset: int, ref: communes_service.Commune | None
                             ) -> tuple[dict[str, int], dict[str, list[int]]]:
     """SQLite, an order by distance or a typo pass: the count (:func:`count_totals`) and the ranking of the
     sections within the cap in one statement (they were two, the ranking reading again what the
@@ -521,25 +521,32 @@ async def count_rank_sqlite(engine: Engine, sections: list[str], levels: list[tu
     on those rows (levels in order; a ``True`` level by distance, then id; the others by id: the
     order of :func:`read_section`, which reads level after level, a statement each). Returns
     every section's total (as :func:`count_totals`) and the pages of those within the cap; the
-    others are for :func:`read_section`."""
+    others are for :func:`read_section`. ``levels``: each section's (a typo pass may read fewer
+    tiers in one section than in another, see ``searching.typo_tiers``)."""
     params: dict[str, Any] = {"span": SECTION_SPAN, "cap": TOTAL_CAP + 1, "within": TOTAL_CAP, "first": offset,
                               "last": offset + limit}
-    for i, (lv, _) in enumerate(levels):
-        params[f"k{i}"] = ds.fts5_level(lv)
+    texts: dict[str, str] = {}  # a level's query → its parameter (the same in every section that reads it)
     gathered = []
     for j, n in enumerate(sections):
         params[f"lo{j}"], params[f"hi{j}"] = section_bounds(n)
-        parts = " UNION ALL ".join(f"SELECT rowid AS id, {i} AS lvl FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :k{i} "
-                                   f"AND rowid BETWEEN :lo{j} AND :hi{j}" for i in range(len(levels)))
-        gathered.append(f"SELECT id, lvl FROM (SELECT id, lvl FROM ({parts}) LIMIT :cap)")
-    near = [i for i, (_, by_distance) in enumerate(levels) if by_distance]
+        parts = []
+        for i, (lv, by_distance) in enumerate(levels[n]):
+            key = texts.setdefault(ds.fts5_level(lv), f"k{len(texts)}")
+            params[key] = ds.fts5_level(lv)
+            # ``near``: the level is ordered by distance (its rows carry it, as levels differ by section).
+            parts.append(f"SELECT rowid AS id, {i} AS lvl, {int(by_distance)} AS near FROM {FTS_TABLE} "
+                         f"WHERE {FTS_TABLE} MATCH :{key} AND rowid BETWEEN :lo{j} AND :hi{j}")
+        union = " UNION ALL ".join(parts)
+        gathered.append(f"SELECT id, lvl, near FROM (SELECT id, lvl, near FROM ({union}) LIMIT :cap)")
+    located = any(by_distance for n in sections for _, by_distance in levels[n])
     within = "m.id / :span IN (SELECT s FROM n WHERE total <= :within)"
-    if ref is not None and ref.latitude is not None and near:
+    if ref is not None and ref.latitude is not None and located:
         params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
         dist = ("COALESCE((latitude - :lat) * (latitude - :lat) + "
                 "((longitude - :lon) * :k) * ((longitude - :lon) * :k), 1e9)")
-        source = f"SELECT m.id, m.lvl, {dist} AS d FROM m JOIN dir_search ON dir_search.id = m.id WHERE {within}"
-        order = f"lvl, CASE WHEN lvl IN ({', '.join(map(str, near))}) THEN d ELSE 0 END, id"
+        source = (f"SELECT m.id, m.lvl, m.near, {dist} AS d FROM m JOIN dir_search ON dir_search.id = m.id "
+                  f"WHERE {within}")
+        order = "lvl, CASE WHEN near THEN d ELSE 0 END, id"
     else:
         source, order = f"SELECT m.id, m.lvl FROM m WHERE {within}", "lvl, id"
     sql = (f"WITH m AS MATERIALIZED ({' UNION ALL '.join(gathered)}), "

@@ -187,6 +187,17 @@ async def _completions(session: AsyncSession, tokens: list[str]) -> tuple[dict[s
     return out, begun
 
 
+def typo_tiers(tier_queries: list[ds.Query], first_totals: dict[str, int]) -> dict[str, list[ds.Query]]:
+    """The tiers a typo pass reads in each section. Where the first pass found nothing (its
+    totals are exact counts, in the same transaction), its tiers (exact, prefix) match nothing
+    in that section with these filters in these rings: only the typo tier, the widest, can
+    match there, and excluding the earlier tiers from it excludes nothing. That section's
+    levels then need neither the earlier tiers' levels nor their exclusion, which each index
+    read evaluated again (a misspelt surname with a postcode: three levels and two NOTs per
+    ring and section, read for nothing). The same entries, totals and order."""
+    return {n: tier_queries[-1:] if total == 0 and tier_queries else tier_queries for n, total in first_totals.items()}
+
+
 def _item(row: Any, opened: dict[int, Any], ref) -> dict[str, Any]:
     now = utcnow()
     last = opened.get(row.local_mailbox_id) if row.local_mailbox_id else None
@@ -276,16 +287,18 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
     tier_queries = ds.tiers(tokens, {}, filters, completions) or ([()] if rings else [])
     sections = [n for n in SECTIONS if wanted[n]] if tier_queries else []
 
-    async def first_pass(typos: bool = False) -> tuple[list, dict[str, tuple[list[int], int] | None], dict[str, int]]:
+    async def first_pass(typos: bool = False, section_tiers: dict[str, list[ds.Query]] | None = None
+                         ) -> tuple[dict[str, list], dict[str, tuple[list[int], int] | None], dict[str, int]]:
         if not sections:
             # Nothing to match (a query of punctuation or spaces only): no query to build.
-            return [], {}, {}
-        levels = [(lv, (bool(rings) and lv[0][-1] == rings[-1]) or not rings)
-                  for lv in ds.levels(tier_queries, rings)]
+            return {}, {}, {}
+        # Each section's levels (its tiers: see typo_tiers), "by distance" in the last ring.
+        levels = {n: [(lv, (bool(rings) and lv[0][-1] == rings[-1]) or not rings)
+                      for lv in ds.levels((section_tiers or {}).get(n, tier_queries), rings)] for n in sections}
         widest = ds.widest(tier_queries, rings)
         ranked: dict[str, tuple[list[int], int] | None] = {}
         totals: dict[str, int] = {}
-        located = ref is not None and ref.latitude is not None and any(d for _, d in levels)
+        located = ref is not None and ref.latitude is not None and any(d for lv in levels.values() for _, d in lv)
         if not engine.pg and (located or typos) and RANKED_ROWS >= TOTAL_CAP:
             # SQLite, an order by distance: each level would be read whole to be sorted, a
             # statement per level and section. Counted, then ranked and paged in one statement
@@ -306,7 +319,7 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
                 edge = engine.rank_range(widest, await engine.estimate(widest, n), n, offset + limit) \
                     if not rings and not located else None
                 ranked[n] = await engine.ranked(engine.match(widest, n),
-                                                [(ds.tsquery_level(lv), d) for lv, d in levels],
+                                                [(ds.tsquery_level(lv), d) for lv, d in levels[n]],
                                                 *section_bounds(n), TOTAL_CAP, limit, offset, ref, edge,
                                                 engine.over(widest, n, TOTAL_CAP))
                 found = ranked[n]
@@ -321,7 +334,7 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
         fuzzy = await _fuzzy(s, [t for t in tokens if t not in begun])
         if fuzzy:
             tier_queries = ds.tiers(tokens, fuzzy, filters, completions)
-            levels, ranked, totals = await first_pass(typos=True)
+            levels, ranked, totals = await first_pass(True, typo_tiers(tier_queries, totals))
     out["query"]["typos"] = fuzzy
     pages: dict[str, tuple[list[int], int, bool]] = {}
     for section in SECTIONS:
@@ -331,7 +344,7 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
         elif done is not None:
             pages[section] = (done[0], min(done[1], TOTAL_CAP), done[1] > TOTAL_CAP)
         else:
-            pages[section] = await read_section(engine, section, levels, totals[section], limit, offset, ref)
+            pages[section] = await read_section(engine, section, levels[section], totals[section], limit, offset, ref)
     # Both sections' entries in one read, and when our own mailboxes were last opened in another.
     wanted_ids = [i for ids, _, _ in pages.values() for i in ids]
     st = DirSearch.__table__
