@@ -72,28 +72,42 @@ def test_one_trip_cursor_gives_what_sqlalchemys_own_cursor_gives(tmp_path):
     asyncio.run(run())
 
 
-def test_a_statement_is_one_trip_to_the_connection_thread(tmp_path, monkeypatch):
-    trips = 0
-    execute = aiosqlite.Connection._execute
+class Trips:
+    """Counts the trips to aiosqlite's connection thread while ``on`` (patched on the class)."""
 
-    async def counted(self, fn, *args, **kwargs):
-        nonlocal trips
-        trips += 1
-        return await execute(self, fn, *args, **kwargs)
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.n = 0
+        self._monkeypatch = monkeypatch
+        self._execute = aiosqlite.Connection._execute
+
+    def on(self) -> None:
+        execute, counter = self._execute, self
+
+        async def counted(conn, fn, *args, **kwargs):
+            counter.n += 1
+            return await execute(conn, fn, *args, **kwargs)
+
+        self.n = 0
+        self._monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+
+    def off(self) -> None:
+        self._monkeypatch.setattr(aiosqlite.Connection, "_execute", self._execute)
+
+
+def test_a_statement_is_one_trip_to_the_connection_thread(tmp_path, monkeypatch):
+    trips = Trips(monkeypatch)
 
     async def run():
-        nonlocal trips
         engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.db'}")
         try:
             async with engine.connect() as c:
                 await c.execute(sa.text("SELECT 1"))  # connected, pragmas run
-                monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
-                trips = 0
+                trips.on()
                 rows = (await c.execute(sa.text("SELECT :a AS a UNION ALL SELECT :b"), {"a": 1, "b": 2})).all()
                 assert [r.a for r in rows] == [1, 2]
-                assert trips == 1  # SQLAlchemy's cursor: 4 (cursor, execute, fetchall, close)
+                assert trips.n == 1  # SQLAlchemy's cursor: 4 (cursor, execute, fetchall, close)
         finally:
-            monkeypatch.setattr(aiosqlite.Connection, "_execute", execute)
+            trips.off()
             await engine.dispose()
 
     asyncio.run(run())
@@ -121,46 +135,37 @@ def test_begin_goes_with_the_first_statement_of_a_transaction(tmp_path, monkeypa
     """A read transaction of two statements is three trips (each statement, the rollback), not
     four: its BEGIN runs in the first statement's trip. It is a real transaction: a write
     committed by another connection after its first read is not seen by its second."""
-    trips = 0
-    execute = aiosqlite.Connection._execute
-
-    async def counted(self, fn, *args, **kwargs):
-        nonlocal trips
-        trips += 1
-        return await execute(self, fn, *args, **kwargs)
+    trips = Trips(monkeypatch)
 
     async def run():
-        nonlocal trips
         engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.db'}")
         other = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.db'}")
         try:
             async with engine.begin() as c:
                 await c.execute(sa.text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
-            monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
-            trips = 0
+            trips.on()
             async with engine.connect() as c:
                 assert await c.scalar(sa.text("SELECT count(*) FROM t")) == 0
                 async with other.begin() as w:
                     await w.execute(sa.text("INSERT INTO t (id) VALUES (1)"))
-                before = trips
+                before = trips.n
                 assert await c.scalar(sa.text("SELECT count(*) FROM t")) == 0  # its snapshot
-                assert trips == before + 1
+                assert trips.n == before + 1
                 raw = await c.get_raw_connection()
                 assert raw.dbapi_connection.begin_with is None and raw.dbapi_connection.driver_connection
                 assert await c.run_sync(lambda sc: sc.connection.dbapi_connection._connection._conn.in_transaction)
-            monkeypatch.setattr(aiosqlite.Connection, "_execute", execute)
+            trips.off()
             async with engine.connect() as c:
                 assert await c.scalar(sa.text("SELECT count(*) FROM t")) == 1
-            monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
-            trips = 0
+            trips.on()
             async with engine.connect() as c:
                 await c.scalar(sa.text("SELECT 1"))
                 await c.scalar(sa.text("SELECT 2"))
-            assert trips == 3  # two statements and the rollback; a BEGIN of its own made it four
-            trips = 0
+            assert trips.n == 3  # two statements and the rollback; a BEGIN of its own made it four
+            trips.n = 0
             async with engine.connect() as c:
                 await c.begin()  # ended by the connection's close (a rollback)
-            assert trips == 0  # begun and ended without a statement: nothing was sent
+            assert trips.n == 0  # begun and ended without a statement: nothing was sent
             stream_rows = []
             async with engine.connect() as c:  # a stream first: its BEGIN before its own cursor
                 stream = await c.stream(sa.text("SELECT id FROM t"))
@@ -168,7 +173,7 @@ def test_begin_goes_with_the_first_statement_of_a_transaction(tmp_path, monkeypa
                 assert await c.run_sync(lambda sc: sc.connection.dbapi_connection._connection._conn.in_transaction)
             assert stream_rows == [1]
         finally:
-            monkeypatch.setattr(aiosqlite.Connection, "_execute", execute)
+            trips.off()
             await engine.dispose()
             await other.dispose()
 
