@@ -45,3 +45,28 @@ def open_page(browser: Browser, server, username: str, password: str = "demo", *
 
 def wait_live(page: Page) -> None:
     expect(page.locator("body")).to_have_attribute("data-live", "1")
+
+
+def hold_first_answer(page: Page, url: str) -> list:
+    """Route ``url``: the first request the page makes is answered by the server at once and the
+    answer held, so that the test hands it to the page later (an answer overtaken by events);
+    later requests go through. The list gets the (route, response) pair."""
+    held: list = []
+
+    def route(r) -> None:
+        if held:
+            r.continue_()
+        else:
+            held.append((r, r.fetch()))
+
+    page.route(url, route)
+    return held
+
+
+def wait_for_held(page: Page, held: list) -> tuple:
+    """The held (route, response) pair, once the page has made its request (bounded wait)."""
+    for _ in range(WAIT // 25):
+        if held:
+            return held[0]
+        page.wait_for_timeout(25)
+    raise AssertionError("the page never made the request the test holds")

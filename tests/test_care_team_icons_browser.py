@@ -11,7 +11,12 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser_support import browser_fixture, open_page  # noqa: F401 (the browser fixture)
+from tests.browser_support import (  # noqa: F401 (the browser fixture)
+    browser_fixture,
+    hold_first_answer,
+    open_page,
+    wait_for_held,
+)
 from tests.test_care_team_record import setup_patient
 from tests.test_record_conversations import conversation_about
 
@@ -81,19 +86,13 @@ def test_a_list_rendered_before_a_declaration_and_shown_after_it_keeps_the_new_i
     row = page.locator("li.item", has_text="Soins de plaie")
     expect(row.locator(".item-patient .ct-icon.off")).to_have_count(1)
     expect(page.locator("body[data-live='1']")).to_have_count(1)
-    held = []
     # The list is rendered now (grey icon) and handed to the page only when the test says so.
-    page.route("**/boite/liste?*", lambda route: held.append((route, route.fetch())))
+    held = hold_first_answer(page, "**/boite/liste?*")
     page.evaluate("document.body.dispatchEvent(new Event('monsisra:refresh'))")
-    for _ in range(400):  # bounded wait for the refresh to reach the server
-        if held:
-            break
-        page.wait_for_timeout(25)
-    assert len(held) == 1, held
+    route, stale = wait_for_held(page, held)
     assert n.put(f"/api/v1/patients/{pid}/care-team/me").status_code == 200
     expect(row.locator(".item-patient .ct-icon.on")).to_have_count(1)
     page.evaluate("document.querySelector('#liste').dataset.before = '1'")
-    route, stale = held[0]
     assert "ct-icon off" in stale.text(), "the held list was rendered before the declaration"
     route.fulfill(response=stale)
     expect(page.locator("#liste[data-before]")).to_have_count(0)  # the stale list is in place
@@ -114,25 +113,14 @@ def test_patient_page_follows_two_quick_changes_made_elsewhere(server, make_user
     expect(page.locator("body[data-live='1']")).to_have_count(1)
     page.evaluate("""window.__ct = 0; document.addEventListener("monsisra:event", function (e) {
         if (e.detail.type === "patient.care_team") window.__ct++; });""")
-    held = []
-
-    def hold_first(route):
-        if held:
-            route.continue_()
-        else:  # rendered now, between the two changes; handed to the page later
-            held.append((route, route.fetch()))
-
-    page.route(server.base_url + f"/patients/{pid}", hold_first)
+    # The part is rendered between the two changes and handed to the page after the second.
+    held = hold_first_answer(page, server.base_url + f"/patients/{pid}")
     assert n.put(f"/api/v1/patients/{pid}/care-team/me").status_code == 200
-    for _ in range(400):  # bounded wait for the page to ask for the changed part
-        if held:
-            break
-        page.wait_for_timeout(25)
-    assert held, "the page did not fetch the changed care team"
-    assert "(vous)" in held[0][1].text()
+    route, stale = wait_for_held(page, held)
+    assert "(vous)" in stale.text()
     assert n.delete(f"/api/v1/patients/{pid}/care-team/me").status_code == 200
     page.wait_for_function("() => window.__ct >= 2")  # the second event reached the page
-    held[0][0].fulfill(response=held[0][1])
+    route.fulfill(response=stale)
     expect(page.locator("#care-team")).not_to_contain_text("(vous)")
     expect(page.locator("#care-team-toggle button")).to_contain_text("Me déclarer acteur")
     page.unroute(server.base_url + f"/patients/{pid}")

@@ -11,7 +11,13 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from tests.browser_support import browser_fixture, open_page, wait_live  # noqa: F401 (the browser fixture)
+from tests.browser_support import (  # noqa: F401 (the browser fixture)
+    browser_fixture,
+    hold_first_answer,
+    open_page,
+    wait_for_held,
+    wait_live,
+)
 from tests.support import unique
 
 pytestmark = pytest.mark.browser
@@ -23,16 +29,21 @@ def _users(make_user, n):
             for i, (first, last) in enumerate((("Anne", "Chat"), ("Claire", "Soin"), ("Olivier", "Dehors"))[:n])]
 
 
+def start_conversation(page, server, title: str, address: str, body: str) -> str:
+    """Start a conversation from the page's form; the chat's address."""
+    page.goto(server.base_url + "/conversations")
+    page.fill("#title", title)
+    page.fill("#participants", address)
+    page.fill("#body", body)
+    page.click("text=Démarrer la conversation")
+    page.wait_for_url(re.compile(r"/conversations/\d+$"))
+    return page.url
+
+
 def test_two_contexts_live_bubble_typing_seen(server, browser, make_user):
     (a_user, _, _), (c_user, c_addr, _), (o_user, _, _) = _users(make_user, 3)
     anne = open_page(browser, server, a_user, "secret-pass")
-    anne.goto(server.base_url + "/conversations")
-    anne.fill("#title", "Plaie du talon")
-    anne.fill("#participants", c_addr)
-    anne.fill("#body", "Bonjour, pouvez-vous passer ?")
-    anne.click("text=Démarrer la conversation")
-    anne.wait_for_url(re.compile(r"/conversations/\d+$"))
-    url = anne.url
+    url = start_conversation(anne, server, "Plaie du talon", c_addr, "Bonjour, pouvez-vous passer ?")
     claire = open_page(browser, server, c_user, "secret-pass")
     claire.goto(server.base_url + "/conversations")
     expect(claire.locator(".conv-item.unread .conv-title")).to_have_text("Plaie du talon")
@@ -119,13 +130,7 @@ def test_presence_answer_older_than_a_live_event_does_not_win(server, browser, m
     participant connects but received after the live « online » event must not put them back offline."""
     (a_user, _, _), (c_user, c_addr, _) = _users(make_user, 2)
     anne = open_page(browser, server, a_user, "secret-pass")
-    anne.goto(server.base_url + "/conversations")
-    anne.fill("#title", "Présence")
-    anne.fill("#participants", c_addr)
-    anne.fill("#body", "Bonjour")
-    anne.click("text=Démarrer la conversation")
-    anne.wait_for_url(re.compile(r"/conversations/\d+$"))
-    url = anne.url
+    url = start_conversation(anne, server, "Présence", c_addr, "Bonjour")
     anne.goto("about:blank")  # no request of the first chat page can reach the route below
     # The test learns when the page has read a presence answer (the answer, then its handlers).
     anne.add_init_script("""(function () {
@@ -140,28 +145,17 @@ def test_presence_answer_older_than_a_live_event_does_not_win(server, browser, m
         return p;
       };
     })();""")
-    held = []
-
-    def hold_first(route):
-        if held:
-            route.continue_()
-        else:  # answered now, while Claire is away; handed to the page later
-            held.append((route, route.fetch()))
-
-    anne.route("**/api/v1/presence?*", hold_first)
+    held = hold_first_answer(anne, "**/api/v1/presence?*")  # answered while Claire is away
     anne.goto(url)
     wait_live(anne)
-    for _ in range(400):  # bounded wait for the page's presence request
-        if held:
-            break
-        anne.wait_for_timeout(25)
-    assert held and '"offline"' in held[0][1].text(), "asked while Claire is away"
+    route, stale = wait_for_held(anne, held)
+    assert '"offline"' in stale.text(), "asked while Claire is away"
     dot = anne.locator(f'.person[data-address="{c_addr}"] .dot')
     claire = open_page(browser, server, c_user, "secret-pass")
     claire.goto(server.base_url + "/conversations")
     wait_live(claire)
     expect(dot).to_have_class(re.compile(r"\bonline\b"))  # the live event
-    held[0][0].fulfill(response=held[0][1])
+    route.fulfill(response=stale)
     anne.wait_for_function("() => window.__presenceRead >= 1")
     assert re.search(r"\bonline\b", dot.get_attribute("class")), dot.get_attribute("class")
     anne.unroute("**/api/v1/presence?*")
