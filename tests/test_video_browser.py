@@ -246,8 +246,10 @@ def test_three_people_mute_camera_off_and_screen_sharing(server, browser, make_u
     chloe.click("#visio-screen")
     expect(chloe.locator("#visio-screen")).to_have_attribute("aria-pressed", "false")
     for page in pages:
-        page.click("#visio-hangup")
-    anne.wait_for_url(re.compile(rf"/conversations/{conv}$"))
+        # Hanging up goes back to the conversation (the same address): wait for that navigation,
+        # or leaving the page below is interrupted by it.
+        with page.expect_navigation(url=re.compile(rf"/conversations/{conv}$")):
+            page.click("#visio-hangup")
     expect(anne.locator("#bubbles")).to_contain_text("Visio terminée")
     errors = [e for page in pages for e in page.errors]
     assert not errors, errors
