@@ -14,7 +14,7 @@ import contextlib
 import logging
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP
+from monsisra.gateway.starttls import NativeStartTLS
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,9 @@ class Sessions:
         return cut
 
 
-class DrainingSMTP(SMTP):
-    """aiosmtpd's server, registered in ``sessions`` while connected (a mixin: put it before
-    ``SMTP`` in the bases; the subclass passes ``sessions=``)."""
+class DrainingSMTP(NativeStartTLS):
+    """aiosmtpd's server (STARTTLS on the loop's TLS layer), registered in ``sessions`` while
+    connected (the subclass passes ``sessions=``)."""
 
     def __init__(self, *args: Any, sessions: Sessions, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
