@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
-import uvloop
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
@@ -179,17 +178,7 @@ def run(app: Any, settings: Settings, *, host: str, port: int, https_port: int) 
         https = Listener(uvicorn.Config(app, port=https_port, lifespan="off",
                                         http=handshake_protocol(context, _refusal_reporter(app)), **common))
     redaction.install()  # after uvicorn configured its loggers
-    with asyncio.Runner(loop_factory=new_loop) as runner:
-        return runner.run(_run(http, https, settings.reuse_port))
-
-
-def new_loop() -> asyncio.AbstractEventLoop:
-    """The event loop of ``monsisra serve``: uvloop's, compiled (libuv), where asyncio's default
-    loop runs its callbacks, socket reads and TLS records in Python; SMTP ingest paid that on every
-    message (bench/results/smtp.md). The PostgreSQL group-commit thread of ``services.inbound``
-    keeps an asyncio loop: uvloop loops in several threads of one process crashed this project's
-    test suite (SIGSEGV in libuv's ``uv__read``, uvloop issue #538)."""
-    return uvloop.new_event_loop()
+    return asyncio.run(_run(http, https, settings.reuse_port))
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
@@ -242,7 +231,6 @@ async def _serve(server: Listener, reuse_port: bool = False) -> int:
 
 async def _run(http: Listener, https: Listener | None, reuse_port: bool = False) -> int:
     loop = asyncio.get_running_loop()
-    log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
     stop = asyncio.Event()
 
     def on_signal() -> None:
