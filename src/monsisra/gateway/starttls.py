@@ -2,9 +2,10 @@
 ``asyncio.sslproto.SSLProtocol``.
 
 aiosmtpd 1.4 wraps the connection in asyncio's pure-Python TLS layer by hand, whatever the loop:
-on uvloop (``monsisra serve``) every TLS record of a 137 KB message then still went through
-Python code. ``loop.start_tls`` gives uvloop's compiled TLS layer (and asyncio's own on the
-default loop). The behaviour of aiosmtpd's ``smtp_STARTTLS`` is kept: the same replies, RFC 3207
+on uvloop every TLS record of a 137 KB message would still go through Python code.
+``loop.start_tls`` gives uvloop's compiled TLS layer there, and asyncio's own on its default loop
+(which ``monsisra serve`` runs today: uvloop broke its HTTPS listener, see bench/results/smtp.md).
+The behaviour of aiosmtpd's ``smtp_STARTTLS`` is kept: the same replies, RFC 3207
 §4.2 (the session and envelope start again, plaintext pipelined after the command is discarded,
 never read as a command inside TLS), ``session.ssl`` holding the TLS facts (``peercert``,
 ``cipher``, ``ssl_object``…), the ``STARTTLS`` handler hook, ``_original_transport`` (closed with
