@@ -251,6 +251,10 @@ def test_term_frequencies_route_rare_words_to_the_index(store, backend, monkeypa
                             assert got < 0.1 * len(texts), term
                         else:  # a prefix sums its lexemes (« cardio » and « cardiaque »)
                             assert 0.5 * exact < got < 3 * exact, term
+                        # Summed once per term while the statistics are kept (a search asks three times).
+                        _frequencies, _floor, shares = search._estimates[
+                            (str(s.bind.sync_engine.url), "#pg_common")][1]
+                        assert term in shares and await search.term_documents(s, term) == got, term
                 assert await search._index_first(s, ["pheochromocytome"], 51)
                 assert await search._index_first(s, ["bilan"], 51)  # 1,500 messages: the index is cheap
                 monkeypatch.setitem(search.POSTINGS_PER_ROW, s.bind.dialect.name, 1)  # as in a store of millions

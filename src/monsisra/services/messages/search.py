@@ -551,8 +551,14 @@ async def term_documents(s: AsyncSession, term: str) -> int | None:
     common = await _cached(s, "#pg_common", lambda: _pg_common_lexemes(s))
     if common is None:
         return None
-    frequencies, floor = common
-    share = sum(f for lexeme, f in frequencies.items() if lexeme.startswith(term)) or floor
+    frequencies, floor, shares = common
+    share = shares.get(term)
+    if share is None:
+        # A search asks for each term three times (settings, route, first window): the sum over
+        # the ~1,000 common lexemes is made once per term while these statistics are kept.
+        if len(shares) >= _ESTIMATES_MAX:
+            shares.clear()
+        share = shares[term] = sum(f for lexeme, f in frequencies.items() if lexeme.startswith(term)) or floor
     return round(share * await _store_messages(s))
 
 
@@ -672,7 +678,9 @@ async def fts_tokens(s: AsyncSession, terms: list[str]) -> list[list[str]] | Non
     return out
 
 
-async def _pg_common_lexemes(s: AsyncSession) -> tuple[dict[str, float], float] | None:
+async def _pg_common_lexemes(s: AsyncSession) -> tuple[dict[str, float], float, dict[str, float]] | None:
+    """The most common lexemes of ``search_vector`` and their frequencies, the lowest of them, and
+    an empty memo of each term's share (filled by ``term_documents``)."""
     row = (await s.execute(sa.text(
         "SELECT most_common_elems::text::text[], most_common_elem_freqs FROM pg_stats "
         "WHERE tablename = 'messages' AND attname = 'search_vector' AND schemaname = current_schema()"
@@ -682,4 +690,4 @@ async def _pg_common_lexemes(s: AsyncSession) -> tuple[dict[str, float], float] 
     lexemes, freqs = row[0], row[1]
     frequencies = dict(zip(lexemes, freqs[:len(lexemes)], strict=True))
     # After the lexemes' own frequencies come the lowest and highest of them.
-    return frequencies, min(frequencies.values())
+    return frequencies, min(frequencies.values()), {}
