@@ -441,10 +441,11 @@ async def measure(url: str, engine_name: str, iterations: int, warmup: int) -> l
             wall = time.perf_counter() - t
             log.active = False
             slowest = max(log.rows, key=lambda r: r[0])
-            # The settings the call made for its transaction (SET LOCAL, set_config), before it:
-            # the plan explained is the one the call ran (workers, custom plan).
+            # The settings the call made for its transaction (SET LOCAL, set_config: alone, or in
+            # the access check's statement), before it: the plan explained is the one the call ran
+            # (workers, custom plan).
             settings = [r for r in log.rows[:log.rows.index(slowest)]
-                        if r[1].startswith(("SET ", "SELECT set_config("))]
+                        if r[1].startswith("SET ") or "set_config(" in r[1]]
             plan = await explain(core, engine_name, slowest[1], slowest[2], settings)
             items = len(result["items"]) if "items" in result else None
             target = TARGETS[kind]

@@ -251,6 +251,10 @@ def test_term_frequencies_route_rare_words_to_the_index(store, backend, monkeypa
                             assert got < 0.1 * len(texts), term
                         else:  # a prefix sums its lexemes (« cardio » and « cardiaque »)
                             assert 0.5 * exact < got < 3 * exact, term
+                        # Summed once per term while the statistics are kept (a search asks three times).
+                        _frequencies, _floor, shares = search._estimates[
+                            (str(s.bind.sync_engine.url), "#pg_common")][1]
+                        assert term in shares and await search.term_documents(s, term) == got, term
                 assert await search._index_first(s, ["pheochromocytome"], 51)
                 assert await search._index_first(s, ["bilan"], 51)  # 1,500 messages: the index is cheap
                 monkeypatch.setitem(search.POSTINGS_PER_ROW, s.bind.dialect.name, 1)  # as in a store of millions
@@ -541,3 +545,148 @@ def test_signature_bits_are_those_of_the_sql_function(store, backend):
 
 def _positions(words: list[int]) -> list[int]:
     return sorted(64 * k + 63 - b for k, w in enumerate(words) for b in range(64) if w >> b & 1)
+
+
+class PgTrips:
+    """Counts the round trips of asyncpg (the driver under SQLAlchemy on PostgreSQL) while ``on``:
+    a simple query (the pool's ping, BEGIN, ROLLBACK, …), a statement's preparation, a prepared
+    statement's execution; each is one exchange with the server. ``sql`` keeps what each sent."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import asyncpg.connection
+        import asyncpg.prepared_stmt
+
+        self.on, self.sql = False, []
+        for cls, name in ((asyncpg.connection.Connection, "execute"), (asyncpg.connection.Connection, "prepare"),
+                          (asyncpg.prepared_stmt.PreparedStatement, "fetch")):
+            monkeypatch.setattr(cls, name, self._counted(getattr(cls, name), name))
+
+    def _counted(self, method, name):
+        trips = self
+
+        async def counted(obj, *args, **kwargs):
+            if trips.on:
+                trips.sql.append((name, args[0] if name != "fetch" else obj.get_query()))
+            return await method(obj, *args, **kwargs)
+
+        return counted
+
+    async def of(self, call) -> list[tuple[str, str]]:
+        self.sql, self.on = [], True
+        try:
+            await call()
+        finally:
+            self.on = False
+        return self.sql
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # SQLite's trips: test_db_sqlite_trips
+def test_a_search_sets_its_plans_without_a_round_trip_of_its_own(store, backend, monkeypatch):
+    """On PostgreSQL a search's settings for its transaction (custom plans; no parallel workers for
+    rare words) go in the mailbox access check's statement: a search page by signature windows
+    or by the index costs the round trips of a plain page of the same view (the previous code
+    sent a ``SET LOCAL`` / ``set_config`` of its own: one more). The settings are in effect for
+    the window and index statements: run again and again on one connection, their prepared
+    statements are planned for each call's values (no generic plan)."""
+    settings, account_id, box = store
+    trips = PgTrips(monkeypatch)
+    monkeypatch.setattr(search, "SERIAL_SHARE", 0.05)  # 1,500 messages: « pheochromocytome » is in ~1 %
+    ways: list[str] = []
+    costs = dict(search.POSTINGS_PER_ROW)
+    for name in ("_signature_rows", "_index_rows"):
+        def spy(*args, _name=name, _f=getattr(search, name), **kwargs):
+            ways.append(_name)
+            return _f(*args, **kwargs)
+        monkeypatch.setattr(search, name, spy)
+
+    async def run():
+        core = Core(settings)
+        await core.start()
+        actor = Actor(account_id, "win.a")
+        try:
+            async with core.write() as tx:
+                await tx.session.execute(sa.text("ANALYZE messages"))
+            search._estimates.clear()
+            cases = [("bilan", "_signature_rows", {"postgresql": 1}),  # windows, as in a store of millions
+                     ("bilan", "_index_rows", {"postgresql": 10**6}),  # a common word by the index
+                     ("pheochromocytome", "_index_rows", {})]  # rare: the index, without workers
+            for q, way, postings in cases:
+                for dialect, value in postings.items():
+                    monkeypatch.setitem(search.POSTINGS_PER_ROW, dialect, value)
+                for view in ("all", "inbox"):
+                    async def page(q=q, view=view):
+                        return await messages.list_messages(core, actor, box, view=view, q=q, limit=20)
+
+                    async def plain(view=view):
+                        return await messages.list_messages(core, actor, box, view=view, limit=20)
+
+                    await page(), await plain()  # statements prepared, estimates cached
+                    ways.clear()
+                    searched, listed = await trips.of(page), await trips.of(plain)
+                    assert ways == [way], (q, view, ways)
+                    assert len(searched) == len(listed), (q, view, searched, listed)
+                    assert not [sql for _, sql in searched if sql.startswith("SET ") or sql.startswith(
+                        "SELECT set_config(")], (q, view)
+                    access = [sql for _, sql in searched if "set_config(" in sql and "mailbox_access" in sql]
+                    assert len(access) == 1, (q, view)
+                    # Custom plans always; no parallel workers too (a second setting) for the rare word.
+                    assert ("setting_1" in access[0]) == (q == "pheochromocytome"), (q, view, access)
+                    for _ in range(8):  # past the five custom plans after which a generic one may be chosen
+                        await page()
+                    async with core.read() as s:
+                        shown = (await s.execute(sa.text(
+                            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements "
+                            "WHERE statement LIKE '%search_signatures%' OR statement LIKE '%@@%'"))).all()
+                        plans = {r.statement: (r.generic_plans, r.custom_plans) for r in shown}
+                    ran = [sql for _, sql in searched if sql in plans]
+                    assert ran and all(plans[sql][0] == 0 and plans[sql][1] >= 9 for sql in ran), (q, view, plans)
+                for dialect in postings:
+                    monkeypatch.setitem(search.POSTINGS_PER_ROW, dialect, costs[dialect])
+        finally:
+            await core.close()
+
+    asyncio.run(run())
+
+
+def test_service_search_pages_are_the_index_rows_in_every_view(store, backend, monkeypatch):
+    """Through the service (the access check carrying the search's settings on PostgreSQL), page
+    after page by cursor, every query in every view and category gives the index's rows: with the
+    engine's costs, and with window rows made cheap (windows, signatures on PostgreSQL, first)."""
+    settings, account_id, box = store
+
+    async def run():
+        core = Core(settings)
+        await core.start()
+        actor = Actor(account_id, "win.a")
+        compared = 0
+        try:
+            async with core.write() as tx:
+                if backend == "postgres":
+                    await tx.session.execute(sa.text("ANALYZE messages"))
+            search._estimates.clear()
+            for postings in (None, 1):
+                if postings is not None:
+                    monkeypatch.setitem(search.POSTINGS_PER_ROW, "postgresql", postings)
+                    monkeypatch.setitem(search.POSTINGS_PER_ROW, "sqlite", postings)
+                for q in QUERIES:
+                    for view, category in VIEWS:
+                        got, cursor = [], None
+                        while True:
+                            page = await messages.list_messages(core, actor, box, view=view, category=category,
+                                                                q=q, cursor=cursor, limit=40)
+                            got += [m["id"] for m in page["items"]]
+                            cursor = page["next_cursor"]
+                            if not cursor:
+                                break
+                        conditions = [sa.text(_qualified(VIEW_SQL[view]))]
+                        if category:
+                            conditions.append(Delivery.category == category)
+                        async with core.read() as s:
+                            expected = await _all_pages(s, box, search_terms(q), conditions, "index", 40)
+                        assert got == [mid for mid, _ in expected], (q, view, category, postings)
+                        compared += len(got)
+        finally:
+            await core.close()
+        return compared
+
+    assert asyncio.run(run()) > 1000

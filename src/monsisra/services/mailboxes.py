@@ -10,7 +10,9 @@ later attempt through it is audited (still 404).
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -232,16 +234,21 @@ async def set_manager(core: Core, mailbox_id: int, account_id: int, manager: boo
                      detail={"account_id": account_id, "manager": manager})
 
 
-async def access_of(session: AsyncSession, actor: Actor, mailbox_id: int) -> str:
-    """The actor's access to a mailbox, or :class:`NotFound` (never reveal it exists)."""
-    return (await rights_of(session, actor, mailbox_id))[0]
+async def access_of(session: AsyncSession, actor: Actor, mailbox_id: int,
+                    also: Sequence[sa.ColumnElement[Any]] = ()) -> str:
+    """The actor's access to a mailbox, or :class:`NotFound` (never reveal it exists).
+    ``also``: columns evaluated by the same statement when the access exists (see ``rights_of``)."""
+    return (await rights_of(session, actor, mailbox_id, also))[0]
 
 
-async def rights_of(session: AsyncSession, actor: Actor, mailbox_id: int) -> tuple[str, frozenset[Right]]:
+async def rights_of(session: AsyncSession, actor: Actor, mailbox_id: int,
+                    also: Sequence[sa.ColumnElement[Any]] = ()) -> tuple[str, frozenset[Right]]:
     """(access, rights) of the actor on a mailbox, or :class:`NotFound`. An access that was taken
-    back (a revoked delegation still used) answers the same 404, and is audited."""
+    back (a revoked delegation still used) answers the same 404, and is audited. ``also``: more
+    columns of the same statement, evaluated only on the access's row (a mailbox search on
+    PostgreSQL sets its transaction's plan settings there: ``set_config``, no round trip of its own)."""
     row = (await session.execute(
-        sa.select(MailboxAccess.access, MailboxAccess.rights).where(
+        sa.select(MailboxAccess.access, MailboxAccess.rights, *also).where(
             MailboxAccess.mailbox_id == mailbox_id, MailboxAccess.account_id == actor.account_id)
     )).first()
     if row is None:

@@ -22,7 +22,7 @@ from monsisra.services import audit, authorship, mailboxes, patients
 from monsisra.services.core import Actor, Core
 from monsisra.services.errors import Invalid, NotFound
 from monsisra.services.messages.placement import MAILBOX_TOKEN
-from monsisra.services.messages.search import search_rows
+from monsisra.services.messages.search import search_rows, search_settings, setting_columns, settings_made
 from monsisra.services.messages.states import set_read
 from monsisra.store.models import (
     TRASH_VIEW,
@@ -122,7 +122,11 @@ async def list_messages(core: Core, actor: Actor, mailbox_id: int, *, view: str 
     if q and not terms:
         return {"items": [], "next_cursor": None}
     async with core.read() as s:
-        await mailboxes.access_of(s, actor, mailbox_id)
+        # A search's transaction settings (PostgreSQL: custom plans, …) go with the access check,
+        # in its statement: no round trip of their own (``search.search_settings``).
+        settings = await search_settings(s, terms) if terms else {}
+        await mailboxes.access_of(s, actor, mailbox_id, setting_columns(settings))
+        settings_made(s, settings)
         by_deletion = view == TRASH_VIEW and not terms
         conditions: list[Any] = [sa.text(_qualified(VIEW_SQL[view]))]
         if category:

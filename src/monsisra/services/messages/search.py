@@ -42,6 +42,10 @@ also returns how many candidate rows it had, so the hand-over to the index weigh
 windows really cost; the first one is sized for the page from the words' frequency. Its
 statement is built once per shape and kept (``_signature_window``): building it cost the client
 more CPU than the server spends answering it.
+
+On PostgreSQL a search's statements run with custom plans (and, for rare words, no parallel
+workers), set for its transaction once: by the service in its mailbox access check's own
+statement (``search_settings``, ``setting_columns``), else by the first statement that needs them.
 """
 
 from __future__ import annotations
@@ -183,6 +187,56 @@ def _window_match(dialect: str, mailbox_id: int, terms: list[str]) -> sa.TextCla
         wtsq=_tsquery(mailbox_id, terms))
 
 
+# --- PostgreSQL: the search transaction's settings ------------------------------------------------
+# Every statement of a search is planned for its own values (custom plans): a generic plan of a
+# prepared statement is blind to the window's bounds and size, or to how rare the words are.
+CUSTOM_PLANS = {"plan_cache_mode": "force_custom_plan"}
+# A page of rare words from GIN runs without parallel workers (see ``_index_rows``).
+SERIAL = {"max_parallel_workers_per_gather": "0"}
+
+
+async def search_settings(s: AsyncSession, terms: list[str]) -> dict[str, str]:
+    """The settings a search of ``terms`` makes for its transaction on PostgreSQL (none on SQLite):
+    custom plans, and no parallel workers when the words are rare (``_rare_words``: then the page
+    comes from the index, and the windows and the page's other statements are small index reads
+    either way). The caller may send them with a statement it makes anyway (``setting_columns``,
+    then ``settings_made``): the search then makes no round trip of its own for them."""
+    if s.bind.dialect.name != "postgresql":
+        return {}
+    return {**CUSTOM_PLANS, **(SERIAL if await _rare_words(s, terms) else {})}
+
+
+def setting_columns(settings: dict[str, str]) -> list[sa.ColumnElement[Any]]:
+    """``set_config(name, value, true)`` for each setting (for this transaction only), as columns
+    of a statement sent anyway; evaluated when that statement returns a row."""
+    return [sa.func.set_config(name, value, True).label(f"setting_{k}")
+            for k, (name, value) in enumerate(settings.items())]
+
+
+def settings_made(s: AsyncSession, settings: dict[str, str]) -> None:
+    """Record that ``settings`` are in effect in ``s``'s current transaction."""
+    if settings:
+        s.info["search_settings"] = (s.sync_session.get_transaction(), {**_settings_in(s), **settings})
+
+
+def _settings_in(s: AsyncSession) -> dict[str, str]:
+    made = s.info.get("search_settings")
+    # Transaction-local: those recorded in an earlier transaction of the session are gone.
+    if made is None or made[0] is not s.sync_session.get_transaction():
+        return {}
+    return made[1]
+
+
+async def _make_settings(s: AsyncSession, settings: dict[str, str]) -> None:
+    """Make those of ``settings`` not yet in effect in this transaction, in one statement (none
+    when the caller already made them: ``search_settings``)."""
+    made = _settings_in(s)
+    missing = {k: v for k, v in settings.items() if made.get(k) != v}
+    if missing:
+        await s.execute(sa.select(*setting_columns(missing)))
+        settings_made(s, missing)
+
+
 def _order(stmt: sa.Select, first=Delivery.message_id) -> sa.Select:
     # Ties (one message twice in a view: sent to oneself) by role, the order in which SQLite's
     # index path meets them through the unique (mailbox, message, role) index.
@@ -220,7 +274,7 @@ async def search_rows(s: AsyncSession, columns, mailbox_id: int, terms: list[str
     if dialect == "postgresql":
         # Planned for each window's bounds: a generic plan of the prepared statement may take
         # ix_deliveries_message_id and sort the whole window (no stop at the page's last row).
-        await s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+        await _make_settings(s, CUSTOM_PLANS)
     index_cost: float | None = None  # the index's cost in window rows, once the budget is passed
     while len(rows) < want:
         if strategy != "window" and walked >= MIN_SAMPLE:
@@ -274,8 +328,8 @@ async def _signature_rows(s: AsyncSession, columns, mailbox_id: int, terms: list
     rows: list[Any] = []
     upper, walked, cost = before, 0, 0.0
     size = await _first_signature_window(s, terms, want)
-    # Planned for each window's bounds and mask (see search_rows).
-    await s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    # Planned for each window's bounds and mask (see search_rows); set once per transaction.
+    await _make_settings(s, CUSTOM_PLANS)
     index_cost: float | None = None
     params: dict[str, Any] = {"sig_box": mailbox_id, "sig_boxes": [mailbox_id],
                               "wtsq": _tsquery(mailbox_id, terms)}
@@ -398,12 +452,9 @@ async def _index_rows(s: AsyncSession, dialect: str, columns, mailbox_id: int, t
         # page of a rare word is planned as a Parallel Bitmap Heap Scan under a Gather Merge,
         # whose worker costs more to start than the scan itself (10M store, « phéochromocytome »:
         # first row at 6 ms, the worker's share done at 1.9 ms) and, on a busy host, is the
-        # p99. Both in one statement (one round trip): serial when the words are rare.
-        if await _rare_words(s, terms):
-            await s.execute(sa.text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
-                                    "set_config('max_parallel_workers_per_gather', '0', true)"))
-        else:
-            await s.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+        # p99. Both in one statement (one round trip), or none when the caller made them with
+        # its own (``search_settings``): serial when the words are rare.
+        await _make_settings(s, {**CUSTOM_PLANS, **(SERIAL if await _rare_words(s, terms) else {})})
     stmt = index_statement(dialect, columns, mailbox_id, terms, tokens).where(
         Delivery.mailbox_id == mailbox_id, *conditions)
     if bound is not None:
@@ -500,8 +551,14 @@ async def term_documents(s: AsyncSession, term: str) -> int | None:
     common = await _cached(s, "#pg_common", lambda: _pg_common_lexemes(s))
     if common is None:
         return None
-    frequencies, floor = common
-    share = sum(f for lexeme, f in frequencies.items() if lexeme.startswith(term)) or floor
+    frequencies, floor, shares = common
+    share = shares.get(term)
+    if share is None:
+        # A search asks for each term three times (settings, route, first window): the sum over
+        # the ~1,000 common lexemes is made once per term while these statistics are kept.
+        if len(shares) >= _ESTIMATES_MAX:
+            shares.clear()
+        share = shares[term] = sum(f for lexeme, f in frequencies.items() if lexeme.startswith(term)) or floor
     return round(share * await _store_messages(s))
 
 
@@ -621,7 +678,9 @@ async def fts_tokens(s: AsyncSession, terms: list[str]) -> list[list[str]] | Non
     return out
 
 
-async def _pg_common_lexemes(s: AsyncSession) -> tuple[dict[str, float], float] | None:
+async def _pg_common_lexemes(s: AsyncSession) -> tuple[dict[str, float], float, dict[str, float]] | None:
+    """The most common lexemes of ``search_vector`` and their frequencies, the lowest of them, and
+    an empty memo of each term's share (filled by ``term_documents``)."""
     row = (await s.execute(sa.text(
         "SELECT most_common_elems::text::text[], most_common_elem_freqs FROM pg_stats "
         "WHERE tablename = 'messages' AND attname = 'search_vector' AND schemaname = current_schema()"
@@ -631,4 +690,4 @@ async def _pg_common_lexemes(s: AsyncSession) -> tuple[dict[str, float], float] 
     lexemes, freqs = row[0], row[1]
     frequencies = dict(zip(lexemes, freqs[:len(lexemes)], strict=True))
     # After the lexemes' own frequencies come the lowest and highest of them.
-    return frequencies, min(frequencies.values())
+    return frequencies, min(frequencies.values()), {}
