@@ -618,3 +618,48 @@ def test_a_typo_pass_after_nothing_found_reads_only_the_typo_tier(imported, monk
     monkeypatch.setattr(searching, "typo_tiers",  # every tier, in every section
                         lambda tier_queries, first_totals: dict.fromkeys(first_totals, tier_queries))
     assert answers() == short
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # SQLite's one count-and-rank statement
+def test_a_located_search_reads_the_index_once_per_section(imported, monkeypatch, backend):
+    """SQLite, a search ordered by distance or a typo pass: the index is read once per section,
+    for the widest level (every tier in every ring), and each match is placed in its level on its
+    own words; it read each level (tier × ring, with its exclusions) before. The same pages,
+    totals, "capped" flags, next offsets and typos as reading level by level."""
+    queries = [{"q": w, **extra} for w in ("cardio", "infirm", "medecin generale", "petit", "kiné", "urgences",
+                                          "petti", "cardiolgue", "pharmacien")
+               for extra in ({"where": "Annecy"}, {"where": "Clermont-Ferrand"}, {"where": "Lyon", "kind": "all"},
+                             {"where": "Clermont-Ferrand", "offset": 2, "limit": 3}, {"where": "63000"},
+                             {"where": "Annecy", "kind": "professionals", "offset": 1, "limit": 4}, {"near": "Lyon"})]
+    statements: list[str] = []
+    calls: list[tuple[list[str], dict]] = []
+    rank = searching.count_rank_sqlite
+
+    async def counted(engine, sections, levels, *args, **kwargs):
+        calls.append((list(sections), levels))
+        return await rank(engine, sections, levels, *args, **kwargs)
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    def answers() -> list:
+        planner.STATS.clear()
+        out = [imported.call(directory.search, imported.core, None, **q) for q in queries]
+        return [(r["query"]["typos"], {s: ([i["id"] for i in r[s]["items"]], r[s]["total"], r[s]["total_capped"],
+                                           r[s]["next_offset"]) for s in ("professionals", "services")})
+                for r in out]
+
+    engine = imported.core.db.engine.sync_engine
+    monkeypatch.setattr(searching, "count_rank_sqlite", counted)
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        one_read = answers()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    reads = sum(s.count(f"{planner.FTS_TABLE} MATCH") for s in statements)
+    assert calls and reads == sum(len(sections) for sections, _ in calls)
+    assert sum(len(lv) for _, levels in calls for lv in levels.values()) > 2 * reads  # levels it read one by one
+    assert sum(bool(a[0]) for a in one_read) >= 7  # typo passes among them
+    assert sum(bool(a[1]["professionals"][0]) for a in one_read) > len(queries) // 2
+    monkeypatch.setattr(searching, "RANKED_ROWS", -1)  # level by level, a read per level
+    assert answers() == one_read

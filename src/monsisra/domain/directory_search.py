@@ -12,7 +12,7 @@ import bisect
 import functools
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from monsisra.domain.text import fold
@@ -341,6 +341,36 @@ def widest(tier_queries: list[Query], rings: list[Group]) -> Level:
     if rings:
         keep = (*keep, tuple(dict.fromkeys(alt for ring in rings for alt in ring)))
     return keep, ()
+
+
+def level_classifier(levels: list[Level]) -> Callable[[str], int]:
+    """``text`` (an entry's indexed words, space separated) → the index of the first of
+    ``levels`` that it matches, as the full-text engines match it (a word equal to an exact
+    term, or beginning with a prefix term), ``len(levels)`` if none. Lets one index read of the
+    :func:`widest` level stand for one read per level: levels are disjoint and together are the
+    widest, so each match found there is placed in its level on its own words."""
+    compiled: dict[Group, tuple[frozenset[str], tuple[str, ...]]] = {}
+
+    def group(g: Group) -> tuple[frozenset[str], tuple[str, ...]]:
+        if g not in compiled:
+            compiled[g] = (frozenset(a.term for a in g if not a.prefix), tuple(a.term for a in g if a.prefix))
+        return compiled[g]
+
+    plans = [([group(g) for g in keep], [[group(g) for g in d] for d in drops]) for keep, drops in levels]
+
+    def classify(text: str) -> int:
+        words = set(text.split())
+
+        def has(g: tuple[frozenset[str], tuple[str, ...]]) -> bool:
+            exact, prefixes = g
+            return (not exact.isdisjoint(words)) or (bool(prefixes) and any(w.startswith(prefixes) for w in words))
+
+        for i, (keep, drops) in enumerate(plans):
+            if all(has(g) for g in keep) and not any(all(has(g) for g in d) for d in drops):
+                return i
+        return len(plans)
+
+    return classify
 
 
 def fts5_level(level: Level) -> str:
