@@ -12,7 +12,7 @@ import bisect
 import functools
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from monsisra.domain.text import fold
@@ -343,34 +343,24 @@ def widest(tier_queries: list[Query], rings: list[Group]) -> Level:
     return keep, ()
 
 
-def level_classifier(levels: list[Level]) -> Callable[[str], int]:
-    """``text`` (an entry's indexed words, space separated) → the index of the first of
-    ``levels`` that it matches, as the full-text engines match it (a word equal to an exact
-    term, or beginning with a prefix term), ``len(levels)`` if none. Lets one index read of the
-    :func:`widest` level stand for one read per level: levels are disjoint and together are the
-    widest, so each match found there is placed in its level on its own words."""
-    compiled: dict[Group, tuple[frozenset[str], tuple[str, ...]]] = {}
+def level_tests(levels: list[Level], widest: Level) -> list[tuple[list[Group], list[Query]]]:
+    """For entries known to match ``widest`` (the union of ``levels``), what places each in its
+    level: for each level, the groups to test (all must match) and the excluded queries (none
+    may match). Lets one index read of the widest level stand for one read per level: levels are
+    disjoint and together are the widest, so each match found there is placed in the first
+    level whose tests its own words pass (see ``planner.count_rank_sqlite``).
 
-    def group(g: Group) -> tuple[frozenset[str], tuple[str, ...]]:
-        if g not in compiled:
-            compiled[g] = (frozenset(a.term for a in g if not a.prefix), tuple(a.term for a in g if a.prefix))
-        return compiled[g]
+    A group that such an entry matches anyway is left out: one that holds every alternative of
+    a group of ``widest`` (the last tier's words), or every one but those of a group that the
+    level excludes (a "nearby" ring of ~30 cells, outside the commune it excludes: the union of
+    the rings is a group of ``widest``)."""
+    wide = [frozenset(g) for g in widest[0]]
 
-    plans = [([group(g) for g in keep], [[group(g) for g in d] for d in drops]) for keep, drops in levels]
+    def implied(g: Group, drops: tuple[Query, ...]) -> bool:
+        alts = frozenset(g)
+        return any(w <= alts or any(len(d) == 1 and w <= alts | frozenset(d[0]) for d in drops) for w in wide)
 
-    def classify(text: str) -> int:
-        words = set(text.split())
-
-        def has(g: tuple[frozenset[str], tuple[str, ...]]) -> bool:
-            exact, prefixes = g
-            return (not exact.isdisjoint(words)) or (bool(prefixes) and any(w.startswith(prefixes) for w in words))
-
-        for i, (keep, drops) in enumerate(plans):
-            if all(has(g) for g in keep) and not any(all(has(g) for g in d) for d in drops):
-                return i
-        return len(plans)
-
-    return classify
+    return [([g for g in keep if not implied(g, drops)], list(drops)) for keep, drops in levels]
 
 
 def fts5_level(level: Level) -> str:

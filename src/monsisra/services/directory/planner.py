@@ -509,6 +509,29 @@ async def _nearest(engine: Engine, section: str, level: ds.Level, limit: int, of
     return [i for i, _ in ordered[offset:need]]
 
 
+def _level_case(levels: list[tuple[ds.Level, bool]], widest: ds.Level, params: dict[str, Any], name: str) -> str:
+    """SQLite: the level of a match of ``widest`` (``lvl``: :func:`ds.level_tests`) from its indexed
+    words (``t``: ``dir_search.text`` between spaces), an index past the last when none; a word
+    is `` word `` in ``t``, a prefix `` prefix``. Its terms are parameters in ``params``, named
+    after ``name``."""
+    terms: dict[str, str] = {}
+
+    def term(text: str) -> str:
+        key = terms.setdefault(text, f"{name}{len(terms)}")
+        params[key] = text
+        return key
+
+    def group(g: ds.Group) -> str:
+        return "(" + " OR ".join(f"instr(t, :{term(f' {a.term}' if a.prefix else f' {a.term} ')}) > 0"
+                                 for a in g) + ")"
+
+    whens = []
+    for i, (keep, drops) in enumerate(ds.level_tests([lv for lv, _ in levels], widest)):
+        tests = [group(g) for g in keep] + ["NOT (" + " AND ".join(group(g) for g in d) + ")" for d in drops]
+        whens.append(f"WHEN {' AND '.join(tests) or '1'} THEN {i}")
+    return f"CASE {' '.join(whens)} ELSE {len(levels)} END" if whens else "0"
+
+
 async def count_rank_sqlite(engine: Engine, sections: list[str], levels: dict[str, list[tuple[ds.Level, bool]]],
                             widest: ds.Level, limit: int, offset: int, ref: communes_service.Commune | None
                             ) -> tuple[dict[str, int], dict[str, list[int]]]:
@@ -516,21 +539,15 @@ async def count_rank_sqlite(engine: Engine, sections: list[str], levels: dict[st
     and the pages of the sections within the cap, in one statement and one index read per
     section. The index is read for ``widest`` only (the union of the levels, as
     :func:`count_total` counts it), up to ``TOTAL_CAP + 1`` matches; in the sections within the
-    cap each match's words (``dir_search.text``, the indexed text) place it in its level
-    (:func:`ds.level_classifier`: levels are disjoint and together are the widest), then the
-    matches are ranked as :func:`read_section` shows them (levels in order; a ``True`` level by
-    distance, then id; the others by id). Each level was an index read of its own before, with
-    its exclusions: a located search read two tiers × two rings, each with the ring's ~30 cell
-    words, in every section (« sage-femme » in Crillon: four reads of every midwife in 30 cells).
-    ``levels``: each section's (a typo pass may read fewer tiers in one section than in another,
-    see ``searching.typo_tiers``); the sections beyond the cap are for :func:`read_section`."""
-    params: dict[str, Any] = {"span": SECTION_SPAN, "cap": TOTAL_CAP + 1, "within": TOTAL_CAP,
-                              "w": ds.fts5_level(widest)}
-    gathered = []
-    for j, n in enumerate(sections):
-        params[f"lo{j}"], params[f"hi{j}"] = section_bounds(n)
-        gathered.append(f"SELECT id FROM (SELECT rowid AS id FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :w "
-                        f"AND rowid BETWEEN :lo{j} AND :hi{j} LIMIT :cap)")
+    cap each match is placed in its level by its own words (``dir_search.text``, the indexed
+    text; :func:`_level_case`), and the matches are ranked as :func:`read_section` shows them
+    (levels in order; a ``True`` level by distance, then id; the others by id). Each level was an
+    index read of its own before, with its exclusions: a located search read two tiers × two
+    rings, each with the ring's ~30 cell words, in every section. ``levels``: each section's (a
+    typo pass may read fewer tiers in one section than in another, see ``searching.typo_tiers``);
+    the sections beyond the cap are for :func:`read_section`."""
+    params: dict[str, Any] = {"span": SECTION_SPAN, "cap": TOTAL_CAP + 1, "within": TOTAL_CAP, "first": offset,
+                              "last": offset + limit, "w": ds.fts5_level(widest)}
     located = ref is not None and ref.latitude is not None and any(
         by_distance for n in sections for _, by_distance in levels[n])
     if located:
@@ -539,32 +556,36 @@ async def count_rank_sqlite(engine: Engine, sections: list[str], levels: dict[st
                 "((longitude - :lon) * :k) * ((longitude - :lon) * :k), 1e9)")
     else:
         dist = "0"
+    gathered, placed, near = [], [], []
+    for j, n in enumerate(sections):
+        params[f"lo{j}"], params[f"hi{j}"] = section_bounds(n)
+        gathered.append(f"SELECT id FROM (SELECT rowid AS id FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :w "
+                        f"AND rowid BETWEEN :lo{j} AND :hi{j} LIMIT :cap)")
+        placed.append(f"SELECT id, {_level_case(levels[n], widest, params, f't{j}_')} AS lvl, {dist} AS d FROM ("
+                      "SELECT m.id, ' ' || dir_search.text || ' ' AS t, latitude, longitude FROM m "
+                      f"JOIN dir_search ON dir_search.id = m.id WHERE m.id BETWEEN :lo{j} AND :hi{j} "
+                      f"AND {SECTIONS[n]} IN (SELECT s FROM n WHERE total <= :within))")
+        by_distance = [str(i) for i, (_, d) in enumerate(levels[n]) if d]
+        if located and by_distance:
+            near.append(f"(id BETWEEN :lo{j} AND :hi{j} AND lvl IN ({', '.join(by_distance)}))")
+    # Levels in order; in a level ordered by distance, nearest first; then id.
+    order = f"lvl, CASE WHEN {' OR '.join(near)} THEN d ELSE 0 END, id" if near else "lvl, id"
     sql = (f"WITH m AS MATERIALIZED ({' UNION ALL '.join(gathered)}), "
-           "n AS MATERIALIZED (SELECT id / :span AS s, count(*) AS total FROM m GROUP BY id / :span) "
-           "SELECT NULL AS id, s, total, NULL AS text, NULL AS d FROM n UNION ALL "
-           f"SELECT m.id, m.id / :span, NULL, dir_search.text, {dist} FROM m JOIN dir_search ON dir_search.id = m.id "
-           "WHERE m.id / :span IN (SELECT s FROM n WHERE total <= :within)")
+           "n AS MATERIALIZED (SELECT id / :span AS s, count(*) AS total FROM m GROUP BY id / :span), "
+           f"r AS MATERIALIZED ({' UNION ALL '.join(placed)}) "
+           "SELECT NULL AS id, s, total AS rn FROM n UNION ALL "
+           "SELECT id, s, rn FROM (SELECT id, id / :span AS s, row_number() OVER (PARTITION BY id / :span "
+           f"ORDER BY {order}) AS rn FROM r) WHERE rn > :first AND rn <= :last")
     by_number = {SECTIONS[n]: n for n in sections}
     totals = dict.fromkeys(sections, 0)
-    found: dict[str, list[tuple[int, str, float]]] = {n: [] for n in sections}
+    ranked: dict[str, list[tuple[int, int]]] = {n: [] for n in sections}
     for row in await engine.s.execute(sa.text(sql), params):
         n = by_number.get(row.s)
         if n is None:
             continue
         if row.id is None:
-            totals[n] = int(row.total)
+            totals[n] = int(row.rn)
         else:
-            found[n].append((row.id, row.text or "", row.d))
-    pages: dict[str, list[int]] = {}
-    for n in sections:
-        if totals[n] > TOTAL_CAP:
-            continue
-        classify = ds.level_classifier([lv for lv, _ in levels[n]])
-        near = [by_distance for _, by_distance in levels[n]] + [False]
-        keyed = []
-        for i, text, d in found[n]:
-            lvl = classify(text)
-            keyed.append((lvl, d if located and near[lvl] else 0, i))
-        keyed.sort()
-        pages[n] = [i for _, _, i in keyed[offset:offset + limit]]
+            ranked[n].append((row.rn, row.id))
+    pages = {n: [i for _, i in sorted(ranked[n])] for n in sections if totals[n] <= TOTAL_CAP}
     return totals, pages
