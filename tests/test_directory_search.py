@@ -663,3 +663,40 @@ def test_a_located_search_reads_the_index_once_per_section(imported, monkeypatch
     assert sum(bool(a[1]["professionals"][0]) for a in one_read) > len(queries) // 2
     monkeypatch.setattr(searching, "RANKED_ROWS", -1)  # level by level, a read per level
     assert answers() == one_read
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # PostgreSQL's ranking statement
+def test_a_ranked_match_is_placed_without_testing_the_ring_of_cells_again(imported, monkeypatch, backend):
+    """PostgreSQL ranks a section's matches (one read of the widest level) by placing each in
+    its level: only what being a match does not already say is tested on its words, never the
+    "nearby" ring's ~30 cells (each level's whole query was tested on every match before). The
+    same pages, totals, "capped" flags and next offsets as level by level."""
+    queries = [{"q": w, **extra} for w in ("cardio", "infirm", "medecin generale", "petit", "kiné", "urgences",
+                                          "petti", "pharmacien")
+               for extra in ({"where": "Annecy"}, {"where": "Clermont-Ferrand"}, {"where": "Lyon", "kind": "all"},
+                             {"where": "Clermont-Ferrand", "offset": 2, "limit": 3}, {"near": "Lyon"})]
+    placed: list[dict] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if "THEN 0" in statement and "WHEN" in statement:
+            placed.append(context.compiled_parameters[0] if context.compiled_parameters else {})
+
+    def answers() -> list:
+        planner.STATS.clear()
+        out = [imported.call(directory.search, imported.core, None, **q) for q in queries]
+        return [(r["query"]["typos"], {s: ([i["id"] for i in r[s]["items"]], r[s]["total"], r[s]["total_capped"],
+                                           r[s]["next_offset"]) for s in ("professionals", "services")})
+                for r in out]
+
+    engine = imported.core.db.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        ranked = answers()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    tested = [v for p in placed for k, v in p.items() if re.fullmatch(r"[kp]\d+", k)]
+    assert len(placed) > len(queries) and tested  # ranking statements, with levels to place matches in
+    assert not [v for v in tested if "xg" in v]  # no cell of a ring tested on the matches
+    assert sum(bool(a[1]["professionals"][0]) for a in ranked) > len(queries) // 2
+    monkeypatch.setattr(searching, "RANKED_ROWS", -1)  # level by level
+    assert answers() == ranked

@@ -226,7 +226,7 @@ class Engine:
 
     async def ranked(self, widest: ds.Split, levels: list[tuple[str, bool]], lo: int, hi: int, cap: int, limit: int,
                      offset: int, ref: communes_service.Commune | None, edge: int | None = None,
-                     over: bool = False) -> tuple[list[int], int] | None:
+                     over: bool = False, placed: list[str] | None = None) -> tuple[list[int], int] | None:
         """PostgreSQL, one statement: the section's matches (one bitmap scan of ``widest``), each
         placed in its level by re-checking the level queries on its own ``tsv`` (no more index
         reads), ranked, paged, and counted up to ``cap + 1`` (more: the total is ``cap + 1``,
@@ -238,6 +238,9 @@ class Engine:
         With distance, beyond the cap a level is read by name or cell by cell: None, and the
         caller goes level by level.
 
+        ``placed``: what places a match in each level (:func:`placing`), each level's whole
+        query otherwise.
+
         ``edge`` (:meth:`rank_range`; without distance nor place rings): the page is looked for
         first among the entries up to that id, see :meth:`_ranked_in_range`; ``over``: the
         matches are known to be more than the cap (:meth:`over`), not counted there."""
@@ -245,8 +248,10 @@ class Engine:
                                   "offset": offset}
         cases = []
         for i, (m, _) in enumerate(levels):
-            params[f"k{i}"] = m
-            cases.append(f"WHEN tsv @@ to_tsquery('simple', :k{i}) THEN {i}")
+            test = m if placed is None else placed[i]
+            if test:
+                params[f"p{i}"] = test
+            cases.append(f"WHEN tsv @@ to_tsquery('simple', :p{i}) THEN {i}" if test else f"WHEN true THEN {i}")
         located = ref is not None and ref.latitude is not None
         if located:
             params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
@@ -507,6 +512,15 @@ async def _nearest(engine: Engine, section: str, level: ds.Level, limit: int, of
         if start < len(cells) and len(ordered) >= need and ordered[need - 1][1] < bound(cells[start]):
             break
     return [i for i, _ in ordered[offset:need]]
+
+
+def placing(levels: list[ds.Level], widest: ds.Level) -> list[str]:
+    """PostgreSQL: for each level, the tsquery that places a match of ``widest`` in it
+    (:func:`ds.level_tests`: without the groups that being in the widest level already says, such
+    as the ~30 cells of a "nearby" ring, tested on every match before), "" when nothing is left
+    to test."""
+    return [" & ".join([*(ds.tsquery((g,)) for g in keep), *(f"!({ds.tsquery(d)})" for d in drops)])
+            for keep, drops in ds.level_tests(levels, widest)]
 
 
 def _level_case(levels: list[tuple[ds.Level, bool]], widest: ds.Level, params: dict[str, Any], name: str) -> str:

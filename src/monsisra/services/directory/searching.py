@@ -29,6 +29,7 @@ from monsisra.services.directory.planner import (
     cell_population,
     count_rank_sqlite,
     count_totals,
+    placing,
     read_section,
     section_bounds,
 )
@@ -321,7 +322,8 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
                 ranked[n] = await engine.ranked(engine.match(widest, n),
                                                 [(ds.tsquery_level(lv), d) for lv, d in levels[n]],
                                                 *section_bounds(n), TOTAL_CAP, limit, offset, ref, edge,
-                                                engine.over(widest, n, TOTAL_CAP))
+                                                engine.over(widest, n, TOTAL_CAP),
+                                                placing([lv for lv, _ in levels[n]], widest))
                 found = ranked[n]
                 totals[n] = found[1] if found is not None else TOTAL_CAP + 1
             else:
