@@ -523,6 +523,10 @@ def placing(levels: list[ds.Level], widest: ds.Level) -> list[str]:
             for keep, drops in ds.level_tests(levels, widest)]
 
 
+# SQLite: indexed text that is not only folded words between single spaces (``raw``).
+IRREGULAR_TEXT = "raw GLOB '*[^0-9a-z ]*' OR raw GLOB '*  *' OR raw GLOB ' *' OR raw GLOB '* '"
+
+
 def _level_case(levels: list[tuple[ds.Level, bool]], widest: ds.Level, params: dict[str, Any], name: str) -> str:
     """SQLite: the level of a match of ``widest`` (``lvl``: :func:`ds.level_tests`) from its indexed
     words (``t``: ``dir_search.text`` between spaces), an index past the last when none; a word
@@ -543,7 +547,17 @@ def _level_case(levels: list[tuple[ds.Level, bool]], widest: ds.Level, params: d
     for i, (keep, drops) in enumerate(ds.level_tests([lv for lv, _ in levels], widest)):
         tests = [group(g) for g in keep] + ["NOT (" + " AND ".join(group(g) for g in d) + ")" for d in drops]
         whens.append(f"WHEN {' AND '.join(tests) or '1'} THEN {i}")
-    return f"CASE {' '.join(whens)} ELSE {len(levels)} END" if whens else "0"
+    if not whens:
+        return "0"
+    # Text that is not only folded words between single spaces (a raw postcode: « CH-1211 », which
+    # the index reads as « ch » and « 1211 »): each level asked of the index for this entry.
+    asked = []
+    for i, (lv, _) in enumerate(levels):
+        params[f"{name}k{i}"] = ds.fts5_level(lv)
+        asked.append(f"WHEN EXISTS (SELECT 1 FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :{name}k{i} AND rowid = id) "
+                     f"THEN {i}")
+    return (f"CASE WHEN {IRREGULAR_TEXT} THEN CASE {' '.join(asked)} ELSE {len(levels)} END "
+            f"ELSE CASE {' '.join(whens)} ELSE {len(levels)} END END")
 
 
 async def count_rank_sqlite(engine: Engine, sections: list[str], levels: dict[str, list[tuple[ds.Level, bool]]],
@@ -576,7 +590,8 @@ async def count_rank_sqlite(engine: Engine, sections: list[str], levels: dict[st
         gathered.append(f"SELECT id FROM (SELECT rowid AS id FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :w "
                         f"AND rowid BETWEEN :lo{j} AND :hi{j} LIMIT :cap)")
         placed.append(f"SELECT id, {_level_case(levels[n], widest, params, f't{j}_')} AS lvl, {dist} AS d FROM ("
-                      "SELECT m.id, ' ' || dir_search.text || ' ' AS t, latitude, longitude FROM m "
+                      "SELECT m.id, dir_search.text AS raw, ' ' || dir_search.text || ' ' AS t, latitude, longitude "
+                      "FROM m "
                       f"JOIN dir_search ON dir_search.id = m.id WHERE m.id BETWEEN :lo{j} AND :hi{j} "
                       f"AND {SECTIONS[n]} IN (SELECT s FROM n WHERE total <= :within))")
         by_distance = [str(i) for i, (_, d) in enumerate(levels[n]) if d]
