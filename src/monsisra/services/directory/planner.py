@@ -561,8 +561,8 @@ def _level_case(levels: list[tuple[ds.Level, bool]], widest: ds.Level, params: d
 
 
 async def count_rank_sqlite(engine: Engine, sections: list[str], levels: dict[str, list[tuple[ds.Level, bool]]],
-                            widest: ds.Level, limit: int, offset: int, ref: communes_service.Commune | None
-                            ) -> tuple[dict[str, int], dict[str, list[int]]]:
+                            widest: ds.Level, limit: int, offset: int, ref: communes_service.Commune | None,
+                            tiers: int = 2) -> tuple[dict[str, int], dict[str, list[int]]]:
     """SQLite, an order by distance or a typo pass: each section's count (as :func:`count_totals`)
     and the pages of the sections within the cap, in one statement and one index read per
     section. The index is read for ``widest`` only (the union of the levels, as
@@ -573,7 +573,14 @@ async def count_rank_sqlite(engine: Engine, sections: list[str], levels: dict[st
     index read of its own before, with its exclusions: a located search read two tiers × two
     rings, each with the ring's ~30 cell words, in every section. ``levels``: each section's (a
     typo pass may read fewer tiers in one section than in another, see ``searching.typo_tiers``);
-    the sections beyond the cap are for :func:`read_section`."""
+    the sections beyond the cap are for :func:`read_section`.
+
+    ``tiers``: the most tiers a section's levels have. With one (a level per ring), reading the
+    levels one by one reads what the widest level is made of, no more, and placing each match
+    by its words only costs more (« kiné » in Annecy, replayed: 9 → 12-14 ms): the levels are read
+    (:func:`_count_rank_by_level`)."""
+    if tiers <= 1:
+        return await _count_rank_by_level(engine, sections, levels, limit, offset, ref)
     params: dict[str, Any] = {"span": SECTION_SPAN, "cap": TOTAL_CAP + 1, "within": TOTAL_CAP, "first": offset,
                               "last": offset + limit, "w": ds.fts5_level(widest)}
     located = ref is not None and ref.latitude is not None and any(
@@ -605,6 +612,67 @@ async def count_rank_sqlite(engine: Engine, sections: list[str], levels: dict[st
            "SELECT NULL AS id, s, total AS rn FROM n UNION ALL "
            "SELECT id, s, rn FROM (SELECT id, id / :span AS s, row_number() OVER (PARTITION BY id / :span "
            f"ORDER BY {order}) AS rn FROM r) WHERE rn > :first AND rn <= :last")
+    by_number = {SECTIONS[n]: n for n in sections}
+    totals = dict.fromkeys(sections, 0)
+    ranked: dict[str, list[tuple[int, int]]] = {n: [] for n in sections}
+    for row in await engine.s.execute(sa.text(sql), params):
+        n = by_number.get(row.s)
+        if n is None:
+            continue
+        if row.id is None:
+            totals[n] = int(row.rn)
+        else:
+            ranked[n].append((row.rn, row.id))
+    pages = {n: [i for _, i in sorted(ranked[n])] for n in sections if totals[n] <= TOTAL_CAP}
+    return totals, pages
+
+
+async def _count_rank_by_level(engine: Engine, sections: list[str], levels: dict[str, list[tuple[ds.Level, bool]]],
+                               limit: int, offset: int, ref: communes_service.Commune | None
+                               ) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """:func:`count_rank_sqlite` when each section's levels are of one tier (one per ring): the
+    count (:func:`count_totals`) and the ranking of the sections within the cap in one statement
+    (they were two, the ranking reading again what the count had read: two of the slowest
+    statements of a "where" search, each 2-10 ms at 500,000 people). Each section's
+    matches are gathered level by level up to ``TOTAL_CAP + 1`` (levels are disjoint and
+    together are every match: the same count), and the sections found within the cap are ranked
+    on those rows (levels in order; a ``True`` level by distance, then id; the others by id: the
+    order of :func:`read_section`, which reads level after level, a statement each). Returns
+    every section's total (as :func:`count_totals`) and the pages of those within the cap; the
+    others are for :func:`read_section`. ``levels``: each section's (a typo pass may read fewer
+    tiers in one section than in another, see ``searching.typo_tiers``)."""
+    params: dict[str, Any] = {"span": SECTION_SPAN, "cap": TOTAL_CAP + 1, "within": TOTAL_CAP, "first": offset,
+                              "last": offset + limit}
+    texts: dict[str, str] = {}  # a level's query → its parameter (the same in every section that reads it)
+    gathered = []
+    for j, n in enumerate(sections):
+        params[f"lo{j}"], params[f"hi{j}"] = section_bounds(n)
+        parts = []
+        for i, (lv, by_distance) in enumerate(levels[n]):
+            key = texts.setdefault(ds.fts5_level(lv), f"k{len(texts)}")
+            params[key] = ds.fts5_level(lv)
+            # ``near``: the level is ordered by distance (its rows carry it, as levels differ by section).
+            parts.append(f"SELECT rowid AS id, {i} AS lvl, {int(by_distance)} AS near FROM {FTS_TABLE} "
+                         f"WHERE {FTS_TABLE} MATCH :{key} AND rowid BETWEEN :lo{j} AND :hi{j}")
+        union = " UNION ALL ".join(parts)
+        gathered.append(f"SELECT id, lvl, near FROM (SELECT id, lvl, near FROM ({union}) LIMIT :cap)")
+    located = any(by_distance for n in sections for _, by_distance in levels[n])
+    within = "m.id / :span IN (SELECT s FROM n WHERE total <= :within)"
+    if ref is not None and ref.latitude is not None and located:
+        params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
+        dist = ("COALESCE((latitude - :lat) * (latitude - :lat) + "
+                "((longitude - :lon) * :k) * ((longitude - :lon) * :k), 1e9)")
+        source = (f"SELECT m.id, m.lvl, m.near, {dist} AS d FROM m JOIN dir_search ON dir_search.id = m.id "
+                  f"WHERE {within}")
+        order = "lvl, CASE WHEN near THEN d ELSE 0 END, id"
+    else:
+        source, order = f"SELECT m.id, m.lvl FROM m WHERE {within}", "lvl, id"
+    sql = (f"WITH m AS MATERIALIZED ({' UNION ALL '.join(gathered)}), "
+           "n AS MATERIALIZED (SELECT id / :span AS s, count(*) AS total FROM m GROUP BY id / :span) "
+           "SELECT NULL AS id, s, total AS rn FROM n UNION ALL "
+           f"SELECT id, s, rn FROM (SELECT id, id / :span AS s, row_number() OVER (PARTITION BY id / :span "
+           f"ORDER BY {order}) AS rn FROM ({source})) "
+           "WHERE rn > :first AND rn <= :last")
     by_number = {SECTIONS[n]: n for n in sections}
     totals = dict.fromkeys(sections, 0)
     ranked: dict[str, list[tuple[int, int]]] = {n: [] for n in sections}
