@@ -618,3 +618,92 @@ def test_a_typo_pass_after_nothing_found_reads_only_the_typo_tier(imported, monk
     monkeypatch.setattr(searching, "typo_tiers",  # every tier, in every section
                         lambda tier_queries, first_totals: dict.fromkeys(first_totals, tier_queries))
     assert answers() == short
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # SQLite's one count-and-rank statement
+def test_a_located_search_reads_the_index_once_per_section(imported, monkeypatch, backend):
+    """SQLite, a search ordered by distance or a typo pass, with levels of several tiers: the
+    index is read once per section, for the widest level (every tier in every ring), and each
+    match is placed in its level on its own words; it read each level (tier × ring, with its
+    exclusions) before, as it still does for levels of one tier. The same pages, totals,
+    "capped" flags, next offsets and typos as reading level by level."""
+    queries = [{"q": w, **extra} for w in ("cardio", "infirm", "medecin generale", "petit", "kiné", "urgences",
+                                          "petti", "cardiolgue", "pharmacien")
+               for extra in ({"where": "Annecy"}, {"where": "Clermont-Ferrand"}, {"where": "Lyon", "kind": "all"},
+                             {"where": "Clermont-Ferrand", "offset": 2, "limit": 3}, {"where": "63000"},
+                             {"where": "Annecy", "kind": "professionals", "offset": 1, "limit": 4}, {"near": "Lyon"})]
+    statements: list[str] = []
+    calls: list[tuple[list[str], dict, int]] = []
+    rank = searching.count_rank_sqlite
+
+    async def counted(engine, sections, levels, widest, limit, offset, ref, tiers):
+        calls.append((list(sections), levels, tiers))
+        return await rank(engine, sections, levels, widest, limit, offset, ref, tiers)
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    def answers() -> list:
+        planner.STATS.clear()
+        out = [imported.call(directory.search, imported.core, None, **q) for q in queries]
+        return [(r["query"]["typos"], {s: ([i["id"] for i in r[s]["items"]], r[s]["total"], r[s]["total_capped"],
+                                           r[s]["next_offset"]) for s in ("professionals", "services")})
+                for r in out]
+
+    engine = imported.core.db.engine.sync_engine
+    monkeypatch.setattr(searching, "count_rank_sqlite", counted)
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        one_read = answers()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    # Index reads (an entry's own words asked of the index, « rowid = id », only for irregular text).
+    reads = sum(s.count(f"{planner.FTS_TABLE} MATCH") - s.count("AND rowid = id") for s in statements)
+    several = [(sections, levels) for sections, levels, tiers in calls if tiers > 1]
+    assert len(several) > len(queries) // 2
+    assert reads == sum(len(sections) if tiers > 1 else sum(len(levels[n]) for n in sections)
+                        for sections, levels, tiers in calls)
+    assert sum(len(lv) for _, levels in several for lv in levels.values()) > 2 * sum(len(s) for s, _ in several)
+    assert sum(bool(a[0]) for a in one_read) >= 7  # typo passes among them
+    assert sum(bool(a[1]["professionals"][0]) for a in one_read) > len(queries) // 2
+    monkeypatch.setattr(planner, "IRREGULAR_TEXT", "1")  # every match's level asked of the index
+    assert answers() == one_read
+    monkeypatch.setattr(searching, "RANKED_ROWS", -1)  # level by level, a read per level
+    assert answers() == one_read
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # PostgreSQL's ranking statement
+def test_a_ranked_match_is_placed_without_testing_the_ring_of_cells_again(imported, monkeypatch, backend):
+    """PostgreSQL ranks a section's matches (one read of the widest level) by placing each in
+    its level: only what being a match does not already say is tested on its words, never the
+    "nearby" ring's ~30 cells (each level's whole query was tested on every match before). The
+    same pages, totals, "capped" flags and next offsets as level by level."""
+    queries = [{"q": w, **extra} for w in ("cardio", "infirm", "medecin generale", "petit", "kiné", "urgences",
+                                          "petti", "pharmacien")
+               for extra in ({"where": "Annecy"}, {"where": "Clermont-Ferrand"}, {"where": "Lyon", "kind": "all"},
+                             {"where": "Clermont-Ferrand", "offset": 2, "limit": 3}, {"near": "Lyon"})]
+    placed: list[dict] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if "THEN 0" in statement and "WHEN" in statement:
+            placed.append(context.compiled_parameters[0] if context.compiled_parameters else {})
+
+    def answers() -> list:
+        planner.STATS.clear()
+        out = [imported.call(directory.search, imported.core, None, **q) for q in queries]
+        return [(r["query"]["typos"], {s: ([i["id"] for i in r[s]["items"]], r[s]["total"], r[s]["total_capped"],
+                                           r[s]["next_offset"]) for s in ("professionals", "services")})
+                for r in out]
+
+    engine = imported.core.db.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        ranked = answers()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    tested = [v for p in placed for k, v in p.items() if re.fullmatch(r"[kp]\d+", k)]
+    assert len(placed) > len(queries) and tested  # ranking statements, with levels to place matches in
+    assert not [v for v in tested if "xg" in v]  # no cell of a ring tested on the matches
+    assert sum(bool(a[1]["professionals"][0]) for a in ranked) > len(queries) // 2
+    monkeypatch.setattr(searching, "RANKED_ROWS", -1)  # level by level
+    assert answers() == ranked

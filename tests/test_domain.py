@@ -97,6 +97,36 @@ def test_a_tier_whose_words_an_earlier_tier_has_is_left_out():
     assert ds.tiers(["kine"], {}, place, only) == [exact + place]
 
 
+
+def test_a_match_of_the_widest_level_is_placed_in_its_level_by_its_words():
+    """Exact words, prefixes, rings of cells and exclusions as the full-text engines match them:
+    each entry of the widest level in the first level it matches (levels exclude the earlier
+    ones), without testing what being in the widest level already says (the last tier's words,
+    the ring of cells outside the commune)."""
+    tiers = ds.tiers(["cardio", "lyon"], {"cardio": ["cardia"]}, ())
+    cells = (ds.Alt("xg10452038"), ds.Alt("xg10452039"))
+    rings = [(ds.Alt("xc69123"),), cells]
+    levels = ds.levels(tiers, rings)
+    tests = ds.level_tests(levels, ds.widest(tiers, rings))
+    assert len(levels) == len(tests) == 2 * len(tiers) == 6
+    assert all(cells not in keep for keep, _ in tests)  # the ring of cells is never tested
+    assert all(g not in keep for keep, _ in tests for g in tiers[-1])  # nor the last tier's words
+
+    def has(words: set[str], group) -> bool:
+        return any(w == a.term or (a.prefix and w.startswith(a.term)) for a in group for w in words)
+
+    def level(text: str) -> int:
+        words = set(text.split())
+        return next((i for i, (keep, drops) in enumerate(tests) if all(has(words, g) for g in keep)
+                     and not any(all(has(words, g) for g in d) for d in drops)), len(tests))
+
+    assert level("cardio lyon xc69123 xg10452038") == 0  # exact words, in the commune
+    assert level("cardio lyon xc69381 xg10452039") == 1  # exact words, nearby
+    assert level("cardiologie lyonnais xc69123") == 2  # prefixes, in the commune
+    assert level("cardiologie lyon xg10452039") == 3  # prefixes (exact « lyon », begun « cardio »), nearby
+    assert level("cardia lyon xg10452038") == 5  # a typo's word, nearby
+    assert level("cardia lyonnais xc69123 xg10452038") == 4  # a typo's word, in the commune
+
 def test_common_words_are_checked_on_rows_not_intersected_in_the_index():
     shares = ds.Shares({"infirmier": 0.24, "xc35238": 0.003, "martin": 0.004}, 0.0008,
                        {"xg1": 0.0002, "xg2": 0.0001})

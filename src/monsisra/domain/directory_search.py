@@ -343,6 +343,26 @@ def widest(tier_queries: list[Query], rings: list[Group]) -> Level:
     return keep, ()
 
 
+def level_tests(levels: list[Level], widest: Level) -> list[tuple[list[Group], list[Query]]]:
+    """For entries known to match ``widest`` (the union of ``levels``), what places each in its
+    level: for each level, the groups to test (all must match) and the excluded queries (none
+    may match). Lets one index read of the widest level stand for one read per level: levels are
+    disjoint and together are the widest, so each match found there is placed in the first
+    level whose tests its own words pass (see ``planner.count_rank_sqlite``).
+
+    A group that such an entry matches anyway is left out: one that holds every alternative of
+    a group of ``widest`` (the last tier's words), or every one but those of a group that the
+    level excludes (a "nearby" ring of ~30 cells, outside the commune it excludes: the union of
+    the rings is a group of ``widest``)."""
+    wide = [frozenset(g) for g in widest[0]]
+
+    def implied(g: Group, drops: tuple[Query, ...]) -> bool:
+        alts = frozenset(g)
+        return any(w <= alts or any(len(d) == 1 and w <= alts | frozenset(d[0]) for d in drops) for w in wide)
+
+    return [([g for g in keep if not implied(g, drops)], list(drops)) for keep, drops in levels]
+
+
 def fts5_level(level: Level) -> str:
     keep, drops = level
     text = fts5(keep)

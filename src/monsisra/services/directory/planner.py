@@ -226,7 +226,7 @@ class Engine:
 
     async def ranked(self, widest: ds.Split, levels: list[tuple[str, bool]], lo: int, hi: int, cap: int, limit: int,
                      offset: int, ref: communes_service.Commune | None, edge: int | None = None,
-                     over: bool = False) -> tuple[list[int], int] | None:
+                     over: bool = False, placed: list[str] | None = None) -> tuple[list[int], int] | None:
         """PostgreSQL, one statement: the section's matches (one bitmap scan of ``widest``), each
         placed in its level by re-checking the level queries on its own ``tsv`` (no more index
         reads), ranked, paged, and counted up to ``cap + 1`` (more: the total is ``cap + 1``,
@@ -238,6 +238,9 @@ class Engine:
         With distance, beyond the cap a level is read by name or cell by cell: None, and the
         caller goes level by level.
 
+        ``placed``: what places a match in each level (:func:`placing`), each level's whole
+        query otherwise.
+
         ``edge`` (:meth:`rank_range`; without distance nor place rings): the page is looked for
         first among the entries up to that id, see :meth:`_ranked_in_range`; ``over``: the
         matches are known to be more than the cap (:meth:`over`), not counted there."""
@@ -245,8 +248,10 @@ class Engine:
                                   "offset": offset}
         cases = []
         for i, (m, _) in enumerate(levels):
-            params[f"k{i}"] = m
-            cases.append(f"WHEN tsv @@ to_tsquery('simple', :k{i}) THEN {i}")
+            test = m if placed is None else placed[i]
+            if test:
+                params[f"p{i}"] = test
+            cases.append(f"WHEN tsv @@ to_tsquery('simple', :p{i}) THEN {i}" if test else f"WHEN true THEN {i}")
         located = ref is not None and ref.latitude is not None
         if located:
             params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
@@ -509,13 +514,126 @@ async def _nearest(engine: Engine, section: str, level: ds.Level, limit: int, of
     return [i for i, _ in ordered[offset:need]]
 
 
+def placing(levels: list[ds.Level], widest: ds.Level) -> list[str]:
+    """PostgreSQL: for each level, the tsquery that places a match of ``widest`` in it
+    (:func:`ds.level_tests`: without the groups that being in the widest level already says, such
+    as the ~30 cells of a "nearby" ring, tested on every match before), "" when nothing is left
+    to test."""
+    return [" & ".join([*(ds.tsquery((g,)) for g in keep), *(f"!({ds.tsquery(d)})" for d in drops)])
+            for keep, drops in ds.level_tests(levels, widest)]
+
+
+# SQLite: indexed text that is not only folded words between single spaces (``raw``).
+IRREGULAR_TEXT = "raw GLOB '*[^0-9a-z ]*' OR raw GLOB '*  *' OR raw GLOB ' *' OR raw GLOB '* '"
+
+
+def _level_case(levels: list[tuple[ds.Level, bool]], widest: ds.Level, params: dict[str, Any], name: str) -> str:
+    """SQLite: the level of a match of ``widest`` (``lvl``: :func:`ds.level_tests`) from its indexed
+    words (``t``: ``dir_search.text`` between spaces), an index past the last when none; a word
+    is `` word `` in ``t``, a prefix `` prefix``. Its terms are parameters in ``params``, named
+    after ``name``."""
+    terms: dict[str, str] = {}
+
+    def term(text: str) -> str:
+        key = terms.setdefault(text, f"{name}{len(terms)}")
+        params[key] = text
+        return key
+
+    def group(g: ds.Group) -> str:
+        return "(" + " OR ".join(f"instr(t, :{term(f' {a.term}' if a.prefix else f' {a.term} ')}) > 0"
+                                 for a in g) + ")"
+
+    whens = []
+    for i, (keep, drops) in enumerate(ds.level_tests([lv for lv, _ in levels], widest)):
+        tests = [group(g) for g in keep] + ["NOT (" + " AND ".join(group(g) for g in d) + ")" for d in drops]
+        whens.append(f"WHEN {' AND '.join(tests) or '1'} THEN {i}")
+    if not whens:
+        return "0"
+    # Text that is not only folded words between single spaces (a raw postcode: « CH-1211 », which
+    # the index reads as « ch » and « 1211 »): each level asked of the index for this entry.
+    asked = []
+    for i, (lv, _) in enumerate(levels):
+        params[f"{name}k{i}"] = ds.fts5_level(lv)
+        asked.append(f"WHEN EXISTS (SELECT 1 FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :{name}k{i} AND rowid = id) "
+                     f"THEN {i}")
+    return (f"CASE WHEN {IRREGULAR_TEXT} THEN CASE {' '.join(asked)} ELSE {len(levels)} END "
+            f"ELSE CASE {' '.join(whens)} ELSE {len(levels)} END END")
+
+
 async def count_rank_sqlite(engine: Engine, sections: list[str], levels: dict[str, list[tuple[ds.Level, bool]]],
-                            limit: int, offset: int, ref: communes_service.Commune | None
-                            ) -> tuple[dict[str, int], dict[str, list[int]]]:
-    """SQLite, an order by distance or a typo pass: the count (:func:`count_totals`) and the ranking of the
-    sections within the cap in one statement (they were two, the ranking reading again what the
-    count had read: two of the
-    slowest statements of a "where" search, each 2-10 ms at 500,000 people). Each section's
+                            widest: ds.Level, limit: int, offset: int, ref: communes_service.Commune | None,
+                            tiers: int = 2) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """SQLite, an order by distance or a typo pass: each section's count (as :func:`count_totals`)
+    and the pages of the sections within the cap, in one statement and one index read per
+    section. The index is read for ``widest`` only (the union of the levels, as
+    :func:`count_total` counts it), up to ``TOTAL_CAP + 1`` matches; in the sections within the
+    cap each match is placed in its level by its own words (``dir_search.text``, the indexed
+    text; :func:`_level_case`), and the matches are ranked as :func:`read_section` shows them
+    (levels in order; a ``True`` level by distance, then id; the others by id). Each level was an
+    index read of its own before, with its exclusions: a located search read two tiers × two
+    rings, each with the ring's ~30 cell words, in every section. ``levels``: each section's (a
+    typo pass may read fewer tiers in one section than in another, see ``searching.typo_tiers``);
+    the sections beyond the cap are for :func:`read_section`.
+
+    ``tiers``: the most tiers a section's levels have. With one (a level per ring), reading the
+    levels one by one reads what the widest level is made of, no more, and placing each match
+    by its words only costs more (« kiné » in Annecy, replayed: 9 → 12-14 ms): the levels are read
+    (:func:`_count_rank_by_level`)."""
+    if tiers <= 1:
+        return await _count_rank_by_level(engine, sections, levels, limit, offset, ref)
+    params: dict[str, Any] = {"span": SECTION_SPAN, "cap": TOTAL_CAP + 1, "within": TOTAL_CAP, "first": offset,
+                              "last": offset + limit, "w": ds.fts5_level(widest)}
+    located = ref is not None and ref.latitude is not None and any(
+        by_distance for n in sections for _, by_distance in levels[n])
+    if located:
+        params.update(lat=ref.latitude, lon=ref.longitude, k=math.cos(math.radians(ref.latitude)))
+        dist = ("COALESCE((latitude - :lat) * (latitude - :lat) + "
+                "((longitude - :lon) * :k) * ((longitude - :lon) * :k), 1e9)")
+    else:
+        dist = "0"
+    gathered, placed, near = [], [], []
+    for j, n in enumerate(sections):
+        params[f"lo{j}"], params[f"hi{j}"] = section_bounds(n)
+        gathered.append(f"SELECT id FROM (SELECT rowid AS id FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :w "
+                        f"AND rowid BETWEEN :lo{j} AND :hi{j} LIMIT :cap)")
+        placed.append(f"SELECT id, {_level_case(levels[n], widest, params, f't{j}_')} AS lvl, {dist} AS d FROM ("
+                      "SELECT m.id, dir_search.text AS raw, ' ' || dir_search.text || ' ' AS t, latitude, longitude "
+                      "FROM m "
+                      f"JOIN dir_search ON dir_search.id = m.id WHERE m.id BETWEEN :lo{j} AND :hi{j} "
+                      f"AND {SECTIONS[n]} IN (SELECT s FROM n WHERE total <= :within))")
+        by_distance = [str(i) for i, (_, d) in enumerate(levels[n]) if d]
+        if located and by_distance:
+            near.append(f"(id BETWEEN :lo{j} AND :hi{j} AND lvl IN ({', '.join(by_distance)}))")
+    # Levels in order; in a level ordered by distance, nearest first; then id.
+    order = f"lvl, CASE WHEN {' OR '.join(near)} THEN d ELSE 0 END, id" if near else "lvl, id"
+    sql = (f"WITH m AS MATERIALIZED ({' UNION ALL '.join(gathered)}), "
+           "n AS MATERIALIZED (SELECT id / :span AS s, count(*) AS total FROM m GROUP BY id / :span), "
+           f"r AS MATERIALIZED ({' UNION ALL '.join(placed)}) "
+           "SELECT NULL AS id, s, total AS rn FROM n UNION ALL "
+           "SELECT id, s, rn FROM (SELECT id, id / :span AS s, row_number() OVER (PARTITION BY id / :span "
+           f"ORDER BY {order}) AS rn FROM r) WHERE rn > :first AND rn <= :last")
+    by_number = {SECTIONS[n]: n for n in sections}
+    totals = dict.fromkeys(sections, 0)
+    ranked: dict[str, list[tuple[int, int]]] = {n: [] for n in sections}
+    for row in await engine.s.execute(sa.text(sql), params):
+        n = by_number.get(row.s)
+        if n is None:
+            continue
+        if row.id is None:
+            totals[n] = int(row.rn)
+        else:
+            ranked[n].append((row.rn, row.id))
+    pages = {n: [i for _, i in sorted(ranked[n])] for n in sections if totals[n] <= TOTAL_CAP}
+    return totals, pages
+
+
+async def _count_rank_by_level(engine: Engine, sections: list[str], levels: dict[str, list[tuple[ds.Level, bool]]],
+                               limit: int, offset: int, ref: communes_service.Commune | None
+                               ) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """:func:`count_rank_sqlite` when each section's levels are of one tier (one per ring): the
+    count (:func:`count_totals`) and the ranking of the sections within the cap in one statement
+    (they were two, the ranking reading again what the count had read: two of the slowest
+    statements of a "where" search, each 2-10 ms at 500,000 people). Each section's
     matches are gathered level by level up to ``TOTAL_CAP + 1`` (levels are disjoint and
     together are every match: the same count), and the sections found within the cap are ranked
     on those rows (levels in order; a ``True`` level by distance, then id; the others by id: the

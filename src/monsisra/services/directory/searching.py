@@ -29,6 +29,7 @@ from monsisra.services.directory.planner import (
     cell_population,
     count_rank_sqlite,
     count_totals,
+    placing,
     read_section,
     section_bounds,
 )
@@ -307,7 +308,8 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
             # page, its read stopping there: one statement already, cheaper than ranking all matches;
             # but the typo pass has few matches, often spread over its three levels (exact,
             # prefix, typo): a count and a statement per level, 4-5 statements, become one.
-            totals, pages = await count_rank_sqlite(engine, sections, levels, limit, offset, ref)
+            tiers = max(len((section_tiers or {}).get(n, tier_queries)) for n in sections)
+            totals, pages = await count_rank_sqlite(engine, sections, levels, widest, limit, offset, ref, tiers)
             return levels, {n: (pages[n], totals[n]) if n in pages else None for n in sections}, totals
         counted = [n for n in sections if not (engine.pg and await engine.estimate(widest, n) <= RANKED_ROWS)]
         totals.update(await count_totals(engine, counted, widest))
@@ -321,7 +323,8 @@ async def _search_in(s: AsyncSession, q: str, where: str, kind: str, limit: int,
                 ranked[n] = await engine.ranked(engine.match(widest, n),
                                                 [(ds.tsquery_level(lv), d) for lv, d in levels[n]],
                                                 *section_bounds(n), TOTAL_CAP, limit, offset, ref, edge,
-                                                engine.over(widest, n, TOTAL_CAP))
+                                                engine.over(widest, n, TOTAL_CAP),
+                                                placing([lv for lv, _ in levels[n]], widest))
                 found = ranked[n]
                 totals[n] = found[1] if found is not None else TOTAL_CAP + 1
             else:
