@@ -585,6 +585,16 @@ def test_near_me_and_the_browser_session_still_search(imported, alice):
     assert got.status_code == 200 and got.json()["professionals"]["items"]
 
 
+def _first_pages(imported, queries: list[dict]) -> list:
+    """Each query's typo flag and, per section, its page of ids, total, cap flag and next offset
+    (statistics dropped first: each run plans alike)."""
+    planner.STATS.clear()
+    out = [imported.call(directory.search, imported.core, None, **q) for q in queries]
+    return [(r["query"]["typos"], {s: ([i["id"] for i in r[s]["items"]], r[s]["total"], r[s]["total_capped"],
+                                       r[s]["next_offset"]) for s in ("professionals", "services")})
+            for r in out]
+
+
 def test_a_typo_pass_after_nothing_found_reads_only_the_typo_tier(imported, monkeypatch):
     """In a section where the first pass found nothing, the typo pass reads the typo tier alone
     (no exact and prefix levels, no exclusion of them): the same entries, totals, "capped"
@@ -604,11 +614,7 @@ def test_a_typo_pass_after_nothing_found_reads_only_the_typo_tier(imported, monk
         return got
 
     def answers() -> list:
-        planner.STATS.clear()
-        out = [imported.call(directory.search, imported.core, None, **q) for q in queries]
-        return [(r["query"]["typos"], {s: ([i["id"] for i in r[s]["items"]], r[s]["total"], r[s]["total_capped"],
-                                           r[s]["next_offset"]) for s in ("professionals", "services")})
-                for r in out]
+        return _first_pages(imported, queries)
 
     monkeypatch.setattr(searching, "typo_tiers", counted)
     short = answers()
@@ -644,11 +650,7 @@ def test_a_located_search_reads_the_index_once_per_section(imported, monkeypatch
         statements.append(statement)
 
     def answers() -> list:
-        planner.STATS.clear()
-        out = [imported.call(directory.search, imported.core, None, **q) for q in queries]
-        return [(r["query"]["typos"], {s: ([i["id"] for i in r[s]["items"]], r[s]["total"], r[s]["total_capped"],
-                                           r[s]["next_offset"]) for s in ("professionals", "services")})
-                for r in out]
+        return _first_pages(imported, queries)
 
     engine = imported.core.db.engine.sync_engine
     monkeypatch.setattr(searching, "count_rank_sqlite", counted)
@@ -689,11 +691,7 @@ def test_a_ranked_match_is_placed_without_testing_the_ring_of_cells_again(import
             placed.append(context.compiled_parameters[0] if context.compiled_parameters else {})
 
     def answers() -> list:
-        planner.STATS.clear()
-        out = [imported.call(directory.search, imported.core, None, **q) for q in queries]
-        return [(r["query"]["typos"], {s: ([i["id"] for i in r[s]["items"]], r[s]["total"], r[s]["total_capped"],
-                                           r[s]["next_offset"]) for s in ("professionals", "services")})
-                for r in out]
+        return _first_pages(imported, queries)
 
     engine = imported.core.db.engine.sync_engine
     sa.event.listen(engine, "before_cursor_execute", record)

@@ -612,19 +612,7 @@ async def count_rank_sqlite(engine: Engine, sections: list[str], levels: dict[st
            "SELECT NULL AS id, s, total AS rn FROM n UNION ALL "
            "SELECT id, s, rn FROM (SELECT id, id / :span AS s, row_number() OVER (PARTITION BY id / :span "
            f"ORDER BY {order}) AS rn FROM r) WHERE rn > :first AND rn <= :last")
-    by_number = {SECTIONS[n]: n for n in sections}
-    totals = dict.fromkeys(sections, 0)
-    ranked: dict[str, list[tuple[int, int]]] = {n: [] for n in sections}
-    for row in await engine.s.execute(sa.text(sql), params):
-        n = by_number.get(row.s)
-        if n is None:
-            continue
-        if row.id is None:
-            totals[n] = int(row.rn)
-        else:
-            ranked[n].append((row.rn, row.id))
-    pages = {n: [i for _, i in sorted(ranked[n])] for n in sections if totals[n] <= TOTAL_CAP}
-    return totals, pages
+    return await _totals_and_pages(engine, sql, params, sections)
 
 
 async def _count_rank_by_level(engine: Engine, sections: list[str], levels: dict[str, list[tuple[ds.Level, bool]]],
@@ -673,6 +661,13 @@ async def _count_rank_by_level(engine: Engine, sections: list[str], levels: dict
            f"SELECT id, s, rn FROM (SELECT id, id / :span AS s, row_number() OVER (PARTITION BY id / :span "
            f"ORDER BY {order}) AS rn FROM ({source})) "
            "WHERE rn > :first AND rn <= :last")
+    return await _totals_and_pages(engine, sql, params, sections)
+
+
+async def _totals_and_pages(engine: Engine, sql: str, params: dict[str, Any], sections: list[str]
+                            ) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Run a count-and-rank statement (rows ``(NULL, section, total)`` and ``(id, section, rank)``):
+    each section's total, and the page of those within the cap."""
     by_number = {SECTIONS[n]: n for n in sections}
     totals = dict.fromkeys(sections, 0)
     ranked: dict[str, list[tuple[int, int]]] = {n: [] for n in sections}
