@@ -580,7 +580,7 @@ class PgTrips:
         return self.sql
 
 
-@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # SQLite's trips: test_db_sqlite_trips
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # its plan settings are PostgreSQL-only
 def test_a_search_sets_its_plans_without_a_round_trip_of_its_own(store, backend, monkeypatch):
     """On PostgreSQL a search's settings for its transaction (custom plans; no parallel workers for
     rare words) go in the mailbox access check's statement: a search page by signature windows
